@@ -1,0 +1,124 @@
+//! The JSON bodies of the HTTP API, shared by the node that writes them and the generator
+//! and tests that read them. Converted from the domain types at the edge.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{EventSummary, Purchase, Ticket};
+
+/// The header every node response carries, naming the node that served it.
+pub const NODE_HEADER: &str = "x-node";
+/// The header that makes `POST /purchases` safe to retry.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketBody {
+    pub id: u64,
+    pub event: String,
+    pub price_cents: u64,
+    pub sold: bool,
+}
+
+impl From<&Ticket> for TicketBody {
+    fn from(t: &Ticket) -> Self {
+        Self {
+            id: t.id,
+            event: t.event.to_string(),
+            price_cents: t.price_cents,
+            sold: t.sold,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    pub event: String,
+    pub total: u64,
+    pub available: u64,
+    pub sold: u64,
+    pub min_price_cents: u64,
+    pub max_price_cents: u64,
+}
+
+impl From<&EventSummary> for EventBody {
+    fn from(s: &EventSummary) -> Self {
+        Self {
+            event: s.event.to_string(),
+            total: s.total,
+            available: s.available,
+            sold: s.sold,
+            min_price_cents: s.min_price_cents,
+            max_price_cents: s.max_price_cents,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchasedTicketBody {
+    pub id: u64,
+    pub price_cents: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseBody {
+    pub purchase_id: String,
+    pub event: String,
+    pub quantity: u32,
+    pub tickets: Vec<PurchasedTicketBody>,
+    pub total_cents: u64,
+    pub node: String,
+    pub created_at: String,
+}
+
+impl From<&Purchase> for PurchaseBody {
+    fn from(p: &Purchase) -> Self {
+        Self {
+            purchase_id: p.purchase_id.clone(),
+            event: p.event.to_string(),
+            quantity: p.quantity.get(),
+            tickets: p
+                .tickets
+                .iter()
+                .map(|t| PurchasedTicketBody {
+                    id: t.id,
+                    price_cents: t.price_cents,
+                })
+                .collect(),
+            total_cents: p.total_cents,
+            node: p.node.clone(),
+            created_at: p.created_at.clone(),
+        }
+    }
+}
+
+/// The body of a purchase request as a client sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PurchaseRequestBody {
+    pub event: String,
+    pub quantity: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthBody {
+    pub status: String,
+    pub node: String,
+}
+
+/// Every error response: a stable machine code and a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    /// With `sold_out`: how many tickets of the event are left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<u64>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            message: message.into(),
+            available: None,
+        }
+    }
+}

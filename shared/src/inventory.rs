@@ -1,0 +1,477 @@
+//! The inventory as one consistent state: tickets, committed purchases, the queries the API
+//! answers and the all-or-nothing purchase decision. Pure logic, no I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use thiserror::Error;
+
+use crate::domain::{
+    EventName, EventSummary, IdempotencyKey, Purchase, PurchaseRequest, SoldTicket, Ticket,
+    format_timestamp,
+};
+
+/// Why a purchase was refused. None of these changes the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PurchaseError {
+    #[error("no event named {0}")]
+    UnknownEvent(EventName),
+    #[error("{event} has {available} tickets left, fewer than the {requested} asked for")]
+    SoldOut {
+        event: EventName,
+        requested: u32,
+        available: u64,
+    },
+    #[error("Idempotency-Key was already used for a different purchase ({event} x {quantity})")]
+    KeyReused { event: EventName, quantity: u32 },
+}
+
+/// Why a stored state is not a valid inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum InconsistencyError {
+    #[error("ticket id {0} appears more than once")]
+    DuplicateTicket(u64),
+    #[error("ticket id 0 is not allowed; ids are positive")]
+    ZeroTicketId,
+    #[error("purchase {purchase} names ticket {ticket}, which is not in the inventory")]
+    UnknownTicket { purchase: String, ticket: u64 },
+    #[error("ticket {ticket} is in purchase {purchase} but not marked sold")]
+    SoldFlagMissing { purchase: String, ticket: u64 },
+    #[error("ticket {0} is in two purchases")]
+    SoldTwice(u64),
+    #[error("ticket {0} is marked sold but no purchase holds it")]
+    SoldWithoutPurchase(u64),
+    #[error("purchase id {0} appears more than once")]
+    DuplicatePurchase(String),
+}
+
+/// Filters of `GET /tickets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TicketFilter {
+    pub event: Option<EventName>,
+    pub sold: Option<bool>,
+}
+
+/// What a purchase attempt produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PurchaseOutcome {
+    /// A new sale: the inventory changed and must be saved.
+    Created(Purchase),
+    /// A retry of an earlier sale with the same idempotency key: nothing changed.
+    Replayed(Purchase),
+}
+
+impl PurchaseOutcome {
+    pub fn purchase(&self) -> &Purchase {
+        match self {
+            Self::Created(p) | Self::Replayed(p) => p,
+        }
+    }
+
+    pub fn into_purchase(self) -> Purchase {
+        match self {
+            Self::Created(p) | Self::Replayed(p) => p,
+        }
+    }
+}
+
+/// Every ticket and every committed purchase, checked consistent when built.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    /// Sorted by id, so listings come out in order without sorting per request.
+    tickets: Vec<Ticket>,
+    /// In commit order, which is the order `GET /purchases` returns.
+    purchases: Vec<Purchase>,
+    /// The sequence number the next purchase id is made from.
+    next_purchase_seq: u64,
+    /// Purchase id to its index in `purchases`.
+    by_purchase_id: HashMap<String, usize>,
+    /// Idempotency key to the index of the purchase it produced.
+    by_key: HashMap<String, usize>,
+}
+
+impl Inventory {
+    /// Builds an inventory of unsold tickets.
+    pub fn from_tickets(tickets: Vec<Ticket>) -> Result<Self, InconsistencyError> {
+        Self::from_parts(tickets, Vec::new(), 1)
+    }
+
+    /// Builds an inventory from stored parts, refusing any state that breaks an invariant.
+    pub fn from_parts(
+        mut tickets: Vec<Ticket>,
+        purchases: Vec<Purchase>,
+        next_purchase_seq: u64,
+    ) -> Result<Self, InconsistencyError> {
+        tickets.sort_by_key(|t| t.id);
+        for pair in tickets.windows(2) {
+            if pair[0].id == pair[1].id {
+                return Err(InconsistencyError::DuplicateTicket(pair[0].id));
+            }
+        }
+        if tickets.first().is_some_and(|t| t.id == 0) {
+            return Err(InconsistencyError::ZeroTicketId);
+        }
+        let mut inventory = Self {
+            tickets,
+            purchases: Vec::with_capacity(purchases.len()),
+            next_purchase_seq,
+            by_purchase_id: HashMap::with_capacity(purchases.len()),
+            by_key: HashMap::new(),
+        };
+        let mut held = HashSet::new();
+        for purchase in purchases {
+            for sold in &purchase.tickets {
+                let ticket =
+                    inventory
+                        .ticket(sold.id)
+                        .ok_or_else(|| InconsistencyError::UnknownTicket {
+                            purchase: purchase.purchase_id.clone(),
+                            ticket: sold.id,
+                        })?;
+                if !ticket.sold {
+                    return Err(InconsistencyError::SoldFlagMissing {
+                        purchase: purchase.purchase_id.clone(),
+                        ticket: sold.id,
+                    });
+                }
+                if !held.insert(sold.id) {
+                    return Err(InconsistencyError::SoldTwice(sold.id));
+                }
+            }
+            if inventory.by_purchase_id.contains_key(&purchase.purchase_id) {
+                return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
+            }
+            inventory.index_purchase(purchase);
+        }
+        if let Some(orphan) = inventory
+            .tickets
+            .iter()
+            .find(|t| t.sold && !held.contains(&t.id))
+        {
+            return Err(InconsistencyError::SoldWithoutPurchase(orphan.id));
+        }
+        Ok(inventory)
+    }
+
+    fn index_purchase(&mut self, purchase: Purchase) {
+        let index = self.purchases.len();
+        self.by_purchase_id
+            .insert(purchase.purchase_id.clone(), index);
+        if let Some(key) = &purchase.idempotency_key {
+            self.by_key.insert(key.as_str().to_owned(), index);
+        }
+        self.purchases.push(purchase);
+    }
+
+    pub fn tickets(&self) -> &[Ticket] {
+        &self.tickets
+    }
+
+    pub fn purchases(&self) -> &[Purchase] {
+        &self.purchases
+    }
+
+    pub fn next_purchase_seq(&self) -> u64 {
+        self.next_purchase_seq
+    }
+
+    pub fn ticket(&self, id: u64) -> Option<&Ticket> {
+        self.tickets
+            .binary_search_by_key(&id, |t| t.id)
+            .ok()
+            .map(|i| &self.tickets[i])
+    }
+
+    /// The tickets matching `filter`, sorted by id.
+    pub fn find_tickets(&self, filter: &TicketFilter) -> Vec<Ticket> {
+        self.tickets
+            .iter()
+            .filter(|t| filter.event.as_ref().is_none_or(|e| &t.event == e))
+            .filter(|t| filter.sold.is_none_or(|s| t.sold == s))
+            .cloned()
+            .collect()
+    }
+
+    /// One summary per event, sorted by event name.
+    pub fn events(&self) -> Vec<EventSummary> {
+        let mut summaries: BTreeMap<&EventName, EventSummary> = BTreeMap::new();
+        for ticket in &self.tickets {
+            let summary = summaries
+                .entry(&ticket.event)
+                .or_insert_with(|| EventSummary {
+                    event: ticket.event.clone(),
+                    total: 0,
+                    available: 0,
+                    sold: 0,
+                    min_price_cents: ticket.price_cents,
+                    max_price_cents: ticket.price_cents,
+                });
+            summary.total += 1;
+            if ticket.sold {
+                summary.sold += 1;
+            } else {
+                summary.available += 1;
+            }
+            summary.min_price_cents = summary.min_price_cents.min(ticket.price_cents);
+            summary.max_price_cents = summary.max_price_cents.max(ticket.price_cents);
+        }
+        summaries.into_values().collect()
+    }
+
+    pub fn event(&self, event: &EventName) -> Option<EventSummary> {
+        self.events().into_iter().find(|s| &s.event == event)
+    }
+
+    pub fn purchase(&self, purchase_id: &str) -> Option<&Purchase> {
+        self.by_purchase_id
+            .get(purchase_id)
+            .map(|&i| &self.purchases[i])
+    }
+
+    /// Purchases in commit order, optionally of one event.
+    pub fn find_purchases(&self, event: Option<&EventName>) -> Vec<Purchase> {
+        self.purchases
+            .iter()
+            .filter(|p| event.is_none_or(|e| &p.event == e))
+            .cloned()
+            .collect()
+    }
+
+    /// Sells `request.quantity` tickets of the event, all or none, or replays the earlier
+    /// outcome of the same idempotency key. Takes the lowest-numbered available tickets.
+    pub fn purchase_tickets(
+        &mut self,
+        request: &PurchaseRequest,
+        key: Option<&IdempotencyKey>,
+        node: &str,
+    ) -> Result<PurchaseOutcome, PurchaseError> {
+        if let Some(key) = key
+            && let Some(&index) = self.by_key.get(key.as_str())
+        {
+            let earlier = &self.purchases[index];
+            if earlier.event == request.event && earlier.quantity == request.quantity {
+                return Ok(PurchaseOutcome::Replayed(earlier.clone()));
+            }
+            return Err(PurchaseError::KeyReused {
+                event: earlier.event.clone(),
+                quantity: earlier.quantity.get(),
+            });
+        }
+        let wanted = request.quantity.get() as usize;
+        let mut chosen = Vec::with_capacity(wanted);
+        let mut known_event = false;
+        for (index, ticket) in self.tickets.iter().enumerate() {
+            if ticket.event != request.event {
+                continue;
+            }
+            known_event = true;
+            if !ticket.sold {
+                chosen.push(index);
+                if chosen.len() == wanted {
+                    break;
+                }
+            }
+        }
+        if !known_event {
+            return Err(PurchaseError::UnknownEvent(request.event.clone()));
+        }
+        if chosen.len() < wanted {
+            return Err(PurchaseError::SoldOut {
+                event: request.event.clone(),
+                requested: request.quantity.get(),
+                available: chosen.len() as u64,
+            });
+        }
+        let tickets: Vec<SoldTicket> = chosen
+            .iter()
+            .map(|&i| {
+                let ticket = &mut self.tickets[i];
+                ticket.sold = true;
+                SoldTicket {
+                    id: ticket.id,
+                    price_cents: ticket.price_cents,
+                }
+            })
+            .collect();
+        let purchase = Purchase {
+            purchase_id: format!("p-{:08}", self.next_purchase_seq),
+            event: request.event.clone(),
+            quantity: request.quantity,
+            total_cents: tickets.iter().map(|t| t.price_cents).sum(),
+            tickets,
+            node: node.to_owned(),
+            created_at: format_timestamp(request.requested_at),
+            idempotency_key: key.cloned(),
+        };
+        self.next_purchase_seq += 1;
+        self.index_purchase(purchase.clone());
+        Ok(PurchaseOutcome::Created(purchase))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Quantity;
+
+    fn event(name: &str) -> EventName {
+        EventName::parse(name).expect("test event names are valid")
+    }
+
+    fn ticket(id: u64, name: &str, price_cents: u64) -> Ticket {
+        Ticket {
+            id,
+            event: event(name),
+            price_cents,
+            sold: false,
+        }
+    }
+
+    fn request(name: &str, quantity: u32) -> PurchaseRequest {
+        PurchaseRequest::new(
+            event(name),
+            Quantity::new(quantity).expect("test quantities are valid"),
+        )
+    }
+
+    fn sample() -> Inventory {
+        Inventory::from_tickets(vec![
+            ticket(3, "concert", 3000),
+            ticket(1, "concert", 1000),
+            ticket(2, "concert", 2000),
+            ticket(4, "theater-show", 5000),
+        ])
+        .expect("sample is consistent")
+    }
+
+    #[test]
+    fn a_purchase_sells_the_lowest_available_tickets_and_totals_their_prices() {
+        let mut inv = sample();
+        let outcome = inv
+            .purchase_tickets(&request("concert", 2), None, "n1")
+            .expect("two are available");
+        let PurchaseOutcome::Created(p) = outcome else {
+            panic!("expected a new purchase");
+        };
+        assert_eq!(p.tickets.iter().map(|t| t.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(p.total_cents, 3000);
+        assert_eq!(p.node, "n1");
+        assert!(inv.ticket(1).is_some_and(|t| t.sold));
+        assert!(inv.ticket(3).is_some_and(|t| !t.sold));
+        assert_eq!(inv.purchase(&p.purchase_id), Some(&p));
+    }
+
+    #[test]
+    fn a_purchase_larger_than_what_is_left_sells_nothing() {
+        let mut inv = sample();
+        let err = inv
+            .purchase_tickets(&request("concert", 4), None, "n1")
+            .expect_err("only three exist");
+        assert!(matches!(err, PurchaseError::SoldOut { available: 3, .. }));
+        assert!(inv.tickets().iter().all(|t| !t.sold));
+        assert!(inv.purchases().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_event_is_refused() {
+        let mut inv = sample();
+        let err = inv
+            .purchase_tickets(&request("opera", 1), None, "n1")
+            .expect_err("no such event");
+        assert_eq!(err, PurchaseError::UnknownEvent(event("opera")));
+    }
+
+    #[test]
+    fn a_sold_out_event_reports_zero_available() {
+        let mut inv = sample();
+        inv.purchase_tickets(&request("theater-show", 1), None, "n1")
+            .expect("one is available");
+        let err = inv
+            .purchase_tickets(&request("theater-show", 1), None, "n1")
+            .expect_err("sold out");
+        assert!(matches!(err, PurchaseError::SoldOut { available: 0, .. }));
+    }
+
+    #[test]
+    fn a_repeated_idempotency_key_replays_the_first_purchase() {
+        let mut inv = sample();
+        let key = IdempotencyKey::parse("k1").expect("valid key");
+        let first = inv
+            .purchase_tickets(&request("concert", 1), Some(&key), "n1")
+            .expect("available");
+        let again = inv
+            .purchase_tickets(&request("concert", 1), Some(&key), "n2")
+            .expect("replayed");
+        assert!(matches!(again, PurchaseOutcome::Replayed(_)));
+        assert_eq!(first.purchase(), again.purchase());
+        assert_eq!(inv.purchases().len(), 1);
+    }
+
+    #[test]
+    fn a_reused_idempotency_key_with_another_body_is_refused() {
+        let mut inv = sample();
+        let key = IdempotencyKey::parse("k1").expect("valid key");
+        inv.purchase_tickets(&request("concert", 1), Some(&key), "n1")
+            .expect("available");
+        let err = inv
+            .purchase_tickets(&request("concert", 2), Some(&key), "n1")
+            .expect_err("different quantity");
+        assert!(matches!(err, PurchaseError::KeyReused { quantity: 1, .. }));
+    }
+
+    #[test]
+    fn events_are_summarised_and_sorted() {
+        let mut inv = sample();
+        inv.purchase_tickets(&request("concert", 1), None, "n1")
+            .expect("available");
+        let events = inv.events();
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].event.as_str(), "concert");
+        assert_eq!(
+            (events[0].total, events[0].sold, events[0].available),
+            (3, 1, 2)
+        );
+        assert_eq!(
+            (events[0].min_price_cents, events[0].max_price_cents),
+            (1000, 3000)
+        );
+        assert_eq!(events[1].event.as_str(), "theater-show");
+    }
+
+    #[test]
+    fn ticket_filters_combine() {
+        let mut inv = sample();
+        inv.purchase_tickets(&request("concert", 1), None, "n1")
+            .expect("available");
+        let unsold_concert = inv.find_tickets(&TicketFilter {
+            event: Some(event("concert")),
+            sold: Some(false),
+        });
+        assert_eq!(
+            unsold_concert.iter().map(|t| t.id).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(inv.find_tickets(&TicketFilter::default()).len(), 4);
+    }
+
+    #[test]
+    fn inconsistent_states_are_refused() {
+        let dup = Inventory::from_tickets(vec![ticket(1, "a", 1), ticket(1, "b", 1)]);
+        assert_eq!(dup.err(), Some(InconsistencyError::DuplicateTicket(1)));
+
+        let mut sold = ticket(1, "a", 1);
+        sold.sold = true;
+        let orphan = Inventory::from_tickets(vec![sold]);
+        assert_eq!(
+            orphan.err(),
+            Some(InconsistencyError::SoldWithoutPurchase(1))
+        );
+
+        let mut inv = sample();
+        let p = inv
+            .purchase_tickets(&request("concert", 1), None, "n1")
+            .expect("available")
+            .into_purchase();
+        let twice = Inventory::from_parts(inv.tickets().to_vec(), vec![p.clone(), p], 9);
+        assert_eq!(twice.err(), Some(InconsistencyError::SoldTwice(1)));
+    }
+}
