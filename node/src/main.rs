@@ -1,1 +1,84 @@
-fn main() {}
+//! The `node` binary: parses flags and settings, then serves the ticket API.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use node::NodeSettings;
+
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about = "Serves the ticket API from the shared store",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// This node's id, sent in X-Node and recorded in its purchases [default: host name]
+    #[arg(long)]
+    id: Option<String>,
+    /// Address to listen on; port 0 picks a free port [default: 0.0.0.0:8000]
+    #[arg(long)]
+    listen: Option<String>,
+    /// The shared data directory holding the store [default: /data]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Optional TOML settings file with a [node] table
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Checks that a node answers GET /health with 200 (for container health checks)
+    Probe {
+        #[arg(long, default_value = "http://127.0.0.1:8000/health")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Probe { url }) = &cli.command {
+        return match serve::probe::probe(url, Duration::from_secs(3)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(reason) => {
+                eprintln!("unhealthy: {reason}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    serve::init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("node: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut flags = Vec::new();
+    if let Some(id) = cli.id {
+        flags.push(("id", id));
+    }
+    if let Some(listen) = cli.listen {
+        flags.push(("listen", listen));
+    }
+    if let Some(data) = cli.data {
+        flags.push(("data", data.to_string_lossy().into_owned()));
+    }
+    let settings = NodeSettings::load(cli.config.as_deref(), &flags)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = serve::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.listen))?;
+        node::run(listener, settings, serve::shutdown_signal()).await?;
+        Ok(())
+    })
+}

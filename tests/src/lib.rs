@@ -1,1 +1,109 @@
-//! placeholder
+//! Starts the real `node`, `balancer` and `generator` binaries as a local cluster on free
+//! ports: the harness of the integration tests and of `cargo run -p cluster`.
+
+pub mod client;
+pub mod process;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use shared::{EventName, Inventory, Ticket, TicketStore};
+
+pub use client::{Answer, HttpClient};
+pub use process::{Process, binary};
+
+/// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
+/// many unsold tickets, numbered from 1 in order.
+pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+    let mut tickets = Vec::new();
+    for &(name, count, price_cents) in events {
+        let event = EventName::parse(name)?;
+        for _ in 0..count {
+            tickets.push(Ticket {
+                id: tickets.len() as u64 + 1,
+                event: event.clone(),
+                price_cents,
+                sold: false,
+            });
+        }
+    }
+    let inventory = Inventory::from_tickets(tickets)?;
+    TicketStore::new(dir, Duration::from_secs(5))
+        .create(&inventory, true)
+        .context("writing the test store")
+}
+
+/// Nodes over one data directory, and optionally a balancer in front of them.
+#[derive(Debug)]
+pub struct LocalCluster {
+    pub nodes: Vec<Process>,
+    pub balancer: Option<Process>,
+}
+
+impl LocalCluster {
+    /// Starts `nodes` nodes (ids `n1`, `n2`, ...) on `data`, and a balancer over them.
+    pub fn start(nodes: usize, data: &Path) -> anyhow::Result<Self> {
+        Self::start_with(nodes, data, "127.0.0.1:0", &[])
+    }
+
+    /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
+    pub fn start_with(
+        nodes: usize,
+        data: &Path,
+        balancer_listen: &str,
+        balancer_flags: &[&str],
+    ) -> anyhow::Result<Self> {
+        let nodes = (1..=nodes)
+            .map(|i| start_node(&format!("n{i}"), data))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let mut args = vec![
+            "--listen".to_owned(),
+            balancer_listen.to_owned(),
+            "--nodes".to_owned(),
+            addresses.join(","),
+        ];
+        args.extend(balancer_flags.iter().map(|f| f.to_string()));
+        let balancer = Process::start("balancer", "balancer", &args)?;
+        Ok(Self {
+            nodes,
+            balancer: Some(balancer),
+        })
+    }
+
+    pub fn balancer_url(&self) -> String {
+        self.balancer.as_ref().map(Process::url).unwrap_or_default()
+    }
+
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Process::url).collect()
+    }
+}
+
+/// Starts one node with id `id` on a free loopback port, serving `data`.
+pub fn start_node(id: &str, data: &Path) -> anyhow::Result<Process> {
+    let args = [
+        "--id".to_owned(),
+        id.to_owned(),
+        "--listen".to_owned(),
+        "127.0.0.1:0".to_owned(),
+        "--data".to_owned(),
+        data.to_string_lossy().into_owned(),
+    ];
+    Process::start(id, "node", &args)
+}
+
+/// Runs `generator` with `args` to completion and returns its exit code and output.
+pub fn run_generator(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
+    let output = std::process::Command::new(binary("generator")?)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running generator")?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}

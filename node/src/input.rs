@@ -1,0 +1,254 @@
+//! Turns raw request parts into validated domain input: the purchase body, the
+//! `Idempotency-Key` header, query filters and path ids. Every refusal says what was wrong.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use serde_json::Value;
+use shared::api::IDEMPOTENCY_HEADER;
+use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
+
+use crate::error::ApiError;
+
+/// Reads a JSON request body, refusing other content types, bodies over `limit` bytes and
+/// clients slower than `timeout`.
+pub async fn read_json_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let is_json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    match collected {
+        Err(_) => Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::PayloadTooLarge(limit))
+        }
+        Ok(Err(err)) => Err(ApiError::BadRequest(format!(
+            "the request body could not be read: {err}"
+        ))),
+    }
+}
+
+/// A purchase as the client asked for it, before the node stamps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PurchaseInput {
+    pub event: EventName,
+    pub quantity: Quantity,
+}
+
+/// Parses `{"event": "...", "quantity": n}` strictly: no missing, extra or mistyped fields.
+pub fn parse_purchase(body: &[u8]) -> Result<PurchaseInput, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object {\"event\": ..., \"quantity\": ...}".into(),
+        ));
+    };
+    if let Some(extra) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "event" | "quantity"))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field {:?}; a purchase has only \"event\" and \"quantity\"",
+            truncate(extra)
+        )));
+    }
+    let event = match fields.get("event") {
+        Some(Value::String(name)) => {
+            EventName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))?
+        }
+        Some(_) => return Err(ApiError::BadRequest("\"event\" must be a string".into())),
+        None => return Err(ApiError::BadRequest("missing field \"event\"".into())),
+    };
+    let quantity = match fields.get("quantity") {
+        Some(Value::Number(n)) => {
+            Quantity::from_json(n).map_err(|e| ApiError::BadRequest(e.to_string()))?
+        }
+        Some(_) => return Err(ApiError::BadRequest("\"quantity\" must be a number".into())),
+        None => return Err(ApiError::BadRequest("missing field \"quantity\"".into())),
+    };
+    Ok(PurchaseInput { event, quantity })
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// The `Idempotency-Key` header, if sent; more than one, or a malformed one, is refused.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "send at most one Idempotency-Key header".into(),
+        ));
+    }
+    let text = value.to_str().map_err(|_| {
+        ApiError::BadRequest("Idempotency-Key must be 1 to 128 visible ASCII characters".into())
+    })?;
+    IdempotencyKey::parse(text)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional.
+pub fn ticket_filter(query: Option<&str>) -> Result<TicketFilter, ApiError> {
+    let mut filter = TicketFilter::default();
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "event" => filter.event = Some(event_filter(&value)?),
+            "sold" => {
+                filter.sold = Some(match value.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "sold must be true or false, got {:?}",
+                            truncate(other)
+                        )));
+                    }
+                });
+            }
+            other => return Err(unknown_parameter(other, "event, sold")),
+        }
+    }
+    Ok(filter)
+}
+
+/// Parses the query of `GET /purchases`: `event=E`, optional.
+pub fn purchase_filter(query: Option<&str>) -> Result<Option<EventName>, ApiError> {
+    let mut event = None;
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "event" => event = Some(event_filter(&value)?),
+            other => return Err(unknown_parameter(other, "event")),
+        }
+    }
+    Ok(event)
+}
+
+fn event_filter(value: &str) -> Result<EventName, ApiError> {
+    EventName::parse(value).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn unknown_parameter(name: &str, known: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "unknown query parameter {:?}; known: {known}",
+        truncate(name)
+    ))
+}
+
+/// Parses the `{id}` of `/tickets/{id}`: a positive integer that fits in 64 bits.
+pub fn ticket_id(segment: &str) -> Result<u64, ApiError> {
+    if segment.is_empty() || !segment.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::BadRequest(format!(
+            "ticket id must be a positive integer, got {:?}",
+            truncate(segment)
+        )));
+    }
+    segment.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "ticket id {} is too large (the limit is {})",
+            truncate(segment),
+            u64::MAX
+        ))
+    })
+}
+
+/// Decodes a percent-encoded path segment; `None` if it is not UTF-8.
+pub fn decode_segment(segment: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(body: &str) -> String {
+        match parse_purchase(body.as_bytes()) {
+            Err(ApiError::BadRequest(message)) => message,
+            other => panic!("{body:?} gave {other:?}, not a bad request"),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_purchase_parses() {
+        let input = parse_purchase(br#"{"event":"concert","quantity":2}"#).expect("valid");
+        assert_eq!(input.event.as_str(), "concert");
+        assert_eq!(input.quantity.get(), 2);
+    }
+
+    #[test]
+    fn malformed_purchases_say_what_is_wrong() {
+        assert!(bad("{").contains("not valid JSON"));
+        assert!(bad("[]").contains("JSON object"));
+        assert!(bad(r#"{"quantity":1}"#).contains("missing field \"event\""));
+        assert!(bad(r#"{"event":"concert"}"#).contains("missing field \"quantity\""));
+        assert!(bad(r#"{"event":1,"quantity":1}"#).contains("must be a string"));
+        assert!(bad(r#"{"event":"concert","quantity":"1"}"#).contains("must be a number"));
+        assert!(bad(r#"{"event":"concert","quantity":1,"x":1}"#).contains("unknown field"));
+        for q in ["0", "-1", "11", "2.5", "1e100", "99999999999999999999"] {
+            let body = format!(r#"{{"event":"concert","quantity":{q}}}"#);
+            assert!(bad(&body).contains("quantity"), "{q}");
+        }
+        for name in ["", "../x", "a/b", "Caps", "\u{e9}", "\\u0000"] {
+            let body = format!(r#"{{"event":"{name}","quantity":1}}"#);
+            assert!(bad(&body).contains("event name"), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn ticket_filters_parse_and_refuse_bad_values() {
+        let f = ticket_filter(Some("event=concert&sold=false")).expect("valid");
+        assert_eq!(f.event.map(|e| e.to_string()), Some("concert".into()));
+        assert_eq!(f.sold, Some(false));
+        assert_eq!(ticket_filter(None).expect("empty"), TicketFilter::default());
+        for q in ["sold=yes", "event=Bad", "event=%2F", "colour=red"] {
+            assert!(ticket_filter(Some(q)).is_err(), "{q}");
+        }
+    }
+
+    #[test]
+    fn ticket_ids_must_be_positive_integers_that_fit() {
+        assert_eq!(ticket_id("17").expect("valid"), 17);
+        for bad in ["", "-1", "abc", "1.5", "99999999999999999999999"] {
+            assert!(ticket_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).expect("absent"), None);
+        headers.insert(IDEMPOTENCY_HEADER, "abc".parse().expect("valid header"));
+        assert!(idempotency_key(&headers).expect("valid").is_some());
+        headers.append(IDEMPOTENCY_HEADER, "def".parse().expect("valid header"));
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

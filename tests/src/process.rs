@@ -1,0 +1,124 @@
+//! A program of the cluster started as a real child process on a free port, found through
+//! the `listening on ADDR` line it prints first, and killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// How long a program may take to print its address.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The path of a workspace binary (`node`, `balancer`, `generator`) in the same target
+/// directory as the running executable; `cargo test --workspace` and `cargo build` put
+/// them there.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let mut dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    // Test executables live in target/<profile>/deps; binaries one level up.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --workspace --bins`, or run the tests \
+             with `cargo test --workspace`)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running program. Dropping it kills the process.
+#[derive(Debug)]
+pub struct Process {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl Process {
+    /// Starts `program` with `args` and waits for its `listening on ADDR` line.
+    pub fn start(name: &str, program: &str, args: &[String]) -> anyhow::Result<Self> {
+        let path = binary(program)?;
+        let mut child = Command::new(&path)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", path.display()))?;
+        let stdout = child.stdout.take().context("child has no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(Ok(line))) => line,
+            other => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!("{name} did not print its address: {other:?} (exit: {status:?})");
+            }
+        };
+        let addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .with_context(|| format!("{name} printed {line:?}, not `listening on ADDR`"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            child,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process dies at once, wherever it is.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the process to exit and returns its exit code.
+    pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM {} failed", self.child.id());
+        }
+        Ok(self.child.wait()?.code())
+    }
+
+    /// Whether the process has exited, without waiting.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
