@@ -1,0 +1,191 @@
+//! Everything the balancer itself can answer with an error, and the one place where an
+//! error becomes an HTTP status and a JSON `{"error","message"}` body.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::{Response, StatusCode};
+use shared::api::ErrorBody;
+use thiserror::Error;
+use tracing::error;
+
+use crate::ResponseBody;
+
+/// Why the balancer answered a request itself instead of with a node's response.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("the request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the request body could not be read")]
+    BodyUnreadable,
+    #[error("no node is up to answer the request; try again shortly")]
+    NoHealthyNodes,
+    /// A node failed after it got the request, and sending it again is not known to be
+    /// safe (or every node tried failed that way).
+    #[error("{0}")]
+    BadGateway(&'static str),
+    #[error("no node answered within {}", humanize(*.0))]
+    UpstreamTimeout(Duration),
+    #[error("the balancer has no endpoint {0}")]
+    NotFound(String),
+    #[error("the balancer's own endpoints only answer GET")]
+    MethodNotAllowed,
+    /// Something that should not happen; logged in full, answered generically.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Self::NoHealthyNodes => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable machine-readable code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::BodyUnreadable => "bad_request",
+            Self::NoHealthyNodes => "no_healthy_nodes",
+            Self::BadGateway(_) => "bad_gateway",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The response a client gets for this error.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let message = match &self {
+            Self::Internal(detail) => {
+                error!(cause = %detail, "internal error");
+                "the balancer failed unexpectedly".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let status = self.status();
+        let body = ErrorBody::new(self.code(), message);
+        let mut response = json_response(status, &body);
+        if matches!(self, Self::MethodNotAllowed) {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        response
+    }
+}
+
+/// A JSON response with `status`; serialising our own plain types cannot fail, but if it
+/// ever did the client still gets a well-formed error body.
+pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
+    let (status, bytes) = match serde_json::to_vec(value) {
+        Ok(bytes) => (status, bytes),
+        Err(err) => {
+            error!(cause = %err, "cannot serialise a response body");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"error":"internal_error","message":"the balancer failed unexpectedly"}"#
+                    .to_vec(),
+            )
+        }
+    };
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A complete in-memory body in the balancer's response body type.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response<ResponseBody>) -> ErrorBody {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("in-memory body")
+            .to_bytes();
+        serde_json::from_slice(&bytes).expect("JSON error body")
+    }
+
+    #[tokio::test]
+    async fn every_error_is_a_json_body_with_its_code() {
+        let cases = [
+            (
+                Error::PayloadTooLarge { limit: 16 },
+                413,
+                "payload_too_large",
+            ),
+            (Error::NoHealthyNodes, 503, "no_healthy_nodes"),
+            (Error::BadGateway("node failed"), 502, "bad_gateway"),
+            (
+                Error::UpstreamTimeout(Duration::from_secs(10)),
+                504,
+                "upstream_timeout",
+            ),
+            (Error::MethodNotAllowed, 405, "method_not_allowed"),
+        ];
+        for (err, status, code) in cases {
+            let response = err.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.headers().get(CONTENT_TYPE).map(|v| v.as_bytes()),
+                Some(&b"application/json"[..])
+            );
+            let body = body_of(response).await;
+            assert_eq!(body.error, code);
+            assert!(!body.message.is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn internal_errors_do_not_leak_their_detail() {
+        let response = Error::Internal("secret path /etc/x".into()).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = body_of(response).await;
+        assert_eq!(body.error, "internal_error");
+        assert!(!body.message.contains("secret"));
+    }
+
+    #[test]
+    fn timeouts_read_naturally() {
+        assert_eq!(
+            Error::UpstreamTimeout(Duration::from_secs(10)).to_string(),
+            "no node answered within 10 s"
+        );
+        assert_eq!(
+            Error::UpstreamTimeout(Duration::from_millis(250)).to_string(),
+            "no node answered within 250 ms"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! Active health checks: every interval each known node is asked `GET /health`; a 2xx
+//! brings it (back) up, anything else marks it down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Uri};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tracing::{info, warn};
+
+use crate::proxy::{NodeClient, describe};
+use crate::upstreams::Upstreams;
+
+/// Asks one node `GET /health` within `timeout`; Ok on a 2xx answer.
+pub async fn check_http(
+    client: NodeClient,
+    address: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let uri: Uri = format!("http://{address}/health")
+        .parse()
+        .map_err(|err| format!("bad health URI: {err}"))?;
+    let mut request = Request::new(Full::new(Bytes::new()));
+    *request.uri_mut() = uri;
+    let exchange = async {
+        let response = client
+            .request(request)
+            .await
+            .map_err(|err| format!("health check failed: {}", describe(&err)))?;
+        let status = response.status();
+        // Reading the (small) body lets the connection go back to the pool.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("health check answered {status}"))
+        }
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("health check got no answer within {timeout:?}"))?
+}
+
+/// Checks every known node once, concurrently, and records the outcomes.
+pub async fn check_all<C, F>(upstreams: &Upstreams, check: &C)
+where
+    C: Fn(SocketAddr) -> F,
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut checks = JoinSet::new();
+    for node in upstreams.nodes().iter() {
+        let node = Arc::clone(node);
+        let outcome = check(node.address);
+        checks.spawn(async move { (node, outcome.await) });
+    }
+    while let Some(joined) = checks.join_next().await {
+        let Ok((node, outcome)) = joined else {
+            // A check task only ends early if it panicked; the next round checks again.
+            continue;
+        };
+        match outcome {
+            Ok(()) => {
+                if node.mark_up() {
+                    info!(node = %node.address, "node up: health check passed");
+                }
+            }
+            Err(reason) => {
+                if node.mark_down(reason.clone()) {
+                    warn!(node = %node.address, cause = %reason, "node down: health check failed");
+                }
+            }
+        }
+    }
+}
+
+/// Checks every node every `interval`, for as long as the task runs; the first round is
+/// at once.
+pub async fn keep_checking<C, F>(upstreams: Arc<Upstreams>, interval: Duration, check: C)
+where
+    C: Fn(SocketAddr) -> F,
+    F: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        check_all(&upstreams, &check).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn upstreams_of(ports: &[u16]) -> Arc<Upstreams> {
+        let names = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}").parse().expect("name"))
+            .collect();
+        Arc::new(Upstreams::new(names))
+    }
+
+    async fn resolved(ports: &[u16]) -> Arc<Upstreams> {
+        let upstreams = upstreams_of(ports);
+        upstreams
+            .refresh(|n: crate::settings::NodeName| async move {
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], n.port))])
+            })
+            .await;
+        upstreams
+    }
+
+    fn up_ports(upstreams: &Upstreams) -> Vec<u16> {
+        upstreams
+            .healthy()
+            .iter()
+            .map(|n| n.address.port())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_failing_check_marks_down_and_a_passing_one_brings_back() {
+        let upstreams = resolved(&[1, 2]).await;
+        let failing: Arc<Mutex<HashSet<u16>>> = Arc::new(Mutex::new(HashSet::from([2])));
+        let check = {
+            let failing = Arc::clone(&failing);
+            move |address: SocketAddr| {
+                let fails = failing.lock().expect("lock").contains(&address.port());
+                async move {
+                    if fails {
+                        Err("health check answered 503".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        check_all(&upstreams, &check).await;
+        assert_eq!(up_ports(&upstreams), [1]);
+        let down = &upstreams.nodes()[1];
+        assert_eq!(
+            down.snapshot().last_error.as_deref(),
+            Some("health check answered 503")
+        );
+
+        failing.lock().expect("lock").clear();
+        check_all(&upstreams, &check).await;
+        assert_eq!(up_ports(&upstreams), [1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checks_run_at_once_and_then_every_interval() {
+        let upstreams = resolved(&[1]).await;
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let check = {
+            let rounds = Arc::clone(&rounds);
+            move |_: SocketAddr| {
+                rounds.fetch_add(1, Ordering::SeqCst);
+                async { Err::<(), _>("refused".to_owned()) }
+            }
+        };
+        let task = tokio::spawn(keep_checking(
+            Arc::clone(&upstreams),
+            Duration::from_secs(1),
+            check,
+        ));
+        // Under paused time these sleeps only move the virtual clock: the checks at 0 s,
+        // 1 s, 2 s and 3 s have all run by 3.5 s, and none other.
+        tokio::time::sleep(Duration::from_millis(3_500)).await;
+        assert_eq!(rounds.load(Ordering::SeqCst), 4);
+        assert!(up_ports(&upstreams).is_empty());
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_fails_the_http_check() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("addr").port()
+        };
+        let client = crate::proxy::node_client(Duration::from_secs(1));
+        let outcome = check_http(
+            client,
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(outcome.is_err());
+    }
+}

@@ -1,0 +1,133 @@
+//! The balancer: a round-robin HTTP reverse proxy over the nodes, with active health
+//! checks, safe retries and re-resolution of node names. [`run`] serves it on a bound
+//! listener; [`Balancer`] is the request handler, usable without a socket.
+
+pub mod admin;
+pub mod error;
+pub mod health;
+pub mod proxy;
+pub mod selection;
+pub mod settings;
+pub mod upstreams;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::body::{Body, Incoming};
+use hyper::{Request, Response};
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use error::Error;
+pub use settings::{RawSettings, Settings};
+
+use proxy::{NodeClient, Proxy};
+use selection::RoundRobin;
+use upstreams::Upstreams;
+
+/// Every response body the balancer sends: a node's streamed body or one of its own.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The request handler: answers `/balancer/*` itself and forwards everything else.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    upstreams: Arc<Upstreams>,
+    selector: RoundRobin,
+    proxy: Proxy,
+    client: NodeClient,
+}
+
+impl Balancer {
+    /// A balancer over `settings.nodes`, with no addresses known until the first
+    /// [`Upstreams::refresh`] (which [`run`] does before serving).
+    pub fn new(settings: &Settings) -> Self {
+        let client = proxy::node_client(settings.connect_timeout);
+        let proxy = Proxy::new(
+            client.clone(),
+            settings.response_timeout,
+            settings.max_body_bytes,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                upstreams: Arc::new(Upstreams::new(settings.nodes.clone())),
+                selector: RoundRobin::new(),
+                proxy,
+                client,
+            }),
+        }
+    }
+
+    /// The node set this balancer forwards to.
+    pub fn upstreams(&self) -> &Arc<Upstreams> {
+        &self.inner.upstreams
+    }
+
+    /// Answers one request from `peer`, whatever its body type.
+    pub async fn respond<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let inner = &self.inner;
+        let outcome = if admin::is_admin_path(request.uri().path()) {
+            admin::answer(request.method(), request.uri().path(), &inner.upstreams)
+        } else {
+            inner
+                .proxy
+                .forward(&inner.upstreams, &inner.selector, request, peer)
+                .await
+        };
+        outcome.unwrap_or_else(Error::into_response)
+    }
+}
+
+impl serve::Handler for Balancer {
+    type Body = ResponseBody;
+
+    fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> impl Future<Output = Response<Self::Body>> + Send {
+        self.respond(request, peer)
+    }
+}
+
+/// Serves the balancer on `listener` until `shutdown` completes, then drains open requests
+/// (within the drain timeout) and returns.
+pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()>) {
+    let balancer = Balancer::new(&settings);
+    let upstreams = Arc::clone(balancer.upstreams());
+    upstreams.refresh(upstreams::resolve_dns).await;
+    info!(
+        nodes = upstreams.nodes().len(),
+        names = settings.nodes.len(),
+        "resolved the nodes"
+    );
+
+    let resolving = tokio::spawn(upstreams::keep_resolving(
+        Arc::clone(&upstreams),
+        settings.resolve_interval,
+        upstreams::resolve_dns,
+    ));
+    let checking = {
+        let client = balancer.inner.client.clone();
+        let timeout = settings.health_timeout;
+        tokio::spawn(health::keep_checking(
+            Arc::clone(&upstreams),
+            settings.health_interval,
+            move |address| health::check_http(client.clone(), address, timeout),
+        ))
+    };
+
+    serve::run(listener, balancer, settings.server_limits(), shutdown).await;
+    resolving.abort();
+    checking.abort();
+}
