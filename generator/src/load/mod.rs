@@ -1,0 +1,317 @@
+//! `generator load`: the original system's request stream, open loop. Purchases leave on
+//! a schedule fixed in advance ([`schedule`]), whatever the answers do; each one's latency
+//! is measured from its scheduled send time, so a slow or saturated cluster shows up as
+//! latency rather than as a politely lower rate (as wrk2 does).
+
+pub mod events;
+pub mod progress;
+pub mod purchase;
+pub mod report;
+pub mod schedule;
+pub mod stats;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rand::prelude::*;
+use rand::rngs::StdRng;
+use shared::api::{EventBody, PurchaseRequestBody};
+use shared::domain::MAX_QUANTITY;
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::client::{ApiClient, ClientError, Target};
+pub use events::EventTable;
+pub use progress::ProgressMode;
+pub use report::{LoadReport, StopReason};
+pub use schedule::{Arrivals, Schedule};
+use stats::Stats;
+
+/// The highest rate accepted: one request per microsecond.
+pub const MAX_RATE: f64 = 1_000_000.0;
+
+/// When a run stops sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopWhen {
+    /// After this long.
+    After(Duration),
+    /// When every event has sold out.
+    SoldOut,
+}
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub target: Target,
+    /// Mean purchases per second.
+    pub rate: f64,
+    pub stop: StopWhen,
+    pub arrivals: Arrivals,
+    /// Most purchases in flight at once; a full cap delays sends (shown as latency).
+    pub concurrency: usize,
+    /// Time limit of each HTTP request.
+    pub request_timeout: Duration,
+    /// Repeats of a purchase whose outcome is unknown, with the same Idempotency-Key.
+    pub retries: u32,
+    /// Quantities are drawn from `1..=max_quantity`.
+    pub max_quantity: u32,
+    /// Seed of the request stream; `None` picks one (reported).
+    pub seed: Option<u64>,
+    pub progress: ProgressMode,
+}
+
+/// Why a run could not start or finish.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error("--rate must be a number above 0 and at most {MAX_RATE}, got {0}")]
+    Rate(f64),
+    #[error("--duration must be longer than zero")]
+    ZeroDuration,
+    #[error("--concurrency must be at least 1")]
+    Concurrency,
+    #[error("--max-quantity must be from 1 to {MAX_QUANTITY}, got {0}")]
+    MaxQuantity(u32),
+    #[error("cannot read the events from the target")]
+    Events(#[source] ClientError),
+    #[error("the target has no tickets for sale (every event is sold out)")]
+    NothingForSale,
+    #[error("cannot write the report to {path}: {reason}")]
+    Report { path: PathBuf, reason: String },
+}
+
+impl LoadOptions {
+    fn validate(&self) -> Result<(), LoadError> {
+        if !(self.rate.is_finite() && self.rate > 0.0 && self.rate <= MAX_RATE) {
+            return Err(LoadError::Rate(self.rate));
+        }
+        if self.stop == StopWhen::After(Duration::ZERO) {
+            return Err(LoadError::ZeroDuration);
+        }
+        if self.concurrency == 0 {
+            return Err(LoadError::Concurrency);
+        }
+        if !(1..=MAX_QUANTITY).contains(&self.max_quantity) {
+            return Err(LoadError::MaxQuantity(self.max_quantity));
+        }
+        Ok(())
+    }
+}
+
+/// What the purchase tasks share with the scheduler.
+struct Run {
+    client: ApiClient,
+    stats: Arc<Mutex<Stats>>,
+    events: Mutex<EventTable>,
+    /// Signalled when the last open event sells out.
+    exhausted: Notify,
+    retries: u32,
+}
+
+/// Locks a mutex even if a task panicked while holding it: the counters stay usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs the load until its stop condition.
+pub async fn run(options: LoadOptions) -> Result<LoadReport, LoadError> {
+    run_until(options, std::future::pending()).await
+}
+
+/// Runs the load until its stop condition or until `interrupt` completes.
+pub async fn run_until(
+    options: LoadOptions,
+    interrupt: impl Future<Output = ()>,
+) -> Result<LoadReport, LoadError> {
+    options.validate()?;
+    let client = ApiClient::new(
+        options.target.clone(),
+        options.request_timeout,
+        options.concurrency,
+    );
+    let listed: Vec<EventBody> = client
+        .get_json("/events")
+        .await
+        .map_err(LoadError::Events)?;
+    let table = EventTable::new(
+        listed.into_iter().map(|e| (e.event, e.available)),
+        options.max_quantity,
+    );
+    if table.is_exhausted() && options.stop != StopWhen::SoldOut {
+        return Err(LoadError::NothingForSale);
+    }
+    info!(events = table.open_count(), target = %options.target, "events on sale");
+    let seed = options.seed.unwrap_or_else(|| rand::rng().random());
+    let run = Arc::new(Run {
+        client,
+        stats: Arc::new(Mutex::new(Stats::new())),
+        events: Mutex::new(table),
+        exhausted: Notify::new(),
+        retries: options.retries,
+    });
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut schedule = Schedule::new(
+        options.arrivals,
+        options.rate,
+        StdRng::seed_from_u64(rng.random()),
+    );
+    // Keys must be unique across runs too: a repeat of a key replays its first outcome.
+    let run_id: u64 = rand::rng().random();
+    let slots = Arc::new(Semaphore::new(options.concurrency));
+    let start = Instant::now();
+    let planned = match options.stop {
+        StopWhen::After(d) => Some(d),
+        StopWhen::SoldOut => None,
+    };
+    let deadline = planned.map(|d| start + d);
+    let progress = progress::Progress::start(options.progress, run.stats.clone(), start, planned);
+    let mut tasks = JoinSet::new();
+    let mut behind_schedule = 0;
+    let mut seq: u64 = 0;
+    tokio::pin!(interrupt);
+
+    let stopped_because = loop {
+        // The schedule never ends; an offset past what an Instant holds ends the run.
+        let Some(at) = schedule.next().and_then(|offset| start.checked_add(offset)) else {
+            break StopReason::Duration;
+        };
+        if deadline.is_some_and(|d| at >= d) {
+            break StopReason::Duration;
+        }
+        tokio::select! {
+            biased;
+            () = &mut interrupt => break StopReason::Interrupted,
+            () = run.exhausted.notified() => break StopReason::SoldOut,
+            () = tokio::time::sleep_until(at) => {}
+        }
+        let Some((event, quantity)) = lock(&run.events).pick(&mut rng) else {
+            break StopReason::SoldOut;
+        };
+        // Waiting for a free slot delays this send but not the schedule: later sends
+        // keep their times, and each one's latency still counts from its own time.
+        let permit = tokio::select! {
+            biased;
+            () = &mut interrupt => break StopReason::Interrupted,
+            () = run.exhausted.notified() => break StopReason::SoldOut,
+            () = sleep_until_opt(deadline) => {
+                behind_schedule = 1 + schedule
+                    .by_ref()
+                    .take_while(|offset| deadline.is_some_and(|d| start + *offset < d))
+                    .count() as u64;
+                break StopReason::Duration;
+            }
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break StopReason::Interrupted,
+            },
+        };
+        seq += 1;
+        lock(&run.stats).sent += 1;
+        let key = format!("gen-{run_id:016x}-{seq}");
+        let task_run = run.clone();
+        tasks.spawn(async move {
+            one_purchase(&task_run, event, quantity, &key, at).await;
+            drop(permit);
+        });
+        // Reaps finished tasks so the set holds only those in flight.
+        while tasks.try_join_next().is_some() {}
+    };
+    let sending = start.elapsed();
+    debug!(reason = ?stopped_because, in_flight = tasks.len(), "stopped sending");
+    drain(&mut tasks, &run, &options).await;
+    progress.finish().await;
+
+    let elapsed = start.elapsed();
+    let stats = lock(&run.stats).clone();
+    let table = lock(&run.events).clone();
+    let sending_seconds = sending.as_secs_f64();
+    Ok(LoadReport {
+        target: options.target.to_string(),
+        arrivals: options.arrivals,
+        rate: options.rate,
+        concurrency: options.concurrency,
+        seed,
+        stopped_because,
+        sending_seconds,
+        elapsed_seconds: elapsed.as_secs_f64(),
+        sent: stats.sent,
+        behind_schedule,
+        achieved_rate: if sending_seconds > 0.0 {
+            stats.sent as f64 / sending_seconds
+        } else {
+            0.0
+        },
+        completed: stats.completed,
+        purchases: stats.purchases,
+        tickets_sold: stats.tickets_sold,
+        revenue_cents: stats.revenue_cents,
+        sold_out: stats.sold_out,
+        events_sold_out: table.sold_out_events().to_vec(),
+        retries: stats.retries,
+        errors_total: stats.errors_total(),
+        errors: stats.errors.clone(),
+        latency_ms: stats.latency(),
+        nodes: stats.nodes.clone(),
+    })
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends one purchase and records its outcome and what it taught about its event.
+async fn one_purchase(run: &Run, event: String, quantity: u32, key: &str, scheduled: Instant) {
+    let body = PurchaseRequestBody {
+        event: event.clone(),
+        quantity,
+    };
+    let attempted = purchase::purchase(&run.client, &body, key, run.retries).await;
+    let latency = scheduled.elapsed();
+    {
+        let mut stats = lock(&run.stats);
+        stats.record(&attempted.outcome, latency);
+        stats.retries += u64::from(attempted.retries);
+        for node in &attempted.nodes {
+            stats.answered_by(node);
+        }
+    }
+    let mut table = lock(&run.events);
+    let was_open = !table.is_exhausted();
+    if let stats::Outcome::SoldOut { available } = attempted.outcome {
+        table.sold_out(&event, available);
+    }
+    if attempted.unknown_event {
+        warn!(
+            event,
+            "the target no longer knows this event; not asking for it again"
+        );
+        table.unknown(&event);
+    }
+    if was_open && table.is_exhausted() {
+        info!("every event has sold out");
+        run.exhausted.notify_one();
+    }
+}
+
+/// Waits for the purchases still in flight, each bounded by its timeouts and retries,
+/// and counts any that still have not finished after that as `abandoned`.
+async fn drain(tasks: &mut JoinSet<()>, run: &Run, options: &LoadOptions) {
+    let limit = options.request_timeout * (options.retries + 1) + Duration::from_secs(2);
+    let all_done = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(limit, all_done).await.is_err() {
+        let abandoned = tasks.len();
+        warn!(abandoned, "purchases still unanswered; giving up on them");
+        tasks.abort_all();
+        let mut stats = lock(&run.stats);
+        for _ in 0..abandoned {
+            stats.error("abandoned");
+        }
+    }
+}
