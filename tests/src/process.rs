@@ -101,11 +101,14 @@ impl Process {
 
     /// SIGTERM, then waits for the process to exit and returns its exit code.
     pub fn terminate(&mut self) -> anyhow::Result<Option<i32>> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status.code());
+        }
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
             .context("running kill")?;
-        if !status.success() {
+        if !status.success() && self.child.try_wait()?.is_none() {
             bail!("kill -TERM {} failed", self.child.id());
         }
         Ok(self.child.wait()?.code())
