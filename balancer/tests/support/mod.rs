@@ -1,0 +1,371 @@
+//! Test support: fake upstream nodes (small hyper servers on 127.0.0.1 that answer with an
+//! `X-Node` header and echo what they got), the real balancer binary run as a child process
+//! that is killed when its guard drops, and a small HTTP client.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may last before the test fails; generous, since it
+/// only bounds a hang and asserts nothing about speed.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// One request as a fake upstream received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A fake node on 127.0.0.1. Every answer is 200 with `X-Node: <name>` and a JSON echo of
+/// the request, except: `/slow` waits until [`Upstream::release_slow`], and with
+/// `drop_posts` a POST is read in full and then the connection is dropped unanswered.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    received: Arc<Mutex<Vec<Received>>>,
+    release: Arc<Notify>,
+    slow_arrivals: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Clone)]
+struct UpstreamState {
+    name: String,
+    drop_posts: bool,
+    received: Arc<Mutex<Vec<Received>>>,
+    release: Arc<Notify>,
+    slow_arrived: mpsc::UnboundedSender<()>,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        Self::start_on(name, 0, false).await
+    }
+
+    pub async fn start_dropping_posts(name: &str) -> Self {
+        Self::start_on(name, 0, true).await
+    }
+
+    /// Starts on a given port of 127.0.0.1 (0 for any free one).
+    pub async fn start_on(name: &str, port: u16, drop_posts: bool) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind a fake upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let release = Arc::new(Notify::new());
+        let (slow_arrived, slow_arrivals) = mpsc::unbounded_channel();
+        let state = UpstreamState {
+            name: name.to_owned(),
+            drop_posts,
+            received: Arc::clone(&received),
+            release: Arc::clone(&release),
+            slow_arrived,
+        };
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = state.clone();
+                        async move { answer(state, request).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            addr,
+            received,
+            release,
+            slow_arrivals: tokio::sync::Mutex::new(slow_arrivals),
+            task,
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as the balancer's `--nodes` wants it.
+    pub fn node(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// How many requests with `method` to paths other than `/health` arrived here.
+    pub fn count(&self, method: &str) -> usize {
+        self.received()
+            .iter()
+            .filter(|r| r.method == method && r.path != "/health")
+            .count()
+    }
+
+    /// Waits until a `/slow` request has arrived.
+    pub async fn slow_request_arrived(&self) {
+        let mut arrivals = self.slow_arrivals.lock().await;
+        tokio::time::timeout(PATIENCE, arrivals.recv())
+            .await
+            .expect("a /slow request arrives")
+            .expect("upstream running");
+    }
+
+    /// Lets one waiting `/slow` request be answered.
+    pub fn release_slow(&self) {
+        self.release.notify_one();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    state: UpstreamState,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_owned();
+    let headers: BTreeMap<String, String> = request
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    state.received.lock().expect("lock").push(Received {
+        method: method.clone(),
+        path: path.clone(),
+        headers: headers.clone(),
+    });
+    if state.drop_posts && method == "POST" {
+        // An error from the service makes hyper close the connection without answering.
+        return Err(std::io::Error::other("dropping the connection on purpose"));
+    }
+    if path == "/slow" {
+        let _ = state.slow_arrived.send(());
+        state.release.notified().await;
+    }
+    let echo = json!({
+        "node": state.name,
+        "method": method,
+        "path": path,
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
+    let h = response.headers_mut();
+    h.insert("x-node", HeaderValue::from_str(&state.name).expect("name"));
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    // Hop-by-hop headers the balancer must not pass back to its client.
+    h.insert("connection", HeaderValue::from_static("x-upstream-hop"));
+    h.insert("x-upstream-hop", HeaderValue::from_static("1"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(
+        "proxy-authenticate",
+        HeaderValue::from_static("Basic realm=\"x\""),
+    );
+    Ok(response)
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound once, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The real balancer binary, killed when this guard drops.
+pub struct BalancerProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl BalancerProcess {
+    /// Starts `balancer --listen 127.0.0.1:0 --nodes NODES` with extra environment, and
+    /// waits for its `listening on ADDR` line.
+    pub async fn start(nodes: &[String], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_balancer"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--nodes", &nodes.join(",")])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the balancer binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        tokio::time::timeout(PATIENCE, BufReader::new(stdout).read_line(&mut line))
+            .await
+            .expect("the balancer prints its address")
+            .expect("read the balancer's stdout");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("a socket address");
+        Self { child, addr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends SIGTERM, as `docker stop` does.
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("the balancer is running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the balancer exits")
+            .expect("wait for the balancer")
+    }
+}
+
+impl Drop for BalancerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A response, read in full.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!(
+                "{err}: body is not JSON: {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(
+    client: &TestClient,
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    let mut request = Request::new(Full::new(Bytes::from(body.to_owned())));
+    *request.method_mut() = method;
+    *request.uri_mut() = url.parse().expect("url");
+    for (name, value) in headers {
+        request.headers_mut().append(
+            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    let response = tokio::time::timeout(PATIENCE, client.request(request))
+        .await
+        .expect("the balancer answers")
+        .expect("an HTTP response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(client: &TestClient, url: &str) -> Reply {
+    send(client, Method::GET, url, &[], "").await
+}
+
+/// Polls `condition` until it holds, failing the test after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The entry of `/balancer/nodes` for `addr`.
+pub async fn node_state(client: &TestClient, balancer: &BalancerProcess, addr: &str) -> Value {
+    let nodes = get(client, &balancer.url("/balancer/nodes")).await.json();
+    nodes
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|n| n["address"] == addr)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
