@@ -1,0 +1,172 @@
+//! The `generator` binary's flags and `seed`, run as a real process.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn generator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_generator"))
+        .args(args)
+        .env_remove("TICKETS_GENERATOR__TARGET")
+        .output()
+        .expect("generator starts")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn seed(dir: &Path, extra: &[&str]) -> Output {
+    let data = dir.to_string_lossy().into_owned();
+    let mut args = vec![
+        "seed",
+        "--data",
+        data.as_str(),
+        "--events",
+        "6",
+        "--tickets",
+        "120",
+    ];
+    args.extend_from_slice(extra);
+    generator(&args)
+}
+
+#[test]
+fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let first = seed(&data, &["--seed", "1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("wrote 120 tickets over 6 events"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(data.join("tickets.json").is_file());
+
+    let again = seed(&data, &["--seed", "2"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("pass --force"),
+        "{}",
+        stderr(&again)
+    );
+
+    let forced = seed(&data, &["--seed", "2", "--force"]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+}
+
+#[test]
+fn seed_with_the_same_seed_writes_the_same_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in ["a", "b", "c"] {
+        let seed_value = if name == "c" { "8" } else { "7" };
+        let out = seed(&dir.path().join(name), &["--seed", seed_value]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let read = |name: &str| {
+        std::fs::read(dir.path().join(name).join("tickets.json")).expect("store written")
+    };
+    assert_eq!(read("a"), read("b"));
+    assert_ne!(read("a"), read("c"));
+}
+
+#[test]
+fn seed_without_a_seed_prints_the_one_it_picked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = seed(&dir.path().join("d"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("repeat this inventory with --seed "),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn seed_refuses_too_few_events_or_tickets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_string_lossy().into_owned();
+    let few_events = generator(&["seed", "--data", &data, "--events", "3", "--tickets", "10"]);
+    assert_eq!(few_events.status.code(), Some(2));
+    assert!(
+        stderr(&few_events).contains("--events must be at least 4"),
+        "{}",
+        stderr(&few_events)
+    );
+    let few_tickets = generator(&["seed", "--data", &data, "--events", "5", "--tickets", "4"]);
+    assert_eq!(few_tickets.status.code(), Some(2));
+    assert!(
+        stderr(&few_tickets).contains("--tickets must be at least --events"),
+        "{}",
+        stderr(&few_tickets)
+    );
+    assert!(!dir.path().join("tickets.json").exists());
+}
+
+#[test]
+fn load_refuses_bad_flags_with_a_clear_message() {
+    // None of these sends anything: flags are checked before the target is contacted.
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["load", "--rate", "0", "--duration", "1s"],
+            "--rate must be a number above 0",
+        ),
+        (&["load", "--rate", "-3", "--duration", "1s"], "--rate"),
+        (&["load", "--duration", "1s"], "--rate"),
+        (
+            &[
+                "load",
+                "--rate",
+                "5",
+                "--duration",
+                "1s",
+                "--until-sold-out",
+            ],
+            "cannot be used with",
+        ),
+        (
+            &["load", "--rate", "5", "--duration", "soon"],
+            "write a duration like 30s",
+        ),
+        (&["load", "--rate", "5", "--arrivals", "bursty"], "steady"),
+    ];
+    for (args, expected) in cases {
+        let out = generator(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_target_that_is_not_an_http_url_is_refused() {
+    let out = generator(&["audit", "--target", "ftp://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("only http://"), "{}", stderr(&out));
+}
+
+#[test]
+fn max_quantity_above_ten_is_refused() {
+    let out = generator(&[
+        "load",
+        "--rate",
+        "5",
+        "--duration",
+        "1s",
+        "--max-quantity",
+        "11",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--max-quantity must be from 1 to 10"),
+        "{}",
+        stderr(&out)
+    );
+}

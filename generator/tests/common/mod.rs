@@ -1,0 +1,302 @@
+//! A small fake ticket server for the generator's integration tests: hyper on
+//! 127.0.0.1:0 serving /events, /tickets and /purchases from an in-memory
+//! `shared::Inventory` (or from fixed, hand-made bodies), with an `X-Node` header that
+//! alternates between two names, and a helper that runs the real `generator` binary.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Output;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use shared::api::{
+    ErrorBody, EventBody, IDEMPOTENCY_HEADER, NODE_HEADER, PurchaseBody, PurchaseRequestBody,
+    TicketBody,
+};
+use shared::{
+    EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseRequest, Quantity, Ticket,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// What the fake serves.
+pub enum State {
+    /// A working inventory that sells tickets.
+    Live(Mutex<Inventory>),
+    /// Fixed listings (for the audit); purchases are refused.
+    Fixed {
+        tickets: Vec<TicketBody>,
+        events: Vec<EventBody>,
+        purchases: Vec<PurchaseBody>,
+    },
+}
+
+#[derive(Clone)]
+struct Fake {
+    state: Arc<State>,
+    answers: Arc<AtomicUsize>,
+    /// When set, the first attempt of each Idempotency-Key sells but is answered 503,
+    /// as if the answer were lost on its way back.
+    lose_first_answer: bool,
+    keys_seen: Arc<Mutex<HashSet<String>>>,
+}
+
+/// A running fake; stops when dropped.
+pub struct FakeServer {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl FakeServer {
+    pub async fn start(state: State) -> Self {
+        Self::start_with(state, false).await
+    }
+
+    /// A fake whose first answer to every purchase is lost (503 after selling).
+    pub async fn start_losing_first_answers(state: State) -> Self {
+        Self::start_with(state, true).await
+    }
+
+    async fn start_with(state: State, lose_first_answer: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local address");
+        let state = Arc::new(state);
+        let fake = Fake {
+            state: state.clone(),
+            answers: Arc::new(AtomicUsize::new(0)),
+            lose_first_answer,
+            keys_seen: Arc::new(Mutex::new(HashSet::new())),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(serve::run(
+            listener,
+            fake,
+            serve::ServerLimits::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            state,
+            _stop: stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The live inventory's tickets.
+    pub fn tickets(&self) -> Vec<Ticket> {
+        match &*self.state {
+            State::Live(inventory) => inventory.lock().expect("lock").tickets().to_vec(),
+            State::Fixed { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A live inventory of `per_event` tickets for each of the four original events.
+pub fn live_inventory(per_event: u64) -> State {
+    let mut tickets = Vec::new();
+    for (i, name) in shared::domain::ORIGINAL_EVENTS.iter().enumerate() {
+        for n in 0..per_event {
+            tickets.push(Ticket {
+                id: i as u64 * per_event + n + 1,
+                event: EventName::parse(name).expect("original names are valid"),
+                price_cents: 1_000 + 250 * n,
+                sold: false,
+            });
+        }
+    }
+    State::Live(Mutex::new(
+        Inventory::from_tickets(tickets).expect("consistent"),
+    ))
+}
+
+fn json(status: StatusCode, node: &str, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).expect("serialisable");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header(NODE_HEADER, node)
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("valid response")
+}
+
+fn error(
+    status: StatusCode,
+    node: &str,
+    code: &str,
+    available: Option<u64>,
+) -> Response<Full<Bytes>> {
+    let mut body = ErrorBody::new(code, code.replace('_', " "));
+    body.available = available;
+    json(status, node, &body)
+}
+
+impl serve::Handler for Fake {
+    type Body = Full<Bytes>;
+
+    async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
+        let node = if self.answers.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            "fake-a"
+        } else {
+            "fake-b"
+        };
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let key = request
+            .headers()
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => return error(StatusCode::BAD_REQUEST, node, "bad_request", None),
+        };
+        match (&*self.state, &method, path.as_str()) {
+            (State::Fixed { events, .. }, &Method::GET, "/events") => {
+                json(StatusCode::OK, node, events)
+            }
+            (State::Fixed { tickets, .. }, &Method::GET, "/tickets") => {
+                json(StatusCode::OK, node, tickets)
+            }
+            (State::Fixed { purchases, .. }, &Method::GET, "/purchases") => {
+                json(StatusCode::OK, node, purchases)
+            }
+            (State::Live(inv), &Method::GET, "/events") => {
+                let events: Vec<EventBody> = inv
+                    .lock()
+                    .expect("lock")
+                    .events()
+                    .iter()
+                    .map(EventBody::from)
+                    .collect();
+                json(StatusCode::OK, node, &events)
+            }
+            (State::Live(inv), &Method::GET, "/tickets") => {
+                let tickets: Vec<TicketBody> = inv
+                    .lock()
+                    .expect("lock")
+                    .tickets()
+                    .iter()
+                    .map(TicketBody::from)
+                    .collect();
+                json(StatusCode::OK, node, &tickets)
+            }
+            (State::Live(inv), &Method::GET, "/purchases") => {
+                let purchases: Vec<PurchaseBody> = inv
+                    .lock()
+                    .expect("lock")
+                    .purchases()
+                    .iter()
+                    .map(PurchaseBody::from)
+                    .collect();
+                json(StatusCode::OK, node, &purchases)
+            }
+            (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
+            _ => error(StatusCode::NOT_FOUND, node, "not_found", None),
+        }
+    }
+}
+
+impl Fake {
+    fn purchase(
+        &self,
+        inventory: &Mutex<Inventory>,
+        node: &str,
+        key: Option<String>,
+        body: &[u8],
+    ) -> Response<Full<Bytes>> {
+        let Ok(asked) = serde_json::from_slice::<PurchaseRequestBody>(body) else {
+            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+        };
+        let (Ok(event), Ok(quantity)) = (
+            EventName::parse(&asked.event),
+            Quantity::new(asked.quantity),
+        ) else {
+            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+        };
+        let key = key.and_then(|k| IdempotencyKey::parse(&k).ok());
+        let outcome = inventory.lock().expect("lock").purchase_tickets(
+            &PurchaseRequest::new(event, quantity),
+            key.as_ref(),
+            node,
+        );
+        let first_attempt = key.as_ref().is_some_and(|k| {
+            self.keys_seen
+                .lock()
+                .expect("lock")
+                .insert(k.as_str().to_owned())
+        });
+        match outcome {
+            Ok(_) if self.lose_first_answer && first_attempt => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                node,
+                "store_unavailable",
+                None,
+            ),
+            Ok(outcome) => json(
+                StatusCode::CREATED,
+                node,
+                &PurchaseBody::from(outcome.purchase()),
+            ),
+            Err(PurchaseError::SoldOut { available, .. }) => {
+                error(StatusCode::CONFLICT, node, "sold_out", Some(available))
+            }
+            Err(PurchaseError::UnknownEvent(_)) => {
+                error(StatusCode::NOT_FOUND, node, "unknown_event", None)
+            }
+            Err(PurchaseError::KeyReused { .. }) => error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                node,
+                "idempotency_key_reused",
+                None,
+            ),
+        }
+    }
+}
+
+/// Runs the real `generator` binary with `args` and waits for it, killing it if it has
+/// not finished after a generous safety limit (a hang, not a speed check).
+pub async fn generator(args: &[&str]) -> Output {
+    generator_with_env(args, &[]).await
+}
+
+/// Like [`generator`], with extra environment variables.
+pub async fn generator_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_generator"));
+    command
+        .args(args)
+        .env_remove("TICKETS_GENERATOR__TARGET")
+        .env_remove("TICKETS_GENERATOR__REQUEST_TIMEOUT")
+        .env_remove("TICKETS_GENERATOR__CONCURRENCY")
+        .env_remove("TICKETS_GENERATOR__RETRIES")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    let child = command.output();
+    tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("generator hung for two minutes")
+        .expect("generator starts")
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
