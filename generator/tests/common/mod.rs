@@ -150,7 +150,11 @@ impl serve::Handler for Fake {
     type Body = Full<Bytes>;
 
     async fn handle(&self, request: Request<Incoming>, _peer: SocketAddr) -> Response<Full<Bytes>> {
-        let node = if self.answers.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+        let node = if self
+            .answers
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(2)
+        {
             "fake-a"
         } else {
             "fake-b"
