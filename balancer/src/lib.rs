@@ -131,3 +131,51 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Futur
     resolving.abort();
     checking.abort();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    fn settings(nodes: &str) -> Settings {
+        RawSettings {
+            nodes: serde_json::from_value(serde_json::json!(nodes)).expect("node list"),
+            ..RawSettings::default()
+        }
+        .validate()
+        .expect("valid settings")
+    }
+
+    async fn call(balancer: &Balancer, method: &str, path: &str) -> (u16, serde_json::Value) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
+        let response = balancer.respond(request, peer).await;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        (status, serde_json::from_slice(&bytes).expect("JSON body"))
+    }
+
+    #[tokio::test]
+    async fn the_handler_answers_its_own_endpoints_and_forwards_the_rest() {
+        // Nothing is resolved yet, so there is nowhere to forward to.
+        let balancer = Balancer::new(&settings("127.0.0.1:1"));
+        let (status, body) = call(&balancer, "GET", "/balancer/health").await;
+        assert_eq!(status, 200);
+        assert_eq!(body["nodes_total"], 0);
+        let (status, body) = call(&balancer, "GET", "/events").await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "no_healthy_nodes");
+        let (status, body) = call(&balancer, "DELETE", "/balancer/nodes").await;
+        assert_eq!(status, 405);
+        assert_eq!(body["error"], "method_not_allowed");
+    }
+}

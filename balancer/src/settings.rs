@@ -141,16 +141,27 @@ impl fmt::Display for NodeName {
 /// Validated settings, in the types the balancer runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// Where clients connect (`listen`).
     pub listen: SocketAddr,
+    /// The names to balance over, each standing for every address it resolves to.
     pub nodes: Vec<NodeName>,
+    /// Between two rounds of `GET /health` on every node.
     pub health_interval: Duration,
+    /// One health check failing to answer within this marks the node down.
     pub health_timeout: Duration,
+    /// Between two resolutions of the node names.
     pub resolve_interval: Duration,
+    /// A node that cannot be connected to within this is marked down and skipped.
     pub connect_timeout: Duration,
+    /// A node that sends no response headers within this has failed the attempt.
     pub response_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How long a client may take to send its request headers.
     pub header_read_timeout: Duration,
+    /// Open client connections at most.
     pub max_connections: usize,
+    /// Largest request body buffered for forwarding.
     pub max_body_bytes: usize,
 }
 
@@ -214,6 +225,17 @@ impl RawSettings {
                 Ok(value)
             }
         };
+        // A connection attempt must end (and count as "nothing sent") before the response
+        // timeout could end it as "sent, maybe acted on".
+        if self.connect_timeout_ms >= self.response_timeout_ms {
+            return Err(SettingsError::invalid(
+                "balancer.connect_timeout_ms",
+                format!(
+                    "must be shorter than response_timeout_ms ({} ms)",
+                    self.response_timeout_ms
+                ),
+            ));
+        }
         Ok(Settings {
             listen,
             nodes,
@@ -321,6 +343,10 @@ mod tests {
         let mut raw = with_nodes("a:1");
         raw.max_body_bytes = 0;
         assert!(raw.validate().is_err());
+        let mut raw = with_nodes("a:1");
+        raw.connect_timeout_ms = 10_000;
+        let text = raw.validate().expect_err("connect too long").to_string();
+        assert!(text.contains("connect_timeout_ms"), "{text}");
     }
 
     #[test]

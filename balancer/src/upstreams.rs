@@ -128,6 +128,10 @@ impl Drop for InFlight {
     }
 }
 
+/// A resolver that does not answer within this leaves the name's last known addresses in
+/// place, so one stuck lookup cannot hold up start-up or the other names.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Every known node, from every configured name.
 #[derive(Debug)]
 pub struct Upstreams {
@@ -179,11 +183,15 @@ impl Upstreams {
     {
         let mut results = Vec::with_capacity(self.names.len());
         for name in &self.names {
-            let result = match resolve(name.clone()).await {
-                Ok(addresses) if addresses.is_empty() => {
+            let result = match tokio::time::timeout(RESOLVE_TIMEOUT, resolve(name.clone())).await {
+                Ok(Ok(addresses)) if addresses.is_empty() => {
                     Err(io::Error::other("resolves to no address"))
                 }
-                other => other,
+                Ok(other) => other,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from the resolver within {RESOLVE_TIMEOUT:?}"),
+                )),
             };
             if let Err(err) = &result {
                 warn!(node = %name, cause = %err, "cannot resolve node; keeping its last known addresses");

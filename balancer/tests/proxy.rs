@@ -326,7 +326,10 @@ async fn a_node_too_slow_for_an_unkeyed_post_gets_a_504_json_error() {
     let slow = Upstream::start("slow").await;
     let balancer = BalancerProcess::start(
         &[slow.node()],
-        &[("TICKETS_BALANCER__RESPONSE_TIMEOUT_MS", "200")],
+        &[
+            ("TICKETS_BALANCER__CONNECT_TIMEOUT_MS", "100"),
+            ("TICKETS_BALANCER__RESPONSE_TIMEOUT_MS", "200"),
+        ],
     )
     .await;
     let client = client();

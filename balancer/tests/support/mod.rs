@@ -246,7 +246,7 @@ impl BalancerProcess {
         let addr = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?} (see its stderr above)"))
             .parse()
             .expect("a socket address");
         Self { child, addr }
