@@ -1,6 +1,8 @@
 //! Every way a request can fail, and the one place where a failure becomes an HTTP status
 //! and a JSON error body.
 
+use std::sync::Arc;
+
 use hyper::StatusCode;
 use shared::api::ErrorBody;
 use shared::{PurchaseError, StoreError};
@@ -34,9 +36,21 @@ pub enum ApiError {
     #[error("the request body did not arrive in time")]
     BodyTimeout,
     #[error("the ticket store is unavailable: {0}")]
-    Store(#[from] StoreError),
+    Store(Arc<StoreError>),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::Store(Arc::new(err))
+    }
+}
+
+impl From<Arc<StoreError>> for ApiError {
+    fn from(err: Arc<StoreError>) -> Self {
+        Self::Store(err)
+    }
 }
 
 impl ApiError {

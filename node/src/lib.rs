@@ -1,6 +1,7 @@
 //! A ticket-selling node: the ticket API over HTTP, on the shared JSON store. Every node is
 //! complete on its own; any number of them may serve the same data directory.
 
+mod committer;
 mod error;
 mod input;
 mod metrics;
@@ -32,6 +33,8 @@ pub struct NodeService {
     /// `id` as a header value, built once.
     id_header: HeaderValue,
     store: TicketStore,
+    /// Queues purchases for group commit.
+    committer: committer::Committer,
     settings: Arc<NodeSettings>,
     metrics: Arc<metrics::Metrics>,
 }
@@ -41,10 +44,13 @@ impl NodeService {
         let id_header = HeaderValue::from_str(&settings.id).map_err(|_| {
             ApiError::Internal(format!("node id {:?} is not a header value", settings.id))
         })?;
+        let id: Arc<str> = Arc::from(settings.id.as_str());
+        let store = TicketStore::new(&settings.data, settings.lock_timeout());
         Ok(Self {
-            id: Arc::from(settings.id.as_str()),
+            committer: committer::Committer::start(store.clone(), Arc::clone(&id)),
+            id,
             id_header,
-            store: TicketStore::new(&settings.data, settings.lock_timeout()),
+            store,
             settings: Arc::new(settings),
             metrics: Arc::default(),
         })

@@ -8,6 +8,7 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
+use shared::store::PurchaseOrder;
 use shared::{EventName, PurchaseOutcome, PurchaseRequest, TicketStore};
 
 use crate::NodeService;
@@ -180,17 +181,17 @@ async fn create_purchase(
     )
     .await?;
     let input = input::parse_purchase(&bytes)?;
-    let request = PurchaseRequest::new(input.event, input.quantity);
-    let node_id = node.id.clone();
-    let outcome = with_store(node, move |store| {
-        let outcome = store.update(|inv| {
-            let outcome = inv.purchase_tickets(&request, key.as_ref(), &node_id);
-            let changed = matches!(outcome, Ok(PurchaseOutcome::Created(_)));
-            (outcome, changed)
-        })?;
-        Ok(outcome?)
-    })
-    .await?;
+    let order = PurchaseOrder {
+        request: PurchaseRequest::new(input.event, input.quantity),
+        key,
+    };
+    let committed = node
+        .committer
+        .commit(order)
+        .await
+        .ok_or_else(|| ApiError::Internal("the commit thread has stopped".into()))?;
+    // First the store's failure, then the purchase's own refusal.
+    let outcome = committed??;
     if let PurchaseOutcome::Created(purchase) = &outcome {
         node.metrics.purchase_committed(purchase.tickets.len());
     }

@@ -1,7 +1,7 @@
 //! The inventory as one consistent state: tickets, committed purchases, the queries the API
 //! answers and the all-or-nothing purchase decision. Pure logic, no I/O.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use thiserror::Error;
 
@@ -87,6 +87,15 @@ pub struct Inventory {
     by_purchase_id: HashMap<String, usize>,
     /// Idempotency key to the index of the purchase it produced.
     by_key: HashMap<String, usize>,
+    /// Per event, its running summary and its unsold ticket ids, so a sale and the event
+    /// listing cost the same whatever the inventory's size.
+    events: BTreeMap<EventName, EventIndex>,
+}
+
+#[derive(Debug, Clone)]
+struct EventIndex {
+    summary: EventSummary,
+    available: BTreeSet<u64>,
 }
 
 impl Inventory {
@@ -116,6 +125,7 @@ impl Inventory {
             next_purchase_seq,
             by_purchase_id: HashMap::with_capacity(purchases.len()),
             by_key: HashMap::new(),
+            events: BTreeMap::new(),
         };
         let mut held = HashSet::new();
         for purchase in purchases {
@@ -149,7 +159,37 @@ impl Inventory {
         {
             return Err(InconsistencyError::SoldWithoutPurchase(orphan.id));
         }
+        inventory.index_events();
         Ok(inventory)
+    }
+
+    fn index_events(&mut self) {
+        for ticket in &self.tickets {
+            let index = self
+                .events
+                .entry(ticket.event.clone())
+                .or_insert_with(|| EventIndex {
+                    summary: EventSummary {
+                        event: ticket.event.clone(),
+                        total: 0,
+                        available: 0,
+                        sold: 0,
+                        min_price_cents: ticket.price_cents,
+                        max_price_cents: ticket.price_cents,
+                    },
+                    available: BTreeSet::new(),
+                });
+            let summary = &mut index.summary;
+            summary.total += 1;
+            if ticket.sold {
+                summary.sold += 1;
+            } else {
+                summary.available += 1;
+                index.available.insert(ticket.id);
+            }
+            summary.min_price_cents = summary.min_price_cents.min(ticket.price_cents);
+            summary.max_price_cents = summary.max_price_cents.max(ticket.price_cents);
+        }
     }
 
     fn index_purchase(&mut self, purchase: Purchase) {
@@ -160,6 +200,45 @@ impl Inventory {
             self.by_key.insert(key.as_str().to_owned(), index);
         }
         self.purchases.push(purchase);
+    }
+
+    /// Marks one ticket sold, keeping the event index in step.
+    fn mark_sold(&mut self, position: usize) {
+        let ticket = &mut self.tickets[position];
+        ticket.sold = true;
+        if let Some(index) = self.events.get_mut(&ticket.event) {
+            index.available.remove(&ticket.id);
+            index.summary.available -= 1;
+            index.summary.sold += 1;
+        }
+    }
+
+    /// Replays a purchase committed elsewhere (read back from the store's journal),
+    /// refusing one that conflicts with this state.
+    pub fn apply_committed(&mut self, purchase: Purchase) -> Result<(), InconsistencyError> {
+        if self.by_purchase_id.contains_key(&purchase.purchase_id) {
+            return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
+        }
+        let mut positions = Vec::with_capacity(purchase.tickets.len());
+        for sold in &purchase.tickets {
+            let position = self
+                .tickets
+                .binary_search_by_key(&sold.id, |t| t.id)
+                .map_err(|_| InconsistencyError::UnknownTicket {
+                    purchase: purchase.purchase_id.clone(),
+                    ticket: sold.id,
+                })?;
+            if self.tickets[position].sold || positions.contains(&position) {
+                return Err(InconsistencyError::SoldTwice(sold.id));
+            }
+            positions.push(position);
+        }
+        for position in positions {
+            self.mark_sold(position);
+        }
+        self.next_purchase_seq += 1;
+        self.index_purchase(purchase);
+        Ok(())
     }
 
     pub fn tickets(&self) -> &[Ticket] {
@@ -193,32 +272,11 @@ impl Inventory {
 
     /// One summary per event, sorted by event name.
     pub fn events(&self) -> Vec<EventSummary> {
-        let mut summaries: BTreeMap<&EventName, EventSummary> = BTreeMap::new();
-        for ticket in &self.tickets {
-            let summary = summaries
-                .entry(&ticket.event)
-                .or_insert_with(|| EventSummary {
-                    event: ticket.event.clone(),
-                    total: 0,
-                    available: 0,
-                    sold: 0,
-                    min_price_cents: ticket.price_cents,
-                    max_price_cents: ticket.price_cents,
-                });
-            summary.total += 1;
-            if ticket.sold {
-                summary.sold += 1;
-            } else {
-                summary.available += 1;
-            }
-            summary.min_price_cents = summary.min_price_cents.min(ticket.price_cents);
-            summary.max_price_cents = summary.max_price_cents.max(ticket.price_cents);
-        }
-        summaries.into_values().collect()
+        self.events.values().map(|i| i.summary.clone()).collect()
     }
 
     pub fn event(&self, event: &EventName) -> Option<EventSummary> {
-        self.events().into_iter().find(|s| &s.event == event)
+        self.events.get(event).map(|i| i.summary.clone())
     }
 
     pub fn purchase(&self, purchase_id: &str) -> Option<&Purchase> {
@@ -257,41 +315,30 @@ impl Inventory {
             });
         }
         let wanted = request.quantity.get() as usize;
-        let mut chosen = Vec::with_capacity(wanted);
-        let mut known_event = false;
-        for (index, ticket) in self.tickets.iter().enumerate() {
-            if ticket.event != request.event {
-                continue;
-            }
-            known_event = true;
-            if !ticket.sold {
-                chosen.push(index);
-                if chosen.len() == wanted {
-                    break;
-                }
-            }
-        }
-        if !known_event {
-            return Err(PurchaseError::UnknownEvent(request.event.clone()));
-        }
-        if chosen.len() < wanted {
+        let index = self
+            .events
+            .get(&request.event)
+            .ok_or_else(|| PurchaseError::UnknownEvent(request.event.clone()))?;
+        if index.available.len() < wanted {
             return Err(PurchaseError::SoldOut {
                 event: request.event.clone(),
                 requested: request.quantity.get(),
-                available: chosen.len() as u64,
+                available: index.available.len() as u64,
             });
         }
-        let tickets: Vec<SoldTicket> = chosen
-            .iter()
-            .map(|&i| {
-                let ticket = &mut self.tickets[i];
-                ticket.sold = true;
-                SoldTicket {
-                    id: ticket.id,
-                    price_cents: ticket.price_cents,
-                }
-            })
-            .collect();
+        let chosen: Vec<u64> = index.available.iter().take(wanted).copied().collect();
+        let mut tickets = Vec::with_capacity(wanted);
+        for id in chosen {
+            let position = self
+                .tickets
+                .binary_search_by_key(&id, |t| t.id)
+                .expect("the event index only holds ids of tickets in the inventory");
+            tickets.push(SoldTicket {
+                id,
+                price_cents: self.tickets[position].price_cents,
+            });
+            self.mark_sold(position);
+        }
         let purchase = Purchase {
             purchase_id: format!("p-{:08}", self.next_purchase_seq),
             event: request.event.clone(),

@@ -1,6 +1,7 @@
-//! The on-disk JSON layout of the store, kept apart from the domain types so either can
-//! change without the other. One ticket or purchase per line, so a person can read it and
-//! `grep` or `diff` it.
+//! The on-disk JSON layouts of the store, kept apart from the domain types so either can
+//! change without the other: the snapshot (`tickets.json`, one JSON document with one
+//! ticket or purchase per line, so a person can read it and `grep` or `diff` it) and the
+//! journal (`tickets.journal`, JSON lines: a header, then one committed purchase a line).
 
 use std::io::{self, Write};
 
@@ -16,6 +17,10 @@ pub const FORMAT_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct StoredDatabase {
     pub format: u32,
+    /// Changes whenever the snapshot is replaced, so nodes know to reload it and which
+    /// journal belongs to it.
+    #[serde(default)]
+    pub generation: u64,
     pub next_purchase_seq: u64,
     pub tickets: Vec<StoredTicket>,
     pub purchases: Vec<StoredPurchase>,
@@ -51,8 +56,30 @@ pub struct StoredPurchase {
     pub idempotency_key: Option<String>,
 }
 
-/// Parses and checks a stored database; the error says what is wrong, for an operator.
-pub fn decode(bytes: &[u8]) -> Result<Inventory, String> {
+/// The first line of a snapshot, read on every operation to learn its generation cheaply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct SnapshotHeader {
+    pub format: u32,
+    pub generation: u64,
+}
+
+/// Parses the first line of a snapshot, `{"format":1,"generation":G,"next_purchase_seq":N,`.
+pub fn decode_snapshot_header(first_line: &[u8]) -> Option<SnapshotHeader> {
+    let line = first_line.strip_suffix(b",")?;
+    let mut object = line.to_vec();
+    object.push(b'}');
+    serde_json::from_slice(&object).ok()
+}
+
+/// A decoded snapshot.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub inventory: Inventory,
+}
+
+/// Parses and checks a snapshot; the error says what is wrong, for an operator.
+pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let stored: StoredDatabase = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if stored.format != FORMAT_VERSION {
         return Err(format!(
@@ -77,7 +104,12 @@ pub fn decode(bytes: &[u8]) -> Result<Inventory, String> {
         .into_iter()
         .map(decode_purchase)
         .collect::<Result<Vec<_>, String>>()?;
-    Inventory::from_parts(tickets, purchases, stored.next_purchase_seq).map_err(|e| e.to_string())
+    let inventory = Inventory::from_parts(tickets, purchases, stored.next_purchase_seq)
+        .map_err(|e| e.to_string())?;
+    Ok(Snapshot {
+        generation: stored.generation,
+        inventory,
+    })
 }
 
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
@@ -135,11 +167,12 @@ fn encode_purchase(p: &Purchase) -> StoredPurchase {
     }
 }
 
-/// Writes the inventory as JSON with one ticket or purchase per line.
-pub fn encode(inventory: &Inventory, out: &mut impl Write) -> io::Result<()> {
+/// Writes the inventory as a snapshot: JSON with one ticket or purchase per line, the
+/// first line a header that `decode_snapshot_header` reads.
+pub fn encode(inventory: &Inventory, generation: u64, out: &mut impl Write) -> io::Result<()> {
     write!(
         out,
-        "{{\"format\":{FORMAT_VERSION},\"next_purchase_seq\":{},\n\"tickets\":[",
+        "{{\"format\":{FORMAT_VERSION},\"generation\":{generation},\"next_purchase_seq\":{},\n\"tickets\":[",
         inventory.next_purchase_seq()
     )?;
     write_lines(out, inventory.tickets().iter().map(encode_ticket))?;
@@ -157,6 +190,53 @@ fn write_lines<T: Serialize>(
         serde_json::to_writer(&mut *out, &item)?;
     }
     out.write_all(b"\n")
+}
+
+/// The journal layout version.
+pub const JOURNAL_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JournalHeader {
+    journal: u32,
+    generation: u64,
+}
+
+/// The journal's first line: which snapshot generation its purchases follow.
+pub fn encode_journal_header(generation: u64) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&JournalHeader {
+        journal: JOURNAL_VERSION,
+        generation,
+    })
+    .unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Parses a journal's first line (without its newline) into its generation.
+pub fn decode_journal_header(line: &[u8]) -> Result<u64, String> {
+    let header: JournalHeader =
+        serde_json::from_slice(line).map_err(|e| format!("journal header: {e}"))?;
+    if header.journal != JOURNAL_VERSION {
+        return Err(format!(
+            "journal version {} is not supported (expected {JOURNAL_VERSION})",
+            header.journal
+        ));
+    }
+    Ok(header.generation)
+}
+
+/// Appends one committed purchase as a journal line.
+pub fn encode_journal_entry(purchase: &Purchase, out: &mut Vec<u8>) {
+    // Serialising a plain struct into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, &encode_purchase(purchase));
+    out.push(b'\n');
+}
+
+/// Parses one journal line (without its newline).
+pub fn decode_journal_entry(line: &[u8]) -> Result<Purchase, String> {
+    let stored: StoredPurchase = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    decode_purchase(stored)
 }
 
 #[cfg(test)]
@@ -184,8 +264,18 @@ mod tests {
             .purchase_tickets(&request, Some(&key), "n1")
             .expect("available");
         let mut bytes = Vec::new();
-        encode(&inventory, &mut bytes).expect("writing to a Vec cannot fail");
-        let decoded = decode(&bytes).expect("round trip");
+        encode(&inventory, 42, &mut bytes).expect("writing to a Vec cannot fail");
+        let first_line = bytes.split(|&b| b == b'\n').next().expect("a line");
+        assert_eq!(
+            decode_snapshot_header(first_line),
+            Some(SnapshotHeader {
+                format: FORMAT_VERSION,
+                generation: 42
+            })
+        );
+        let snapshot = decode(&bytes).expect("round trip");
+        assert_eq!(snapshot.generation, 42);
+        let decoded = snapshot.inventory;
         assert_eq!(decoded.tickets(), inventory.tickets());
         assert_eq!(decoded.purchases(), inventory.purchases());
         assert_eq!(decoded.next_purchase_seq(), inventory.next_purchase_seq());
@@ -194,8 +284,32 @@ mod tests {
     #[test]
     fn an_empty_inventory_survives_encoding() {
         let mut bytes = Vec::new();
-        encode(&Inventory::default(), &mut bytes).expect("writing to a Vec cannot fail");
+        encode(&Inventory::default(), 1, &mut bytes).expect("writing to a Vec cannot fail");
         assert!(decode(&bytes).is_ok());
+    }
+
+    #[test]
+    fn journal_lines_round_trip() {
+        let header = encode_journal_header(7);
+        assert_eq!(decode_journal_header(header.trim_ascii_end()), Ok(7));
+        let purchase = Purchase {
+            purchase_id: "p-00000001".into(),
+            event: EventName::parse("concert").expect("valid"),
+            quantity: Quantity::new(1).expect("valid"),
+            tickets: vec![SoldTicket {
+                id: 3,
+                price_cents: 100,
+            }],
+            total_cents: 100,
+            node: "n1".into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            idempotency_key: None,
+        };
+        let mut line = Vec::new();
+        encode_journal_entry(&purchase, &mut line);
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert_eq!(decode_journal_entry(line.trim_ascii_end()), Ok(purchase));
+        assert!(decode_journal_entry(b"{\"purchase_id\":").is_err());
     }
 
     #[test]

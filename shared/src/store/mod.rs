@@ -1,29 +1,49 @@
-//! `TicketStore`: the JSON database in a data directory that every node opens. Every
-//! operation holds an advisory lock on `tickets.lock` and reads the current state from
-//! disk, so every node sees every completed write; a write replaces `tickets.json`
-//! atomically (temporary file, fsync, rename, fsync of the directory), so a process killed
-//! at any instant leaves either the old or the new state whole.
+//! `TicketStore`: the JSON database in a data directory that every node opens.
+//!
+//! The state is a snapshot, `tickets.json`, plus a journal, `tickets.journal`, of the
+//! purchases committed since (JSON lines). Every operation holds an advisory lock on
+//! `tickets.lock` (shared to read, exclusive to write) and first catches up with the disk:
+//! it reloads the snapshot only when its generation changed, and otherwise reads just the
+//! journal lines it has not seen. So every read sees every completed write, whichever
+//! process made it, while a sale costs the same whatever the inventory's size.
+//!
+//! A batch of purchases is decided under one exclusive lock hold, appended to the journal
+//! in one write and made durable with one `fdatasync` (group commit). A process killed
+//! mid-append leaves at worst a torn last line, which readers ignore and the next writer
+//! cuts off. When the journal outgrows the snapshot it is folded into a new snapshot
+//! (written to a temporary file, fsynced, renamed, directory fsynced) with the next
+//! generation, and every process notices and reloads.
 //!
 //! These calls block on file I/O and the lock: async callers run them on the blocking pool.
 
 pub mod format;
+mod journal;
 mod lock;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::inventory::Inventory;
+use crate::domain::{IdempotencyKey, PurchaseRequest};
+use crate::inventory::{Inventory, PurchaseError, PurchaseOutcome};
+use journal::{Journal, JournalState};
 use lock::LockMode;
 
-/// The database file's name inside the data directory.
+/// The snapshot's file name inside the data directory.
 pub const DATA_FILE: &str = "tickets.json";
+/// The journal's file name inside the data directory.
+pub const JOURNAL_FILE: &str = "tickets.journal";
 /// The lock file's name inside the data directory. It holds no data.
 pub const LOCK_FILE: &str = "tickets.lock";
+
+/// The journal is folded into the snapshot once it is larger than this and than half the
+/// snapshot, so the cost of compaction per sale stays constant.
+const COMPACT_MIN_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Why the store could not serve an operation. Every variant means "try again later or
 /// ask an operator", never "the client did something wrong".
@@ -55,16 +75,57 @@ impl StoreError {
             source,
         }
     }
+
+    fn corrupt(path: &Path, reason: impl Into<String>) -> Self {
+        Self::Corrupt {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
 }
 
-/// A handle on the shared JSON store in one data directory. Cheap to clone into tasks.
+/// One purchase to decide in a batch.
+#[derive(Debug, Clone)]
+pub struct PurchaseOrder {
+    pub request: PurchaseRequest,
+    pub key: Option<IdempotencyKey>,
+}
+
+/// What a store check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSummary {
+    pub generation: u64,
+    pub tickets: usize,
+    pub sold: usize,
+    pub purchases: usize,
+    pub journal_entries: usize,
+}
+
+/// This process's parsed copy of the store, and how far into the journal it has read.
+#[derive(Debug)]
+struct Cache {
+    generation: u64,
+    inventory: Inventory,
+    journal: JournalState,
+}
+
+#[derive(Debug)]
+struct Paths {
+    dir: PathBuf,
+    snapshot: PathBuf,
+    journal: PathBuf,
+    lock: PathBuf,
+}
+
+/// A handle on the shared store in one data directory. Clones share one cache.
 #[derive(Debug, Clone)]
 pub struct TicketStore {
-    dir: PathBuf,
-    data_path: PathBuf,
-    lock_path: PathBuf,
+    paths: Arc<Paths>,
     /// How long an operation waits for the lock before failing with `LockTimeout`.
     lock_timeout: Duration,
+    /// The smallest journal that is folded into the snapshot.
+    compact_min_bytes: u64,
+    cache: Arc<RwLock<Option<Cache>>>,
 }
 
 /// Makes temporary file names unique among the threads of one process.
@@ -76,99 +137,316 @@ impl TicketStore {
     pub fn new(dir: impl Into<PathBuf>, lock_timeout: Duration) -> Self {
         let dir = dir.into();
         Self {
-            data_path: dir.join(DATA_FILE),
-            lock_path: dir.join(LOCK_FILE),
-            dir,
+            paths: Arc::new(Paths {
+                snapshot: dir.join(DATA_FILE),
+                journal: dir.join(JOURNAL_FILE),
+                lock: dir.join(LOCK_FILE),
+                dir,
+            }),
             lock_timeout,
+            compact_min_bytes: COMPACT_MIN_BYTES,
+            cache: Arc::default(),
         }
     }
 
+    /// Sets the smallest journal, in bytes, that is folded into the snapshot.
+    pub fn with_compaction_threshold(mut self, bytes: u64) -> Self {
+        self.compact_min_bytes = bytes;
+        self
+    }
+
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.paths.dir
+    }
+
+    /// Whether a snapshot file exists (it may still be unreadable).
+    pub fn exists(&self) -> bool {
+        self.paths.snapshot.exists()
     }
 
     /// Runs `f` on the current state under the shared lock.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> Result<T, StoreError> {
-        let _guard = lock::acquire(&self.lock_path, LockMode::Shared, self.lock_timeout)?;
-        let inventory = self.load()?;
-        Ok(f(&inventory))
+        let _guard = lock::acquire(&self.paths.lock, LockMode::Shared, self.lock_timeout)?;
+        let generation = self.snapshot_generation()?;
+        let journal = Journal::open(&self.paths.journal)?;
+        {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(cache) = cache.as_ref()
+                && cache.generation == generation
+                && journal.is_caught_up(&cache.journal, generation)
+            {
+                return Ok(f(&cache.inventory));
+            }
+        }
+        let mut cache = self.cache_for_update();
+        let current = self.catch_up(&mut cache, generation, journal)?;
+        Ok(f(&current.inventory))
     }
 
-    /// Runs `f` on the current state under the exclusive lock and saves the state if `f`
-    /// says it changed (`f` returns `(result, changed)`).
-    pub fn update<T>(&self, f: impl FnOnce(&mut Inventory) -> (T, bool)) -> Result<T, StoreError> {
-        let _guard = lock::acquire(&self.lock_path, LockMode::Exclusive, self.lock_timeout)?;
-        let mut inventory = self.load()?;
-        let (result, changed) = f(&mut inventory);
-        if changed {
-            self.save(&inventory)?;
+    /// Decides `orders` in order under one exclusive lock hold and makes the new purchases
+    /// durable with one sync. The outer error means nothing was committed; the inner
+    /// results are each order's own outcome.
+    pub fn purchase_batch(
+        &self,
+        orders: &[PurchaseOrder],
+        node: &str,
+    ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
+        let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
+        let generation = self.snapshot_generation()?;
+        let journal = Journal::open(&self.paths.journal)?;
+        let mut cache = self.cache_for_update();
+        let result = self.commit(&mut cache, generation, journal, orders, node);
+        if result.is_err() {
+            // The in-memory state may hold decisions that never reached the disk.
+            *cache = None;
         }
-        Ok(result)
+        result
+    }
+
+    /// One purchase: `purchase_batch` of one.
+    pub fn purchase(
+        &self,
+        request: &PurchaseRequest,
+        key: Option<&IdempotencyKey>,
+        node: &str,
+    ) -> Result<Result<PurchaseOutcome, PurchaseError>, StoreError> {
+        let order = PurchaseOrder {
+            request: request.clone(),
+            key: key.cloned(),
+        };
+        let mut outcomes = self.purchase_batch(std::slice::from_ref(&order), node)?;
+        outcomes.pop().ok_or_else(|| {
+            StoreError::corrupt(&self.paths.journal, "a batch of one decided nothing")
+        })
     }
 
     /// Writes `inventory` as a fresh store, creating the directory if needed. Refuses to
     /// replace an existing store unless `force`.
     pub fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
-        fs::create_dir_all(&self.dir).map_err(StoreError::io("creating", &self.dir))?;
-        let _guard = lock::acquire(&self.lock_path, LockMode::Exclusive, self.lock_timeout)?;
-        if !force && self.data_path.exists() {
-            return Err(StoreError::AlreadyExists(self.data_path.clone()));
+        fs::create_dir_all(&self.paths.dir).map_err(StoreError::io("creating", &self.paths.dir))?;
+        let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
+        if !force && self.paths.snapshot.exists() {
+            return Err(StoreError::AlreadyExists(self.paths.snapshot.clone()));
         }
-        self.save(inventory)
+        // A random generation, so no process mistakes the new store for one it has cached.
+        let generation = rand::random::<u64>() >> 1;
+        self.write_snapshot(inventory, generation)?;
+        Journal::create(&self.paths.journal, &self.paths.dir, generation)?;
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
     }
 
-    /// Whether a store file exists (it may still be unreadable).
-    pub fn exists(&self) -> bool {
-        self.data_path.exists()
-    }
-
-    fn load(&self) -> Result<Inventory, StoreError> {
-        let bytes = match fs::read(&self.data_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing(self.data_path.clone()));
-            }
-            Err(e) => return Err(StoreError::io("reading", &self.data_path)(e)),
-        };
-        format::decode(&bytes).map_err(|reason| StoreError::Corrupt {
-            path: self.data_path.clone(),
-            reason,
+    /// Reads the whole store from disk, bypassing the cache, and checks every invariant.
+    pub fn check(&self) -> Result<StoreSummary, StoreError> {
+        let _guard = lock::acquire(&self.paths.lock, LockMode::Shared, self.lock_timeout)?;
+        let generation = self.snapshot_generation()?;
+        let journal = Journal::open(&self.paths.journal)?;
+        let mut cache = None;
+        let current = self.catch_up(&mut cache, generation, journal)?;
+        let entries = current.inventory.purchases().len();
+        let inventory = &current.inventory;
+        Ok(StoreSummary {
+            generation,
+            tickets: inventory.tickets().len(),
+            sold: inventory.tickets().iter().filter(|t| t.sold).count(),
+            purchases: entries,
+            journal_entries: current.journal.entries(),
         })
     }
 
-    /// Replaces the data file atomically: temporary file, fsync, rename, fsync directory.
-    fn save(&self, inventory: &Inventory) -> Result<(), StoreError> {
-        let temp_path = self.dir.join(format!(
-            ".{DATA_FILE}.{}.{}.tmp",
-            std::process::id(),
-            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = self.write_temp(&temp_path, inventory).and_then(|()| {
-            fs::rename(&temp_path, &self.data_path).map_err(StoreError::io("renaming", &temp_path))
-        });
+    fn cache_for_update(&self) -> RwLockWriteGuard<'_, Option<Cache>> {
+        self.cache.write().unwrap_or_else(|poisoned| {
+            let mut cache = poisoned.into_inner();
+            *cache = None;
+            cache
+        })
+    }
+
+    /// Reads the snapshot's generation from its first line.
+    fn snapshot_generation(&self) -> Result<u64, StoreError> {
+        let path = &self.paths.snapshot;
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(path.clone()));
+            }
+            Err(e) => return Err(StoreError::io("opening", path)(e)),
+        };
+        let mut head = [0u8; 256];
+        let filled = read_up_to(&mut file, &mut head).map_err(StoreError::io("reading", path))?;
+        let first_line = head[..filled]
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default();
+        match format::decode_snapshot_header(first_line) {
+            Some(header) if header.format == format::FORMAT_VERSION => Ok(header.generation),
+            // Not our layout: a full decode says precisely what is wrong.
+            _ => Err(self.load_snapshot().err().unwrap_or_else(|| {
+                StoreError::corrupt(path, "the first line is not a snapshot header")
+            })),
+        }
+    }
+
+    fn load_snapshot(&self) -> Result<format::Snapshot, StoreError> {
+        let path = &self.paths.snapshot;
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(path.clone()));
+            }
+            Err(e) => return Err(StoreError::io("reading", path)(e)),
+        };
+        format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
+    }
+
+    /// Brings `cache` up to date with the disk (lock held) and returns it.
+    fn catch_up<'c>(
+        &self,
+        cache: &'c mut Option<Cache>,
+        generation: u64,
+        mut journal: Journal,
+    ) -> Result<&'c mut Cache, StoreError> {
+        let reusable = cache.take().filter(|c| c.generation == generation);
+        let mut current = match reusable {
+            Some(current) => current,
+            None => {
+                let snapshot = self.load_snapshot()?;
+                if snapshot.generation != generation {
+                    return Err(StoreError::corrupt(
+                        &self.paths.snapshot,
+                        "the snapshot changed while the lock was held",
+                    ));
+                }
+                Cache {
+                    generation,
+                    inventory: snapshot.inventory,
+                    journal: JournalState::Unread,
+                }
+            }
+        };
+        journal.replay(&mut current.journal, generation, &mut current.inventory)?;
+        Ok(cache.insert(current))
+    }
+
+    fn commit(
+        &self,
+        cache: &mut Option<Cache>,
+        generation: u64,
+        journal: Journal,
+        orders: &[PurchaseOrder],
+        node: &str,
+    ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
+        let current = self.catch_up(cache, generation, journal)?;
+        let mut journal = Journal::prepare_for_append(
+            &self.paths.journal,
+            &self.paths.dir,
+            generation,
+            &mut current.journal,
+        )?;
+        let mut lines = Vec::new();
+        let outcomes: Vec<_> = orders
+            .iter()
+            .map(|order| {
+                let outcome =
+                    current
+                        .inventory
+                        .purchase_tickets(&order.request, order.key.as_ref(), node);
+                if let Ok(PurchaseOutcome::Created(purchase)) = &outcome {
+                    format::encode_journal_entry(purchase, &mut lines);
+                }
+                outcome
+            })
+            .collect();
+        if !lines.is_empty() {
+            let appended = lines.iter().filter(|&&b| b == b'\n').count();
+            journal.append(&mut current.journal, &lines, appended)?;
+            self.maybe_compact(current, journal.len());
+        }
+        Ok(outcomes)
+    }
+
+    /// Folds the journal into a new snapshot once it is large; a failure here loses
+    /// nothing (the journal still holds every purchase) and is retried on a later write.
+    fn maybe_compact(&self, current: &mut Cache, journal_len: u64) {
+        let snapshot_len = fs::metadata(&self.paths.snapshot).map_or(0, |m| m.len());
+        if journal_len < self.compact_min_bytes.max(snapshot_len / 2) {
+            return;
+        }
+        let next = current.generation.wrapping_add(1);
+        let compacted = self
+            .write_snapshot(&current.inventory, next)
+            .and_then(|()| Journal::create(&self.paths.journal, &self.paths.dir, next));
+        match compacted {
+            Ok(state) => {
+                current.generation = next;
+                current.journal = state;
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, "compaction failed; the journal keeps every purchase");
+                // If the snapshot was replaced but the journal was not, the next operation
+                // sees the new generation and reloads; forcing that keeps this cache honest.
+                current.generation = u64::MAX;
+            }
+        }
+    }
+
+    /// Replaces the snapshot atomically: temporary file, fsync, rename, fsync directory.
+    fn write_snapshot(&self, inventory: &Inventory, generation: u64) -> Result<(), StoreError> {
+        let dir = &self.paths.dir;
+        let temp_path = temp_path(dir, DATA_FILE);
+        let result = write_temp(&temp_path, |out| format::encode(inventory, generation, out))
+            .and_then(|()| {
+                fs::rename(&temp_path, &self.paths.snapshot)
+                    .map_err(StoreError::io("renaming", &temp_path))
+            });
         if result.is_err() {
-            // The temporary file is ours alone; removing it keeps a full disk from filling up
-            // further. If removal fails too, the next successful write is unaffected.
+            // The temporary file is ours alone; removing it keeps a full disk from filling
+            // up further.
             let _ = fs::remove_file(&temp_path);
             return result;
         }
-        sync_dir(&self.dir)
+        sync_dir(dir)
     }
+}
 
-    fn write_temp(&self, temp_path: &Path, inventory: &Inventory) -> Result<(), StoreError> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(temp_path)
-            .map_err(StoreError::io("creating", temp_path))?;
-        let mut out = BufWriter::with_capacity(256 * 1024, file);
-        format::encode(inventory, &mut out).map_err(StoreError::io("writing", temp_path))?;
-        let file = out
-            .into_inner()
-            .map_err(|e| StoreError::io("writing", temp_path)(e.into_error()))?;
-        file.sync_all()
-            .map_err(StoreError::io("syncing", temp_path))
+/// Reads until `buf` is full or the file ends.
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(filled)
+}
+
+fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(
+        ".{name}.{}.{}.tmp",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+/// Creates `path`, fills it through `fill`, and fsyncs it.
+fn write_temp(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(StoreError::io("creating", path))?;
+    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    fill(&mut out).map_err(StoreError::io("writing", path))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| StoreError::io("writing", path)(e.into_error()))?;
+    file.sync_all().map_err(StoreError::io("syncing", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
@@ -178,130 +456,4 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{EventName, PurchaseRequest, Quantity, Ticket};
-    use crate::inventory::PurchaseOutcome;
-
-    fn seeded(dir: &Path, tickets: u64) -> TicketStore {
-        let store = TicketStore::new(dir, Duration::from_secs(5));
-        let tickets = (1..=tickets)
-            .map(|id| Ticket {
-                id,
-                event: EventName::parse("concert").expect("valid"),
-                price_cents: 100,
-                sold: false,
-            })
-            .collect();
-        let inventory = Inventory::from_tickets(tickets).expect("consistent");
-        store.create(&inventory, false).expect("fresh directory");
-        store
-    }
-
-    fn buy(store: &TicketStore, quantity: u32) -> Result<PurchaseOutcome, crate::PurchaseError> {
-        let request = PurchaseRequest::new(
-            EventName::parse("concert").expect("valid"),
-            Quantity::new(quantity).expect("valid"),
-        );
-        store
-            .update(|inv| {
-                let outcome = inv.purchase_tickets(&request, None, "test");
-                let changed = matches!(outcome, Ok(PurchaseOutcome::Created(_)));
-                (outcome, changed)
-            })
-            .expect("store works")
-    }
-
-    #[test]
-    fn a_write_is_seen_by_another_handle() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = seeded(dir.path(), 5);
-        buy(&store, 2).expect("available");
-        let other = TicketStore::new(dir.path(), Duration::from_secs(5));
-        let sold = other
-            .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
-            .expect("readable");
-        assert_eq!(sold, 2);
-    }
-
-    #[test]
-    fn seeding_refuses_to_overwrite_unless_forced() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = seeded(dir.path(), 1);
-        let again = store.create(&Inventory::default(), false);
-        assert!(matches!(again, Err(StoreError::AlreadyExists(_))));
-        store
-            .create(&Inventory::default(), true)
-            .expect("forced overwrite");
-        assert_eq!(store.read(|inv| inv.tickets().len()).expect("readable"), 0);
-    }
-
-    #[test]
-    fn a_missing_store_is_reported_as_missing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = TicketStore::new(dir.path(), Duration::from_secs(1));
-        assert!(matches!(store.read(|_| ()), Err(StoreError::Missing(_))));
-    }
-
-    #[test]
-    fn a_corrupt_store_is_reported_and_left_alone() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = seeded(dir.path(), 1);
-        fs::write(dir.path().join(DATA_FILE), b"{not json").expect("write");
-        let err = store.update(|_| ((), true)).expect_err("corrupt");
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert_eq!(
-            fs::read(dir.path().join(DATA_FILE)).expect("read"),
-            b"{not json"
-        );
-    }
-
-    #[test]
-    fn writes_leave_no_temporary_files() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = seeded(dir.path(), 3);
-        buy(&store, 1).expect("available");
-        let mut names: Vec<String> = fs::read_dir(dir.path())
-            .expect("list")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, [DATA_FILE, LOCK_FILE]);
-    }
-
-    #[test]
-    fn threads_racing_for_a_small_inventory_never_sell_a_ticket_twice() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = seeded(dir.path(), 50);
-        let sold: Vec<u32> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let store = store.clone();
-                    s.spawn(move || {
-                        let mut sold = 0;
-                        for round in 0..10 {
-                            let q = 1 + (i + round) % 3;
-                            if buy(&store, q).is_ok() {
-                                sold += q;
-                            }
-                        }
-                        sold
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect()
-        });
-        let (sold_flags, purchased) = store
-            .read(|inv| {
-                let flags = inv.tickets().iter().filter(|t| t.sold).count() as u32;
-                let purchased: u32 = inv.purchases().iter().map(|p| p.tickets.len() as u32).sum();
-                (flags, purchased)
-            })
-            .expect("readable");
-        assert_eq!(sold.iter().sum::<u32>(), purchased);
-        assert_eq!(sold_flags, purchased);
-    }
-}
+mod tests;

@@ -1,0 +1,278 @@
+//! The store on a real directory: visibility across handles, group commit, torn appends,
+//! compaction, corruption and contention.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+use crate::domain::{EventName, PurchaseRequest, Quantity, Ticket};
+use crate::inventory::PurchaseOutcome;
+
+fn handle(dir: &Path) -> TicketStore {
+    TicketStore::new(dir, Duration::from_secs(5))
+}
+
+fn seeded(dir: &Path, tickets: u64) -> TicketStore {
+    let store = handle(dir);
+    let tickets = (1..=tickets)
+        .map(|id| Ticket {
+            id,
+            event: EventName::parse("concert").expect("valid"),
+            price_cents: 100,
+            sold: false,
+        })
+        .collect();
+    let inventory = Inventory::from_tickets(tickets).expect("consistent");
+    store.create(&inventory, false).expect("fresh directory");
+    store
+}
+
+fn request(quantity: u32) -> PurchaseRequest {
+    PurchaseRequest::new(
+        EventName::parse("concert").expect("valid"),
+        Quantity::new(quantity).expect("valid"),
+    )
+}
+
+fn buy(store: &TicketStore, quantity: u32) -> Result<PurchaseOutcome, PurchaseError> {
+    store
+        .purchase(&request(quantity), None, "test")
+        .expect("store works")
+}
+
+fn sold_count(store: &TicketStore) -> usize {
+    store
+        .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
+        .expect("readable")
+}
+
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_write_is_seen_by_another_handle_with_its_own_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    let other = handle(dir.path());
+    assert_eq!(sold_count(&other), 0);
+    buy(&store, 2).expect("available");
+    assert_eq!(sold_count(&other), 2);
+    buy(&other, 1).expect("available");
+    assert_eq!(sold_count(&store), 3);
+}
+
+#[test]
+fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 3);
+    let reader = handle(dir.path());
+    buy(&store, 1).expect("available");
+    assert_eq!(sold_count(&reader), 1);
+    let again = store.create(&Inventory::default(), false);
+    assert!(matches!(again, Err(StoreError::AlreadyExists(_))));
+    store
+        .create(&Inventory::default(), true)
+        .expect("forced overwrite");
+    assert_eq!(reader.read(|inv| inv.tickets().len()).expect("readable"), 0);
+}
+
+#[test]
+fn a_missing_store_is_reported_as_missing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = handle(dir.path());
+    assert!(matches!(store.read(|_| ()), Err(StoreError::Missing(_))));
+    let gone = handle(&dir.path().join("nowhere"));
+    assert!(matches!(gone.read(|_| ()), Err(StoreError::Missing(_))));
+}
+
+#[test]
+fn a_corrupt_snapshot_is_reported_and_left_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 1);
+    for garbage in [&b"{not json"[..], b"", b"[]", b"{\"format\":1,"] {
+        fs::write(dir.path().join(DATA_FILE), garbage).expect("write");
+        let err = store.purchase(&request(1), None, "n").expect_err("corrupt");
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read(dir.path().join(DATA_FILE)).expect("read"), garbage);
+    }
+}
+
+#[test]
+fn a_corrupt_journal_line_is_reported_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 3);
+    buy(&store, 1).expect("available");
+    let journal = dir.path().join(JOURNAL_FILE);
+    let mut bytes = fs::read(&journal).expect("read");
+    bytes.extend_from_slice(b"{\"garbage\":true}\n");
+    fs::write(&journal, &bytes).expect("write");
+    let err = handle(dir.path()).read(|_| ()).expect_err("corrupt");
+    assert!(err.to_string().contains("line at byte"), "{err}");
+}
+
+#[test]
+fn a_torn_last_line_is_ignored_by_readers_and_cut_off_by_the_next_writer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    buy(&store, 1).expect("available");
+    let journal = dir.path().join(JOURNAL_FILE);
+    let mut bytes = fs::read(&journal).expect("read");
+    let whole = bytes.len();
+    bytes.extend_from_slice(b"{\"purchase_id\":\"p-0000009\",\"event\":\"conc");
+    fs::write(&journal, &bytes).expect("write");
+
+    let reader = handle(dir.path());
+    assert_eq!(sold_count(&reader), 1);
+    buy(&reader, 2).expect("available");
+    assert_eq!(sold_count(&store), 3);
+    let after = fs::read(&journal).expect("read");
+    assert!(!String::from_utf8_lossy(&after).contains("conc\""));
+    assert!(after.len() > whole);
+    assert!(after.ends_with(b"\n"));
+}
+
+#[test]
+fn a_batch_is_decided_in_order_and_committed_with_one_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 4);
+    let key = IdempotencyKey::parse("same").expect("valid");
+    let orders = vec![
+        PurchaseOrder {
+            request: request(2),
+            key: Some(key.clone()),
+        },
+        PurchaseOrder {
+            request: request(2),
+            key: Some(key),
+        },
+        PurchaseOrder {
+            request: request(2),
+            key: None,
+        },
+        PurchaseOrder {
+            request: request(1),
+            key: None,
+        },
+    ];
+    let outcomes = store.purchase_batch(&orders, "n1").expect("store works");
+    assert!(matches!(outcomes[0], Ok(PurchaseOutcome::Created(_))));
+    assert!(matches!(outcomes[1], Ok(PurchaseOutcome::Replayed(_))));
+    assert!(matches!(outcomes[2], Ok(PurchaseOutcome::Created(_))));
+    assert!(matches!(
+        outcomes[3],
+        Err(PurchaseError::SoldOut { available: 0, .. })
+    ));
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!(
+        (summary.sold, summary.purchases, summary.journal_entries),
+        (4, 2, 2)
+    );
+}
+
+#[test]
+fn compaction_folds_the_journal_into_a_new_snapshot_that_every_handle_notices() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 200).with_compaction_threshold(1);
+    let reader = handle(dir.path());
+    let first = reader.check().expect("consistent").generation;
+    for _ in 0..60 {
+        buy(&store, 3).expect("available");
+        assert_eq!(
+            sold_count(&reader),
+            reader
+                .read(|inv| inv.purchases().len() * 3)
+                .expect("readable")
+        );
+    }
+    let summary = reader.check().expect("consistent");
+    assert_ne!(summary.generation, first);
+    assert_eq!((summary.sold, summary.purchases), (180, 60));
+    assert!(summary.journal_entries < 60, "{summary:?}");
+    assert_eq!(file_names(dir.path()), [JOURNAL_FILE, DATA_FILE, LOCK_FILE]);
+}
+
+#[test]
+fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 10);
+    buy(&store, 2).expect("available");
+    // Simulate a crash between the snapshot's rename and the new journal's: a newer
+    // snapshot holding everything, beside the old generation's journal.
+    let state = store.read(Clone::clone).expect("readable");
+    let generation = store.check().expect("consistent").generation + 1;
+    let mut bytes = Vec::new();
+    format::encode(&state, generation, &mut bytes).expect("encode");
+    fs::write(dir.path().join(DATA_FILE), bytes).expect("write");
+
+    let fresh = handle(dir.path());
+    assert_eq!(sold_count(&fresh), 2);
+    assert_eq!(sold_count(&store), 2);
+    buy(&fresh, 3).expect("available");
+    assert_eq!(sold_count(&store), 5);
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!(
+        (summary.generation, summary.sold, summary.journal_entries),
+        (generation, 5, 1)
+    );
+}
+
+#[test]
+fn a_failed_commit_leaves_the_cache_consistent_with_the_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 3);
+    buy(&store, 1).expect("available");
+    fs::write(dir.path().join(JOURNAL_FILE), b"not a journal").expect("write");
+    assert!(store.purchase(&request(1), None, "n").is_err());
+    assert!(
+        store.read(|_| ()).is_err(),
+        "the broken journal is reported, not hidden by the cache"
+    );
+}
+
+#[test]
+fn writes_leave_no_temporary_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 3);
+    buy(&store, 1).expect("available");
+    assert_eq!(file_names(dir.path()), [JOURNAL_FILE, DATA_FILE, LOCK_FILE]);
+}
+
+#[test]
+fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticket_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seeded(dir.path(), 50);
+    let sold: Vec<u32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let store = handle(dir.path()).with_compaction_threshold(2_000);
+                s.spawn(move || {
+                    let mut sold = 0;
+                    for round in 0..10 {
+                        let q = 1 + (i + round) % 3;
+                        if buy(&store, q).is_ok() {
+                            sold += q;
+                        }
+                    }
+                    sold
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    let summary = handle(dir.path()).check().expect("consistent");
+    let purchased: usize = handle(dir.path())
+        .read(|inv| inv.purchases().iter().map(|p| p.tickets.len()).sum())
+        .expect("readable");
+    assert_eq!(sold.iter().sum::<u32>() as usize, purchased);
+    assert_eq!(summary.sold, purchased);
+}
