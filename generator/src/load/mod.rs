@@ -198,10 +198,10 @@ pub async fn run_until(
             () = &mut interrupt => break StopReason::Interrupted,
             () = run.exhausted.notified() => break StopReason::SoldOut,
             () = sleep_until_opt(deadline) => {
-                behind_schedule = 1 + schedule
-                    .by_ref()
-                    .take_while(|offset| deadline.is_some_and(|d| start + *offset < d))
-                    .count() as u64;
+                // This send and those scheduled after it before the deadline never left:
+                // about `rate` per second of what remained (exact for steady arrivals).
+                let remaining = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(at));
+                behind_schedule = ((remaining.as_secs_f64() * options.rate).ceil() as u64).max(1);
                 break StopReason::Duration;
             }
             permit = slots.clone().acquire_owned() => match permit {

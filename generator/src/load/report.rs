@@ -90,7 +90,7 @@ impl fmt::Display for LoadReport {
         writeln!(f, "load on {} ({stopped})", self.target)?;
         writeln!(
             f,
-            "  sent        {} in {:.2}s: {:.1}/s achieved, {:.1}/s asked ({:?}), {} behind schedule",
+            "  sent        {} in {:.2}s: {:.1}/s achieved, {:.1}/s asked ({}), {} behind schedule",
             self.sent,
             self.sending_seconds,
             self.achieved_rate,

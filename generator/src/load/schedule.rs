@@ -1,6 +1,7 @@
 //! When each request of an open-loop run leaves: offsets from the start of the run, fixed
 //! in advance by the arrival process alone, never by how fast the answers come back.
 
+use std::fmt;
 use std::time::Duration;
 
 use rand::Rng;
@@ -27,6 +28,15 @@ pub struct Schedule<R> {
     count: u64,
     /// The Poisson process's running offset in nanoseconds.
     offset_nanos: f64,
+}
+
+impl fmt::Display for Arrivals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Steady => "steady",
+            Self::Poisson => "poisson",
+        })
+    }
 }
 
 impl<R: Rng> Schedule<R> {
