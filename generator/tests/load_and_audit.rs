@@ -253,3 +253,22 @@ async fn audit_of_an_unreachable_target_is_an_error_not_a_verdict() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn the_target_can_come_from_a_config_file() {
+    let fake = FakeServer::start(live_inventory(2)).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("generator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[generator]\ntarget = \"{}\"\nrequest_timeout = \"3s\"\n",
+            fake.url()
+        ),
+    )
+    .expect("config written");
+    let config_arg = config.to_string_lossy().into_owned();
+    let output = generator(&["audit", "--config", &config_arg]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains(&fake.url()), "{}", stdout(&output));
+}
