@@ -10,8 +10,9 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use generator::client::Target;
 use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
-use generator::seed::SeedOptions;
+use generator::seed::{SeedError, SeedOptions};
 use generator::settings::Settings;
+use shared::StoreError;
 
 /// How long a load run lasts when neither --duration nor --until-sold-out is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);
@@ -55,6 +56,9 @@ struct SeedArgs {
     /// Replace an existing store.
     #[arg(long)]
     force: bool,
+    /// Leave an existing store alone and succeed (for a one-shot seeding container).
+    #[arg(long, conflicts_with = "force")]
+    keep_existing: bool,
 }
 
 #[derive(Debug, Args)]
@@ -143,14 +147,23 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Seed(args) => {
-            let summary = generator::seed::seed(&SeedOptions {
+            let seeded = generator::seed::seed(&SeedOptions {
                 data: args.data,
                 events: args.events,
                 tickets: args.tickets,
                 seed: args.seed,
                 force: args.force,
-            })?;
-            print!("{summary}");
+            });
+            match seeded {
+                Ok(summary) => print!("{summary}"),
+                Err(SeedError::Store(StoreError::AlreadyExists(path))) if args.keep_existing => {
+                    println!(
+                        "a store already exists at {}; left as it is",
+                        path.display()
+                    );
+                }
+                Err(err) => return Err(err.into()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Load(args) => load(cli.config, args),

@@ -61,6 +61,28 @@ fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
 }
 
 #[test]
+fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let first = seed(&data, &["--seed", "1", "--keep-existing"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let snapshot = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store written");
+
+    let again = seed(&data, &["--seed", "2", "--keep-existing"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("left as it is"),
+        "{}",
+        stdout(&again)
+    );
+    let after = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store kept");
+    assert_eq!(snapshot, after);
+
+    let both = seed(&data, &["--keep-existing", "--force"]);
+    assert_eq!(both.status.code(), Some(2), "the two flags conflict");
+}
+
+#[test]
 fn seed_with_the_same_seed_writes_the_same_store() {
     let dir = tempfile::tempdir().expect("tempdir");
     for name in ["a", "b", "c"] {
