@@ -38,7 +38,15 @@ fn main() -> anyhow::Result<()> {
     let store_exists = cli.data.join(shared::store::DATA_FILE).exists();
     if cli.fresh || !store_exists {
         let (events, tickets) = (cli.events.to_string(), cli.tickets.to_string());
-        let mut args = vec!["seed", "--data", &data, "--events", &events, "--tickets", &tickets];
+        let mut args = vec![
+            "seed",
+            "--data",
+            &data,
+            "--events",
+            &events,
+            "--tickets",
+            &tickets,
+        ];
         if cli.fresh {
             args.push("--force");
         }
