@@ -8,7 +8,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::{StoreError, format, read_up_to, sync_dir, temp_path, write_temp};
+use super::{StoreError, fault, format, read_up_to, sync_dir, temp_path, write_temp};
 use crate::inventory::Inventory;
 
 /// How much of the journal a process has applied to its cached inventory.
@@ -141,8 +141,10 @@ impl Journal {
     pub fn create(path: &Path, dir: &Path, generation: u64) -> Result<JournalState, StoreError> {
         let header = format::encode_journal_header(generation);
         let temp = temp_path(dir, super::JOURNAL_FILE);
-        let written = write_temp(&temp, |out| io::Write::write_all(out, &header))
-            .and_then(|()| std::fs::rename(&temp, path).map_err(StoreError::io("renaming", &temp)));
+        let written = write_temp(&temp, |out| io::Write::write_all(out, &header)).and_then(|()| {
+            fault::abort_at("journal-create-after-temp");
+            std::fs::rename(&temp, path).map_err(StoreError::io("renaming", &temp))
+        });
         if let Err(err) = written {
             let _ = std::fs::remove_file(&temp);
             return Err(err);
@@ -208,13 +210,21 @@ impl Journal {
                 "appending to a journal not opened for writing",
             ));
         };
-        let written = file
-            .write_all_at(lines, self.len)
-            .and_then(|()| file.sync_data());
+        if fault::armed("journal-torn-write") {
+            // Half a batch reaches the file, as when a writer dies inside write(2).
+            let _ = file.write_all_at(&lines[..lines.len() / 2], self.len);
+            fault::abort_at("journal-torn-write");
+            let _ = file.set_len(self.len);
+        }
+        let written = file.write_all_at(lines, self.len).and_then(|()| {
+            fault::abort_at("journal-after-write");
+            file.sync_data()
+        });
         if let Err(err) = written {
             let _ = file.set_len(self.len).and_then(|()| file.sync_data());
             return Err(StoreError::io("appending to", &self.path)(err));
         }
+        fault::abort_at("journal-after-sync");
         self.len += lines.len() as u64;
         if let JournalState::At { offset, entries } = state {
             *offset = self.len;

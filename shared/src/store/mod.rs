@@ -16,6 +16,7 @@
 //!
 //! These calls block on file I/O and the lock: async callers run them on the blocking pool.
 
+pub mod fault;
 pub mod format;
 mod journal;
 mod lock;
@@ -378,6 +379,7 @@ impl TicketStore {
             .and_then(|()| Journal::create(&self.paths.journal, &self.paths.dir, next));
         match compacted {
             Ok(state) => {
+                fault::abort_at("compaction-done");
                 current.generation = next;
                 current.journal = state;
             }
@@ -393,9 +395,11 @@ impl TicketStore {
     /// Replaces the snapshot atomically: temporary file, fsync, rename, fsync directory.
     fn write_snapshot(&self, inventory: &Inventory, generation: u64) -> Result<(), StoreError> {
         let dir = &self.paths.dir;
+        remove_stale_temp_files(dir);
         let temp_path = temp_path(dir, DATA_FILE);
         let result = write_temp(&temp_path, |out| format::encode(inventory, generation, out))
             .and_then(|()| {
+                fault::abort_at("snapshot-after-temp");
                 fs::rename(&temp_path, &self.paths.snapshot)
                     .map_err(StoreError::io("renaming", &temp_path))
             });
@@ -405,7 +409,23 @@ impl TicketStore {
             let _ = fs::remove_file(&temp_path);
             return result;
         }
+        fault::abort_at("snapshot-after-rename");
         sync_dir(dir)
+    }
+}
+
+/// Removes temporary files left by a process killed mid-write. Called with the exclusive
+/// lock held, when no other process can be writing one.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".tickets.") && name.ends_with(".tmp") {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

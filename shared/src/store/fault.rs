@@ -1,0 +1,44 @@
+//! Fault injection for the crash tests: built with the `fault-injection` feature,
+//! `abort_at(point)` kills the process on the spot (as SIGKILL or a power cut would stop
+//! it) when `TICKETS_FAULT_ABORT_AT` names that point, after passing it
+//! `TICKETS_FAULT_ABORT_SKIP` times (0 by default). Without the feature it is nothing.
+
+/// The variable naming the point to abort at.
+pub const ABORT_AT_ENV: &str = "TICKETS_FAULT_ABORT_AT";
+/// The variable saying how many times to pass the point before aborting.
+pub const ABORT_SKIP_ENV: &str = "TICKETS_FAULT_ABORT_SKIP";
+
+/// The named points, in the order a write passes them.
+pub const POINTS: [&str; 7] = [
+    "journal-torn-write",
+    "journal-after-write",
+    "journal-after-sync",
+    "snapshot-after-temp",
+    "snapshot-after-rename",
+    "journal-create-after-temp",
+    "compaction-done",
+];
+
+#[cfg(feature = "fault-injection")]
+pub fn abort_at(point: &str) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PASSED: AtomicU64 = AtomicU64::new(0);
+    if armed(point) {
+        let skip = std::env::var(ABORT_SKIP_ENV)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if PASSED.fetch_add(1, Ordering::Relaxed) >= skip {
+            std::process::abort();
+        }
+    }
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn abort_at(_point: &str) {}
+
+/// Whether the process is set to abort at `point` (always false without the feature).
+pub fn armed(point: &str) -> bool {
+    cfg!(feature = "fault-injection") && std::env::var(ABORT_AT_ENV).is_ok_and(|p| p == point)
+}
