@@ -8,6 +8,8 @@ use shared::store::PurchaseOrder;
 use shared::{PurchaseError, PurchaseOutcome, StoreError, TicketStore};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::Metrics;
+
 /// The most purchases decided in one commit.
 const MAX_BATCH: usize = 256;
 
@@ -27,11 +29,11 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(store: TicketStore, node: Arc<str>) -> Self {
+    pub fn start(store: TicketStore, node: Arc<str>, metrics: Arc<Metrics>) -> Self {
         let (queue, jobs) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || commit_loop(&store, &node, jobs))
+            .spawn(move || commit_loop(&store, &node, &metrics, jobs))
             .map(|_| ())
             .unwrap_or_else(|err| tracing::error!(cause = %err, "cannot start the commit thread"));
         Self { queue }
@@ -46,7 +48,12 @@ impl Committer {
     }
 }
 
-fn commit_loop(store: &TicketStore, node: &str, mut jobs: mpsc::UnboundedReceiver<Job>) {
+fn commit_loop(
+    store: &TicketStore,
+    node: &str,
+    metrics: &Metrics,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
         batch.push(first);
@@ -57,7 +64,10 @@ fn commit_loop(store: &TicketStore, node: &str, mut jobs: mpsc::UnboundedReceive
             }
         }
         let orders: Vec<PurchaseOrder> = batch.iter().map(|j| j.order.clone()).collect();
-        match store.purchase_batch(&orders, node) {
+        let started = std::time::Instant::now();
+        let decided = store.purchase_batch(&orders, node);
+        metrics.commit_observed(orders.len(), started.elapsed(), decided.is_ok());
+        match decided {
             Ok(outcomes) => {
                 for (job, outcome) in batch.drain(..).zip(outcomes) {
                     let _ = job.reply.send(Ok(outcome));

@@ -46,13 +46,18 @@ impl NodeService {
         })?;
         let id: Arc<str> = Arc::from(settings.id.as_str());
         let store = TicketStore::new(&settings.data, settings.lock_timeout());
+        let metrics = Arc::new(metrics::Metrics::new(&settings.id));
         Ok(Self {
-            committer: committer::Committer::start(store.clone(), Arc::clone(&id)),
+            committer: committer::Committer::start(
+                store.clone(),
+                Arc::clone(&id),
+                Arc::clone(&metrics),
+            ),
             id,
             id_header,
             store,
             settings: Arc::new(settings),
-            metrics: Arc::default(),
+            metrics,
         })
     }
 

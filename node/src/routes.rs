@@ -52,7 +52,7 @@ pub async fn dispatch(node: &NodeService, request: Request<Incoming>) -> Routed 
     }
     let result = match (route, segments.get(1).copied()) {
         ("GET /health", _) => health(node).await,
-        ("GET /metrics", _) => Ok(metrics(node)),
+        ("GET /metrics", _) => Ok(metrics(node).await),
         ("GET /events", _) => events(node).await,
         ("GET /events/{event}", Some(name)) => event(node, name).await,
         ("GET /tickets", _) => tickets(node, request.uri().query()).await,
@@ -112,11 +112,15 @@ async fn health(node: &NodeService) -> Result<HttpResponse, ApiError> {
     Ok(json(StatusCode::OK, &body))
 }
 
-fn metrics(node: &NodeService) -> HttpResponse {
-    let mut response = Response::new(Full::new(Bytes::from(node.metrics.render(&node.id))));
+/// The metrics, with the per-event stock read from the store's state now (O(events)); a
+/// store that cannot be read leaves those gauges out rather than failing the scrape.
+async fn metrics(node: &NodeService) -> HttpResponse {
+    let events = with_store(node, |store| Ok(store.read(|inv| inv.events())?)).await;
+    let text = node.metrics.render(events.as_deref().ok());
+    let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
         CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4"),
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
     );
     response
 }
