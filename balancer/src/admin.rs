@@ -1,15 +1,18 @@
 //! The balancer's own endpoints under `/balancer/`, answered here and never forwarded:
-//! `health`, `nodes` (JSON) and `metrics` (Prometheus text format).
+//! `health`, `nodes` (JSON), `metrics` (Prometheus text format) and the status page
+//! (`/balancer/`, one self-contained HTML page that polls the JSON endpoints).
 
-use std::fmt::Write as _;
-
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
 
 use crate::ResponseBody;
 use crate::error::{Error, full, json_response};
+use crate::metrics::{self, Metrics};
 use crate::upstreams::{NodeSnapshot, Upstreams};
+
+/// The status page: HTML, CSS and script in one file, no external assets.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Whether `path` belongs to the balancer rather than to the nodes.
 pub fn is_admin_path(path: &str) -> bool {
@@ -53,6 +56,7 @@ pub fn answer(
     method: &Method,
     path: &str,
     upstreams: &Upstreams,
+    metrics: &Metrics,
 ) -> Result<Response<ResponseBody>, Error> {
     if *method != Method::GET && *method != Method::HEAD {
         return Err(Error::MethodNotAllowed);
@@ -71,85 +75,21 @@ pub fn answer(
             let body: Vec<NodeBody> = snapshots.into_iter().map(NodeBody::from).collect();
             Ok(json_response(StatusCode::OK, &body))
         }
-        "/balancer/metrics" => {
-            let mut response = Response::new(full(metrics_text(&snapshots)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            Ok(response)
-        }
+        "/balancer/metrics" => Ok(text_response(metrics.render(), metrics::CONTENT_TYPE)),
+        "/balancer" | "/balancer/" => Ok(text_response(
+            STATUS_PAGE.to_owned(),
+            "text/html; charset=utf-8",
+        )),
         other => Err(Error::NotFound(other.to_owned())),
     }
 }
 
-/// Renders the per-node gauges and counters in the Prometheus text exposition format.
-fn metrics_text(snapshots: &[NodeSnapshot]) -> String {
-    type Field = fn(&NodeSnapshot) -> u64;
-    let families: [(&str, &str, &str, Field); 5] = [
-        (
-            "balancer_node_up",
-            "gauge",
-            "Whether the node takes requests (1) or is down (0).",
-            |s| u64::from(s.up),
-        ),
-        (
-            "balancer_node_in_flight",
-            "gauge",
-            "Requests sent to the node whose response is not fully streamed back yet.",
-            |s| s.in_flight,
-        ),
-        (
-            "balancer_node_requests_total",
-            "counter",
-            "Forwarding attempts sent to the node.",
-            |s| s.requests,
-        ),
-        (
-            "balancer_node_failures_total",
-            "counter",
-            "Forwarding attempts to the node that failed.",
-            |s| s.failures,
-        ),
-        (
-            "balancer_node_retries_total",
-            "counter",
-            "Requests that failed on the node and were sent on to another node.",
-            |s| s.retries,
-        ),
-    ];
-    let mut text = String::new();
-    // Writing to a String cannot fail, so the results of write! are ignored.
-    for (name, kind, help, field) in families {
-        let _ = writeln!(text, "# HELP {name} {help}");
-        let _ = writeln!(text, "# TYPE {name} {kind}");
-        for s in snapshots {
-            let _ = writeln!(
-                text,
-                "{name}{{node=\"{}\"}} {}",
-                escape_label(&s.address),
-                field(s)
-            );
-        }
-    }
-    let up = snapshots.iter().filter(|s| s.up).count();
-    let _ = writeln!(
-        text,
-        "# HELP balancer_nodes_up Nodes currently taking requests."
-    );
-    let _ = writeln!(text, "# TYPE balancer_nodes_up gauge");
-    let _ = writeln!(text, "balancer_nodes_up {up}");
-    let _ = writeln!(text, "# HELP balancer_nodes_total Nodes currently known.");
-    let _ = writeln!(text, "# TYPE balancer_nodes_total gauge");
-    let _ = writeln!(text, "balancer_nodes_total {}", snapshots.len());
-    text
-}
-
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn text_response(body: String, content_type: &'static str) -> Response<ResponseBody> {
+    let mut response = Response::new(full(body));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 #[cfg(test)]
@@ -157,12 +97,13 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::net::SocketAddr;
+    use std::sync::Arc;
 
-    async fn two_nodes_one_down() -> Upstreams {
-        let upstreams = Upstreams::new(vec![
+    async fn two_nodes_one_down() -> Arc<Upstreams> {
+        let upstreams = Arc::new(Upstreams::new(vec![
             "127.0.0.1:1".parse().expect("name"),
             "127.0.0.1:2".parse().expect("name"),
-        ]);
+        ]));
         upstreams
             .refresh(|n: crate::settings::NodeName| async move {
                 Ok(vec![SocketAddr::from(([127, 0, 0, 1], n.port))])
@@ -193,7 +134,9 @@ mod tests {
     #[tokio::test]
     async fn health_counts_nodes_up_and_known() {
         let upstreams = two_nodes_one_down().await;
-        let response = answer(&Method::GET, "/balancer/health", &upstreams).expect("health");
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let response =
+            answer(&Method::GET, "/balancer/health", &upstreams, &metrics).expect("health");
         let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
             body,
@@ -204,7 +147,9 @@ mod tests {
     #[tokio::test]
     async fn nodes_lists_each_address_with_its_state() {
         let upstreams = two_nodes_one_down().await;
-        let response = answer(&Method::GET, "/balancer/nodes", &upstreams).expect("nodes");
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let response =
+            answer(&Method::GET, "/balancer/nodes", &upstreams, &metrics).expect("nodes");
         let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
             body,
@@ -218,32 +163,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn metrics_are_prometheus_text_per_node() {
+    async fn the_status_page_is_served_as_html_with_and_without_the_slash() {
         let upstreams = two_nodes_one_down().await;
-        let response = answer(&Method::GET, "/balancer/metrics", &upstreams).expect("metrics");
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        for path in ["/balancer/", "/balancer"] {
+            let response = answer(&Method::GET, path, &upstreams, &metrics).expect("page");
+            assert_eq!(
+                response.headers()[CONTENT_TYPE],
+                "text/html; charset=utf-8",
+                "{path}"
+            );
+            let page = text_of(response).await;
+            assert!(
+                page.contains("/balancer/nodes"),
+                "the page polls the node list"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_in_the_prometheus_text_format() {
+        let upstreams = two_nodes_one_down().await;
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let response =
+            answer(&Method::GET, "/balancer/metrics", &upstreams, &metrics).expect("metrics");
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
         let text = text_of(response).await;
-        assert!(text.contains("# TYPE balancer_node_up gauge"), "{text}");
-        assert!(
-            text.contains("balancer_node_up{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("balancer_node_up{node=\"127.0.0.1:2\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE balancer_node_retries_total counter"),
-            "{text}"
-        );
         assert!(text.contains("balancer_nodes_total 2"), "{text}");
     }
 
     #[tokio::test]
     async fn unknown_endpoints_and_other_methods_are_errors() {
         let upstreams = two_nodes_one_down().await;
-        let err = answer(&Method::GET, "/balancer/nope", &upstreams).expect_err("unknown");
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let err =
+            answer(&Method::GET, "/balancer/nope", &upstreams, &metrics).expect_err("unknown");
         assert_eq!(err.code(), "not_found");
-        let err = answer(&Method::POST, "/balancer/health", &upstreams).expect_err("post");
+        let err =
+            answer(&Method::POST, "/balancer/health", &upstreams, &metrics).expect_err("post");
         assert_eq!(err.code(), "method_not_allowed");
     }
 }

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod selection;
 pub mod settings;
@@ -13,12 +14,14 @@ pub mod upstreams;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
+use shared::api::NODE_HEADER;
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 pub use error::Error;
 pub use settings::{RawSettings, Settings};
@@ -42,6 +45,7 @@ struct Inner {
     selector: RoundRobin,
     proxy: Proxy,
     client: NodeClient,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Balancer {
@@ -49,17 +53,21 @@ impl Balancer {
     /// [`Upstreams::refresh`] (which [`run`] does before serving).
     pub fn new(settings: &Settings) -> Self {
         let client = proxy::node_client(settings.connect_timeout);
+        let upstreams = Arc::new(Upstreams::new(settings.nodes.clone()));
+        let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&upstreams)));
         let proxy = Proxy::new(
             client.clone(),
             settings.response_timeout,
             settings.max_body_bytes,
-        );
+        )
+        .with_metrics(Arc::clone(&metrics));
         Self {
             inner: Arc::new(Inner {
-                upstreams: Arc::new(Upstreams::new(settings.nodes.clone())),
+                upstreams,
                 selector: RoundRobin::new(),
                 proxy,
                 client,
+                metrics,
             }),
         }
     }
@@ -69,22 +77,42 @@ impl Balancer {
         &self.inner.upstreams
     }
 
-    /// Answers one request from `peer`, whatever its body type.
+    /// Answers one request from `peer`, whatever its body type, and logs it: one line at
+    /// debug per request, at warn when the answer is a 5xx.
     pub async fn respond<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let started = Instant::now();
         let inner = &self.inner;
-        let outcome = if admin::is_admin_path(request.uri().path()) {
-            admin::answer(request.method(), request.uri().path(), &inner.upstreams)
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let admin = admin::is_admin_path(&path);
+        let outcome = if admin {
+            admin::answer(&method, &path, &inner.upstreams, &inner.metrics)
         } else {
             inner
                 .proxy
                 .forward(&inner.upstreams, &inner.selector, request, peer)
                 .await
         };
-        outcome.unwrap_or_else(Error::into_response)
+        let response = outcome.unwrap_or_else(Error::into_response);
+        // Time to the response headers: a body is streamed on after this.
+        let elapsed = started.elapsed();
+        let status = response.status().as_u16();
+        inner.metrics.answered(!admin, status, elapsed);
+        let node = response
+            .headers()
+            .get(NODE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        if response.status().is_server_error() {
+            warn!(%method, %path, status, node, ?elapsed, %peer, "request failed");
+        } else {
+            debug!(%method, %path, status, node, ?elapsed, "request");
+        }
+        response
     }
 }
 

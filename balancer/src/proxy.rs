@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 
 use crate::ResponseBody;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::selection::RoundRobin;
 use crate::upstreams::{Node, Upstreams};
 
@@ -136,6 +137,8 @@ pub struct Proxy {
     client: NodeClient,
     response_timeout: Duration,
     max_body_bytes: usize,
+    /// Where each node's time to answer is recorded, when set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The parts of a client request kept to send it, possibly more than once.
@@ -152,6 +155,15 @@ impl Proxy {
             client,
             response_timeout,
             max_body_bytes,
+            metrics: None,
+        }
+    }
+
+    /// Records each node's time to answer in `metrics`.
+    pub fn with_metrics(self, metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics: Some(metrics),
+            ..self
         }
     }
 
@@ -273,9 +285,13 @@ impl Proxy {
         *request.headers_mut() = outgoing.headers.clone();
 
         let in_flight = node.start_request();
+        let sent = std::time::Instant::now();
         let failure =
             match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
                 Ok(Ok(response)) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.upstream_answered(&node.address.to_string(), sent.elapsed());
+                    }
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
                     // The guard travels with the body, so the request counts as in flight until

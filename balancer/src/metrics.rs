@@ -1,0 +1,273 @@
+//! The balancer's Prometheus metrics, kept with `prometheus-client` and rendered in the
+//! Prometheus text format (0.0.4) at `GET /balancer/metrics`: the per-node state and
+//! counters (read from the node set at scrape time), the answers it gave, and the time each
+//! node took to answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::upstreams::{NodeSnapshot, Upstreams};
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Latency bucket bounds in seconds, from 0.5 ms to 8 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 6.0, 8.0,
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AnswerLabels {
+    /// `forwarded` for the ticket API, `admin` for the balancer's own endpoints.
+    kind: &'static str,
+    status: u16,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The balancer's registry and the metrics it updates as requests pass.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    answers: Family<AnswerLabels, Counter>,
+    request_seconds: Family<AnswerLabels, Histogram, fn() -> Histogram>,
+    upstream_seconds: Family<NodeLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Metrics {
+    /// Metrics over `upstreams`, whose per-node state is read at each scrape.
+    pub fn new(upstreams: Arc<Upstreams>) -> Self {
+        let mut registry = Registry::default();
+        let answers = Family::<AnswerLabels, Counter>::default();
+        let request_seconds: Family<_, _, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let upstream_seconds: Family<_, _, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "balancer_http_requests",
+            "Answers the balancer gave, by kind (forwarded or admin) and status",
+            answers.clone(),
+        );
+        registry.register(
+            "balancer_http_request_duration_seconds",
+            "Time from a request's arrival to its response headers, retries included, by \
+             kind and status",
+            request_seconds.clone(),
+        );
+        registry.register(
+            "balancer_upstream_response_seconds",
+            "Time a node took to send its response headers, per node (failed attempts \
+             are counted in balancer_node_failures_total instead)",
+            upstream_seconds.clone(),
+        );
+        registry.register_collector(Box::new(NodesCollector { upstreams }));
+        Self {
+            registry,
+            answers,
+            request_seconds,
+            upstream_seconds,
+        }
+    }
+
+    /// Counts one answer of the balancer's.
+    pub fn answered(&self, forwarded: bool, status: u16, elapsed: Duration) {
+        let labels = AnswerLabels {
+            kind: if forwarded { "forwarded" } else { "admin" },
+            status,
+        };
+        self.answers.get_or_create(&labels).inc();
+        self.request_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long `node` took to answer one forwarded request.
+    pub fn upstream_answered(&self, node: &str, elapsed: Duration) {
+        self.upstream_seconds
+            .get_or_create(&NodeLabel {
+                node: node.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Encodes the state and counters each node keeps (for `/balancer/nodes` too) as they
+/// are at scrape time, so a node that is removed disappears from the next scrape.
+#[derive(Debug)]
+struct NodesCollector {
+    upstreams: Arc<Upstreams>,
+}
+
+type Field = fn(&NodeSnapshot) -> u64;
+
+/// Per-node gauges: name, help, value.
+const NODE_GAUGES: [(&str, &str, Field); 2] = [
+    (
+        "balancer_node_up",
+        "Whether the node takes requests (1) or is down (0)",
+        |s| u64::from(s.up),
+    ),
+    (
+        "balancer_node_in_flight",
+        "Requests sent to the node whose response is not fully streamed back yet",
+        |s| s.in_flight,
+    ),
+];
+
+/// Per-node counters: name (the encoder adds `_total`), help, value.
+const NODE_COUNTERS: [(&str, &str, Field); 3] = [
+    (
+        "balancer_node_requests",
+        "Forwarding attempts sent to the node",
+        |s| s.requests,
+    ),
+    (
+        "balancer_node_failures",
+        "Forwarding attempts to the node that failed",
+        |s| s.failures,
+    ),
+    (
+        "balancer_node_retries",
+        "Requests that failed on the node and were sent on to another node",
+        |s| s.retries,
+    ),
+];
+
+impl Collector for NodesCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshots: Vec<NodeSnapshot> = self
+            .upstreams
+            .nodes()
+            .iter()
+            .map(|n| n.snapshot())
+            .collect();
+        for (name, help, field) in NODE_GAUGES {
+            let gauge = ConstGauge::new(0i64);
+            let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for s in &snapshots {
+                let value = i64::try_from(field(s)).unwrap_or(i64::MAX);
+                ConstGauge::new(value).encode(family.encode_family(&[("node", &s.address)])?)?;
+            }
+        }
+        for (name, help, field) in NODE_COUNTERS {
+            let counter = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for s in &snapshots {
+                ConstCounter::new(field(s))
+                    .encode(family.encode_family(&[("node", &s.address)])?)?;
+            }
+        }
+        let up = snapshots.iter().filter(|s| s.up).count();
+        let totals = [
+            ("balancer_nodes_up", "Nodes currently taking requests", up),
+            (
+                "balancer_nodes_total",
+                "Nodes currently known",
+                snapshots.len(),
+            ),
+        ];
+        for (name, help, value) in totals {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    async fn two_nodes_one_down() -> Arc<Upstreams> {
+        let upstreams = Arc::new(Upstreams::new(vec![
+            "127.0.0.1:1".parse().expect("name"),
+            "127.0.0.1:2".parse().expect("name"),
+        ]));
+        upstreams
+            .refresh(|n: crate::settings::NodeName| async move {
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], n.port))])
+            })
+            .await;
+        upstreams.nodes()[1].mark_down("connection refused");
+        upstreams
+    }
+
+    #[tokio::test]
+    async fn node_state_is_read_at_scrape_time() {
+        let upstreams = two_nodes_one_down().await;
+        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let text = metrics.render();
+        assert!(text.contains("# TYPE balancer_node_up gauge"), "{text}");
+        assert!(
+            text.contains("balancer_node_up{node=\"127.0.0.1:1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("balancer_node_up{node=\"127.0.0.1:2\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE balancer_node_retries_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("balancer_nodes_up 1"), "{text}");
+        assert!(text.contains("balancer_nodes_total 2"), "{text}");
+
+        let _guard = upstreams.nodes()[0].start_request();
+        let text = metrics.render();
+        assert!(
+            text.contains("balancer_node_requests_total{node=\"127.0.0.1:1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("balancer_node_in_flight{node=\"127.0.0.1:1\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn answers_and_upstream_latency_are_histograms() {
+        let metrics = Metrics::new(two_nodes_one_down().await);
+        metrics.answered(true, 201, Duration::from_millis(3));
+        metrics.answered(false, 200, Duration::from_micros(100));
+        metrics.upstream_answered("127.0.0.1:1", Duration::from_millis(2));
+        let text = metrics.render();
+        assert!(
+            text.contains("balancer_http_requests_total{kind=\"forwarded\",status=\"201\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "balancer_upstream_response_seconds_bucket{node=\"127.0.0.1:1\",le=\"0.0025\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("balancer_upstream_response_seconds_count{node=\"127.0.0.1:1\"} 1"),
+            "{text}"
+        );
+    }
+}
