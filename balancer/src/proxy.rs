@@ -26,6 +26,9 @@ use crate::metrics::Metrics;
 use crate::selection::RoundRobin;
 use crate::upstreams::{Node, Upstreams};
 
+/// The most of a refused (too large) request body read and dropped before answering.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
 /// The pooled HTTP client to the nodes. The pool is keyed by the URI's authority, and
 /// requests are addressed to the resolved `IP:PORT`, so each address has a pool of its own.
 pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
@@ -219,15 +222,25 @@ impl Proxy {
             .and_then(|v| v.parse::<u64>().ok());
         let limit = self.max_body_bytes;
         if declared.is_some_and(|length| length > limit as u64) {
+            // Read and drop what the client is still sending (within reason), so it gets
+            // the 413 rather than a broken pipe.
+            let drain = Limited::new(body, DRAIN_LIMIT).collect();
+            let _ = tokio::time::timeout(self.response_timeout, drain).await;
             return Err(Error::PayloadTooLarge { limit });
         }
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.downcast_ref::<LengthLimitError>().is_some() => {
+        let collected =
+            tokio::time::timeout(self.response_timeout, Limited::new(body, limit).collect()).await;
+        let body = match collected {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(Error::PayloadTooLarge { limit });
             }
-            Err(err) => {
+            Ok(Err(err)) => {
                 debug!(cause = %err, "cannot read a request body");
+                return Err(Error::BodyUnreadable);
+            }
+            Err(_) => {
+                debug!("a request body did not arrive in time");
                 return Err(Error::BodyUnreadable);
             }
         };

@@ -14,13 +14,35 @@ use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
 use crate::error::ApiError;
 
 /// Reads a JSON request body, refusing other content types, bodies over `limit` bytes and
-/// clients slower than `timeout`.
+/// clients slower than `timeout`. A refused body is still read (up to `DRAIN_LIMIT`) so a
+/// client that is still sending gets the answer instead of a broken pipe.
 pub async fn read_json_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        drain(body, timeout).await;
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let bytes = match collected {
+        Err(_) => return Err(ApiError::BodyTimeout),
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        Ok(Err(err)) => {
+            return Err(ApiError::BadRequest(format!(
+                "the request body could not be read: {err}"
+            )));
+        }
+    };
     let is_json = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -29,24 +51,14 @@ pub async fn read_json_body(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
-    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
-    match collected {
-        Err(_) => Err(ApiError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::PayloadTooLarge(limit))
-        }
-        Ok(Err(err)) => Err(ApiError::BadRequest(format!(
-            "the request body could not be read: {err}"
-        ))),
-    }
+    Ok(bytes)
+}
+
+/// The most of a refused body read and thrown away; past it the connection is closed.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+async fn drain(body: Incoming, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, Limited::new(body, DRAIN_LIMIT).collect()).await;
 }
 
 /// A purchase as the client asked for it, before the node stamps it.
@@ -250,5 +262,51 @@ mod tests {
         assert!(idempotency_key(&headers).expect("valid").is_some());
         headers.append(IDEMPOTENCY_HEADER, "def".parse().expect("valid header"));
         assert!(idempotency_key(&headers).is_err());
+    }
+
+    mod fuzz {
+        //! Bounded property runs over the request decoding: no input panics, and whatever
+        //! is accepted is within the contract.
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            #[test]
+            fn any_bytes_are_parsed_or_refused_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = parse_purchase(&body);
+            }
+
+            #[test]
+            fn any_json_purchase_shape_is_accepted_only_within_the_contract(
+                event in "\\PC{0,70}",
+                quantity in any::<i64>(),
+                extra in proptest::option::of("[a-z]{1,8}"),
+            ) {
+                let mut object = serde_json::json!({"event": event, "quantity": quantity});
+                if let Some(key) = extra {
+                    object[key] = serde_json::json!(1);
+                }
+                let body = serde_json::to_vec(&object).expect("serialisable");
+                match parse_purchase(&body) {
+                    Ok(input) => {
+                        prop_assert!((1..=10).contains(&input.quantity.get()));
+                        prop_assert!(input.event.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                        prop_assert!((1..=64).contains(&input.event.as_str().len()));
+                    }
+                    Err(ApiError::BadRequest(message)) => prop_assert!(!message.is_empty()),
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+
+            #[test]
+            fn any_query_or_id_is_parsed_or_refused_without_panicking(text in "\\PC{0,80}") {
+                let _ = ticket_filter(Some(&text));
+                let _ = purchase_filter(Some(&text));
+                let _ = ticket_id(&text);
+                let _ = decode_segment(&text);
+            }
+        }
     }
 }

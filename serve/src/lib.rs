@@ -105,16 +105,27 @@ pub async fn run<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |request| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            // hyper times out headers only once they start arriving; a client that connects
+            // and sends nothing would hold its slot for ever.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await,
+                Ok(Ok(1..))
+            ) {
+                debug!(%peer, "closing a connection that sent nothing");
+                drop(permit);
+                return;
+            }
+            let service = hyper::service::service_fn(move |request| {
+                let handler = handler.clone();
+                async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
+            });
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
                 debug!(cause = %err, %peer, "connection ended with an error");
             }
             drop(permit);
