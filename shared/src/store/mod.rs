@@ -3,8 +3,8 @@
 //! The state is a snapshot, `tickets.json`, plus a journal, `tickets.journal`, of the
 //! purchases committed since (JSON lines). Every operation holds an advisory lock on
 //! `tickets.lock` (shared to read, exclusive to write) and first catches up with the disk:
-//! it reloads the snapshot only when its generation changed, and otherwise reads just the
-//! journal lines it has not seen. So every read sees every completed write, whichever
+//! it reloads the snapshot only when it changed (its generation, size, time or inode), and
+//! otherwise reads just the journal lines it has not seen. So every read sees every completed write, whichever
 //! process made it, while a sale costs the same whatever the inventory's size.
 //!
 //! A batch of purchases is decided under one exclusive lock hold, appended to the journal
@@ -25,8 +25,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
 
@@ -102,10 +103,30 @@ pub struct StoreSummary {
     pub journal_entries: usize,
 }
 
+/// Identifies one version of the snapshot file: its generation and its metadata, so a
+/// snapshot changed in place (by an operator or a disk fault) is reloaded, and so noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SnapshotStamp {
+    generation: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl SnapshotStamp {
+    /// Matches no file: a cache holding it is reloaded on its next use.
+    const STALE: Self = Self {
+        generation: u64::MAX,
+        len: u64::MAX,
+        modified: None,
+        inode: u64::MAX,
+    };
+}
+
 /// This process's parsed copy of the store, and how far into the journal it has read.
 #[derive(Debug)]
 struct Cache {
-    generation: u64,
+    stamp: SnapshotStamp,
     inventory: Inventory,
     journal: JournalState,
 }
@@ -168,19 +189,19 @@ impl TicketStore {
     /// Runs `f` on the current state under the shared lock.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> Result<T, StoreError> {
         let _guard = lock::acquire(&self.paths.lock, LockMode::Shared, self.lock_timeout)?;
-        let generation = self.snapshot_generation()?;
+        let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         {
             let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
             if let Some(cache) = cache.as_ref()
-                && cache.generation == generation
-                && journal.is_caught_up(&cache.journal, generation)
+                && cache.stamp == stamp
+                && journal.is_caught_up(&cache.journal, stamp.generation)
             {
                 return Ok(f(&cache.inventory));
             }
         }
         let mut cache = self.cache_for_update();
-        let current = self.catch_up(&mut cache, generation, journal)?;
+        let current = self.catch_up(&mut cache, stamp, journal)?;
         Ok(f(&current.inventory))
     }
 
@@ -193,10 +214,10 @@ impl TicketStore {
         node: &str,
     ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
-        let generation = self.snapshot_generation()?;
+        let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let mut cache = self.cache_for_update();
-        let result = self.commit(&mut cache, generation, journal, orders, node);
+        let result = self.commit(&mut cache, stamp, journal, orders, node);
         if result.is_err() {
             // The in-memory state may hold decisions that never reached the disk.
             *cache = None;
@@ -240,14 +261,14 @@ impl TicketStore {
     /// Reads the whole store from disk, bypassing the cache, and checks every invariant.
     pub fn check(&self) -> Result<StoreSummary, StoreError> {
         let _guard = lock::acquire(&self.paths.lock, LockMode::Shared, self.lock_timeout)?;
-        let generation = self.snapshot_generation()?;
+        let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let mut cache = None;
-        let current = self.catch_up(&mut cache, generation, journal)?;
+        let current = self.catch_up(&mut cache, stamp, journal)?;
         let entries = current.inventory.purchases().len();
         let inventory = &current.inventory;
         Ok(StoreSummary {
-            generation,
+            generation: stamp.generation,
             tickets: inventory.tickets().len(),
             sold: inventory.tickets().iter().filter(|t| t.sold).count(),
             purchases: entries,
@@ -263,8 +284,8 @@ impl TicketStore {
         })
     }
 
-    /// Reads the snapshot's generation from its first line.
-    fn snapshot_generation(&self) -> Result<u64, StoreError> {
+    /// Reads the snapshot's generation from its first line, and its metadata.
+    fn snapshot_stamp(&self) -> Result<SnapshotStamp, StoreError> {
         let path = &self.paths.snapshot;
         let mut file = match File::open(path) {
             Ok(file) => file,
@@ -273,6 +294,7 @@ impl TicketStore {
             }
             Err(e) => return Err(StoreError::io("opening", path)(e)),
         };
+        let metadata = file.metadata().map_err(StoreError::io("reading", path))?;
         let mut head = [0u8; 256];
         let filled = read_up_to(&mut file, &mut head).map_err(StoreError::io("reading", path))?;
         let first_line = head[..filled]
@@ -280,7 +302,12 @@ impl TicketStore {
             .next()
             .unwrap_or_default();
         match format::decode_snapshot_header(first_line) {
-            Some(header) if header.format == format::FORMAT_VERSION => Ok(header.generation),
+            Some(header) if header.format == format::FORMAT_VERSION => Ok(SnapshotStamp {
+                generation: header.generation,
+                len: metadata.len(),
+                modified: metadata.modified().ok(),
+                inode: metadata.ino(),
+            }),
             // Not our layout: a full decode says precisely what is wrong.
             _ => Err(self.load_snapshot().err().unwrap_or_else(|| {
                 StoreError::corrupt(path, "the first line is not a snapshot header")
@@ -304,10 +331,11 @@ impl TicketStore {
     fn catch_up<'c>(
         &self,
         cache: &'c mut Option<Cache>,
-        generation: u64,
+        stamp: SnapshotStamp,
         mut journal: Journal,
     ) -> Result<&'c mut Cache, StoreError> {
-        let reusable = cache.take().filter(|c| c.generation == generation);
+        let generation = stamp.generation;
+        let reusable = cache.take().filter(|c| c.stamp == stamp);
         let mut current = match reusable {
             Some(current) => current,
             None => {
@@ -319,7 +347,7 @@ impl TicketStore {
                     ));
                 }
                 Cache {
-                    generation,
+                    stamp,
                     inventory: snapshot.inventory,
                     journal: JournalState::Unread,
                 }
@@ -332,16 +360,16 @@ impl TicketStore {
     fn commit(
         &self,
         cache: &mut Option<Cache>,
-        generation: u64,
+        stamp: SnapshotStamp,
         journal: Journal,
         orders: &[PurchaseOrder],
         node: &str,
     ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
-        let current = self.catch_up(cache, generation, journal)?;
+        let current = self.catch_up(cache, stamp, journal)?;
         let mut journal = Journal::prepare_for_append(
             &self.paths.journal,
             &self.paths.dir,
-            generation,
+            stamp.generation,
             &mut current.journal,
         )?;
         let mut lines = Vec::new();
@@ -369,25 +397,24 @@ impl TicketStore {
     /// Folds the journal into a new snapshot once it is large; a failure here loses
     /// nothing (the journal still holds every purchase) and is retried on a later write.
     fn maybe_compact(&self, current: &mut Cache, journal_len: u64) {
-        let snapshot_len = fs::metadata(&self.paths.snapshot).map_or(0, |m| m.len());
-        if journal_len < self.compact_min_bytes.max(snapshot_len / 2) {
+        if journal_len < self.compact_min_bytes.max(current.stamp.len / 2) {
             return;
         }
-        let next = current.generation.wrapping_add(1);
+        let next = current.stamp.generation.wrapping_add(1);
         let compacted = self
             .write_snapshot(&current.inventory, next)
             .and_then(|()| Journal::create(&self.paths.journal, &self.paths.dir, next));
         match compacted {
             Ok(state) => {
                 fault::abort_at("compaction-done");
-                current.generation = next;
+                current.stamp = self.snapshot_stamp().unwrap_or(SnapshotStamp::STALE);
                 current.journal = state;
             }
             Err(err) => {
                 tracing::warn!(cause = %err, "compaction failed; the journal keeps every purchase");
                 // If the snapshot was replaced but the journal was not, the next operation
-                // sees the new generation and reloads; forcing that keeps this cache honest.
-                current.generation = u64::MAX;
+                // must reload; forgetting the stamp forces that.
+                current.stamp = SnapshotStamp::STALE;
             }
         }
     }
