@@ -2,6 +2,7 @@
 //! ports: the harness of the integration tests and of `cargo run -p cluster`.
 
 pub mod client;
+pub mod history;
 pub mod process;
 
 use std::path::Path;
@@ -83,15 +84,45 @@ impl LocalCluster {
 
 /// Starts one node with id `id` on a free loopback port, serving `data`.
 pub fn start_node(id: &str, data: &Path) -> anyhow::Result<Process> {
+    start_node_with(id, data, "127.0.0.1:0", &[])
+}
+
+/// Starts one node listening on `listen`, with extra environment variables.
+pub fn start_node_with(
+    id: &str,
+    data: &Path,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
     let args = [
         "--id".to_owned(),
         id.to_owned(),
         "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
+        listen.to_owned(),
         "--data".to_owned(),
         data.to_string_lossy().into_owned(),
     ];
-    Process::start(id, "node", &args)
+    Process::start_with_env(id, "node", &args, env)
+}
+
+/// Reads every ticket, event and purchase through the API at `base`.
+pub async fn read_final_state(
+    http: &HttpClient,
+    base: &str,
+) -> anyhow::Result<history::FinalState> {
+    async fn get<T: serde::de::DeserializeOwned>(
+        http: &HttpClient,
+        url: String,
+    ) -> anyhow::Result<T> {
+        let answer = http.get(&url).await?;
+        anyhow::ensure!(answer.status == 200, "GET {url} answered {}", answer.status);
+        Ok(serde_json::from_slice(&answer.body)?)
+    }
+    Ok(history::FinalState {
+        tickets: get(http, format!("{base}/tickets")).await?,
+        events: get(http, format!("{base}/events")).await?,
+        purchases: get(http, format!("{base}/purchases")).await?,
+    })
 }
 
 /// Runs `generator` with `args` to completion and returns its exit code and output.

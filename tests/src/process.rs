@@ -45,9 +45,21 @@ pub struct Process {
 impl Process {
     /// Starts `program` with `args` and waits for its `listening on ADDR` line.
     pub fn start(name: &str, program: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_env(name, program, args, &[])
+    }
+
+    /// As `start`, with extra environment variables (settings such as
+    /// `TICKETS_NODE__LOCK_TIMEOUT_MS`).
+    pub fn start_with_env(
+        name: &str,
+        program: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let path = binary(program)?;
         let mut child = Command::new(&path)
             .args(args)
+            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,0 +1,353 @@
+//! Records what clients did and saw (invoke time, completion time, request, outcome) and
+//! checks the history against the cluster's final state, in the manner of Jepsen: nothing
+//! acknowledged is lost, nothing is sold twice, reads respect real-time order, and an
+//! operation whose outcome is unknown is wholly in the final state or not at all.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::time::Instant;
+
+use shared::api::{EventBody, PurchaseBody, TicketBody};
+
+/// How a purchase ended, as the client saw it.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// 201: the purchase as the cluster acknowledged it.
+    Acknowledged(PurchaseBody),
+    /// A definite refusal (sold out, bad request...): nothing was sold.
+    Refused { status: u16, code: String },
+    /// Timeout, cut connection or gateway error after every retry: it may or may not have
+    /// been committed.
+    Unknown(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct PurchaseOp {
+    pub invoked: Instant,
+    pub completed: Instant,
+    pub event: String,
+    pub quantity: u32,
+    pub outcome: Outcome,
+}
+
+/// A read of every event's sold count.
+#[derive(Debug, Clone)]
+pub struct ReadOp {
+    pub invoked: Instant,
+    pub completed: Instant,
+    pub sold: BTreeMap<String, u64>,
+}
+
+/// The cluster's state after the run, read through the API.
+#[derive(Debug, Clone, Default)]
+pub struct FinalState {
+    pub tickets: Vec<TicketBody>,
+    pub events: Vec<EventBody>,
+    pub purchases: Vec<PurchaseBody>,
+}
+
+/// What the check found.
+#[derive(Debug, Clone, Default)]
+pub struct Verdict {
+    pub tried: usize,
+    pub acknowledged: usize,
+    pub refused: usize,
+    pub unknown: usize,
+    pub lost: usize,
+    pub sold_twice: usize,
+    pub violations: Vec<String>,
+}
+
+impl Verdict {
+    pub fn is_clean(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// The one line per fault class the suite prints.
+    pub fn summary_line(&self, class: &str, client_mistake_5xx: usize) -> String {
+        format!(
+            "fault-summary: {class}: tried {}, acknowledged {}, lost {}, sold twice {}, 5xx to client mistakes {client_mistake_5xx} (refused {}, unknown {})",
+            self.tried, self.acknowledged, self.lost, self.sold_twice, self.refused, self.unknown
+        )
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} violations", self.violations.len())?;
+        for v in self.violations.iter().take(20) {
+            writeln!(f, "  {v}")?;
+        }
+        Ok(())
+    }
+}
+
+fn ticket_ids(p: &PurchaseBody) -> Vec<u64> {
+    p.tickets.iter().map(|t| t.id).collect()
+}
+
+pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdict {
+    let mut verdict = Verdict {
+        tried: ops.len(),
+        ..Verdict::default()
+    };
+    let acknowledged: Vec<(&PurchaseOp, &PurchaseBody)> = ops
+        .iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Acknowledged(p) => Some((op, p)),
+            _ => None,
+        })
+        .collect();
+    verdict.acknowledged = acknowledged.len();
+    verdict.refused = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Refused { .. }))
+        .count();
+    verdict.unknown = ops
+        .iter()
+        .filter(|op| matches!(op.outcome, Outcome::Unknown(_)))
+        .count();
+
+    // No ticket in two acknowledged purchases (a retried key returns the same purchase).
+    let mut holder: HashMap<u64, &str> = HashMap::new();
+    for (_, p) in &acknowledged {
+        for id in ticket_ids(p) {
+            if let Some(other) = holder.insert(id, &p.purchase_id)
+                && other != p.purchase_id
+            {
+                verdict.sold_twice += 1;
+                verdict.violations.push(format!(
+                    "ticket {id} acknowledged in {other} and {}",
+                    p.purchase_id
+                ));
+            }
+        }
+    }
+
+    // Every acknowledged purchase is in the final state, unchanged.
+    let final_by_id: HashMap<&str, &PurchaseBody> = state
+        .purchases
+        .iter()
+        .map(|p| (p.purchase_id.as_str(), p))
+        .collect();
+    let acked_ids: HashSet<&str> = acknowledged
+        .iter()
+        .map(|(_, p)| p.purchase_id.as_str())
+        .collect();
+    for (_, p) in &acknowledged {
+        match final_by_id.get(p.purchase_id.as_str()) {
+            Some(stored) if ticket_ids(stored) == ticket_ids(p) => {}
+            Some(_) => verdict.violations.push(format!(
+                "{} changed its tickets after it was acknowledged",
+                p.purchase_id
+            )),
+            None => {
+                verdict.lost += 1;
+                verdict.violations.push(format!(
+                    "acknowledged {} is not in the final state",
+                    p.purchase_id
+                ));
+            }
+        }
+    }
+
+    check_final_state(state, &mut verdict);
+
+    // Purchases nobody was told of must each belong to a distinct unknown operation.
+    let mut unknown: HashMap<(&str, u32), usize> = HashMap::new();
+    for op in ops {
+        if matches!(op.outcome, Outcome::Unknown(_)) {
+            *unknown.entry((op.event.as_str(), op.quantity)).or_default() += 1;
+        }
+    }
+    for p in &state.purchases {
+        if acked_ids.contains(p.purchase_id.as_str()) {
+            continue;
+        }
+        match unknown.get_mut(&(p.event.as_str(), p.quantity)) {
+            Some(left) if *left > 0 => *left -= 1,
+            _ => verdict.violations.push(format!(
+                "{} ({} x {}) was committed but no client op can account for it",
+                p.purchase_id, p.event, p.quantity
+            )),
+        }
+    }
+
+    // Real-time order: a read that began after a purchase was acknowledged sees it.
+    for read in reads {
+        let mut must_see: BTreeMap<&str, u64> = BTreeMap::new();
+        for (op, p) in &acknowledged {
+            if op.completed < read.invoked {
+                *must_see.entry(p.event.as_str()).or_default() += p.tickets.len() as u64;
+            }
+        }
+        for (event, at_least) in must_see {
+            let seen = read.sold.get(event).copied().unwrap_or(0);
+            if seen < at_least {
+                verdict.violations.push(format!(
+                    "a read of {event} saw {seen} sold after {at_least} were acknowledged"
+                ));
+            }
+        }
+    }
+    verdict
+}
+
+/// The final state agrees with itself: every sold ticket in exactly one purchase, every
+/// purchase all-or-nothing, and the event counts add up.
+fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
+    let mut held: HashMap<u64, &str> = HashMap::new();
+    for p in &state.purchases {
+        if p.tickets.len() as u32 != p.quantity {
+            verdict.violations.push(format!(
+                "{} holds {} tickets for quantity {}",
+                p.purchase_id,
+                p.tickets.len(),
+                p.quantity
+            ));
+        }
+        for id in ticket_ids(p) {
+            if let Some(other) = held.insert(id, &p.purchase_id) {
+                verdict.sold_twice += 1;
+                verdict.violations.push(format!(
+                    "ticket {id} is in {other} and {} in the final state",
+                    p.purchase_id
+                ));
+            }
+        }
+    }
+    let mut counted: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for t in &state.tickets {
+        let entry = counted.entry(t.event.as_str()).or_default();
+        entry.0 += 1;
+        if t.sold {
+            entry.1 += 1;
+            if !held.contains_key(&t.id) {
+                verdict
+                    .violations
+                    .push(format!("ticket {} is sold but no purchase holds it", t.id));
+            }
+        } else if let Some(p) = held.get(&t.id) {
+            verdict
+                .violations
+                .push(format!("ticket {} is in {p} but not marked sold", t.id));
+        }
+    }
+    for e in &state.events {
+        let (total, sold) = counted.get(e.event.as_str()).copied().unwrap_or_default();
+        if e.total != total || e.sold != sold || e.sold + e.available != e.total {
+            verdict.violations.push(format!(
+                "event {} says total {} sold {} available {}, tickets say total {total} sold {sold}",
+                e.event, e.total, e.sold, e.available
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::api::PurchasedTicketBody;
+
+    fn purchase(id: &str, event: &str, tickets: &[u64]) -> PurchaseBody {
+        PurchaseBody {
+            purchase_id: id.into(),
+            event: event.into(),
+            quantity: tickets.len() as u32,
+            tickets: tickets
+                .iter()
+                .map(|&id| PurchasedTicketBody { id, price_cents: 1 })
+                .collect(),
+            total_cents: tickets.len() as u64,
+            node: "n".into(),
+            created_at: "t".into(),
+        }
+    }
+
+    fn state(tickets: u64, purchases: Vec<PurchaseBody>) -> FinalState {
+        let sold: HashSet<u64> = purchases.iter().flat_map(ticket_ids).collect();
+        FinalState {
+            tickets: (1..=tickets)
+                .map(|id| TicketBody {
+                    id,
+                    event: "e".into(),
+                    price_cents: 1,
+                    sold: sold.contains(&id),
+                })
+                .collect(),
+            events: vec![EventBody {
+                event: "e".into(),
+                total: tickets,
+                available: tickets - sold.len() as u64,
+                sold: sold.len() as u64,
+                min_price_cents: 1,
+                max_price_cents: 1,
+            }],
+            purchases,
+        }
+    }
+
+    fn op(at: Instant, outcome: Outcome, quantity: u32) -> PurchaseOp {
+        PurchaseOp {
+            invoked: at,
+            completed: at,
+            event: "e".into(),
+            quantity,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn a_consistent_history_passes() {
+        let now = Instant::now();
+        let p = purchase("p1", "e", &[1, 2]);
+        let ops = vec![
+            op(now, Outcome::Acknowledged(p.clone()), 2),
+            op(now, Outcome::Unknown("cut".into()), 1),
+        ];
+        let extra = purchase("p2", "e", &[3]);
+        let reads = vec![ReadOp {
+            invoked: now + std::time::Duration::from_millis(1),
+            completed: now,
+            sold: BTreeMap::from([("e".to_string(), 2)]),
+        }];
+        let verdict = check(&ops, &reads, &state(5, vec![p, extra]));
+        assert!(verdict.is_clean(), "{verdict}");
+        assert_eq!((verdict.acknowledged, verdict.unknown), (1, 1));
+    }
+
+    #[test]
+    fn a_lost_purchase_a_phantom_and_a_stale_read_are_caught() {
+        let now = Instant::now();
+        let p = purchase("p1", "e", &[1]);
+        let ops = vec![op(now, Outcome::Acknowledged(p), 1)];
+        let phantom = purchase("p9", "e", &[2]);
+        let reads = vec![ReadOp {
+            invoked: now + std::time::Duration::from_millis(1),
+            completed: now,
+            sold: BTreeMap::from([("e".to_string(), 0)]),
+        }];
+        let verdict = check(&ops, &reads, &state(3, vec![phantom]));
+        assert_eq!(verdict.lost, 1);
+        assert!(
+            verdict
+                .violations
+                .iter()
+                .any(|v| v.contains("no client op"))
+        );
+        assert!(verdict.violations.iter().any(|v| v.contains("saw 0 sold")));
+    }
+
+    #[test]
+    fn a_ticket_in_two_purchases_is_caught() {
+        let now = Instant::now();
+        let a = purchase("p1", "e", &[1]);
+        let b = purchase("p2", "e", &[1]);
+        let ops = vec![
+            op(now, Outcome::Acknowledged(a.clone()), 1),
+            op(now, Outcome::Acknowledged(b.clone()), 1),
+        ];
+        let verdict = check(&ops, &[], &state(2, vec![a, b]));
+        assert!(verdict.sold_twice >= 1, "{verdict}");
+    }
+}
