@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Instant;
 
+use generator::audit::check::{self, Violation};
 use shared::api::{EventBody, PurchaseBody, TicketBody};
 
 /// How a purchase ended, as the client saw it.
@@ -193,54 +194,15 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
     verdict
 }
 
-/// The final state agrees with itself: every sold ticket in exactly one purchase, every
-/// purchase all-or-nothing, and the event counts add up.
+/// The final state agrees with itself (every sold ticket in exactly one purchase, every
+/// purchase all-or-nothing, the event counts add up): the generator's audit checks.
 fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
-    let mut held: HashMap<u64, &str> = HashMap::new();
-    for p in &state.purchases {
-        if p.tickets.len() as u32 != p.quantity {
-            verdict.violations.push(format!(
-                "{} holds {} tickets for quantity {}",
-                p.purchase_id,
-                p.tickets.len(),
-                p.quantity
-            ));
+    let (violations, _) = check::check(&state.tickets, &state.events, &state.purchases);
+    for violation in violations {
+        if let Violation::SoldTwice { purchases, .. } = &violation {
+            verdict.sold_twice += purchases.len().saturating_sub(1);
         }
-        for id in ticket_ids(p) {
-            if let Some(other) = held.insert(id, &p.purchase_id) {
-                verdict.sold_twice += 1;
-                verdict.violations.push(format!(
-                    "ticket {id} is in {other} and {} in the final state",
-                    p.purchase_id
-                ));
-            }
-        }
-    }
-    let mut counted: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for t in &state.tickets {
-        let entry = counted.entry(t.event.as_str()).or_default();
-        entry.0 += 1;
-        if t.sold {
-            entry.1 += 1;
-            if !held.contains_key(&t.id) {
-                verdict
-                    .violations
-                    .push(format!("ticket {} is sold but no purchase holds it", t.id));
-            }
-        } else if let Some(p) = held.get(&t.id) {
-            verdict
-                .violations
-                .push(format!("ticket {} is in {p} but not marked sold", t.id));
-        }
-    }
-    for e in &state.events {
-        let (total, sold) = counted.get(e.event.as_str()).copied().unwrap_or_default();
-        if e.total != total || e.sold != sold || e.sold + e.available != e.total {
-            verdict.violations.push(format!(
-                "event {} says total {} sold {} available {}, tickets say total {total} sold {sold}",
-                e.event, e.total, e.sold, e.available
-            ));
-        }
+        verdict.violations.push(violation.to_string());
     }
 }
 
