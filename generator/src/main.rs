@@ -116,6 +116,9 @@ struct LoadArgs {
     /// Also write the summary as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Also draw the run second by second (p50/p99 latency, achieved rate) as SVG to FILE.
+    #[arg(long, value_name = "FILE")]
+    chart: Option<PathBuf>,
     /// Show no progress while running.
     #[arg(long)]
     no_progress: bool,
@@ -226,6 +229,10 @@ fn load(config: Option<PathBuf>, args: LoadArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         report.write_json(path)?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.chart {
+        report.write_chart(path)?;
+        println!("chart written to {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
 }

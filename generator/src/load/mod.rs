@@ -3,12 +3,14 @@
 //! is measured from its scheduled send time, so a slow or saturated cluster shows up as
 //! latency rather than as a politely lower rate (as wrk2 does).
 
+pub mod chart;
 pub mod events;
 pub mod progress;
 pub mod purchase;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+pub mod timeline;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -82,6 +84,8 @@ pub enum LoadError {
     NothingForSale,
     #[error("cannot write the report to {path}: {reason}")]
     Report { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Chart(#[from] chart::ChartError),
 }
 
 impl LoadOptions {
@@ -210,11 +214,17 @@ pub async fn run_until(
             },
         };
         seq += 1;
-        lock(&run.stats).sent += 1;
+        {
+            let mut stats = lock(&run.stats);
+            stats.sent += 1;
+            stats
+                .timeline
+                .sent(at.saturating_duration_since(start).as_secs());
+        }
         let key = format!("gen-{run_id:016x}-{seq}");
         let task_run = run.clone();
         tasks.spawn(async move {
-            one_purchase(&task_run, event, quantity, &key, at).await;
+            one_purchase(&task_run, event, quantity, &key, at, start).await;
             drop(permit);
         });
         // Reaps finished tasks so the set holds only those in flight.
@@ -256,6 +266,7 @@ pub async fn run_until(
         errors: stats.errors.clone(),
         latency_ms: stats.latency(),
         nodes: stats.nodes.clone(),
+        per_second: stats.timeline.points(),
     })
 }
 
@@ -267,7 +278,14 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 }
 
 /// Sends one purchase and records its outcome and what it taught about its event.
-async fn one_purchase(run: &Run, event: String, quantity: u32, key: &str, scheduled: Instant) {
+async fn one_purchase(
+    run: &Run,
+    event: String,
+    quantity: u32,
+    key: &str,
+    scheduled: Instant,
+    start: Instant,
+) {
     let body = PurchaseRequestBody {
         event: event.clone(),
         quantity,
@@ -277,6 +295,8 @@ async fn one_purchase(run: &Run, event: String, quantity: u32, key: &str, schedu
     {
         let mut stats = lock(&run.stats);
         stats.record(&attempted.outcome, latency);
+        let second = start.elapsed().as_secs();
+        stats.timeline.answered(second, latency, &attempted.outcome);
         stats.retries += u64::from(attempted.retries);
         for node in &attempted.nodes {
             stats.answered_by(node);

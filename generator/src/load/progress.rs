@@ -118,9 +118,11 @@ fn live_bar(planned: Option<Duration>) -> ProgressBar {
     bar
 }
 
-/// Rate, sales, errors and p99 so far, in one line.
+/// Rate (over the last full second and on average), sales, errors and p99 so far, in
+/// one line.
 fn status_line(stats: &Mutex<Stats>, start: Instant) -> String {
     let elapsed = start.elapsed().as_secs_f64();
+    let last_full_second = start.elapsed().as_secs().checked_sub(1);
     let Ok(s) = stats.lock() else {
         return String::from("(statistics unavailable)");
     };
@@ -129,9 +131,10 @@ fn status_line(stats: &Mutex<Stats>, start: Instant) -> String {
     } else {
         0.0
     };
+    let now = last_full_second.map_or(0, |second| s.timeline.sent_in(second));
     format!(
-        "{elapsed:.1}s sent {} ({rate:.1}/s) in flight {} sold {} tickets in {} purchases, \
-         sold out {}, errors {}, p99 {:.1} ms",
+        "{elapsed:.1}s rate {now}/s (mean {rate:.1}/s) sent {} in flight {} sold {} tickets in \
+         {} purchases, sold out {}, errors {}, p99 {:.1} ms",
         s.sent,
         s.sent.saturating_sub(s.completed),
         s.tickets_sold,

@@ -1,5 +1,5 @@
-//! The result of a load run: the summary printed at the end and, with `--report FILE`,
-//! the same numbers as JSON.
+//! The result of a load run: the summary table printed at the end, with `--report FILE`
+//! the same numbers as JSON, and with `--chart FILE` the run second by second as SVG.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,8 +8,10 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::LoadError;
+use super::chart;
 use super::schedule::Arrivals;
 use super::stats::LatencySummary;
+use super::timeline::SecondPoint;
 
 /// Why the run stopped sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +66,8 @@ pub struct LoadReport {
     pub latency_ms: LatencySummary,
     /// Answers per `X-Node` header value.
     pub nodes: BTreeMap<String, u64>,
+    /// The run second by second, from its first scheduled send.
+    pub per_second: Vec<SecondPoint>,
 }
 
 impl LoadReport {
@@ -78,6 +82,28 @@ impl LoadReport {
             reason: e.to_string(),
         })
     }
+
+    /// Draws the run second by second (latency percentiles, rates) as SVG into `path`.
+    pub fn write_chart(&self, path: &Path) -> Result<(), LoadError> {
+        let title = format!(
+            "generator load on {}: {:.0}/s asked, {} arrivals",
+            self.target, self.rate, self.arrivals
+        );
+        Ok(chart::write_svg(path, &self.per_second, &title)?)
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 impl fmt::Display for LoadReport {
@@ -88,49 +114,110 @@ impl fmt::Display for LoadReport {
             StopReason::Interrupted => "interrupted",
         };
         writeln!(f, "load on {} ({stopped})", self.target)?;
-        writeln!(
+        writeln!(f)?;
+        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: String| {
+            writeln!(f, "  {label:<16}{value}")
+        };
+        row(
             f,
-            "  sent        {} in {:.2}s: {:.1}/s achieved, {:.1}/s asked ({}), {} behind schedule",
-            self.sent,
-            self.sending_seconds,
-            self.achieved_rate,
-            self.rate,
-            self.arrivals,
-            self.behind_schedule
+            "sent",
+            format!(
+                "{} in {:.2} s, {} behind schedule",
+                thousands(self.sent),
+                self.sending_seconds,
+                thousands(self.behind_schedule)
+            ),
         )?;
-        writeln!(
+        row(
             f,
-            "  sold        {} tickets in {} purchases, ${}.{:02}",
-            self.tickets_sold,
-            self.purchases,
-            self.revenue_cents / 100,
-            self.revenue_cents % 100
+            "rate",
+            format!(
+                "{:.1}/s achieved, {:.1}/s asked ({} arrivals)",
+                self.achieved_rate, self.rate, self.arrivals
+            ),
         )?;
-        writeln!(f, "  sold out    {} answers", self.sold_out)?;
+        row(
+            f,
+            "sold",
+            format!(
+                "{} tickets in {} purchases, ${}.{:02}",
+                thousands(self.tickets_sold),
+                thousands(self.purchases),
+                thousands(self.revenue_cents / 100),
+                self.revenue_cents % 100
+            ),
+        )?;
+        row(
+            f,
+            "sold out",
+            format!("{} answers", thousands(self.sold_out)),
+        )?;
         if !self.events_sold_out.is_empty() {
-            writeln!(f, "  events sold out: {}", self.events_sold_out.join(", "))?;
+            row(f, "events sold out", self.events_sold_out.join(", "))?;
         }
-        writeln!(
+        row(
             f,
-            "  errors      {} ({} retries)",
-            self.errors_total, self.retries
+            "errors",
+            format!(
+                "{} ({} retries)",
+                thousands(self.errors_total),
+                thousands(self.retries)
+            ),
         )?;
-        for (kind, count) in &self.errors {
-            writeln!(f, "    {kind:<24} {count}")?;
-        }
+        row(
+            f,
+            "finished in",
+            format!("{:.2} s (last answers included)", self.elapsed_seconds),
+        )?;
+
         let l = &self.latency_ms;
+        writeln!(f)?;
         writeln!(
             f,
-            "  latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  (mean {:.2}, {} samples)",
-            l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+            "  {:<16}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}{:>10}",
+            "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "mean", "samples"
         )?;
-        writeln!(f, "  per node")?;
-        if self.nodes.is_empty() {
-            writeln!(f, "    (no X-Node header seen)")?;
+        writeln!(
+            f,
+            "  {:<16}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>10}",
+            "", l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
+        )?;
+
+        if !self.errors.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "  {:<32}{:>10}", "errors by kind", "count")?;
+            for (kind, count) in &self.errors {
+                writeln!(f, "  {kind:<32}{:>10}", thousands(*count))?;
+            }
         }
+
+        writeln!(f)?;
+        writeln!(
+            f,
+            "  {:<32}{:>10}{:>9}",
+            "answered by node", "answers", "share"
+        )?;
+        if self.nodes.is_empty() {
+            writeln!(f, "  (no X-Node header seen)")?;
+        }
+        let answers: u64 = self.nodes.values().sum();
         for (node, count) in &self.nodes {
-            writeln!(f, "    {node:<24} {count}")?;
+            let share = 100.0 * *count as f64 / answers.max(1) as f64;
+            writeln!(f, "  {node:<32}{:>10}{share:>8.1}%", thousands(*count))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_are_separated_by_commas() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::timeline::Timeline;
+
 /// How one purchase ended, after any retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -45,6 +47,8 @@ pub struct Stats {
     pub nodes: BTreeMap<String, u64>,
     /// Microseconds from scheduled send to final answer, one per completed purchase.
     latency: Histogram<u64>,
+    /// The same run second by second.
+    pub timeline: Timeline,
 }
 
 /// The longest latency the histogram tells apart: an hour, in microseconds.
@@ -72,6 +76,7 @@ impl Stats {
             errors: BTreeMap::new(),
             nodes: BTreeMap::new(),
             latency,
+            timeline: Timeline::default(),
         }
     }
 
