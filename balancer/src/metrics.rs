@@ -122,16 +122,17 @@ struct NodesCollector {
 
 type Field = fn(&NodeSnapshot) -> u64;
 
-/// Per-node gauges: name, help, value.
+/// Per-node gauges: name, help (with its full stop: a collector's help is written as
+/// given), value.
 const NODE_GAUGES: [(&str, &str, Field); 2] = [
     (
         "balancer_node_up",
-        "Whether the node takes requests (1) or is down (0)",
+        "Whether the node takes requests (1) or is down (0).",
         |s| u64::from(s.up),
     ),
     (
         "balancer_node_in_flight",
-        "Requests sent to the node whose response is not fully streamed back yet",
+        "Requests sent to the node whose response is not fully streamed back yet.",
         |s| s.in_flight,
     ),
 ];
@@ -140,17 +141,17 @@ const NODE_GAUGES: [(&str, &str, Field); 2] = [
 const NODE_COUNTERS: [(&str, &str, Field); 3] = [
     (
         "balancer_node_requests",
-        "Forwarding attempts sent to the node",
+        "Forwarding attempts sent to the node.",
         |s| s.requests,
     ),
     (
         "balancer_node_failures",
-        "Forwarding attempts to the node that failed",
+        "Forwarding attempts to the node that failed.",
         |s| s.failures,
     ),
     (
         "balancer_node_retries",
-        "Requests that failed on the node and were sent on to another node",
+        "Requests that failed on the node and were sent on to another node.",
         |s| s.retries,
     ),
 ];
@@ -181,10 +182,10 @@ impl Collector for NodesCollector {
         }
         let up = snapshots.iter().filter(|s| s.up).count();
         let totals = [
-            ("balancer_nodes_up", "Nodes currently taking requests", up),
+            ("balancer_nodes_up", "Nodes currently taking requests.", up),
             (
                 "balancer_nodes_total",
-                "Nodes currently known",
+                "Nodes currently known.",
                 snapshots.len(),
             ),
         ];
