@@ -68,8 +68,9 @@ fn commit_loop(
         let decided = store.purchase_batch(&orders, node);
         metrics.commit_observed(orders.len(), started.elapsed(), decided.is_ok());
         match decided {
-            Ok(outcomes) => {
-                for (job, outcome) in batch.drain(..).zip(outcomes) {
+            Ok(committed) => {
+                metrics.store_timings(committed.lock_wait, committed.append_and_sync);
+                for (job, outcome) in batch.drain(..).zip(committed.outcomes) {
                     let _ = job.reply.send(Ok(outcome));
                 }
             }

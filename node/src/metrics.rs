@@ -52,6 +52,10 @@ pub struct Metrics {
     /// One `TicketStore::purchase_batch` call: lock wait, decision, append and sync.
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
+    /// Time a group commit waited for the store's exclusive lock.
+    lock_wait_seconds: Histogram,
+    /// Time a group commit spent appending to the journal and syncing it.
+    sync_seconds: Histogram,
     commit_failures: Counter,
     purchases_committed: Counter,
     tickets_sold: Counter,
@@ -79,6 +83,8 @@ impl Metrics {
             request_seconds: Family::new_with_constructor(latency_histogram),
             commit_seconds: latency_histogram(),
             commit_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
+            lock_wait_seconds: latency_histogram(),
+            sync_seconds: latency_histogram(),
             commit_failures: Counter::default(),
             purchases_committed: Counter::default(),
             tickets_sold: Counter::default(),
@@ -108,6 +114,16 @@ impl Metrics {
             "tickets_commit_batch_size",
             "Purchases decided together in one group commit",
             metrics.commit_batch_size.clone(),
+        );
+        registry.register(
+            "tickets_store_lock_wait_seconds",
+            "Time a group commit waited for the store's exclusive lock (other nodes' commits)",
+            metrics.lock_wait_seconds.clone(),
+        );
+        registry.register(
+            "tickets_store_sync_seconds",
+            "Time a group commit spent appending to the journal and fdatasyncing it",
+            metrics.sync_seconds.clone(),
         );
         registry.register(
             "tickets_commit_failures",
@@ -161,6 +177,14 @@ impl Metrics {
         self.commit_batch_size.observe(batch as f64);
         if !succeeded {
             self.commit_failures.inc();
+        }
+    }
+
+    /// Records where a successful group commit's time went inside the store.
+    pub fn store_timings(&self, lock_wait: Duration, append_and_sync: Duration) {
+        self.lock_wait_seconds.observe(lock_wait.as_secs_f64());
+        if !append_and_sync.is_zero() {
+            self.sync_seconds.observe(append_and_sync.as_secs_f64());
         }
     }
 

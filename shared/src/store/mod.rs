@@ -23,11 +23,11 @@ mod lock;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, RwLock, RwLockWriteGuard};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use thiserror::Error;
 
@@ -91,6 +91,16 @@ impl StoreError {
 pub struct PurchaseOrder {
     pub request: PurchaseRequest,
     pub key: Option<IdempotencyKey>,
+}
+
+/// A committed batch: each order's outcome, and where the time went.
+#[derive(Debug)]
+pub struct CommittedBatch {
+    pub outcomes: Vec<Result<PurchaseOutcome, PurchaseError>>,
+    /// Waiting for the exclusive lock.
+    pub lock_wait: Duration,
+    /// Appending the batch to the journal and syncing it (zero when nothing was sold).
+    pub append_and_sync: Duration,
 }
 
 /// What a store check found.
@@ -206,14 +216,16 @@ impl TicketStore {
     }
 
     /// Decides `orders` in order under one exclusive lock hold and makes the new purchases
-    /// durable with one sync. The outer error means nothing was committed; the inner
-    /// results are each order's own outcome.
+    /// durable with one sync. The error means nothing was committed; the batch's outcomes
+    /// are each order's own.
     pub fn purchase_batch(
         &self,
         orders: &[PurchaseOrder],
         node: &str,
-    ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
+    ) -> Result<CommittedBatch, StoreError> {
+        let waiting = Instant::now();
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
+        let lock_wait = waiting.elapsed();
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let mut cache = self.cache_for_update();
@@ -222,7 +234,12 @@ impl TicketStore {
             // The in-memory state may hold decisions that never reached the disk.
             *cache = None;
         }
-        result
+        let (outcomes, append_and_sync) = result?;
+        Ok(CommittedBatch {
+            outcomes,
+            lock_wait,
+            append_and_sync,
+        })
     }
 
     /// One purchase: `purchase_batch` of one.
@@ -236,8 +253,8 @@ impl TicketStore {
             request: request.clone(),
             key: key.cloned(),
         };
-        let mut outcomes = self.purchase_batch(std::slice::from_ref(&order), node)?;
-        outcomes.pop().ok_or_else(|| {
+        let mut batch = self.purchase_batch(std::slice::from_ref(&order), node)?;
+        batch.outcomes.pop().ok_or_else(|| {
             StoreError::corrupt(&self.paths.journal, "a batch of one decided nothing")
         })
     }
@@ -364,7 +381,7 @@ impl TicketStore {
         journal: Journal,
         orders: &[PurchaseOrder],
         node: &str,
-    ) -> Result<Vec<Result<PurchaseOutcome, PurchaseError>>, StoreError> {
+    ) -> Result<(Vec<Result<PurchaseOutcome, PurchaseError>>, Duration), StoreError> {
         let current = self.catch_up(cache, stamp, journal)?;
         let mut journal = Journal::prepare_for_append(
             &self.paths.journal,
@@ -386,12 +403,15 @@ impl TicketStore {
                 outcome
             })
             .collect();
+        let mut append_and_sync = Duration::ZERO;
         if !lines.is_empty() {
             let appended = lines.iter().filter(|&&b| b == b'\n').count();
+            let appending = Instant::now();
             journal.append(&mut current.journal, &lines, appended)?;
+            append_and_sync = appending.elapsed();
             self.maybe_compact(current, journal.len());
         }
-        Ok(outcomes)
+        Ok((outcomes, append_and_sync))
     }
 
     /// Folds the journal into a new snapshot once it is large; a failure here loses

@@ -161,7 +161,10 @@ fn a_batch_is_decided_in_order_and_committed_with_one_append() {
             key: None,
         },
     ];
-    let outcomes = store.purchase_batch(&orders, "n1").expect("store works");
+    let outcomes = store
+        .purchase_batch(&orders, "n1")
+        .expect("store works")
+        .outcomes;
     assert!(matches!(outcomes[0], Ok(PurchaseOutcome::Created(_))));
     assert!(matches!(outcomes[1], Ok(PurchaseOutcome::Replayed(_))));
     assert!(matches!(outcomes[2], Ok(PurchaseOutcome::Created(_))));
