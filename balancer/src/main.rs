@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use balancer::Settings;
@@ -38,13 +37,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Probe { url }) = &cli.command {
-        return match serve::probe::probe(url, Duration::from_secs(3)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(reason) => {
-                eprintln!("unhealthy: {reason}");
-                ExitCode::FAILURE
-            }
-        };
+        return serve::probe::run(url);
     }
     serve::init_tracing();
     match serve_balancer(cli) {

@@ -49,15 +49,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Probe { url }) => {
-            return match serve::probe::probe(url, Duration::from_secs(3)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(reason) => {
-                    eprintln!("unhealthy: {reason}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some(Command::Probe { url }) => return serve::probe::run(url),
         Some(Command::CheckStore { data }) => return check_store(data),
         None => {}
     }

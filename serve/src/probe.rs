@@ -3,7 +3,20 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// The `probe` subcommand of `node` and `balancer`: success when `url` answers 2xx within
+/// three seconds, otherwise the reason on standard error and failure.
+pub fn run(url: &str) -> ExitCode {
+    match probe(url, Duration::from_secs(3)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("unhealthy: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// GETs `url` (`http://host:port/path`) and succeeds on a 2xx status.
 pub fn probe(url: &str, timeout: Duration) -> Result<(), String> {
