@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""Turns the raw outputs of one benchmark run into records, and the records into a table.
+
+bench/run.sh calls it after each measurement to append one JSON line to the run's record
+file, and once at the end to print the table (and save it as markdown):
+
+  report.py fsync  --out REC --label L FILE          (JSON printed by fsync_rate.py)
+  report.py wrk    --out REC --via V --nodes N FILE...  (wrk --latency outputs, summed)
+  report.py load   --out REC --store S --tickets N --phase P FILE  (generator --report)
+  report.py rate   REC --store S --tickets N --fraction F --min M   (a rate to ask for)
+  report.py table  REC --md FILE [--meta KEY=VALUE ...]
+"""
+
+import argparse
+import json
+import re
+import sys
+from typing import Optional
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+# The issue's targets: (name, numerator, denominator, minimum).
+TARGET_BALANCER_NGINX = 1.0
+TARGET_PURCHASES_SYNC = 1.0
+TARGET_500K_50K = 0.8
+
+
+def append(path: str, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_records(path: str) -> list:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def duration_ms(text: str) -> float:
+    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text.strip())
+    if not match:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * UNITS_MS[match.group(2)]
+
+
+def parse_wrk(text: str) -> dict:
+    """The figures of one `wrk --latency` output."""
+    rps = re.search(r"^Requests/sec:\s+([0-9.]+)", text, re.M)
+    total = re.search(r"^\s*(\d+) requests in ([0-9.]+\w+)", text, re.M)
+    if not rps or not total:
+        raise ValueError("no 'Requests/sec' or 'N requests in' line: did wrk fail?")
+    dist = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", text, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    sock = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    return {
+        "rps": float(rps.group(1)),
+        "requests": int(total.group(1)),
+        "seconds": duration_ms(total.group(2)) / 1000.0,
+        "p50_ms": duration_ms(dist["50"]),
+        "p99_ms": duration_ms(dist["99"]),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(g) for g in sock.groups()) if sock else 0,
+    }
+
+
+def cmd_fsync(args) -> None:
+    with open(args.file, encoding="utf-8") as f:
+        figures = json.load(f)
+    append(args.out, {"kind": "fsync", "label": args.label, **figures})
+
+
+def cmd_wrk(args) -> None:
+    parts = []
+    for path in args.files:
+        with open(path, encoding="utf-8") as f:
+            parts.append(parse_wrk(f.read()))
+    # Several wrk processes ran at once (one per node): their rates add up; the p99 of
+    # the whole is at most the worst part's, which is what is reported.
+    record = {
+        "kind": "wrk",
+        "via": args.via,
+        "nodes": args.nodes,
+        "round": args.round,
+        "parts": len(parts),
+        "rps": sum(p["rps"] for p in parts),
+        "requests": sum(p["requests"] for p in parts),
+        "p50_ms": max(p["p50_ms"] for p in parts),
+        "p99_ms": max(p["p99_ms"] for p in parts),
+        "errors": sum(p["non2xx"] + p["socket_errors"] for p in parts),
+    }
+    append(args.out, record)
+
+
+def cmd_load(args) -> None:
+    with open(args.file, encoding="utf-8") as f:
+        r = json.load(f)
+    elapsed = r["elapsed_seconds"]
+    record = {
+        "kind": "load",
+        "store": args.store,
+        "tickets": args.tickets,
+        "phase": args.phase,
+        "asked_rate": r["rate"],
+        "concurrency": r["concurrency"],
+        "sent": r["sent"],
+        "purchases": r["purchases"],
+        "tickets_sold": r["tickets_sold"],
+        "sold_out": r["sold_out"],
+        "stopped": r["stopped_because"],
+        "sending_seconds": r["sending_seconds"],
+        "elapsed_seconds": elapsed,
+        # Committed purchases over the whole run, the drain of the last in-flight
+        # purchases included: under saturation purchases/sending_seconds would count the
+        # (up to `concurrency`) purchases still queued at the end as if made in time.
+        "committed_per_s": r["purchases"] / elapsed if elapsed > 0 else 0.0,
+        "purchases_per_sending_s": (
+            r["purchases"] / r["sending_seconds"] if r["sending_seconds"] > 0 else 0.0
+        ),
+        "achieved_rate": r["achieved_rate"],
+        "behind_schedule": r["behind_schedule"],
+        "errors": r["errors_total"],
+        "errors_by_kind": r["errors"],
+        "p50_ms": r["latency_ms"]["p50"],
+        "p99_ms": r["latency_ms"]["p99"],
+        "latency_samples": r["latency_ms"]["count"],
+        "nodes_answering": len(r["nodes"]),
+    }
+    append(args.out, record)
+
+
+def find(records, **match) -> Optional[dict]:
+    found = [r for r in records if all(r.get(k) == v for k, v in match.items())]
+    return found[-1] if found else None
+
+
+def cmd_rate(args) -> None:
+    records = read_records(args.records)
+    cap = find(records, kind="load", store=args.store, tickets=args.tickets, phase="capacity")
+    rate = cap["committed_per_s"] * args.fraction if cap else args.min
+    print(f"{max(rate, args.min):.1f}")
+
+
+# ---------------------------------------------------------------------------------------
+# The table.
+
+
+def fmt(value, digits=1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, str):
+        return value
+    if abs(value) >= 100 or digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b) -> Optional[float]:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def markdown(headers, rows) -> list:
+    """An aligned markdown table (readable as plain text too)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    # Columns of figures are right-aligned, columns of words left-aligned.
+    numeric = re.compile(r"^[0-9.,x]+$|^n/a$")
+    right = [all(numeric.match(row[i]) or row[i].split(" ")[0].replace(",", "").isdigit()
+                 for row in cells[1:]) and len(cells) > 1 for i in range(len(headers))]
+
+    def line(row):
+        padded = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join(
+        ("-" * (w + 1) + ":") if r else (":" + "-" * (w + 1))
+        for w, r in zip(widths, right)
+    ) + "|"
+    return [line(cells[0]), rule] + [line(row) for row in cells[1:]]
+
+
+def verdict(value, target) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value >= target else "MISSED"
+
+
+def errors_text(record) -> str:
+    if not record or not record.get("errors"):
+        return "0"
+    kinds = record.get("errors_by_kind") or {}
+    return f"{record['errors']} (" + ", ".join(f"{k} {v}" for k, v in kinds.items()) + ")"
+
+
+def mean_rounds(wrks) -> list:
+    """One record per (path, nodes): the mean of its rounds, in the order first seen."""
+    groups = {}
+    for r in wrks:
+        groups.setdefault((r["via"], r["nodes"]), []).append(r)
+    merged = []
+    for (via, nodes), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], ["direct", "balancer", "nginx"].index(kv[0][0]) if kv[0][0] in ("direct", "balancer", "nginx") else 9)):
+        n = len(rs)
+        merged.append({
+            "via": via, "nodes": nodes, "parts": rs[0]["parts"],
+            "rps": sum(r["rps"] for r in rs) / n,
+            "rounds_rps": [r["rps"] for r in rs],
+            "p50_ms": sum(r["p50_ms"] for r in rs) / n,
+            "p99_ms": sum(r["p99_ms"] for r in rs) / n,
+            "errors": sum(r["errors"] for r in rs),
+        })
+    return merged
+
+
+def cmd_table(args) -> None:
+    records = read_records(args.records)
+    meta = dict(m.split("=", 1) for m in args.meta)
+    out = [f"# Benchmark: {meta.pop('title', 'ticket cluster')}", ""]
+    for key, value in meta.items():
+        out.append(f"- {key}: {value}")
+    out.append("")
+
+    syncs = [r for r in records if r["kind"] == "fsync"]
+    sync_ref = max((r["rate"] for r in syncs), default=None)
+    if syncs:
+        out += ["## 1. Disk: 256-byte append + fdatasync in a loop (python3, same filesystem)", ""]
+        rows = [[r["label"], fmt(r["rate"]), fmt(r["p50_ms"], 3), fmt(r["p99_ms"], 2), r["syncs"]] for r in syncs]
+        out += markdown(["when", "syncs/s", "p50 ms", "p99 ms", "syncs"], rows)
+        out += ["", f"Reference sync rate (the higher, so the stricter): {fmt(sync_ref)}/s", ""]
+
+    wrks = mean_rounds([r for r in records if r["kind"] == "wrk"])
+    if wrks:
+        out += [f"## 2. GET /events with wrk ({meta.get('wrk', 'see run.sh')})", ""]
+        rows = []
+        for r in wrks:
+            how = r["via"] + (f" ({r['parts']} wrk processes, one per node)" if r["parts"] > 1 else "")
+            rounds = " / ".join(fmt(x) for x in r["rounds_rps"])
+            rows.append([r["nodes"], how, fmt(r["rps"]), rounds, fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), r["errors"]])
+        out += markdown(["nodes", "path", "req/s (mean)", "req/s per round", "p50 ms", "p99 ms", "errors"], rows)
+        out += ["", "p50 and p99 are the means over rounds; with one wrk process per node, each "
+                "round's p99 is the worst process's.", ""]
+
+    loads = [r for r in records if r["kind"] == "load"]
+    stores = [s for s in ("before", "after") if any(r["store"] == s for r in loads)]
+    sizes = sorted({r["tickets"] for r in loads})
+    if loads:
+        out += ["## 3. Committed purchases/s: generator -> balancer -> 3 nodes on one store", ""]
+        rows = []
+        for store in stores:
+            for n in sizes:
+                cap = find(loads, store=store, tickets=n, phase="capacity")
+                lat = find(loads, store=store, tickets=n, phase="latency")
+                if not cap and not lat:
+                    continue
+                rows.append([
+                    store, f"{n:,}",
+                    fmt(cap and cap["committed_per_s"]),
+                    fmt(cap and cap["p99_ms"]),
+                    cap and f"{cap['stopped']} {cap['elapsed_seconds']:.1f}s" or "n/a",
+                    errors_text(cap),
+                    fmt(lat and lat["asked_rate"]),
+                    fmt(lat and lat["committed_per_s"]),
+                    fmt(lat and lat["p50_ms"], 2),
+                    fmt(lat and lat["p99_ms"], 2),
+                    errors_text(lat),
+                ])
+        out += markdown([
+            "store", "tickets", "saturated: committed/s", "sat. p99 ms", "ended", "sat. errors",
+            "paced: asked/s", "paced: committed/s", "paced p50 ms", "paced p99 ms", "paced errors",
+        ], rows)
+        out += [
+            "",
+            "saturated: open loop far above capacity, so the generator's concurrency cap keeps the "
+            "cluster busy; committed/s = 201 answers / whole run (drain included); its p99 counts "
+            "time queued behind the cap (latency is measured from the scheduled send). "
+            "paced: a second run asking for a fraction of the saturated rate: its p99 is the "
+            "latency of a cluster that keeps up.",
+            "",
+        ]
+        if len(stores) == 2:
+            rows = []
+            for n in sizes:
+                b = find(loads, store="before", tickets=n, phase="capacity")
+                a = find(loads, store="after", tickets=n, phase="capacity")
+                r = ratio(a and a["committed_per_s"], b and b["committed_per_s"])
+                rows.append([f"{n:,}", fmt(b and b["committed_per_s"]), fmt(a and a["committed_per_s"]), fmt(r, 1) + "x" if r else "n/a"])
+            out += ["### Before / after (saturated committed purchases/s)", ""]
+            out += markdown(["tickets", "before (whole-file store)", "after (journal)", "after / before"], rows)
+            out.append("")
+
+    # Ratios against the issue's targets.
+    rows = []
+    for nodes in (1, 3):
+        direct = find(wrks, via="direct", nodes=nodes)
+        bal = find(wrks, via="balancer", nodes=nodes)
+        ngx = find(wrks, via="nginx", nodes=nodes)
+        r = ratio(bal and bal["rps"], direct and direct["rps"])
+        if r is not None:
+            rows.append([f"GET /events req/s, balancer / direct, {nodes} node(s)", fmt(r, 2), "-", "-"])
+        r = ratio(bal and bal["rps"], ngx and ngx["rps"])
+        if r is not None:
+            rows.append([f"GET /events req/s, balancer / nginx, {nodes} node(s)", fmt(r, 2),
+                         f">= {TARGET_BALANCER_NGINX}", verdict(r, TARGET_BALANCER_NGINX)])
+        r = ratio(ngx and ngx["p99_ms"], bal and bal["p99_ms"])
+        if r is not None:
+            rows.append([f"GET /events p99, nginx / balancer (above 1: balancer faster), {nodes} node(s)", fmt(r, 2), "-", "-"])
+    after = {n: find(loads, store="after", tickets=n, phase="capacity") for n in sizes}
+    for n in sizes:
+        if after.get(n) and sync_ref:
+            r = ratio(after[n]["committed_per_s"], sync_ref)
+            target = f">= {TARGET_PURCHASES_SYNC}" if n >= 50000 else "-"
+            rows.append([f"purchases/s at {n:,} tickets / raw sync rate", fmt(r, 2), target,
+                         verdict(r, TARGET_PURCHASES_SYNC) if n >= 50000 else "-"])
+    if after.get(500000) and after.get(50000):
+        r = ratio(after[500000]["committed_per_s"], after[50000]["committed_per_s"])
+        rows.append(["purchases/s at 500,000 / at 50,000 tickets", fmt(r, 2),
+                     f">= {TARGET_500K_50K}", verdict(r, TARGET_500K_50K)])
+    before = {n: find(loads, store="before", tickets=n, phase="capacity") for n in sizes}
+    if before.get(500000) and before.get(50000):
+        r = ratio(before[500000]["committed_per_s"], before[50000]["committed_per_s"])
+        rows.append(["(before) purchases/s at 500,000 / at 50,000 tickets", fmt(r, 3), "-", "-"])
+    if rows:
+        out += ["## 4. Ratios", ""]
+        out += markdown(["ratio", "value", "target", "verdict"], rows)
+        out.append("")
+
+    text = "\n".join(out)
+    print(text)
+    if args.md:
+        with open(args.md, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fsync")
+    p.add_argument("--out", required=True)
+    p.add_argument("--label", required=True)
+    p.add_argument("file")
+    p.set_defaults(run=cmd_fsync)
+
+    p = sub.add_parser("wrk")
+    p.add_argument("--out", required=True)
+    p.add_argument("--via", required=True)
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--round", type=int, default=1)
+    p.add_argument("files", nargs="+")
+    p.set_defaults(run=cmd_wrk)
+
+    p = sub.add_parser("load")
+    p.add_argument("--out", required=True)
+    p.add_argument("--store", required=True, choices=["before", "after"])
+    p.add_argument("--tickets", type=int, required=True)
+    p.add_argument("--phase", required=True, choices=["capacity", "latency"])
+    p.add_argument("file")
+    p.set_defaults(run=cmd_load)
+
+    p = sub.add_parser("rate")
+    p.add_argument("records")
+    p.add_argument("--store", required=True)
+    p.add_argument("--tickets", type=int, required=True)
+    p.add_argument("--fraction", type=float, required=True)
+    p.add_argument("--min", type=float, default=1.0)
+    p.set_defaults(run=cmd_rate)
+
+    p = sub.add_parser("table")
+    p.add_argument("records")
+    p.add_argument("--md")
+    p.add_argument("--meta", action="append", default=[])
+    p.set_defaults(run=cmd_table)
+
+    args = parser.parse_args()
+    args.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

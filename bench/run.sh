@@ -1,0 +1,488 @@
+#!/usr/bin/env bash
+# bench/run.sh: builds the cluster in release mode and measures, in one run on this
+# machine, the disk's raw sync rate, GET /events through no proxy / the balancer / nginx,
+# and committed purchases per second through the balancer, then prints the table with the
+# ratios against the issue's targets and saves it as bench/results/latest.md.
+#
+# Every figure is relative to baselines measured in the same run, because the machine
+# (2 cores, shared) is noisy. wrk and the load generator share the cores with the
+# servers they measure.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: bench/run.sh [--quick] [--before] [--rev REV]
+
+  (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, with 1 and
+              3 nodes; committed purchases/s through the balancer with 3 nodes at
+              1,000 / 10,000 / 50,000 / 500,000 tickets.
+  --before    disk sync rate; the purchase measurements for the old whole-file store
+              (commit $BENCH_BEFORE_REV, default 8bd16ec, built in a temporary git
+              worktree) and for REV, side by side. No wrk runs.
+  --quick     shorter runs (3 s) and only 50,000 / 500,000 tickets: a smoke test.
+  --rev REV   the revision to measure as "after" (default HEAD), built in a temporary
+              git worktree so other people's uncommitted edits are not measured; "."
+              measures the working tree as it is.
+
+Environment: BENCH_CACHE_DIR (default target/bench: target dirs and binaries per commit),
+BENCH_TMPDIR (default $TMPDIR or /tmp: data directories, on the filesystem measured).
+Needs cargo, git, python3, curl; installs wrk and nginx with apt-get if missing.
+EOF
+}
+
+QUICK=0
+BEFORE=0
+REV=HEAD
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --before) BEFORE=1 ;;
+        --rev)
+            [[ $# -ge 2 ]] || { usage >&2; exit 2; }
+            REV=$2
+            shift
+            ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/.." && pwd)
+BEFORE_REV=${BENCH_BEFORE_REV:-8bd16ec}
+CACHE=${BENCH_CACHE_DIR:-$REPO/target/bench}
+RESULTS=$BENCH_DIR/results
+REPORT=$BENCH_DIR/report.py
+
+# The measurement plan. Rates are far above what the cluster sustains (open loop), so the
+# generator's concurrency cap sets the load; the paced run then asks for a fraction of
+# the saturated rate to get a latency for a cluster that keeps up.
+if ((QUICK)); then
+    SIZES=(50000 500000)
+    WRK_SECONDS=3
+    WRK_ROUNDS=1
+    LOAD_SECONDS=2
+    BEFORE_SECONDS=3
+    BEFORE_BIG_SECONDS=3
+    SYNC_SECONDS=2
+else
+    SIZES=(1000 10000 50000 500000)
+    WRK_SECONDS=10
+    WRK_ROUNDS=2
+    # The journal store sells about 10,000 purchases/s here: 3 s keeps most of 50,000
+    # tickets unsold (1,000 and 10,000 sell out within the run whatever its length).
+    LOAD_SECONDS=3
+    BEFORE_SECONDS=8
+    # The whole-file store rewrites tens of MB per sale at 500,000 tickets: short but real.
+    BEFORE_BIG_SECONDS=5
+    SYNC_SECONDS=5
+fi
+WRK_CONNECTIONS=16
+EVENTS=6
+MAX_QUANTITY=1
+PACED_FRACTION=0.7
+# The journal store batches whatever is queued, so it gets the generator's default cap;
+# the whole-file store decides one sale per lock hold, which 8 in flight already saturate
+# (more would only time out waiting for the lock).
+AFTER_RATE=20000
+AFTER_CONCURRENCY=256
+BEFORE_RATE=2000
+BEFORE_CONCURRENCY=8
+REQUEST_TIMEOUT=30s
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------
+# Processes and clean-up: everything started is remembered by pid and ended on exit.
+
+TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/ticket-bench.XXXXXX")
+PIDS=()
+WORKTREES=()
+
+stop_pids() {
+    local pid children=()
+    for pid in "$@"; do
+        # nginx's workers are children of its master: remember them before it goes.
+        mapfile -t -O "${#children[@]}" children < <(pgrep -P "$pid" 2>/dev/null || true)
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    local deadline=$((SECONDS + 10))
+    for pid in "$@" "${children[@]}"; do
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+
+stop_servers() {
+    if ((${#PIDS[@]})); then
+        stop_pids "${PIDS[@]}"
+    fi
+    PIDS=()
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    stop_servers
+    local wt
+    for wt in "${WORKTREES[@]}"; do
+        git -C "$REPO" worktree remove --force "$wt" 2>/dev/null || true
+    done
+    git -C "$REPO" worktree prune 2>/dev/null || true
+    if ((status != 0)) && [[ -d $TMP ]]; then
+        # Keep the servers' and tools' outputs of a failed run, for the post-mortem.
+        local kept
+        kept=$RESULTS/failed-$(date -u +%Y%m%dT%H%M%SZ)
+        mkdir -p "$kept"
+        find "$TMP" -maxdepth 2 -type f \( -name '*.out' -o -name '*.err' -o -name '*.txt' \
+            -o -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.conf' \) \
+            -exec cp {} "$kept/" \; 2>/dev/null || true
+        log "outputs of the failed run kept in $kept"
+    fi
+    rm -rf "$TMP"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Starts a server whose first stdout line is `listening on ADDR`; sets ADDR.
+start_server() {
+    local name=$1
+    shift
+    local out=$TMP/$name.out err=$TMP/$name.err
+    RUST_LOG=warn "$@" >"$out" 2>"$err" &
+    local pid=$!
+    PIDS+=("$pid")
+    local tries
+    for ((tries = 0; tries < 300; tries++)); do
+        if [[ -s $out ]] && (($(wc -l <"$out") >= 1)); then
+            local line
+            line=$(head -n 1 "$out")
+            [[ $line == "listening on "* ]] || die "$name printed '$line' first"
+            ADDR=${line#listening on }
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -n 5 "$err")"
+        sleep 0.1
+    done
+    die "$name did not print its address within 30 s"
+}
+
+# Waits until URL answers 2xx (a node reads its store on its first request).
+wait_http() {
+    local url=$1 tries answer=""
+    for ((tries = 0; tries < 240; tries++)); do
+        answer=$(curl -s -o /dev/null -w '%{http_code}' -m 60 "$url" || true)
+        [[ $answer == 2?? ]] && return 0
+        sleep 0.25
+    done
+    die "$url did not answer 2xx (last: '$answer')"
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts COUNT nodes on DATA with the binaries in BIN; sets NODE_ADDRS (array).
+start_nodes() {
+    local bin=$1 data=$2 count=$3 i
+    NODE_ADDRS=()
+    for ((i = 1; i <= count; i++)); do
+        start_server "node-$i" "$bin/node" --id "node-$i" --listen 127.0.0.1:0 --data "$data"
+        NODE_ADDRS+=("$ADDR")
+    done
+    for ADDR in "${NODE_ADDRS[@]}"; do
+        wait_http "http://$ADDR/events"
+    done
+}
+
+# Starts a balancer in front of the given nodes and waits until it sees them all up;
+# sets ADDR.
+start_balancer() {
+    local bin=$1 name=$2
+    shift 2
+    local nodes
+    nodes=$(IFS=,; echo "$*")
+    start_server "$name" "$bin/balancer" --listen 127.0.0.1:0 --nodes "$nodes"
+    local tries health
+    for ((tries = 0; tries < 200; tries++)); do
+        health=$(curl -sf -m 5 "http://$ADDR/balancer/health" || true)
+        [[ $health == *"\"nodes_up\":$#,"* ]] && return 0
+        sleep 0.1
+    done
+    die "balancer $name never saw its $# node(s) up: $health"
+}
+
+# Starts nginx in the foreground on loopback, round-robin over the given nodes with
+# keep-alive upstream connections; sets ADDR.
+start_nginx() {
+    local name=$1
+    shift
+    local dir=$TMP/$name port node servers=""
+    mkdir -p "$dir/temp"
+    port=$(free_port)
+    for node in "$@"; do
+        servers+="        server $node;"$'\n'
+    done
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes auto;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/temp/body;
+    proxy_temp_path $dir/temp/proxy;
+    fastcgi_temp_path $dir/temp/fastcgi;
+    uwsgi_temp_path $dir/temp/uwsgi;
+    scgi_temp_path $dir/temp/scgi;
+    upstream nodes {
+$servers        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$port;
+        location / {
+            proxy_pass http://nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
+        >"$dir/stdout" 2>"$dir/stderr" &
+    PIDS+=("$!")
+    ADDR=127.0.0.1:$port
+    wait_http "http://$ADDR/events"
+}
+
+# ---------------------------------------------------------------------------------------
+# Tools and builds.
+
+ensure_tools() {
+    local missing=() tool
+    for tool in "$@"; do
+        command -v "$tool" >/dev/null || missing+=("$tool")
+    done
+    ((${#missing[@]})) || return 0
+    log "installing ${missing[*]} with apt-get"
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# Builds node, balancer and generator of REV in release mode; sets BIN to their folder.
+# A commit is built in a temporary git worktree with its own target dir (LABEL), and its
+# binaries are kept per commit id, so a second run of the same commit builds nothing.
+build() {
+    local label=$1 rev=$2
+    if [[ $rev == . ]]; then
+        log "building the working tree ($label) in release mode"
+        (cd "$REPO" && CARGO_TARGET_DIR=$CACHE/target-worktree \
+            cargo build --release -q -p node -p balancer -p generator) >&2
+        BIN=$CACHE/target-worktree/release
+        return 0
+    fi
+    local sha
+    sha=$(git -C "$REPO" rev-parse --verify "$rev^{commit}") || die "no commit $rev"
+    BIN=$CACHE/bin-$sha
+    if [[ -x $BIN/node && -x $BIN/balancer && -x $BIN/generator ]]; then
+        log "$label: using the binaries already built for ${sha:0:12}"
+        return 0
+    fi
+    local wt=$TMP/src-$label
+    git -C "$REPO" worktree add --detach -q "$wt" "$sha" >&2
+    WORKTREES+=("$wt")
+    log "building $label (${sha:0:12}) in release mode in $wt"
+    if ! (cd "$wt" && CARGO_TARGET_DIR=$CACHE/target-$label \
+        cargo build --release -p node -p balancer -p generator) >"$TMP/build-$label.log" 2>&1; then
+        tail -n 30 "$TMP/build-$label.log" >&2
+        die "the $label build failed"
+    fi
+    mkdir -p "$BIN.tmp"
+    cp "$CACHE/target-$label/release/"{node,balancer,generator} "$BIN.tmp/"
+    rm -rf "$BIN"
+    mv "$BIN.tmp" "$BIN"
+}
+
+# ---------------------------------------------------------------------------------------
+# Measurements. Each appends records to $RECORDS.
+
+RECORDS=$TMP/records.jsonl
+
+measure_sync() {
+    local label=$1
+    log "disk: append + fdatasync for ${SYNC_SECONDS}s ($label)"
+    python3 "$BENCH_DIR/fsync_rate.py" --dir "$TMP" --seconds "$SYNC_SECONDS" >"$TMP/fsync.json"
+    python3 "$REPORT" fsync --out "$RECORDS" --label "$label" "$TMP/fsync.json"
+}
+
+# wrk against one or more addresses at once (the connections split between them).
+run_wrk() {
+    local via=$1 nodes=$2 round=$3
+    shift 3
+    local per=$((WRK_CONNECTIONS / $#)) extra=$((WRK_CONNECTIONS % $#)) i=0 addr files=() pids=()
+    for addr in "$@"; do
+        local c=$((per + (i < extra ? 1 : 0)))
+        # A short warm-up fills the proxies' connection pools.
+        wrk -t1 -c"$c" -d1s "http://$addr/events" >/dev/null
+        i=$((i + 1))
+    done
+    i=0
+    for addr in "$@"; do
+        local c=$((per + (i < extra ? 1 : 0)))
+        wrk -t1 -c"$c" -d"${WRK_SECONDS}s" --latency "http://$addr/events" >"$TMP/wrk-$via-$nodes-$round-$i.txt" &
+        pids+=("$!")
+        files+=("$TMP/wrk-$via-$nodes-$round-$i.txt")
+        i=$((i + 1))
+    done
+    for i in "${pids[@]}"; do wait "$i"; done
+    python3 "$REPORT" wrk --out "$RECORDS" --via "$via" --nodes "$nodes" --round "$round" "${files[@]}"
+}
+
+measure_events() {
+    local bin=$1 data=$TMP/data-events
+    log "GET /events: seeding 10,000 tickets"
+    "$bin/generator" seed --data "$data" --events "$EVENTS" --tickets 10000 --seed 1 >/dev/null
+    start_nodes "$bin" "$data" 3
+    local nodes=("${NODE_ADDRS[@]}")
+    start_balancer "$bin" balancer-1 "${nodes[0]}"
+    local bal1=$ADDR
+    start_balancer "$bin" balancer-3 "${nodes[@]}"
+    local bal3=$ADDR
+    start_nginx nginx-1 "${nodes[0]}"
+    local ngx1=$ADDR
+    start_nginx nginx-3 "${nodes[@]}"
+    local ngx3=$ADDR
+    local round
+    for ((round = 1; round <= WRK_ROUNDS; round++)); do
+        # The second round runs in the opposite order, so a drift in the machine's load
+        # does not favour one path.
+        local plan=(direct-1 balancer-1 nginx-1 direct-3 balancer-3 nginx-3) step
+        if ((round % 2 == 0)); then
+            plan=(nginx-3 balancer-3 direct-3 nginx-1 balancer-1 direct-1)
+        fi
+        for step in "${plan[@]}"; do
+            log "GET /events round $round: $step (wrk -t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s)"
+            case $step in
+                direct-1) run_wrk direct 1 "$round" "${nodes[0]}" ;;
+                balancer-1) run_wrk balancer 1 "$round" "$bal1" ;;
+                nginx-1) run_wrk nginx 1 "$round" "$ngx1" ;;
+                direct-3) run_wrk direct 3 "$round" "${nodes[@]}" ;;
+                balancer-3) run_wrk balancer 3 "$round" "$bal3" ;;
+                nginx-3) run_wrk nginx 3 "$round" "$ngx3" ;;
+            esac
+        done
+    done
+    stop_servers
+}
+
+# One load run against a fresh copy of the seeded store: 3 nodes and a balancer.
+load_run() {
+    local store=$1 bin=$2 tickets=$3 phase=$4 rate=$5 concurrency=$6 seconds=$7
+    local data=$TMP/data-$store-$tickets-$phase
+    cp -a "$TMP/seed-$store-$tickets" "$data"
+    start_nodes "$bin" "$data" 3
+    start_balancer "$bin" "balancer-$store-$tickets-$phase" "${NODE_ADDRS[@]}"
+    local target=http://$ADDR report=$TMP/load-$store-$tickets-$phase.json
+    log "purchases ($store store, $tickets tickets, $phase): rate $rate/s, concurrency $concurrency, ${seconds}s"
+    "$bin/generator" load --target "$target" --rate "$rate" --duration "${seconds}s" \
+        --concurrency "$concurrency" --max-quantity "$MAX_QUANTITY" --seed 7 \
+        --timeout "$REQUEST_TIMEOUT" --report "$report" --no-progress \
+        >"$TMP/load-$store-$tickets-$phase.txt" 2>&1 ||
+        die "generator load failed: $(tail -n 5 "$TMP/load-$store-$tickets-$phase.txt")"
+    python3 "$REPORT" load --out "$RECORDS" --store "$store" --tickets "$tickets" --phase "$phase" "$report"
+    stop_servers
+    rm -rf "$data"
+}
+
+measure_purchases() {
+    local store=$1 bin=$2 tickets rate concurrency seconds paced
+    for tickets in "${SIZES[@]}"; do
+        log "seeding $tickets tickets for the $store store"
+        "$bin/generator" seed --data "$TMP/seed-$store-$tickets" --events "$EVENTS" \
+            --tickets "$tickets" --seed 1 >/dev/null
+        if [[ $store == after ]]; then
+            rate=$AFTER_RATE concurrency=$AFTER_CONCURRENCY seconds=$LOAD_SECONDS
+        else
+            rate=$BEFORE_RATE concurrency=$BEFORE_CONCURRENCY seconds=$BEFORE_SECONDS
+            ((tickets < 500000)) || seconds=$BEFORE_BIG_SECONDS
+        fi
+        load_run "$store" "$bin" "$tickets" capacity "$rate" "$concurrency" "$seconds"
+        paced=$(python3 "$REPORT" rate "$RECORDS" --store "$store" --tickets "$tickets" \
+            --fraction "$PACED_FRACTION" --min 0.5)
+        load_run "$store" "$bin" "$tickets" latency "$paced" "$concurrency" "$seconds"
+        rm -rf "$TMP/seed-$store-$tickets"
+    done
+}
+
+# ---------------------------------------------------------------------------------------
+
+main() {
+    command -v cargo >/dev/null || die "cargo is needed"
+    command -v python3 >/dev/null || die "python3 is needed"
+    command -v curl >/dev/null || die "curl is needed"
+    if ((!BEFORE)); then
+        ensure_tools wrk nginx
+    fi
+    local started=$SECONDS mode=after
+    ((BEFORE)) && mode=before
+    ((QUICK)) && mode+=" (quick)"
+
+    # The revision is resolved once: others may commit while the run goes on.
+    local rev_desc after_rev=$REV
+    if [[ $REV == . ]]; then
+        rev_desc="working tree at $(git -C "$REPO" rev-parse --short HEAD)"
+        [[ -z $(git -C "$REPO" status --porcelain) ]] || rev_desc+=" with uncommitted changes"
+    else
+        after_rev=$(git -C "$REPO" rev-parse --verify "$REV^{commit}") || die "no commit $REV"
+        rev_desc="${after_rev:0:7} ($REV)"
+    fi
+    build after "$after_rev"
+    local after_bin=$BIN before_bin=""
+    if ((BEFORE)); then
+        build before "$BEFORE_REV"
+        before_bin=$BIN
+    fi
+
+    measure_sync start
+    if ((BEFORE)); then
+        measure_purchases before "$before_bin"
+        measure_purchases after "$after_bin"
+    else
+        measure_events "$after_bin"
+        measure_purchases after "$after_bin"
+    fi
+    measure_sync end
+
+    local fs
+    fs=$(df -PT "$TMP" | awk 'NR == 2 { print $2 " on " $1 }')
+    mkdir -p "$RESULTS"
+    local stamp
+    stamp=$(date -u +%Y%m%dT%H%M%SZ)
+    local meta=(
+        --meta "title=$mode"
+        --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC'), $((SECONDS - started)) s"
+        --meta "after=$rev_desc"
+        --meta "machine=$(nproc) cores ($(uname -sr)); data in $TMP ($fs); the machine is shared, so figures are noisy: compare the ratios"
+        --meta "CPU sharing=wrk and the load generator run on the same cores as the servers they measure"
+        --meta "wrk=-t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s --latency, after a 1 s warm-up, $WRK_ROUNDS round(s) in alternating order; 10,000 tickets, $EVENTS events"
+        --meta "load=generator load, $EVENTS events, --max-quantity $MAX_QUANTITY, --timeout $REQUEST_TIMEOUT, --seed 7; saturated: --rate $AFTER_RATE --concurrency $AFTER_CONCURRENCY (after), --rate $BEFORE_RATE --concurrency $BEFORE_CONCURRENCY (before); paced: $PACED_FRACTION x the saturated committed rate; each run on a fresh copy of a store seeded with --seed 1"
+    )
+    if ((BEFORE)); then
+        meta+=(--meta "before=$(git -C "$REPO" rev-parse --short "$BEFORE_REV") (whole-file store); durations ${BEFORE_SECONDS}s, ${BEFORE_BIG_SECONDS}s at 500,000 tickets")
+    fi
+    local name=$stamp-${mode%% *}
+    ((QUICK)) && name+=-quick
+    python3 "$REPORT" table "$RECORDS" --md "$RESULTS/$name.md" "${meta[@]}"
+    cp "$RESULTS/$name.md" "$RESULTS/latest.md"
+    cp "$RECORDS" "$RESULTS/$name.jsonl"
+    log "saved bench/results/latest.md"
+}
+
+main
