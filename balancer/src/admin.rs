@@ -96,22 +96,7 @@ fn text_response(body: String, content_type: &'static str) -> Response<ResponseB
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
-    use std::net::SocketAddr;
     use std::sync::Arc;
-
-    async fn two_nodes_one_down() -> Arc<Upstreams> {
-        let upstreams = Arc::new(Upstreams::new(vec![
-            "127.0.0.1:1".parse().expect("name"),
-            "127.0.0.1:2".parse().expect("name"),
-        ]));
-        upstreams
-            .refresh(|n: crate::settings::NodeName| async move {
-                Ok(vec![SocketAddr::from(([127, 0, 0, 1], n.port))])
-            })
-            .await;
-        upstreams.nodes()[1].mark_down("connection refused");
-        upstreams
-    }
 
     async fn text_of(response: Response<ResponseBody>) -> String {
         let bytes = response
@@ -133,7 +118,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_counts_nodes_up_and_known() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         let response =
             answer(&Method::GET, "/balancer/health", &upstreams, &metrics).expect("health");
@@ -146,7 +131,7 @@ mod tests {
 
     #[tokio::test]
     async fn nodes_lists_each_address_with_its_state() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         let response =
             answer(&Method::GET, "/balancer/nodes", &upstreams, &metrics).expect("nodes");
@@ -164,7 +149,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_status_page_is_served_as_html_with_and_without_the_slash() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         for path in ["/balancer/", "/balancer"] {
             let response = answer(&Method::GET, path, &upstreams, &metrics).expect("page");
@@ -183,7 +168,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_in_the_prometheus_text_format() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         let response =
             answer(&Method::GET, "/balancer/metrics", &upstreams, &metrics).expect("metrics");
@@ -197,7 +182,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_endpoints_and_other_methods_are_errors() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         let err =
             answer(&Method::GET, "/balancer/nope", &upstreams, &metrics).expect_err("unknown");

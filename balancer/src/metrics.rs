@@ -200,25 +200,10 @@ impl Collector for NodesCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
-
-    async fn two_nodes_one_down() -> Arc<Upstreams> {
-        let upstreams = Arc::new(Upstreams::new(vec![
-            "127.0.0.1:1".parse().expect("name"),
-            "127.0.0.1:2".parse().expect("name"),
-        ]));
-        upstreams
-            .refresh(|n: crate::settings::NodeName| async move {
-                Ok(vec![SocketAddr::from(([127, 0, 0, 1], n.port))])
-            })
-            .await;
-        upstreams.nodes()[1].mark_down("connection refused");
-        upstreams
-    }
 
     #[tokio::test]
     async fn node_state_is_read_at_scrape_time() {
-        let upstreams = two_nodes_one_down().await;
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = Metrics::new(Arc::clone(&upstreams));
         let text = metrics.render();
         assert!(text.contains("# TYPE balancer_node_up gauge"), "{text}");
@@ -251,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn answers_and_upstream_latency_are_histograms() {
-        let metrics = Metrics::new(two_nodes_one_down().await);
+        let metrics = Metrics::new(crate::upstreams::two_nodes_one_down().await);
         metrics.answered(true, 201, Duration::from_millis(3));
         metrics.answered(false, 200, Duration::from_micros(100));
         metrics.upstream_answered("127.0.0.1:1", Duration::from_millis(2));

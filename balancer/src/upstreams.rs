@@ -265,6 +265,22 @@ where
     }
 }
 
+/// Two nodes, the second marked down: a fixture for the admin and metrics tests.
+#[cfg(test)]
+pub(crate) async fn two_nodes_one_down() -> Arc<Upstreams> {
+    let upstreams = Arc::new(Upstreams::new(vec![
+        "127.0.0.1:1".parse().expect("name"),
+        "127.0.0.1:2".parse().expect("name"),
+    ]));
+    upstreams
+        .refresh(|n: crate::settings::NodeName| async move {
+            Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], n.port))])
+        })
+        .await;
+    upstreams.nodes()[1].mark_down("connection refused");
+    upstreams
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
