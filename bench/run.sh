@@ -471,9 +471,11 @@ main() {
         --meta "after=$rev_desc"
         --meta "machine=$(nproc) cores ($(uname -sr)); data in $TMP ($fs); the machine is shared, so figures are noisy: compare the ratios"
         --meta "CPU sharing=wrk and the load generator run on the same cores as the servers they measure"
-        --meta "wrk=-t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s --latency, after a 1 s warm-up, $WRK_ROUNDS round(s) in alternating order; 10,000 tickets, $EVENTS events"
         --meta "load=generator load, $EVENTS events, --max-quantity $MAX_QUANTITY, --timeout $REQUEST_TIMEOUT, --seed 7; saturated: --rate $AFTER_RATE --concurrency $AFTER_CONCURRENCY (after), --rate $BEFORE_RATE --concurrency $BEFORE_CONCURRENCY (before); paced: $PACED_FRACTION x the saturated committed rate; each run on a fresh copy of a store seeded with --seed 1"
     )
+    if ((!BEFORE)); then
+        meta+=(--meta "wrk=-t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s --latency, after a 1 s warm-up, $WRK_ROUNDS round(s) in alternating order; 10,000 tickets, $EVENTS events")
+    fi
     if ((BEFORE)); then
         meta+=(--meta "before=$(git -C "$REPO" rev-parse --short "$BEFORE_REV") (whole-file store); durations ${BEFORE_SECONDS}s, ${BEFORE_BIG_SECONDS}s at 500,000 tickets")
     fi
