@@ -89,6 +89,9 @@ def cmd_wrk(args) -> None:
         "p99_ms": max(p["p99_ms"] for p in parts),
         "errors": sum(p["non2xx"] + p["socket_errors"] for p in parts),
     }
+    if args.cpu_seconds is not None:
+        requests = record["requests"] or 1
+        record["cpu_us_per_request"] = args.cpu_seconds * 1e6 / requests
     append(args.out, record)
 
 
@@ -211,6 +214,8 @@ def mean_rounds(wrks) -> list:
             "p50_ms": sum(r["p50_ms"] for r in rs) / n,
             "p99_ms": sum(r["p99_ms"] for r in rs) / n,
             "errors": sum(r["errors"] for r in rs),
+            "cpu_us": (sum(r["cpu_us_per_request"] for r in rs) / n
+                       if all("cpu_us_per_request" in r for r in rs) else None),
         })
     return merged
 
@@ -238,10 +243,14 @@ def cmd_table(args) -> None:
         for r in wrks:
             how = r["via"] + (f" ({r['parts']} wrk processes, one per node)" if r["parts"] > 1 else "")
             rounds = " / ".join(fmt(x) for x in r["rounds_rps"])
-            rows.append([r["nodes"], how, fmt(r["rps"]), rounds, fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2), r["errors"]])
-        out += markdown(["nodes", "path", "req/s (mean)", "req/s per round", "p50 ms", "p99 ms", "errors"], rows)
+            rows.append([r["nodes"], how, fmt(r["rps"]), rounds, fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2),
+                         fmt(r["cpu_us"]), r["errors"]])
+        out += markdown(["nodes", "path", "req/s (mean)", "req/s per round", "p50 ms", "p99 ms",
+                         "CPU us/req", "errors"], rows)
         out += ["", "p50 and p99 are the means over rounds; with one wrk process per node, each "
-                "round's p99 is the worst process's.", ""]
+                "round's p99 is the worst process's. CPU us/req: user + system CPU of the "
+                "proxy (balancer process, or nginx's workers) per request; for direct, of the "
+                "node(s). Less noisy than req/s on a shared machine.", ""]
 
     loads = [r for r in records if r["kind"] == "load"]
     stores = [s for s in ("before", "after") if any(r["store"] == s for r in loads)]
@@ -307,6 +316,9 @@ def cmd_table(args) -> None:
         r = ratio(ngx and ngx["p99_ms"], bal and bal["p99_ms"])
         if r is not None:
             rows.append([f"GET /events p99, nginx / balancer (above 1: balancer faster), {nodes} node(s)", fmt(r, 2), "-", "-"])
+        r = ratio(ngx and ngx["cpu_us"], bal and bal["cpu_us"])
+        if r is not None:
+            rows.append([f"GET /events proxy CPU per request, nginx / balancer, {nodes} node(s)", fmt(r, 2), "-", "-"])
     after = {n: find(loads, store="after", tickets=n, phase="capacity") for n in sizes}
     for n in sizes:
         if after.get(n) and sync_ref:
@@ -349,6 +361,7 @@ def main() -> int:
     p.add_argument("--via", required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--round", type=int, default=1)
+    p.add_argument("--cpu-seconds", type=float, help="CPU used by the serving processes")
     p.add_argument("files", nargs="+")
     p.set_defaults(run=cmd_wrk)
 

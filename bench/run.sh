@@ -157,6 +157,7 @@ start_server() {
     RUST_LOG=warn "$@" >"$out" 2>"$err" &
     local pid=$!
     PIDS+=("$pid")
+    LAST_PID=$pid
     local tries
     for ((tries = 0; tries < 300; tries++)); do
         if [[ -s $out ]] && (($(wc -l <"$out") >= 1)); then
@@ -187,13 +188,15 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Starts COUNT nodes on DATA with the binaries in BIN; sets NODE_ADDRS (array).
+# Starts COUNT nodes on DATA with the binaries in BIN; sets NODE_ADDRS and NODE_PIDS.
 start_nodes() {
     local bin=$1 data=$2 count=$3 i
     NODE_ADDRS=()
+    NODE_PIDS=()
     for ((i = 1; i <= count; i++)); do
         start_server "node-$i" "$bin/node" --id "node-$i" --listen 127.0.0.1:0 --data "$data"
         NODE_ADDRS+=("$ADDR")
+        NODE_PIDS+=("$LAST_PID")
     done
     for ADDR in "${NODE_ADDRS[@]}"; do
         wait_http "http://$ADDR/events"
@@ -256,6 +259,7 @@ EOF
     nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
         >"$dir/stdout" 2>"$dir/stderr" &
     PIDS+=("$!")
+    LAST_PID=$!
     ADDR=127.0.0.1:$port
     wait_http "http://$ADDR/events"
 }
@@ -288,11 +292,15 @@ build() {
         BIN=$CACHE/target-worktree/release
         return 0
     fi
-    local sha
+    local sha key
     sha=$(git -C "$REPO" rev-parse --verify "$rev^{commit}") || die "no commit $rev"
-    BIN=$CACHE/bin-$sha
+    # Binaries are kept by the content of everything but bench/ and the docs, so a commit
+    # that changes only those reuses the last build.
+    key=$(git -C "$REPO" ls-tree "$sha" | grep -v -e $'\tbench$' -e $'\t[A-Za-z_-]*\.md$' |
+        git -C "$REPO" hash-object --stdin)
+    BIN=$CACHE/bin-$key
     if [[ -x $BIN/node && -x $BIN/balancer && -x $BIN/generator ]]; then
-        log "$label: using the binaries already built for ${sha:0:12}"
+        log "$label: using the binaries already built for ${sha:0:12} (tree $key)"
         return 0
     fi
     local wt=$TMP/src-$label
@@ -322,10 +330,24 @@ measure_sync() {
     python3 "$REPORT" fsync --out "$RECORDS" --label "$label" "$TMP/fsync.json"
 }
 
-# wrk against one or more addresses at once (the connections split between them).
+# CPU time (user + system, all threads) used so far by the given pids, in clock ticks.
+cpu_ticks() {
+    local pid total=0 user system
+    for pid in "$@"; do
+        # Fields 14 and 15 of /proc/PID/stat; the name (field 2) of these programs has no
+        # spaces.
+        read -r user system < <(awk '{ print $14, $15 }' "/proc/$pid/stat")
+        total=$((total + user + system))
+    done
+    echo "$total"
+}
+
+# wrk against one or more addresses at once (the connections split between them), with
+# the CPU time used meanwhile by the serving processes CPU_PIDS (comma-separated).
 run_wrk() {
-    local via=$1 nodes=$2 round=$3
-    shift 3
+    local via=$1 nodes=$2 round=$3 cpu_pids
+    IFS=, read -r -a cpu_pids <<<"$4"
+    shift 4
     local per=$((WRK_CONNECTIONS / $#)) extra=$((WRK_CONNECTIONS % $#)) i=0 addr files=() pids=()
     for addr in "$@"; do
         local c=$((per + (i < extra ? 1 : 0)))
@@ -334,6 +356,8 @@ run_wrk() {
         i=$((i + 1))
     done
     i=0
+    local before
+    before=$(cpu_ticks "${cpu_pids[@]}")
     for addr in "$@"; do
         local c=$((per + (i < extra ? 1 : 0)))
         wrk -t1 -c"$c" -d"${WRK_SECONDS}s" --latency "http://$addr/events" >"$TMP/wrk-$via-$nodes-$round-$i.txt" &
@@ -342,7 +366,11 @@ run_wrk() {
         i=$((i + 1))
     done
     for i in "${pids[@]}"; do wait "$i"; done
-    python3 "$REPORT" wrk --out "$RECORDS" --via "$via" --nodes "$nodes" --round "$round" "${files[@]}"
+    local cpu_seconds
+    cpu_seconds=$(python3 -c "import sys; print((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]))" \
+        "$(cpu_ticks "${cpu_pids[@]}")" "$before" "$(getconf CLK_TCK)")
+    python3 "$REPORT" wrk --out "$RECORDS" --via "$via" --nodes "$nodes" --round "$round" \
+        --cpu-seconds "$cpu_seconds" "${files[@]}"
 }
 
 measure_events() {
@@ -350,15 +378,20 @@ measure_events() {
     log "GET /events: seeding 10,000 tickets"
     "$bin/generator" seed --data "$data" --events "$EVENTS" --tickets 10000 --seed 1 >/dev/null
     start_nodes "$bin" "$data" 3
-    local nodes=("${NODE_ADDRS[@]}")
+    local nodes=("${NODE_ADDRS[@]}") node_pids=("${NODE_PIDS[@]}")
     start_balancer "$bin" balancer-1 "${nodes[0]}"
-    local bal1=$ADDR
+    local bal1=$ADDR bal1_pid=$LAST_PID
     start_balancer "$bin" balancer-3 "${nodes[@]}"
-    local bal3=$ADDR
+    local bal3=$ADDR bal3_pid=$LAST_PID
+    # nginx's work is done by its workers, the master's children.
     start_nginx nginx-1 "${nodes[0]}"
-    local ngx1=$ADDR
+    local ngx1=$ADDR ngx1_pids
+    ngx1_pids=$(pgrep -d, -P "$LAST_PID")
     start_nginx nginx-3 "${nodes[@]}"
-    local ngx3=$ADDR
+    local ngx3=$ADDR ngx3_pids
+    ngx3_pids=$(pgrep -d, -P "$LAST_PID")
+    local all_nodes
+    all_nodes=$(IFS=,; echo "${node_pids[*]}")
     local round
     for ((round = 1; round <= WRK_ROUNDS; round++)); do
         # The second round runs in the opposite order, so a drift in the machine's load
@@ -370,12 +403,12 @@ measure_events() {
         for step in "${plan[@]}"; do
             log "GET /events round $round: $step (wrk -t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s)"
             case $step in
-                direct-1) run_wrk direct 1 "$round" "${nodes[0]}" ;;
-                balancer-1) run_wrk balancer 1 "$round" "$bal1" ;;
-                nginx-1) run_wrk nginx 1 "$round" "$ngx1" ;;
-                direct-3) run_wrk direct 3 "$round" "${nodes[@]}" ;;
-                balancer-3) run_wrk balancer 3 "$round" "$bal3" ;;
-                nginx-3) run_wrk nginx 3 "$round" "$ngx3" ;;
+                direct-1) run_wrk direct 1 "$round" "${node_pids[0]}" "${nodes[0]}" ;;
+                balancer-1) run_wrk balancer 1 "$round" "$bal1_pid" "$bal1" ;;
+                nginx-1) run_wrk nginx 1 "$round" "$ngx1_pids" "$ngx1" ;;
+                direct-3) run_wrk direct 3 "$round" "$all_nodes" "${nodes[@]}" ;;
+                balancer-3) run_wrk balancer 3 "$round" "$bal3_pid" "$bal3" ;;
+                nginx-3) run_wrk nginx 3 "$round" "$ngx3_pids" "$ngx3" ;;
             esac
         done
     done
