@@ -99,6 +99,8 @@ die() { log "error: $*"; exit 1; }
 
 TMP=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/ticket-bench.XXXXXX")
 PIDS=()
+# Short-lived tools (builds, wrk, the generator): ended on exit if still running.
+CHILDREN=()
 WORKTREES=()
 
 stop_pids() {
@@ -123,9 +125,25 @@ stop_servers() {
     PIDS=()
 }
 
+# Runs a command in the background and waits for it, so a signal to this script is
+# handled at once (bash defers traps until a foreground command ends) and the command is
+# ended with the rest; its exit status is returned.
+run_child() {
+    "$@" &
+    CHILDREN=("$!")
+    local status=0
+    wait "$!" || status=$?
+    CHILDREN=()
+    return "$status"
+}
+
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
+    local child
+    for child in "${CHILDREN[@]}"; do
+        kill -TERM "$child" 2>/dev/null || true
+    done
     stop_servers
     local wt
     for wt in "${WORKTREES[@]}"; do
@@ -287,8 +305,8 @@ build() {
     local label=$1 rev=$2
     if [[ $rev == . ]]; then
         log "building the working tree ($label) in release mode"
-        (cd "$REPO" && CARGO_TARGET_DIR=$CACHE/target-worktree \
-            cargo build --release -q -p node -p balancer -p generator) >&2
+        run_child env -C "$REPO" CARGO_TARGET_DIR="$CACHE/target-worktree" \
+            cargo build --release -q -p node -p balancer -p generator >&2
         BIN=$CACHE/target-worktree/release
         return 0
     fi
@@ -307,8 +325,8 @@ build() {
     git -C "$REPO" worktree add --detach -q "$wt" "$sha" >&2
     WORKTREES+=("$wt")
     log "building $label (${sha:0:12}) in release mode in $wt"
-    if ! (cd "$wt" && CARGO_TARGET_DIR=$CACHE/target-$label \
-        cargo build --release -p node -p balancer -p generator) >"$TMP/build-$label.log" 2>&1; then
+    if ! run_child env -C "$wt" CARGO_TARGET_DIR="$CACHE/target-$label" \
+        cargo build --release -p node -p balancer -p generator >"$TMP/build-$label.log" 2>&1; then
         tail -n 30 "$TMP/build-$label.log" >&2
         die "the $label build failed"
     fi
@@ -326,7 +344,7 @@ RECORDS=$TMP/records.jsonl
 measure_sync() {
     local label=$1
     log "disk: append + fdatasync for ${SYNC_SECONDS}s ($label)"
-    python3 "$BENCH_DIR/fsync_rate.py" --dir "$TMP" --seconds "$SYNC_SECONDS" >"$TMP/fsync.json"
+    run_child python3 "$BENCH_DIR/fsync_rate.py" --dir "$TMP" --seconds "$SYNC_SECONDS" >"$TMP/fsync.json"
     python3 "$REPORT" fsync --out "$RECORDS" --label "$label" "$TMP/fsync.json"
 }
 
@@ -352,7 +370,7 @@ run_wrk() {
     for addr in "$@"; do
         local c=$((per + (i < extra ? 1 : 0)))
         # A short warm-up fills the proxies' connection pools.
-        wrk -t1 -c"$c" -d1s "http://$addr/events" >/dev/null
+        run_child wrk -t1 -c"$c" -d1s "http://$addr/events" >/dev/null
         i=$((i + 1))
     done
     i=0
@@ -362,10 +380,12 @@ run_wrk() {
         local c=$((per + (i < extra ? 1 : 0)))
         wrk -t1 -c"$c" -d"${WRK_SECONDS}s" --latency "http://$addr/events" >"$TMP/wrk-$via-$nodes-$round-$i.txt" &
         pids+=("$!")
+        CHILDREN+=("$!")
         files+=("$TMP/wrk-$via-$nodes-$round-$i.txt")
         i=$((i + 1))
     done
     for i in "${pids[@]}"; do wait "$i"; done
+    CHILDREN=()
     local cpu_seconds
     cpu_seconds=$(python3 -c "import sys; print((int(sys.argv[1]) - int(sys.argv[2])) / int(sys.argv[3]))" \
         "$(cpu_ticks "${cpu_pids[@]}")" "$before" "$(getconf CLK_TCK)")
@@ -424,7 +444,7 @@ load_run() {
     start_balancer "$bin" "balancer-$store-$tickets-$phase" "${NODE_ADDRS[@]}"
     local target=http://$ADDR report=$TMP/load-$store-$tickets-$phase.json
     log "purchases ($store store, $tickets tickets, $phase): rate $rate/s, concurrency $concurrency, ${seconds}s"
-    "$bin/generator" load --target "$target" --rate "$rate" --duration "${seconds}s" \
+    run_child "$bin/generator" load --target "$target" --rate "$rate" --duration "${seconds}s" \
         --concurrency "$concurrency" --max-quantity "$MAX_QUANTITY" --seed 7 \
         --timeout "$REQUEST_TIMEOUT" --report "$report" --no-progress \
         >"$TMP/load-$store-$tickets-$phase.txt" 2>&1 ||
