@@ -125,6 +125,37 @@ pub async fn read_final_state(
     })
 }
 
+/// Where tests leave files for a person or CI to look at: `<target>/test-artifacts`.
+pub fn artifacts_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.ancestors()
+        .find(|dir| dir.ends_with("deps"))
+        .and_then(Path::parent)
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+        .join("test-artifacts")
+}
+
+/// Prints a test's one-line summary (a fault class's figures, a compose step's timing) and
+/// appends it to `<target>/test-artifacts/summary.txt`, which CI prints after the tests
+/// (cargo hides a passing test's output).
+pub fn report_summary(line: &str) {
+    use std::io::Write;
+    println!("{line}");
+    let dir = artifacts_dir();
+    let written = std::fs::create_dir_all(&dir).and_then(|()| {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("summary.txt"))?;
+        writeln!(file, "{line}")
+    });
+    if let Err(err) = written {
+        eprintln!("cannot record the summary: {err}");
+    }
+}
+
 /// Runs `generator` with `args` to completion and returns its exit code and output.
 pub fn run_generator(args: &[&str]) -> anyhow::Result<(i32, String, String)> {
     let output = std::process::Command::new(binary("generator")?)

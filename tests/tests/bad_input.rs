@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cluster::{HttpClient, LocalCluster, seed_store, start_node_with};
+use cluster::{HttpClient, LocalCluster, report_summary, seed_store, start_node_with};
 use hyper::StatusCode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -130,11 +130,11 @@ async fn every_client_mistake_gets_a_4xx_json_error_from_a_node_and_through_the_
         .await
         .expect("answer");
     assert_eq!(sold.json()["sold"], 0, "a mistaken request sold something");
-    println!(
+    report_summary(&format!(
         "fault-summary: bad input ({} kinds, node and balancer): tried {tried}, acknowledged 0, lost 0, sold twice 0, 5xx to client mistakes {}",
         tried / 2,
         server_errors.len()
-    );
+    ));
     assert!(server_errors.is_empty(), "{server_errors:#?}");
 }
 
@@ -186,11 +186,11 @@ fn random_requests_never_get_a_5xx() {
         }
         Ok(())
     });
-    println!(
+    report_summary(&format!(
         "fault-summary: random requests: tried {}, acknowledged -, lost 0, sold twice 0, 5xx to client mistakes {}",
         tried.into_inner(),
         usize::from(result.is_err())
-    );
+    ));
     result.expect("no random request gets a 5xx");
 }
 
@@ -267,9 +267,9 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
         .await
         .expect("served eventually");
     assert_eq!(answer.status, StatusCode::OK);
-    println!(
+    report_summary(&format!(
         "fault-summary: slow clients and 16 idle connections over a limit of 8: tried 19, acknowledged 0, lost 0, sold twice 0, 5xx to client mistakes 0 (slow headers cut after {headers_took:.1?}, slow body 408 after {body_took:.1?}, a real request waited {:.1?})",
         started.elapsed()
-    );
+    ));
     drop(idle);
 }

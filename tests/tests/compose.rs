@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{HttpClient, binary, run_generator};
+use cluster::{HttpClient, binary, report_summary, run_generator};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -134,8 +134,8 @@ fn finish_load(mut load: Child, report: &Path) -> Value {
 }
 
 fn summarise(phase: &str, report: &Value) {
-    println!(
-        "{phase}: sent {} purchases {} errors {} retries {} p99 {} ms max {} ms nodes {}",
+    report_summary(&format!(
+        "compose {phase}: sent {} purchases {} errors {} retries {} p99 {} ms max {} ms nodes {}",
         report["sent"],
         report["purchases"],
         report["errors_total"],
@@ -143,7 +143,7 @@ fn summarise(phase: &str, report: &Value) {
         report["latency_ms"]["p99"],
         report["latency_ms"]["max"],
         report["nodes"]
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +171,9 @@ async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice
         }
     }
     let first_sale = first_sale.expect("a first purchase succeeds");
-    println!(
-        "up --build returned after {up_returned:.1?} (static binaries and images built in it); first successful purchase {first_sale:.1?} after up was issued"
-    );
+    report_summary(&format!(
+        "compose: up --build returned after {up_returned:.1?} (static binaries and images built in it); first successful purchase {first_sale:.1?} after up was issued"
+    ));
 
     // 2. Load through the balancer: every replica serves.
     let report_path = reports.path().join("steady.json");
@@ -198,9 +198,9 @@ async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice
     })
     .await;
     let serving = serving.expect("five replicas serving within 30 s");
-    println!(
-        "scale 3->5: compose returned after {compose_took:.1?}, all five serving {serving:.1?} later"
-    );
+    report_summary(&format!(
+        "compose scale 3->5: compose returned after {compose_took:.1?}, all five serving {serving:.1?} later"
+    ));
     let report = finish_load(load, &report_path);
     summarise("scale 3->5", &report);
     assert_eq!(report["errors_total"], 0, "{report}");

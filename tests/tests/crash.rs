@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use cluster::seed_store;
+use cluster::{report_summary, seed_store};
 use shared::TicketStore;
 use shared::store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, POINTS};
 
@@ -101,10 +101,10 @@ fn a_writer_killed_at_any_step_of_a_write_loses_no_acknowledged_purchase() {
         );
         let finally = stored(dir.path());
         assert_eq!(finally.len(), after_crash.len() + 10);
-        println!(
+        report_summary(&format!(
             "fault-summary: crash at {point}: tried {}, acknowledged {}, lost 0, sold twice 0, 5xx to client mistakes 0",
             acked.len() + 1 + 10,
             acked.len() + more.len()
-        );
+        ));
     }
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp, ReadOp};
 use cluster::{
-    HttpClient, LocalCluster, Process, binary, read_final_state, seed_store, start_node,
-    start_node_with,
+    HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
+    start_node, start_node_with,
 };
 use hyper::StatusCode;
 use shared::api::{EventBody, PurchaseBody};
@@ -159,10 +159,7 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
             _ => None,
         })
         .collect();
-    println!(
-        "{}",
-        verdict.summary_line(&format!("{kills} SIGKILLs under load"), 0)
-    );
+    report_summary(&verdict.summary_line(&format!("{kills} SIGKILLs under load"), 0));
     println!("  {} reads checked for real-time order", reads.len());
     assert!(kills >= 4, "only {kills} kills happened");
     assert!(verdict.is_clean(), "{verdict}");
@@ -317,11 +314,11 @@ async fn a_corrupted_or_missing_store_is_answered_503_never_rewritten_and_recove
     }
     let (sound, report) = node_check_store(data);
     assert!(sound, "{report}");
-    println!(
+    report_summary(&format!(
         "fault-summary: corrupted or missing store ({} kinds): tried {tried}, acknowledged 0, lost 0, sold twice 0, 5xx to client mistakes 0 (503 store_unavailable {}, other 5xx {other_5xx})",
         cases.len(),
         tried - other_5xx
-    );
+    ));
     assert_eq!(other_5xx, 0);
 }
 
@@ -390,10 +387,10 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
         .await
         .expect("answer");
     assert_eq!(answer.status, StatusCode::CREATED);
-    println!(
+    report_summary(&format!(
         "fault-summary: lock held too long: tried {}, acknowledged 1, lost 0, sold twice 0, 5xx to client mistakes 0 (503 after a bounded wait {tried})",
         tried + 1
-    );
+    ));
 }
 
 /// A small tmpfs mounted for the test, unmounted when dropped.
@@ -489,13 +486,13 @@ async fn a_full_disk_fails_purchases_cleanly_and_keeps_the_last_committed_state(
         .expect("answer");
     assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json());
     drop(node);
-    println!(
+    report_summary(&format!(
         "fault-summary: full disk: tried {}, acknowledged {}, lost {}, sold twice {}, 5xx to client mistakes 0 (503 store_unavailable {refused_full})",
         tried + 1,
         verdict.acknowledged + 1,
         verdict.lost,
         verdict.sold_twice
-    );
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,10 +549,10 @@ async fn with_every_node_down_the_balancer_answers_503_at_once_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(recovered, "the balancer did not recover");
-    println!(
+    report_summary(&format!(
         "fault-summary: every node down: tried {}, acknowledged 1, lost 0, sold twice 0, 5xx to client mistakes 0 (503 at once {tried}, recovered after {:.1?})",
         tried + 1,
         started.elapsed()
-    );
+    ));
     drop(revived);
 }

@@ -2,7 +2,7 @@
 //! every node of a running cluster and shows a purchase once it is made; a screenshot is
 //! kept in `<target>/test-artifacts/status-page.png` for a person to look at.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -89,19 +89,6 @@ fn row<'a>(dom: &'a str, attribute: &str, value: &str) -> &'a str {
     &dom[start..end]
 }
 
-/// The target directory the test runs from (`.../target/debug/deps/<test>`).
-fn artifacts_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let target = exe
-        .ancestors()
-        .find(|dir| dir.ends_with("deps"))
-        .and_then(Path::parent)
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_else(std::env::temp_dir);
-    target.join("test-artifacts")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -158,7 +145,7 @@ async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made(
         sold_out.json()
     );
 
-    let artifacts = artifacts_dir();
+    let artifacts = cluster::artifacts_dir();
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");
     let shot = artifacts.join("status-page.png");
     let _ = std::fs::remove_file(&shot);
