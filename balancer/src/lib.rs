@@ -87,10 +87,12 @@ impl Balancer {
         let started = Instant::now();
         let inner = &self.inner;
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let admin = admin::is_admin_path(&path);
+        // The URI shares its bytes with the request, so keeping a copy for the log is cheap.
+        let uri = request.uri().clone();
+        let path = uri.path();
+        let admin = admin::is_admin_path(path);
         let outcome = if admin {
-            admin::answer(&method, &path, &inner.upstreams, &inner.metrics)
+            admin::answer(&method, path, &inner.upstreams, &inner.metrics)
         } else {
             inner
                 .proxy

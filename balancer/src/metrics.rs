@@ -3,7 +3,7 @@
 //! counters (read from the node set at scrape time), the answers it gave, and the time each
 //! node took to answer.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::upstreams::{NodeSnapshot, Upstreams};
+use crate::upstreams::{Node, NodeSnapshot, Upstreams};
 
 pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -39,6 +39,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Statuses `100..=999` (all that `http` allows) have a slot in the handle caches.
+const STATUSES: std::ops::RangeInclusive<u16> = 100..=999;
+
+/// One answer series' counter and histogram, shared with (not copied from) the families.
+type AnswerHandles = (Counter, Histogram);
+
+/// Handles per status, each fetched from the families on its first use, so counting an
+/// answer neither hashes a label set nor takes the family's lock after that.
+fn handle_cache() -> Box<[OnceLock<AnswerHandles>]> {
+    STATUSES.map(|_| OnceLock::new()).collect()
+}
+
 /// The balancer's registry and the metrics it updates as requests pass.
 #[derive(Debug)]
 pub struct Metrics {
@@ -46,6 +58,10 @@ pub struct Metrics {
     answers: Family<AnswerLabels, Counter>,
     request_seconds: Family<AnswerLabels, Histogram, fn() -> Histogram>,
     upstream_seconds: Family<NodeLabel, Histogram, fn() -> Histogram>,
+    /// Cached handles for forwarded answers, by status.
+    forwarded: Box<[OnceLock<AnswerHandles>]>,
+    /// Cached handles for the balancer's own answers, by status.
+    admin: Box<[OnceLock<AnswerHandles>]>,
 }
 
 impl Metrics {
@@ -80,26 +96,51 @@ impl Metrics {
             answers,
             request_seconds,
             upstream_seconds,
+            forwarded: handle_cache(),
+            admin: handle_cache(),
         }
     }
 
     /// Counts one answer of the balancer's.
     pub fn answered(&self, forwarded: bool, status: u16, elapsed: Duration) {
-        let labels = AnswerLabels {
+        let labels = || AnswerLabels {
             kind: if forwarded { "forwarded" } else { "admin" },
             status,
         };
-        self.answers.get_or_create(&labels).inc();
-        self.request_seconds
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
+        let fetch = || {
+            let labels = labels();
+            (
+                self.answers.get_or_create(&labels).clone(),
+                self.request_seconds.get_or_create(&labels).clone(),
+            )
+        };
+        let cache = if forwarded {
+            &self.forwarded
+        } else {
+            &self.admin
+        };
+        let slot = usize::from(status.wrapping_sub(*STATUSES.start()));
+        let owned;
+        let (counter, histogram) = match cache.get(slot) {
+            Some(cell) => cell.get_or_init(fetch),
+            None => {
+                owned = fetch();
+                &owned
+            }
+        };
+        counter.inc();
+        histogram.observe(elapsed.as_secs_f64());
     }
 
     /// Records how long `node` took to answer one forwarded request.
-    pub fn upstream_answered(&self, node: &str, elapsed: Duration) {
-        self.upstream_seconds
-            .get_or_create(&NodeLabel {
-                node: node.to_owned(),
+    pub fn upstream_answered(&self, node: &Node, elapsed: Duration) {
+        node.upstream_seconds
+            .get_or_init(|| {
+                self.upstream_seconds
+                    .get_or_create(&NodeLabel {
+                        node: node.address.to_string(),
+                    })
+                    .clone()
             })
             .observe(elapsed.as_secs_f64());
     }
@@ -236,13 +277,15 @@ mod tests {
 
     #[tokio::test]
     async fn answers_and_upstream_latency_are_histograms() {
-        let metrics = Metrics::new(crate::upstreams::two_nodes_one_down().await);
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
+        let metrics = Metrics::new(Arc::clone(&upstreams));
         metrics.answered(true, 201, Duration::from_millis(3));
+        metrics.answered(true, 201, Duration::from_millis(30));
         metrics.answered(false, 200, Duration::from_micros(100));
-        metrics.upstream_answered("127.0.0.1:1", Duration::from_millis(2));
+        metrics.upstream_answered(&upstreams.nodes()[0], Duration::from_millis(2));
         let text = metrics.render();
         assert!(
-            text.contains("balancer_http_requests_total{kind=\"forwarded\",status=\"201\"} 1"),
+            text.contains("balancer_http_requests_total{kind=\"forwarded\",status=\"201\"} 2"),
             "{text}"
         );
         assert!(

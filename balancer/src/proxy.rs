@@ -13,6 +13,7 @@ use hyper::header::{
     CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
+use hyper::http::uri::{PathAndQuery, Scheme};
 use hyper::{Method, Request, Response, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -56,9 +57,19 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Whether `name` is hop-by-hop whatever `Connection` says: the fixed list or `Proxy-*`.
+fn always_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header
 /// named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual case, with nothing to remove, costs one pass over the names and no
+    // hashing. `Connection` is in the fixed list, so a message naming others is not.
+    if !headers.keys().any(always_hop_by_hop) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -76,22 +87,55 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// An IPv4 address as dotted text, written without the formatting machinery.
+fn ipv4_text(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> &[u8] {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            out[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            out[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        out[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    &out[..len]
+}
+
+/// The client's address as a header value (an IPv4-mapped IPv6 address as IPv4).
+fn client_value(client: IpAddr) -> HeaderValue {
+    let text = match client.to_canonical() {
+        IpAddr::V4(ip) => HeaderValue::from_bytes(ipv4_text(ip, &mut [0; 15])),
+        IpAddr::V6(ip) => HeaderValue::from_str(&ip.to_string()),
+    };
+    text.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Appends the client's address to `X-Forwarded-For`, after any addresses already there.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client.to_canonical().to_string();
+    let client = client_value(client);
     let earlier: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();
-    let joined = if earlier.is_empty() {
-        client.clone()
-    } else {
-        format!("{}, {client}", earlier.join(", "))
-    };
-    let value = HeaderValue::from_str(&joined)
-        .or_else(|_| HeaderValue::from_str(&client))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    if earlier.is_empty() {
+        headers.insert(X_FORWARDED_FOR, client);
+        return;
+    }
+    let joined = format!(
+        "{}, {}",
+        earlier.join(", "),
+        client.to_str().unwrap_or("unknown")
+    );
+    let value = HeaderValue::from_str(&joined).unwrap_or(client);
     headers.insert(X_FORWARDED_FOR, value);
 }
 
@@ -147,7 +191,7 @@ pub struct Proxy {
 /// The parts of a client request kept to send it, possibly more than once.
 struct Outgoing {
     method: Method,
-    path_and_query: String,
+    path_and_query: PathAndQuery,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -266,7 +310,8 @@ impl Proxy {
         let path_and_query = parts
             .uri
             .path_and_query()
-            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
         Ok(Outgoing {
             method: parts.method,
             path_and_query,
@@ -281,13 +326,16 @@ impl Proxy {
         node: &Arc<Node>,
         outgoing: &Outgoing,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let uri = format!("http://{}{}", node.address, outgoing.path_and_query);
-        let uri = match uri.parse::<Uri>() {
+        let mut uri = hyper::http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(node.authority().clone());
+        uri.path_and_query = Some(outgoing.path_and_query.clone());
+        let uri = match Uri::from_parts(uri) {
             Ok(uri) => uri,
             Err(err) => {
-                // The path came through hyper's own parser, so this cannot really happen;
-                // counting it as a refused connection moves the request along safely.
-                warn!(cause = %err, %uri, "cannot build the node's URI");
+                // Scheme, authority and path are each valid already, so this cannot really
+                // happen; counting it as a refused connection moves the request along.
+                warn!(cause = %err, node = %node.address, "cannot build the node's URI");
                 return Err(Failure::Connect);
             }
         };
@@ -303,7 +351,7 @@ impl Proxy {
             match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
                 Ok(Ok(response)) => {
                     if let Some(metrics) = &self.metrics {
-                        metrics.upstream_answered(&node.address.to_string(), sent.elapsed());
+                        metrics.upstream_answered(node, sent.elapsed());
                     }
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
@@ -391,6 +439,38 @@ mod tests {
         let mut left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-type", "idempotency-key", "x-node"]);
+    }
+
+    #[test]
+    fn the_fast_path_strips_nothing_from_an_ordinary_message() {
+        let mut map = headers(&[("host", "a"), ("x-node", "node-1"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(map.len(), 3);
+        let mut map = headers(&[("host", "a"), ("proxy-authorization", "x")]);
+        strip_hop_by_hop(&mut map);
+        assert_eq!(
+            map.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["host"]
+        );
+    }
+
+    #[test]
+    fn client_addresses_are_written_as_text() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.255.9",
+            "192.168.1.10",
+            "::1",
+            "fe80::1",
+        ] {
+            let value = client_value(ip.parse().expect("ip"));
+            assert_eq!(value, ip);
+        }
+        assert_eq!(
+            client_value("::ffff:10.0.0.1".parse().expect("ip")),
+            "10.0.0.1"
+        );
     }
 
     #[test]

@@ -7,8 +7,11 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
+
+use hyper::http::uri::Authority;
+use prometheus_client::metrics::histogram::Histogram;
 
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
@@ -19,6 +22,11 @@ use crate::settings::NodeName;
 #[derive(Debug)]
 pub struct Node {
     pub address: SocketAddr,
+    /// `address` as a URI authority, made once so forwarding a request formats nothing.
+    authority: Authority,
+    /// This node's child of the per-node latency histogram family, fetched on its first
+    /// answer, so later answers neither allocate nor hash a label.
+    pub(crate) upstream_seconds: OnceLock<Histogram>,
     /// Whether requests may be sent here; cleared by a connection failure or a failed
     /// health check, set again by a passing health check.
     up: AtomicBool,
@@ -50,8 +58,15 @@ impl Node {
     /// A newly seen address starts up: a connection failure marks it down at once and
     /// costs the request nothing, and the next health check settles it either way.
     pub fn new(address: SocketAddr) -> Self {
+        // A socket address always makes a valid authority; the fallback is never used.
+        let authority = address
+            .to_string()
+            .parse()
+            .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
         Self {
             address,
+            authority,
+            upstream_seconds: OnceLock::new(),
             up: AtomicBool::new(true),
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -59,6 +74,11 @@ impl Node {
             retries: AtomicU64::new(0),
             last_error: Mutex::new(None),
         }
+    }
+
+    /// The node's address as a URI authority (`IP:PORT`, an IPv6 address in brackets).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     pub fn is_up(&self) -> bool {
