@@ -64,18 +64,25 @@ fn main() -> anyhow::Result<()> {
         println!("node {:<4} {}", node.name, node.url());
     }
     let balancer = cluster.balancer_url();
-    println!("balancer  {balancer}  (status: {balancer}/balancer/nodes)");
+    println!("balancer  {balancer}");
+    println!("status    {balancer}/balancer/  (nodes: {balancer}/balancer/nodes)");
     println!();
     println!("try:  curl {balancer}/events");
     println!("load: target/release/generator load --target {balancer} --rate 200 --duration 20s");
-    println!("Ctrl-C stops the cluster.");
+    println!("Ctrl-C (or SIGTERM) stops the cluster.");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let _ = tokio::signal::ctrl_c().await;
-    });
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        anyhow::Ok(())
+    })?;
     println!("stopping");
     if let Some(balancer) = cluster.balancer.as_mut() {
         balancer.terminate()?;
