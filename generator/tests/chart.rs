@@ -3,33 +3,29 @@
 
 mod common;
 
-use common::{FakeServer, generator, live_inventory, stderr, stdout};
-use serde_json::Value;
+use common::{FakeServer, live_inventory, load_with_report, stdout};
 
 #[tokio::test]
 async fn load_with_chart_writes_an_svg_of_latency_and_rate_per_second() {
     let fake = FakeServer::start(live_inventory(500)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let chart_path = dir.path().join("run.svg");
-    let report_path = dir.path().join("report.json");
-    let output = generator(&[
-        "load",
-        "--target",
+    let chart_arg = chart_path.to_string_lossy().into_owned();
+    let (output, report) = load_with_report(
         &fake.url(),
-        "--rate",
-        "100",
-        "--duration",
-        "2500ms",
-        "--seed",
-        "9",
-        "--chart",
-        &chart_path.to_string_lossy(),
-        "--report",
-        &report_path.to_string_lossy(),
-        "--no-progress",
-    ])
+        &[
+            "--rate",
+            "100",
+            "--duration",
+            "2500ms",
+            "--seed",
+            "9",
+            "--chart",
+            &chart_arg,
+            "--no-progress",
+        ],
+    )
     .await;
-    assert!(output.status.success(), "load failed: {}", stderr(&output));
     assert!(
         stdout(&output).contains("chart written to"),
         "{}",
@@ -68,9 +64,6 @@ async fn load_with_chart_writes_an_svg_of_latency_and_rate_per_second() {
     assert!(series_lines >= 4, "{series_lines} series lines in {text}");
 
     // The same seconds are in the JSON report, and they add up to the run.
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&report_path).expect("report"))
-            .expect("report JSON");
     let seconds = report["per_second"].as_array().expect("per_second list");
     assert!(seconds.len() >= 3, "{seconds:?}");
     let sent: u64 = seconds.iter().filter_map(|s| s["sent"].as_u64()).sum();

@@ -3,38 +3,30 @@
 
 mod common;
 
-use common::{FakeServer, State, generator, generator_with_env, live_inventory, stderr, stdout};
+use common::{
+    FakeServer, State, generator, generator_with_env, live_inventory, load_with_report, stderr,
+    stdout,
+};
 use serde_json::Value;
 use shared::api::{EventBody, PurchaseBody, PurchasedTicketBody, TicketBody};
-
-fn read_report(path: &std::path::Path) -> Value {
-    let text = std::fs::read_to_string(path).expect("report written");
-    serde_json::from_str(&text).expect("report is valid JSON")
-}
 
 #[tokio::test]
 async fn load_until_sold_out_stops_when_every_event_sold_out_and_reports_json() {
     let fake = FakeServer::start(live_inventory(15)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report_path = dir.path().join("report.json");
-    let report_arg = report_path.to_string_lossy().into_owned();
-    let output = generator(&[
-        "load",
-        "--target",
+    let (output, report) = load_with_report(
         &fake.url(),
-        "--rate",
-        "200",
-        "--until-sold-out",
-        "--arrivals",
-        "poisson",
-        "--seed",
-        "5",
-        "--report",
-        &report_arg,
-        "--no-progress",
-    ])
+        &[
+            "--rate",
+            "200",
+            "--until-sold-out",
+            "--arrivals",
+            "poisson",
+            "--seed",
+            "5",
+            "--no-progress",
+        ],
+    )
     .await;
-    assert!(output.status.success(), "load failed: {}", stderr(&output));
     assert!(
         fake.tickets().iter().all(|t| t.sold),
         "the fake still has tickets"
@@ -45,7 +37,6 @@ async fn load_until_sold_out_stops_when_every_event_sold_out_and_reports_json() 
         stdout(&output)
     );
 
-    let report = read_report(&report_path);
     assert_eq!(report["stopped_because"], "sold_out");
     assert_eq!(report["tickets_sold"], 60);
     assert_eq!(report["errors_total"], 0);
@@ -92,23 +83,7 @@ async fn load_until_sold_out_stops_when_every_event_sold_out_and_reports_json() 
 #[tokio::test]
 async fn load_with_a_duration_stops_sending_when_it_elapses() {
     let fake = FakeServer::start(live_inventory(10_000)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report_path = dir.path().join("report.json");
-    let report_arg = report_path.to_string_lossy().into_owned();
-    let output = generator(&[
-        "load",
-        "--target",
-        &fake.url(),
-        "--rate",
-        "40",
-        "--duration",
-        "300ms",
-        "--report",
-        &report_arg,
-    ])
-    .await;
-    assert!(output.status.success(), "load failed: {}", stderr(&output));
-    let report = read_report(&report_path);
+    let (_, report) = load_with_report(&fake.url(), &["--rate", "40", "--duration", "300ms"]).await;
     assert_eq!(report["stopped_because"], "duration");
     assert_eq!(report["arrivals"], "steady");
     assert!(report["sent"].as_u64().is_some_and(|n| n >= 1));
@@ -121,23 +96,11 @@ async fn lost_answers_are_retried_with_the_same_idempotency_key() {
     // Every purchase sells on its first attempt but that answer is lost (503); only a
     // retry with the same key learns the outcome, and a new key would be lost again.
     let fake = FakeServer::start_losing_first_answers(live_inventory(10)).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let report_path = dir.path().join("report.json");
-    let report_arg = report_path.to_string_lossy().into_owned();
-    let output = generator(&[
-        "load",
-        "--target",
+    let (_, report) = load_with_report(
         &fake.url(),
-        "--rate",
-        "100",
-        "--until-sold-out",
-        "--report",
-        &report_arg,
-        "--no-progress",
-    ])
+        &["--rate", "100", "--until-sold-out", "--no-progress"],
+    )
     .await;
-    assert!(output.status.success(), "load failed: {}", stderr(&output));
-    let report = read_report(&report_path);
     assert_eq!(report["errors_total"], 0, "{report}");
     assert_eq!(
         report["tickets_sold"], 40,

@@ -297,6 +297,22 @@ pub async fn generator_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("generator starts")
 }
 
+/// Runs `generator load --target URL ARGS --report <temp file>`, checks that it succeeded,
+/// and returns its output and the report it wrote.
+pub async fn load_with_report(url: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let report_path = dir.path().join("report.json");
+    let report_arg = report_path.to_string_lossy().into_owned();
+    let mut full = vec!["load", "--target", url];
+    full.extend_from_slice(args);
+    full.extend_from_slice(&["--report", &report_arg]);
+    let output = generator(&full).await;
+    assert!(output.status.success(), "load failed: {}", stderr(&output));
+    let text = std::fs::read_to_string(&report_path).expect("report written");
+    let report = serde_json::from_str(&text).expect("report is valid JSON");
+    (output, report)
+}
+
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
