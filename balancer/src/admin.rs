@@ -95,16 +95,10 @@ fn text_response(body: String, content_type: &'static str) -> Response<ResponseB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
     use std::sync::Arc;
 
     async fn text_of(response: Response<ResponseBody>) -> String {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = crate::body_bytes(response).await;
         String::from_utf8(bytes.to_vec()).expect("utf-8")
     }
 

@@ -129,12 +129,7 @@ mod tests {
     use super::*;
 
     async fn body_of(response: Response<ResponseBody>) -> ErrorBody {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("in-memory body")
-            .to_bytes();
+        let bytes = crate::body_bytes(response).await;
         serde_json::from_slice(&bytes).expect("JSON error body")
     }
 

@@ -33,6 +33,18 @@ use upstreams::Upstreams;
 /// Every response body the balancer sends: a node's streamed body or one of its own.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
 
+/// The whole body of an in-memory response: a helper for the unit tests.
+#[cfg(test)]
+pub(crate) async fn body_bytes(response: Response<ResponseBody>) -> Bytes {
+    use http_body_util::BodyExt;
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("in-memory body")
+        .to_bytes()
+}
+
 /// The request handler: answers `/balancer/*` itself and forwards everything else.
 #[derive(Debug, Clone)]
 pub struct Balancer {
@@ -165,7 +177,7 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Futur
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
 
     fn settings(nodes: &str) -> Settings {
         RawSettings {
@@ -185,12 +197,7 @@ mod tests {
         let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
         let response = balancer.respond(request, peer).await;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
+        let bytes = crate::body_bytes(response).await;
         (status, serde_json::from_slice(&bytes).expect("JSON body"))
     }
 
