@@ -1,37 +1,64 @@
-//! The node binary over HTTP: the ticket API, its error table, idempotency, a missing
-//! store and graceful shutdown.
+//! The node over HTTP: the ticket API, its error table, idempotency, HEAD, a missing store
+//! and graceful shutdown. `node::run` serves in-process on port 0; the SIGTERM test starts
+//! the binary, since the process is the point there.
 
-use cluster::{HttpClient, Process, seed_store, start_node};
+use std::path::Path;
+
+use cluster::{HttpClient, seed_store, start_node};
 use hyper::StatusCode;
+use node::NodeSettings;
 use serde_json::json;
+use tokio::sync::oneshot;
 
+/// A node serving in this test's runtime; it stops when the fixture is dropped.
 struct Fixture {
     _dir: tempfile::TempDir,
-    node: Process,
     url: String,
     http: HttpClient,
+    _stop: oneshot::Sender<()>,
 }
 
-fn start() -> Fixture {
+/// Serves `data` with `node::run` on a free loopback port, as node `n1`.
+async fn serve(data: &Path) -> (String, oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let settings = NodeSettings {
+        id: "n1".into(),
+        data: data.to_path_buf(),
+        ..NodeSettings::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        node::run(listener, settings, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("node runs");
+    });
+    (url, stop)
+}
+
+async fn start() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(
         dir.path(),
         &[("concert", 5, 1500), ("theater-show", 2, 4000)],
     )
     .expect("seed");
-    let node = start_node("n1", dir.path()).expect("node starts");
-    let url = node.url();
+    let (url, stop) = serve(dir.path()).await;
     Fixture {
         _dir: dir,
-        node,
         url,
         http: HttpClient::new(),
+        _stop: stop,
     }
 }
 
 #[tokio::test]
 async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
-    let f = start();
+    let f = start().await;
     let bought = f
         .http
         .buy(&f.url, "concert", 2, None)
@@ -126,7 +153,7 @@ async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
 
 #[tokio::test]
 async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
-    let f = start();
+    let f = start().await;
     let too_many = f
         .http
         .buy(&f.url, "theater-show", 3, None)
@@ -152,7 +179,7 @@ async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
-    let f = start();
+    let f = start().await;
     let first = f
         .http
         .buy(&f.url, "concert", 1, Some("key-1"))
@@ -187,7 +214,7 @@ async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing
 
 #[tokio::test]
 async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
-    let f = start();
+    let f = start().await;
     let purchases = format!("{}/purchases", f.url);
     let json_cases: Vec<(&str, StatusCode, &str)> = vec![
         ("{", StatusCode::BAD_REQUEST, "bad_request"),
@@ -414,18 +441,12 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
 #[tokio::test]
 async fn a_missing_store_answers_503_until_it_is_seeded() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node("n1", dir.path()).expect("node starts without a store");
+    let (url, _stop) = serve(dir.path()).await;
     let http = HttpClient::new();
-    let health = http
-        .get(&format!("{}/health", node.url()))
-        .await
-        .expect("answer");
+    let health = http.get(&format!("{url}/health")).await.expect("answer");
     assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(health.error_code().as_deref(), Some("store_unavailable"));
-    let buy = http
-        .buy(&node.url(), "concert", 1, None)
-        .await
-        .expect("answer");
+    let buy = http.buy(&url, "concert", 1, None).await.expect("answer");
     assert_eq!(buy.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         buy.json()["message"]
@@ -434,17 +455,14 @@ async fn a_missing_store_answers_503_until_it_is_seeded() {
     );
 
     seed_store(dir.path(), &[("concert", 1, 100)]).expect("seed");
-    let health = http
-        .get(&format!("{}/health", node.url()))
-        .await
-        .expect("answer");
+    let health = http.get(&format!("{url}/health")).await.expect("answer");
     assert_eq!(health.status, StatusCode::OK);
     assert_eq!(health.json(), json!({"status": "ok", "node": "n1"}));
 }
 
 #[tokio::test]
 async fn metrics_count_requests_in_prometheus_text() {
-    let f = start();
+    let f = start().await;
     f.http
         .get(&format!("{}/events", f.url))
         .await
@@ -472,12 +490,132 @@ async fn metrics_count_requests_in_prometheus_text() {
 }
 
 #[tokio::test]
-async fn sigterm_stops_the_node_cleanly() {
-    let mut f = start();
-    f.http
-        .get(&format!("{}/health", f.url))
+async fn sigterm_stops_the_node_process_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), &[("concert", 1, 100)]).expect("seed");
+    let mut node = start_node("n1", dir.path()).expect("node starts");
+    let health = HttpClient::new()
+        .get(&format!("{}/health", node.url()))
         .await
         .expect("answer");
-    let code = f.node.terminate().expect("terminates");
-    assert_eq!(code, Some(0));
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(node.terminate().expect("terminates"), Some(0));
+}
+
+#[tokio::test]
+async fn head_answers_every_get_route_with_its_status_and_headers_and_no_body() {
+    let f = start().await;
+    let bought = f
+        .http
+        .buy(&f.url, "concert", 1, None)
+        .await
+        .expect("answer");
+    let id = bought.json()["purchase_id"]
+        .as_str()
+        .expect("purchase id")
+        .to_owned();
+    let paths = [
+        "/health".to_owned(),
+        "/metrics".to_owned(),
+        "/events".to_owned(),
+        "/events/concert".to_owned(),
+        "/events/opera".to_owned(),
+        "/tickets?event=concert".to_owned(),
+        "/tickets?sold=maybe".to_owned(),
+        "/tickets/1".to_owned(),
+        "/purchases".to_owned(),
+        format!("/purchases/{id}"),
+        "/nowhere".to_owned(),
+    ];
+    for path in paths {
+        let url = format!("{}{path}", f.url);
+        let get = f.http.get(&url).await.expect("GET answer");
+        let head = f.http.head(&url).await.expect("HEAD answer");
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert!(head.body.is_empty(), "HEAD {path} sent a body");
+        for name in ["content-type", "x-node"] {
+            assert_eq!(
+                head.headers.get(name),
+                get.headers.get(name),
+                "{name} of HEAD {path}"
+            );
+        }
+        // /metrics changes between the two calls (it counts them), and a 404 names the
+        // method; the rest must not change.
+        if path != "/metrics" && path != "/nowhere" {
+            assert_eq!(
+                head.headers.get("content-length"),
+                get.headers.get("content-length"),
+                "content-length of HEAD {path}"
+            );
+        }
+    }
+    let head_purchases = f
+        .http
+        .send(
+            hyper::Request::head(format!("{}/purchases", f.url))
+                .body(Default::default())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(head_purchases.status, StatusCode::OK);
+    let delete = f
+        .http
+        .send(
+            hyper::Request::delete(format!("{}/purchases", f.url))
+                .body(Default::default())
+                .expect("request"),
+        )
+        .await
+        .expect("answer");
+    assert_eq!(delete.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(delete.headers["allow"], "GET, HEAD, POST");
+}
+
+#[tokio::test]
+async fn a_body_naming_a_field_twice_is_refused_and_sells_nothing() {
+    let f = start().await;
+    let purchases = format!("{}/purchases", f.url);
+    for body in [
+        r#"{"event":"concert","quantity":1,"quantity":5}"#,
+        r#"{"event":"theater-show","event":"concert","quantity":1}"#,
+    ] {
+        let answer = f
+            .http
+            .post_raw(
+                &purchases,
+                "application/json",
+                body.as_bytes().to_vec(),
+                None,
+            )
+            .await
+            .expect("answer");
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer.error_code().as_deref(), Some("bad_request"));
+        let message = answer.json()["message"].as_str().unwrap_or("").to_owned();
+        assert!(message.contains("duplicate field"), "{message}");
+    }
+    let duplicated_query = f
+        .http
+        .get(&format!(
+            "{}/tickets?event=concert&event=theater-show",
+            f.url
+        ))
+        .await
+        .expect("answer");
+    assert_eq!(duplicated_query.status, StatusCode::BAD_REQUEST);
+    let events = f
+        .http
+        .get(&format!("{}/events", f.url))
+        .await
+        .expect("answer");
+    assert!(
+        events
+            .json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .all(|e| e["sold"] == 0)
+    );
 }

@@ -3,6 +3,7 @@
 //! in-flight requests finish (within a drain limit). Also the programs' shared start-up:
 //! tracing from `RUST_LOG` and the SIGTERM / Ctrl-C signal.
 
+pub mod json;
 pub mod probe;
 
 use std::convert::Infallible;

@@ -103,6 +103,75 @@ pub struct HealthBody {
     pub node: String,
 }
 
+/// Every error code of the API with the HTTP status it is answered with: the one table
+/// nodes, the balancer and test fakes answer from. A code is a stable machine name; the
+/// message beside it is for a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnknownEvent,
+    UnknownTicket,
+    UnknownPurchase,
+    SoldOut,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+    NoHealthyNodes,
+    BadGateway,
+    UpstreamTimeout,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// The code as it appears in the `error` field.
+    pub const fn as_str(self) -> &'static str {
+        self.entry().0
+    }
+
+    /// The HTTP status answered with this code.
+    pub const fn status(self) -> u16 {
+        self.entry().1
+    }
+
+    const fn entry(self) -> (&'static str, u16) {
+        match self {
+            Self::BadRequest => ("bad_request", 400),
+            Self::NotFound => ("not_found", 404),
+            Self::MethodNotAllowed => ("method_not_allowed", 405),
+            Self::RequestTimeout => ("request_timeout", 408),
+            Self::PayloadTooLarge => ("payload_too_large", 413),
+            Self::UnsupportedMediaType => ("unsupported_media_type", 415),
+            Self::UnknownEvent => ("unknown_event", 404),
+            Self::UnknownTicket => ("unknown_ticket", 404),
+            Self::UnknownPurchase => ("unknown_purchase", 404),
+            Self::SoldOut => ("sold_out", 409),
+            Self::IdempotencyKeyReused => ("idempotency_key_reused", 422),
+            Self::StoreUnavailable => ("store_unavailable", 503),
+            Self::NoHealthyNodes => ("no_healthy_nodes", 503),
+            Self::BadGateway => ("bad_gateway", 502),
+            Self::UpstreamTimeout => ("upstream_timeout", 504),
+            Self::InternalError => ("internal_error", 500),
+        }
+    }
+}
+
+/// A code equals its name, so tests can compare with the wire text.
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every error response: a stable machine code and a sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -114,11 +183,49 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            error: error.into(),
+            error: code.as_str().to_owned(),
             message: message.into(),
             available: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_snake_case_with_a_client_or_server_error_status() {
+        use ErrorCode::*;
+        for code in [
+            BadRequest,
+            NotFound,
+            MethodNotAllowed,
+            RequestTimeout,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            UnknownEvent,
+            UnknownTicket,
+            UnknownPurchase,
+            SoldOut,
+            IdempotencyKeyReused,
+            StoreUnavailable,
+            NoHealthyNodes,
+            BadGateway,
+            UpstreamTimeout,
+            InternalError,
+        ] {
+            assert!((400..600).contains(&code.status()), "{code}");
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+        }
+        assert_eq!(ErrorCode::SoldOut.status(), 409);
+        assert_eq!(ErrorBody::new(ErrorCode::SoldOut, "m").error, "sold_out");
     }
 }

@@ -77,6 +77,11 @@ impl HttpClient {
         self.send(request).await
     }
 
+    pub async fn head(&self, url: &str) -> anyhow::Result<Answer> {
+        let request = Request::head(url).body(Full::default())?;
+        self.send(request).await
+    }
+
     /// POSTs `body` as JSON, with an `Idempotency-Key` if given.
     pub async fn post_json(
         &self,

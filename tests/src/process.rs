@@ -49,7 +49,7 @@ impl Process {
     }
 
     /// As `start`, with extra environment variables (settings such as
-    /// `TICKETS_NODE__LOCK_TIMEOUT_MS`).
+    /// `TICKETS_NODE__LOCK_TIMEOUT`).
     pub fn start_with_env(
         name: &str,
         program: &str,

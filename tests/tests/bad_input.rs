@@ -213,8 +213,8 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
     let env = [
-        ("TICKETS_NODE__HEADER_TIMEOUT_MS", "500"),
-        ("TICKETS_NODE__BODY_TIMEOUT_MS", "500"),
+        ("TICKETS_NODE__HEADER_TIMEOUT", "500ms"),
+        ("TICKETS_NODE__BODY_TIMEOUT", "500ms"),
         ("TICKETS_NODE__MAX_CONNECTIONS", "8"),
     ];
     let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &env).expect("node starts");

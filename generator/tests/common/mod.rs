@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{
-    ErrorBody, EventBody, IDEMPOTENCY_HEADER, NODE_HEADER, PurchaseBody, PurchaseRequestBody,
-    TicketBody,
+    ErrorBody, ErrorCode, EventBody, IDEMPOTENCY_HEADER, NODE_HEADER, PurchaseBody,
+    PurchaseRequestBody, TicketBody,
 };
 use shared::{
     EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseRequest, Quantity, Ticket,
@@ -126,23 +126,18 @@ pub fn live_inventory(per_event: u64) -> State {
 }
 
 fn json(status: StatusCode, node: &str, body: &impl Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).expect("serialisable");
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header(NODE_HEADER, node)
-        .body(Full::new(Bytes::from(bytes)))
-        .expect("valid response")
+    let mut response = serve::json::response(status, body);
+    response
+        .headers_mut()
+        .insert(NODE_HEADER, node.parse().expect("a valid header value"));
+    response
 }
 
-fn error(
-    status: StatusCode,
-    node: &str,
-    code: &str,
-    available: Option<u64>,
-) -> Response<Full<Bytes>> {
-    let mut body = ErrorBody::new(code, code.replace('_', " "));
+/// An error answer from the API's table of codes: the status comes with the code.
+fn error(node: &str, code: ErrorCode, available: Option<u64>) -> Response<Full<Bytes>> {
+    let mut body = ErrorBody::new(code, code.as_str().replace('_', " "));
     body.available = available;
+    let status = StatusCode::from_u16(code.status()).expect("a valid status");
     json(status, node, &body)
 }
 
@@ -168,7 +163,7 @@ impl serve::Handler for Fake {
             .map(str::to_owned);
         let body = match request.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return error(StatusCode::BAD_REQUEST, node, "bad_request", None),
+            Err(_) => return error(node, ErrorCode::BadRequest, None),
         };
         match (&*self.state, &method, path.as_str()) {
             (State::Fixed { events, .. }, &Method::GET, "/events") => {
@@ -211,7 +206,7 @@ impl serve::Handler for Fake {
                 json(StatusCode::OK, node, &purchases)
             }
             (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
-            _ => error(StatusCode::NOT_FOUND, node, "not_found", None),
+            _ => error(node, ErrorCode::NotFound, None),
         }
     }
 }
@@ -225,13 +220,13 @@ impl Fake {
         body: &[u8],
     ) -> Response<Full<Bytes>> {
         let Ok(asked) = serde_json::from_slice::<PurchaseRequestBody>(body) else {
-            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+            return error(node, ErrorCode::BadRequest, None);
         };
         let (Ok(event), Ok(quantity)) = (
             EventName::parse(&asked.event),
             Quantity::new(asked.quantity),
         ) else {
-            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+            return error(node, ErrorCode::BadRequest, None);
         };
         let key = key.and_then(|k| IdempotencyKey::parse(&k).ok());
         let outcome = inventory.lock().expect("lock").purchase_tickets(
@@ -246,29 +241,21 @@ impl Fake {
                 .insert(k.as_str().to_owned())
         });
         match outcome {
-            Ok(_) if self.lose_first_answer && first_attempt => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                node,
-                "store_unavailable",
-                None,
-            ),
+            Ok(_) if self.lose_first_answer && first_attempt => {
+                error(node, ErrorCode::StoreUnavailable, None)
+            }
             Ok(outcome) => json(
                 StatusCode::CREATED,
                 node,
                 &PurchaseBody::from(outcome.purchase()),
             ),
             Err(PurchaseError::SoldOut { available, .. }) => {
-                error(StatusCode::CONFLICT, node, "sold_out", Some(available))
+                error(node, ErrorCode::SoldOut, Some(available))
             }
-            Err(PurchaseError::UnknownEvent(_)) => {
-                error(StatusCode::NOT_FOUND, node, "unknown_event", None)
+            Err(PurchaseError::UnknownEvent(_)) => error(node, ErrorCode::UnknownEvent, None),
+            Err(PurchaseError::KeyReused { .. }) => {
+                error(node, ErrorCode::IdempotencyKeyReused, None)
             }
-            Err(PurchaseError::KeyReused { .. }) => error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                node,
-                "idempotency_key_reused",
-                None,
-            ),
         }
     }
 }
