@@ -4,13 +4,15 @@
 //! purchases committed since (JSON lines). Every operation holds an advisory lock on
 //! `tickets.lock` (shared to read, exclusive to write) and first catches up with the disk:
 //! it reloads the snapshot only when it changed (its generation, size, time or inode), and
-//! otherwise reads just the journal lines it has not seen. So every read sees every completed write, whichever
-//! process made it, while a sale costs the same whatever the inventory's size.
+//! otherwise reads just the journal lines it has not seen. So every read sees every
+//! completed write, whichever process made it, while a sale costs the same whatever the
+//! inventory's size.
 //!
 //! A batch of purchases is decided under one exclusive lock hold, appended to the journal
 //! in one write and made durable with one `fdatasync` (group commit). A process killed
 //! mid-append leaves at worst a torn last line, which readers ignore and the next writer
-//! cuts off. When the journal outgrows the snapshot it is folded into a new snapshot
+//! cuts off. When the journal outgrows max(4 MiB, half the snapshot) (`COMPACT_MIN_BYTES`,
+//! `with_compaction_threshold`) it is folded into a new snapshot
 //! (written to a temporary file, fsynced, renamed, directory fsynced) with the next
 //! generation, and every process notices and reloads.
 //!
