@@ -53,12 +53,7 @@ impl Section for Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn load(flags: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let flags: BTreeMap<&str, &str> = flags.iter().copied().collect();
-        Settings::load_with_env(None, &flags, env)
-    }
+    use shared::settings::flag_pairs;
 
     #[test]
     fn flags_win_over_the_environment_and_timeouts_are_humantime() {
@@ -66,7 +61,8 @@ mod tests {
             ("TICKETS_GENERATOR__REQUEST_TIMEOUT", "250ms"),
             ("TICKETS_GENERATOR__TARGET", "http://127.0.0.1:1"),
         ];
-        let s = load(&[("target", "http://127.0.0.1:2")], &env).expect("valid");
+        let flags = flag_pairs(&[("target", "http://127.0.0.1:2")]);
+        let s = Settings::load_with_env(None, &flags, &env).expect("valid");
         assert_eq!(s.target, "http://127.0.0.1:2");
         assert_eq!(s.request_timeout, Duration::from_millis(250));
         assert_eq!(s.concurrency, 256);
@@ -80,7 +76,8 @@ mod tests {
             ("concurrency", "0"),
             ("target", "ftp://x"),
         ] {
-            let err = load(&[(key, value)], &[]).expect_err("invalid");
+            let flags = flag_pairs(&[(key, value)]);
+            let err = Settings::load_with_env(None, &flags, &[]).expect_err("invalid");
             assert!(
                 err.to_string().contains(&format!("generator.{key}")),
                 "{err}"

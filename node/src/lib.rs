@@ -171,22 +171,23 @@ mod tests {
         NodeService::with_restart_delay(settings, restart_delay).expect("service")
     }
 
-    async fn call(node: &NodeService, method: &str, path: &str, body: &str) -> (u16, String) {
-        let request = Request::builder()
+    fn request(method: &str, path: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body.to_owned())))
-            .expect("request");
-        let response = node.call(request).await;
+            .expect("request")
+    }
+
+    async fn call(node: &NodeService, method: &str, path: &str, body: &str) -> (u16, String) {
+        let response = node.call(request(method, path, body)).await;
         let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        let body = response.into_body().collect().await.expect("body");
+        (
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        )
     }
 
     const BUY: &str = r#"{"event":"concert","quantity":1}"#;
@@ -230,20 +231,8 @@ mod tests {
             "/tickets/x",
             "/purchases",
         ] {
-            let get = node
-                .call(
-                    Request::get(path)
-                        .body(Full::<Bytes>::default())
-                        .expect("request"),
-                )
-                .await;
-            let head = node
-                .call(
-                    Request::head(path)
-                        .body(Full::<Bytes>::default())
-                        .expect("request"),
-                )
-                .await;
+            let get = node.call(request("GET", path, "")).await;
+            let head = node.call(request("HEAD", path, "")).await;
             assert_eq!(head.status(), get.status(), "{path}");
             let length = get.body().size_hint().exact().expect("a known length");
             assert_eq!(head.headers()[CONTENT_LENGTH], length.to_string(), "{path}");

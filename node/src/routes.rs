@@ -10,7 +10,7 @@ use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
 use shared::store::PurchaseOrder;
-use shared::{EventName, PurchaseOutcome, PurchaseRequest, TicketStore};
+use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;
@@ -90,11 +90,19 @@ async fn metrics(node: &NodeService) -> HttpResponse {
 }
 
 async fn events(node: &NodeService) -> Result<HttpResponse, ApiError> {
-    let events = with_store(node, |store| {
-        Ok(store.read(|inv| inv.events().iter().map(EventBody::from).collect::<Vec<_>>())?)
+    read_json(node, |inv| {
+        inv.events().iter().map(EventBody::from).collect::<Vec<_>>()
     })
-    .await?;
-    Ok(json(StatusCode::OK, &events))
+    .await
+}
+
+/// Answers 200 with what `op` reads from the inventory, as JSON.
+async fn read_json<T: Serialize + Send + 'static>(
+    node: &NodeService,
+    op: impl FnOnce(&Inventory) -> T + Send + 'static,
+) -> Result<HttpResponse, ApiError> {
+    let value = with_store(node, move |store| Ok(store.read(op)?)).await?;
+    Ok(json(StatusCode::OK, &value))
 }
 
 async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -112,16 +120,11 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
 
 async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let filter = input::ticket_filter(query)?;
-    let tickets = with_store(node, move |store| {
-        Ok(store.read(|inv| {
-            inv.find_tickets(&filter)
-                .iter()
-                .map(TicketBody::from)
-                .collect::<Vec<_>>()
-        })?)
+    read_json(node, move |inv| {
+        let found = inv.find_tickets(&filter);
+        found.iter().map(TicketBody::from).collect::<Vec<_>>()
     })
-    .await?;
-    Ok(json(StatusCode::OK, &tickets))
+    .await
 }
 
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -174,16 +177,11 @@ where
 
 async fn purchases(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let event = input::purchase_filter(query)?;
-    let purchases = with_store(node, move |store| {
-        Ok(store.read(|inv| {
-            inv.find_purchases(event.as_ref())
-                .iter()
-                .map(PurchaseBody::from)
-                .collect::<Vec<_>>()
-        })?)
+    read_json(node, move |inv| {
+        let found = inv.find_purchases(event.as_ref());
+        found.iter().map(PurchaseBody::from).collect::<Vec<_>>()
     })
-    .await?;
-    Ok(json(StatusCode::OK, &purchases))
+    .await
 }
 
 async fn purchase(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {

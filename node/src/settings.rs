@@ -112,11 +112,9 @@ impl NodeSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn load(flags: &[(&str, &str)], env: &[(&str, &str)]) -> Result<NodeSettings, SettingsError> {
-        let flags: BTreeMap<&str, &str> = flags.iter().copied().collect();
-        NodeSettings::load_with_env(None, &flags, env)
+        NodeSettings::load_with_env(None, &shared::settings::flag_pairs(flags), env)
     }
 
     #[test]

@@ -54,13 +54,8 @@ mod tests {
     use std::collections::HashMap;
 
     async fn body_of(response: Response<Full<Bytes>>) -> serde_json::Value {
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        serde_json::from_slice(&bytes).expect("JSON")
+        let body = response.into_body().collect().await.expect("body");
+        serde_json::from_slice(&body.to_bytes()).expect("JSON")
     }
 
     #[tokio::test]

@@ -103,60 +103,55 @@ pub struct HealthBody {
     pub node: String,
 }
 
-/// Every error code of the API with the HTTP status it is answered with: the one table
-/// nodes, the balancer and test fakes answer from. A code is a stable machine name; the
-/// message beside it is for a person.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    BadRequest,
-    NotFound,
-    MethodNotAllowed,
-    RequestTimeout,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    UnknownEvent,
-    UnknownTicket,
-    UnknownPurchase,
-    SoldOut,
-    IdempotencyKeyReused,
-    StoreUnavailable,
-    NoHealthyNodes,
-    BadGateway,
-    UpstreamTimeout,
-    InternalError,
+/// Defines `ErrorCode` from one table of variant, wire code and HTTP status.
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal, $status:literal;)*) => {
+        /// Every error code of the API with the HTTP status it is answered with: the one
+        /// table nodes, the balancer and test fakes answer from. A code is a stable machine
+        /// name; the message beside it is for a person.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the table's order.
+            pub const ALL: &[ErrorCode] = &[$(Self::$variant,)*];
+
+            /// The code as it appears in the `error` field.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status answered with this code.
+            pub const fn status(self) -> u16 {
+                match self {
+                    $(Self::$variant => $status,)*
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// The code as it appears in the `error` field.
-    pub const fn as_str(self) -> &'static str {
-        self.entry().0
-    }
-
-    /// The HTTP status answered with this code.
-    pub const fn status(self) -> u16 {
-        self.entry().1
-    }
-
-    const fn entry(self) -> (&'static str, u16) {
-        match self {
-            Self::BadRequest => ("bad_request", 400),
-            Self::NotFound => ("not_found", 404),
-            Self::MethodNotAllowed => ("method_not_allowed", 405),
-            Self::RequestTimeout => ("request_timeout", 408),
-            Self::PayloadTooLarge => ("payload_too_large", 413),
-            Self::UnsupportedMediaType => ("unsupported_media_type", 415),
-            Self::UnknownEvent => ("unknown_event", 404),
-            Self::UnknownTicket => ("unknown_ticket", 404),
-            Self::UnknownPurchase => ("unknown_purchase", 404),
-            Self::SoldOut => ("sold_out", 409),
-            Self::IdempotencyKeyReused => ("idempotency_key_reused", 422),
-            Self::StoreUnavailable => ("store_unavailable", 503),
-            Self::NoHealthyNodes => ("no_healthy_nodes", 503),
-            Self::BadGateway => ("bad_gateway", 502),
-            Self::UpstreamTimeout => ("upstream_timeout", 504),
-            Self::InternalError => ("internal_error", 500),
-        }
-    }
+error_codes! {
+    BadRequest => "bad_request", 400;
+    NotFound => "not_found", 404;
+    MethodNotAllowed => "method_not_allowed", 405;
+    RequestTimeout => "request_timeout", 408;
+    PayloadTooLarge => "payload_too_large", 413;
+    UnsupportedMediaType => "unsupported_media_type", 415;
+    UnknownEvent => "unknown_event", 404;
+    UnknownTicket => "unknown_ticket", 404;
+    UnknownPurchase => "unknown_purchase", 404;
+    SoldOut => "sold_out", 409;
+    IdempotencyKeyReused => "idempotency_key_reused", 422;
+    StoreUnavailable => "store_unavailable", 503;
+    NoHealthyNodes => "no_healthy_nodes", 503;
+    BadGateway => "bad_gateway", 502;
+    UpstreamTimeout => "upstream_timeout", 504;
+    InternalError => "internal_error", 500;
 }
 
 /// A code equals its name, so tests can compare with the wire text.
@@ -198,25 +193,7 @@ mod tests {
 
     #[test]
     fn every_error_code_is_snake_case_with_a_client_or_server_error_status() {
-        use ErrorCode::*;
-        for code in [
-            BadRequest,
-            NotFound,
-            MethodNotAllowed,
-            RequestTimeout,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            UnknownEvent,
-            UnknownTicket,
-            UnknownPurchase,
-            SoldOut,
-            IdempotencyKeyReused,
-            StoreUnavailable,
-            NoHealthyNodes,
-            BadGateway,
-            UpstreamTimeout,
-            InternalError,
-        ] {
+        for code in ErrorCode::ALL {
             assert!((400..600).contains(&code.status()), "{code}");
             assert!(
                 code.as_str()

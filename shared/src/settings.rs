@@ -133,6 +133,13 @@ fn overrides(flags: &impl Serialize) -> Result<Vec<(String, String)>, SettingsEr
         .collect())
 }
 
+/// Flags as `(key, value)` pairs, in the form `Section::load` takes: for tests.
+pub fn flag_pairs<'a>(
+    pairs: &[(&'a str, &'a str)],
+) -> std::collections::BTreeMap<&'a str, &'a str> {
+    pairs.iter().copied().collect()
+}
+
 /// Refuses a zero duration: used for every timeout and interval, so that "zero" never
 /// silently means "at once" or "never".
 pub fn require_nonzero(
