@@ -39,6 +39,11 @@ impl Answer {
     }
 }
 
+/// The body of a purchase of `quantity` tickets of `event`.
+pub fn purchase_body(event: &str, quantity: u32) -> Value {
+    serde_json::json!({"event": event, "quantity": quantity})
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
@@ -118,8 +123,11 @@ impl HttpClient {
         quantity: u32,
         key: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let body = serde_json::json!({"event": event, "quantity": quantity});
-        self.post_json(&format!("{base}/purchases"), &body, key)
-            .await
+        self.post_json(
+            &format!("{base}/purchases"),
+            &purchase_body(event, quantity),
+            key,
+        )
+        .await
     }
 }

@@ -106,9 +106,7 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_mistake_gets_a_4xx_json_error_from_a_node_and_through_the_balancer() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
-    let cluster = LocalCluster::start(2, dir.path()).expect("cluster starts");
+    let (_dir, cluster) = LocalCluster::seeded(2, &[("concert", 5, 1000)]).expect("cluster starts");
     let http = HttpClient::new();
     let mut tried = 0;
     let mut server_errors = Vec::new();
