@@ -13,8 +13,8 @@ use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
 use generator::seed::{SeedError, SeedOptions};
 use generator::settings::Settings;
 use serde::Serialize;
-use shared::StoreError;
 use shared::settings::Section;
+use store::StoreError;
 
 /// How long a load run lasts when neither --duration nor --until-sold-out is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);

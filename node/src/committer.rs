@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use shared::store::PurchaseOrder;
-use shared::{PurchaseError, PurchaseOutcome, StoreError, TicketStore};
+use shared::{PurchaseError, PurchaseOutcome};
+use store::PurchaseOrder;
+use store::{StoreError, TicketStore};
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 

@@ -7,8 +7,9 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use hyper::header::{ALLOW, HeaderValue};
+use shared::PurchaseError;
 use shared::api::{ErrorBody, ErrorCode};
-use shared::{PurchaseError, StoreError};
+use store::StoreError;
 use thiserror::Error;
 use tracing::{error, warn};
 

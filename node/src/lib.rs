@@ -19,8 +19,8 @@ use http_body_util::Full;
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::{Method, Request, Response};
-use shared::TicketStore;
 use shared::api::NODE_HEADER;
+use store::TicketStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 

@@ -9,8 +9,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
-use shared::store::PurchaseOrder;
-use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest, TicketStore};
+use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest};
+use store::{PurchaseOrder, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shared::{EventName, PurchaseOutcome, PurchaseRequest, Quantity, TicketStore};
+use shared::{EventName, PurchaseOutcome, PurchaseRequest, Quantity};
+use store::TicketStore;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -28,9 +29,7 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if std::env::var_os(shared::store::fault::ABORT_AT_ENV).is_some()
-        && !shared::store::fault::ENABLED
-    {
+    if std::env::var_os(store::fault::ABORT_AT_ENV).is_some() && !store::fault::ENABLED {
         anyhow::bail!(
             "this store-writer has no crash points: they are compiled in for test builds only"
         );
