@@ -196,6 +196,23 @@ impl TicketStore {
         self.paths.snapshot.exists()
     }
 
+    /// Unless `force`, fails if any file holding store data exists: a journal without its
+    /// snapshot still holds acknowledged purchases. The lock file holds none (a node started
+    /// before seeding creates it).
+    fn refuse_existing(&self, force: bool) -> Result<(), StoreError> {
+        if force {
+            return Ok(());
+        }
+        for path in [&self.paths.snapshot, &self.paths.journal] {
+            match fs::symlink_metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Present, or unknowable: either way not ours to replace.
+                _ => return Err(StoreError::AlreadyExists(path.clone())),
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `f` on the current state under the shared lock.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> Result<T, StoreError> {
         let _guard = lock::acquire(&self.paths.lock, LockMode::Shared, self.lock_timeout)?;
@@ -262,11 +279,11 @@ impl TicketStore {
     /// Writes `inventory` as a fresh store, creating the directory if needed. Refuses to
     /// replace an existing store unless `force`.
     pub fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
+        // Checked before anything is created, and again under the lock.
+        self.refuse_existing(force)?;
         fs::create_dir_all(&self.paths.dir).map_err(StoreError::io("creating", &self.paths.dir))?;
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
-        if !force && self.paths.snapshot.exists() {
-            return Err(StoreError::AlreadyExists(self.paths.snapshot.clone()));
-        }
+        self.refuse_existing(force)?;
         // A random generation, so no process mistakes the new store for one it has cached.
         let generation = rand::random::<u64>() >> 1;
         self.write_snapshot(inventory, generation)?;
