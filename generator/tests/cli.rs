@@ -46,7 +46,7 @@ fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
         "{}",
         stdout(&first)
     );
-    assert!(shared::TicketStore::new(&data, Duration::from_secs(5)).exists());
+    assert!(store::TicketStore::new(&data, Duration::from_secs(5)).exists());
 
     let again = seed(&data, &["--seed", "2"]);
     assert_eq!(again.status.code(), Some(2));
@@ -66,7 +66,7 @@ fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
     let data = dir.path().join("data");
     let first = seed(&data, &["--seed", "1", "--keep-existing"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let snapshot = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store written");
+    let snapshot = std::fs::read(data.join(store::DATA_FILE)).expect("store written");
 
     let again = seed(&data, &["--seed", "2", "--keep-existing"]);
     assert!(again.status.success(), "{}", stderr(&again));
@@ -75,7 +75,7 @@ fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
         "{}",
         stdout(&again)
     );
-    let after = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store kept");
+    let after = std::fs::read(data.join(store::DATA_FILE)).expect("store kept");
     assert_eq!(snapshot, after);
 
     let both = seed(&data, &["--keep-existing", "--force"]);
@@ -93,7 +93,7 @@ fn seed_with_the_same_seed_writes_the_same_store() {
     // Compared through the store, not byte for byte: the file also holds a random
     // generation number.
     let read = |name: &str| {
-        shared::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
+        store::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
             .read(|inventory| inventory.tickets().to_vec())
             .expect("store readable")
     };
@@ -131,7 +131,7 @@ fn seed_refuses_too_few_events_or_tickets() {
         "{}",
         stderr(&few_tickets)
     );
-    assert!(!shared::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
+    assert!(!store::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
     let data = dir.path().join("data");
     let first = seed(&data, &["--seed", "1"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let store = shared::TicketStore::new(&data, Duration::from_secs(5));
+    let store = store::TicketStore::new(&data, Duration::from_secs(5));
     let request = shared::PurchaseRequest::new(
         shared::EventName::parse("concert").expect("valid"),
         shared::Quantity::new(2).expect("valid"),
@@ -216,8 +216,8 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
             .expect("tickets left");
     }
     // The snapshot is lost; the journal of acknowledged purchases is not.
-    std::fs::remove_file(data.join(shared::store::DATA_FILE)).expect("remove snapshot");
-    let journal_path = data.join(shared::store::JOURNAL_FILE);
+    std::fs::remove_file(data.join(store::DATA_FILE)).expect("remove snapshot");
+    let journal_path = data.join(store::JOURNAL_FILE);
     let journal = std::fs::read(&journal_path).expect("journal");
 
     let kept = seed(&data, &["--seed", "2", "--keep-existing"]);
@@ -233,7 +233,7 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
 
     assert_eq!(std::fs::read(&journal_path).expect("journal kept"), journal);
     assert!(
-        !data.join(shared::store::DATA_FILE).exists(),
+        !data.join(store::DATA_FILE).exists(),
         "seeding wrote a snapshot beside a journal it did not write"
     );
 }

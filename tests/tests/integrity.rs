@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use cluster::{HttpClient, binary, report_summary, seed_store, start_node};
 use hyper::StatusCode;
-use shared::store::{DATA_FILE, JOURNAL_FILE};
+use store::{DATA_FILE, JOURNAL_FILE};
 
 /// Runs `node check-store` on `data`: whether it called the store sound, and what it said.
 fn check_store(data: &Path) -> (bool, String) {
