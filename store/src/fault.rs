@@ -19,6 +19,15 @@ pub const POINTS: [&str; 7] = [
     "compaction-done",
 ];
 
+/// The points of upgrading a store written before the journal (its first write), in
+/// order: the upgrade's journal, then its snapshot.
+pub const UPGRADE_POINTS: [&str; 4] = [
+    "journal-create-after-temp",
+    "upgrade-after-journal",
+    "snapshot-after-temp",
+    "snapshot-after-rename",
+];
+
 #[cfg(feature = "fault-injection")]
 pub fn abort_at(point: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};

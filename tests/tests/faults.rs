@@ -184,8 +184,14 @@ fn node_check_store(data: &Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn snapshot_with_header(body: &str) -> Vec<u8> {
-    format!("{{\"format\":1,\"generation\":1,\"next_purchase_seq\":1,\n{body}").into_bytes()
+/// A snapshot with `good`'s header line (so the journal beside it is still its own) and
+/// `body` after it.
+fn snapshot_with_header(good: &[u8], body: &str) -> Vec<u8> {
+    let header = good.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut bytes = header.to_vec();
+    bytes.push(b'\n');
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,6 +213,7 @@ async fn a_corrupted_or_missing_store_is_answered_503_never_rewritten_and_recove
     let good_journal = fs::read(data.join(JOURNAL_FILE)).expect("journal");
     let truncated = good_snapshot[..good_snapshot.len() / 2].to_vec();
     let duplicate_ids = snapshot_with_header(
+        &good_snapshot,
         "\"tickets\":[\n{\"id\":1,\"event\":\"concert\",\"price_cents\":1,\"sold\":false},\n{\"id\":1,\"event\":\"concert\",\"price_cents\":1,\"sold\":false}\n],\n\"purchases\":[]}\n",
     );
     let mut bad_journal = good_journal.clone();
@@ -242,7 +249,12 @@ async fn a_corrupted_or_missing_store_is_answered_503_never_rewritten_and_recove
             Some(bad_journal),
             "line at byte",
         ),
-        ("snapshot missing", data.join(DATA_FILE), None, "no store"),
+        (
+            "snapshot missing",
+            data.join(DATA_FILE),
+            None,
+            "snapshot is missing",
+        ),
     ];
     let mut tried = 0;
     let mut other_5xx = 0;

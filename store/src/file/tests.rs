@@ -213,10 +213,30 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
     // Simulate a crash between the snapshot's rename and the new journal's: a newer
     // snapshot holding everything, beside the old generation's journal.
     let state = store.read(Clone::clone).expect("readable");
-    let generation = store.check().expect("consistent").generation + 1;
-    let mut bytes = Vec::new();
-    format::encode(&state, generation, &mut bytes).expect("encode");
-    fs::write(dir.path().join(DATA_FILE), bytes).expect("write");
+    let old = store.check().expect("consistent").generation;
+    let generation = old + 1;
+    let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
+        .expect("journal")
+        .len();
+    let folded = |journal_len| {
+        let follows = format::Follows {
+            generation: old,
+            journal_len,
+        };
+        let mut bytes = Vec::new();
+        format::encode(&state, generation, Some(follows), &mut bytes).expect("encode");
+        bytes
+    };
+    // A snapshot that names another length of the journal was not folded from this one.
+    fs::write(dir.path().join(DATA_FILE), folded(journal_len + 1)).expect("write");
+    let err = handle(dir.path())
+        .read(|_| ())
+        .expect_err("not provably folded");
+    assert!(
+        err.to_string().contains("not the one that follows"),
+        "{err}"
+    );
+    fs::write(dir.path().join(DATA_FILE), folded(journal_len)).expect("write");
 
     let fresh = handle(dir.path());
     assert_eq!(sold_count(&fresh), 2);
@@ -282,4 +302,32 @@ fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticke
         .expect("readable");
     assert_eq!(sold.iter().sum::<u32>() as usize, purchased);
     assert_eq!(summary.sold, purchased);
+}
+
+#[test]
+fn a_last_line_that_is_a_whole_purchase_without_its_newline_is_refused_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    buy(&store, 1).expect("available");
+    buy(&store, 1).expect("available");
+    let journal = dir.path().join(JOURNAL_FILE);
+    let mut bytes = fs::read(&journal).expect("read");
+    // Damage takes the last acknowledged purchase's line end.
+    bytes.pop();
+    fs::write(&journal, &bytes).expect("write");
+
+    for attempt in [
+        handle(dir.path()).read(|_| ()).map(|_| ()),
+        handle(dir.path())
+            .purchase(&request(1), None, "n")
+            .map(|_| ()),
+    ] {
+        let err = attempt.expect_err("damage is refused");
+        assert!(err.to_string().contains("without its line end"), "{err}");
+    }
+    assert_eq!(
+        fs::read(&journal).expect("read"),
+        bytes,
+        "the writer cut it"
+    );
 }
