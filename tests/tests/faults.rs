@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp, ReadOp};
+use cluster::tmpfs::Tmpfs;
 use cluster::{
     HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
     start_node, start_node_with,
@@ -403,33 +404,6 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
         "fault-summary: lock held too long: tried {}, acknowledged 1, lost 0, sold twice 0, 5xx to client mistakes 0 (503 after a bounded wait {tried})",
         tried + 1
     ));
-}
-
-/// A small tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: PathBuf, size: &str) -> Self {
-        fs::create_dir_all(&path).expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (the project machine and CI run as root)"
-        );
-        Self { path }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -314,3 +314,145 @@ async fn stores_written_by_earlier_versions_open_and_sell_on() {
         fixtures.len()
     ));
 }
+
+/// Runs store-writer with keys on `data`, failing the I/O steps `fail` names, and returns
+/// its output lines.
+fn store_writer_failing(data: &Path, purchases: usize, fail: &str) -> Vec<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_store-writer"))
+        .args(["--data", &data.to_string_lossy(), "--keys", "--purchases"])
+        .arg(purchases.to_string())
+        .env(store::fault::FAIL_ENV, fail)
+        .output()
+        .expect("store-writer runs");
+    assert!(output.status.success(), "{}", output_text(&output));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The ids of the purchases in the store, after a full check.
+fn stored_ids(data: &Path) -> Vec<String> {
+    let store = store::TicketStore::new(data, std::time::Duration::from_secs(5));
+    store.check().expect("the store is consistent");
+    store
+        .read(|inv| {
+            inv.purchases()
+                .iter()
+                .map(|p| p.purchase_id.clone())
+                .collect()
+        })
+        .expect("readable")
+}
+
+#[test]
+fn a_failed_sync_is_answered_failed_only_when_the_batch_is_provably_not_in_the_journal() {
+    // (what fails, what the writer must be told about purchase w-3)
+    let cases = [
+        ("journal-sync@3", "failed"),
+        ("journal-sync@3,journal-rollback@0", "unknown"),
+    ];
+    for (fail, told) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path();
+        seed_store(data, &[("concert", 40, 1000)]).expect("seed");
+        let lines = store_writer_failing(data, 6, fail);
+        let errors: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("failed") || l.starts_with("unknown"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{fail}: {lines:?}");
+        assert!(
+            errors[0].starts_with(&format!("{told} w-3")),
+            "{fail}: {lines:?}"
+        );
+        // The retry with the same key finds the first outcome, or sells anew: either way
+        // one purchase per key, numbered without a gap, and every answer true.
+        let committed: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("committed ")?.split(' ').next())
+            .collect();
+        let ids: Vec<String> = (1..=6).map(|i| format!("p-{i:08}")).collect();
+        assert_eq!(committed, ids, "{fail}: {lines:?}");
+        assert_eq!(stored_ids(data), ids, "{fail}");
+        report_summary(&format!(
+            "store integrity: sync failure ({fail}): told {told} 1, committed 6 of 6 keys, lost 0, sold twice 0"
+        ));
+    }
+}
+
+#[test]
+fn a_compaction_that_keeps_failing_backs_off_and_never_reloads_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = cluster::tmpfs::Tmpfs::mount(dir.path().join("disk"), "1m");
+    let data = disk.path.join("data");
+    // A long event name makes tickets and purchases large, so the journal outgrows half
+    // the snapshot within a few hundred sales.
+    let event = "a-very-long-event-name-for-large-lines-in-the-snapshot-and-journ";
+    seed_store(&data, &[(event, 1000, 1000)]).expect("seed");
+    // Leave room for 150 KB of journal but for no new snapshot (over 180 KB by then).
+    let filler = disk.path.join("filler");
+    {
+        use std::io::Write;
+        let mut file = fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).is_ok() {}
+    }
+    let full = fs::metadata(&filler).expect("filler").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .and_then(|f| f.set_len(full.saturating_sub(150 * 1024)))
+        .expect("make room");
+
+    let purchases = 400;
+    let output = Command::new(env!("CARGO_BIN_EXE_store-writer"))
+        .args([
+            "--data",
+            &data.to_string_lossy(),
+            "--event",
+            event,
+            "--stats",
+        ])
+        .args([
+            "--compact-bytes",
+            "1",
+            "--purchases",
+            &purchases.to_string(),
+        ])
+        .output()
+        .expect("store-writer runs");
+    let text = output_text(&output);
+    assert!(output.status.success(), "{text}");
+    assert_eq!(text.matches("committed ").count(), purchases, "{text}");
+    let stats = text
+        .lines()
+        .find_map(|l| l.strip_prefix("stats "))
+        .expect("a stats line");
+    let count = |name: &str| -> u64 {
+        stats
+            .split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX)
+    };
+    let (loads, failed) = (count("loads"), count("failed"));
+    assert_eq!(
+        count("compactions"),
+        0,
+        "the disk had room for a snapshot: {stats}"
+    );
+    assert!(failed >= 1, "compaction was never tried: {stats}");
+    assert!(
+        failed <= 2,
+        "compaction retried without backing off: {stats}"
+    );
+    assert_eq!(
+        loads, 1,
+        "a failed compaction made the writer reload the snapshot: {stats}"
+    );
+    assert_eq!(stored_ids(&data).len(), purchases);
+    report_summary(&format!(
+        "store integrity: compaction failing on a full disk: {purchases} sales committed, compaction tried {failed} times, snapshot loaded {loads} time(s)"
+    ));
+}

@@ -254,11 +254,23 @@ impl Journal {
         }
         let written = file.write_all_at(lines, self.len).and_then(|()| {
             fault::abort_at("journal-after-write");
+            fault::fail("journal-sync")?;
             file.sync_data()
         });
         if let Err(err) = written {
-            let _ = file.set_len(self.len).and_then(|()| file.sync_data());
-            return Err(StoreError::io("appending to", &self.path)(err));
+            // Only a journal provably cut back to where it was means "not committed": the
+            // bytes may have reached the file (and other processes' reads) before the
+            // failure.
+            let rolled_back = fault::fail("journal-rollback")
+                .and_then(|()| file.set_len(self.len))
+                .and_then(|()| file.sync_data());
+            return Err(match rolled_back {
+                Ok(()) => StoreError::io("appending to", &self.path)(err),
+                Err(rollback) => StoreError::CommitUnknown(format!(
+                    "appending to {} failed ({err}) and cutting it back failed too ({rollback}): the batch may be in the journal; a retry with the same Idempotency-Key returns it if it is",
+                    self.path.display()
+                )),
+            });
         }
         fault::abort_at("journal-after-sync");
         self.len += lines.len() as u64;
@@ -267,5 +279,26 @@ impl Journal {
             *entries += count;
         }
         Ok(())
+    }
+
+    /// Makes the journal durable as it now reads from byte `from` on (exclusive lock held),
+    /// after an append whose outcome is unknown: the bytes are written again and synced,
+    /// since after a failed sync the kernel may hold them as clean pages that no later sync
+    /// writes.
+    pub fn settle(path: &Path, from: u64) -> Result<(), StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StoreError::io("opening", path))?;
+        let len = file
+            .metadata()
+            .map_err(StoreError::io("reading", path))?
+            .len();
+        let mut tail = vec![0; len.saturating_sub(from) as usize];
+        file.read_exact_at(&mut tail, from)
+            .and_then(|()| file.write_all_at(&tail, from))
+            .and_then(|()| file.sync_data())
+            .map_err(StoreError::io("settling", path))
     }
 }

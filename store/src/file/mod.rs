@@ -504,6 +504,14 @@ impl WriteSession for FileSession<'_> {
         })
     }
 
+    fn settle(&mut self, from: &FilePosition) -> Result<(), StoreError> {
+        // A journal replaced since (compaction, reseed) was synced by whoever replaced it.
+        if from.stamp != self.stamp || self.role != JournalRole::Own {
+            return Ok(());
+        }
+        Journal::settle(&self.medium.paths.journal, from.log_bytes())
+    }
+
     fn write_snapshot(
         &mut self,
         inventory: &Inventory,
