@@ -113,7 +113,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileSession<'m> {
     medium: &'m FileMedium,
-    _guard: LockGuard,
+    guard: LockGuard,
     stamp: SnapshotStamp,
     journal: Journal,
     role: JournalRole,
@@ -179,7 +179,7 @@ impl FileMedium {
         let role = self.journal_role(&stamp, &journal)?;
         Ok(FileSession {
             medium: self,
-            _guard: guard,
+            guard,
             stamp,
             journal,
             role,
@@ -384,13 +384,13 @@ impl Medium for FileMedium {
         // Appending beside a snapshot from before the journal could not be told apart
         // from a deleted journal later: upgrade first, then look again.
         self.upgrade()?;
-        let FileSession { _guard, .. } = session;
+        let FileSession { guard, .. } = session;
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let role = self.journal_role(&stamp, &journal)?;
         Ok(FileSession {
             medium: self,
-            _guard,
+            guard,
             stamp,
             journal,
             role,
@@ -486,6 +486,14 @@ impl WriteSession for FileSession<'_> {
         entries: &[Purchase],
     ) -> Result<FilePosition, StoreError> {
         let paths = &self.medium.paths;
+        // A lock file deleted or replaced since this session locked it no longer keeps
+        // others out: write nothing.
+        if !self.guard.still_at(&paths.lock) {
+            return Err(StoreError::Unstable(format!(
+                "{} was deleted or replaced while this writer held it; nothing was written",
+                paths.lock.display()
+            )));
+        }
         let mut state = position.journal;
         let mut journal = Journal::prepare_for_append(
             &paths.journal,

@@ -10,7 +10,8 @@ use shared::{
     Quantity, Ticket,
 };
 
-use super::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
+use super::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
+use crate::medium::{Medium, ReadSession, Since, WriteSession};
 use crate::{PurchaseOrder, StoreError, TicketStore, format};
 
 fn handle(dir: &Path) -> TicketStore {
@@ -329,5 +330,34 @@ fn a_last_line_that_is_a_whole_purchase_without_its_newline_is_refused_not_cut()
         fs::read(&journal).expect("read"),
         bytes,
         "the writer cut it"
+    );
+}
+
+#[test]
+fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    buy(&store, 1).expect("available");
+    let journal = fs::read(dir.path().join(JOURNAL_FILE)).expect("journal");
+    let medium = FileMedium::new(dir.path().to_owned(), Duration::from_secs(5));
+    let mut session = medium.begin_write().expect("locked");
+    let (inventory, position) = session.load_snapshot().expect("snapshot");
+    let Since::Entries { end, .. } = session.read_since(&position).expect("journal") else {
+        panic!("the snapshot did not move");
+    };
+    // The operator deletes the lock file, and another process locks a new one.
+    fs::remove_file(dir.path().join(LOCK_FILE)).expect("delete");
+    let mut inventory = inventory;
+    let sold = inventory
+        .purchase_tickets(&request(1), None, "n")
+        .expect("available")
+        .into_purchase();
+    let err = session
+        .append(&end, std::slice::from_ref(&sold))
+        .expect_err("the lock is lost");
+    assert!(err.to_string().contains("deleted or replaced"), "{err}");
+    assert_eq!(
+        fs::read(dir.path().join(JOURNAL_FILE)).expect("journal"),
+        journal
     );
 }
