@@ -456,3 +456,39 @@ fn a_compaction_that_keeps_failing_backs_off_and_never_reloads_the_snapshot() {
         "store integrity: compaction failing on a full disk: {purchases} sales committed, compaction tried {failed} times, snapshot loaded {loads} time(s)"
     ));
 }
+
+#[test]
+fn seeding_beside_a_journal_without_its_snapshot_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    seed_store(&data, &[("concert", 20, 1000)]).expect("seed");
+    store_writer(&data, 2, false);
+    fs::remove_file(data.join(DATA_FILE)).expect("lose the snapshot");
+    let journal = fs::read(data.join(JOURNAL_FILE)).expect("journal");
+    let data_arg = data.to_string_lossy().into_owned();
+    let seed = |extra: &str| {
+        cluster::run_generator(&[
+            "seed",
+            "--data",
+            &data_arg,
+            "--events",
+            "4",
+            "--tickets",
+            "40",
+            extra,
+        ])
+        .expect("generator runs")
+    };
+    let (kept, out, _) = seed("--keep-existing");
+    assert_eq!(kept, 0, "{out}");
+    assert!(out.contains("left as it is"), "{out}");
+    let (refused, _, err) = seed("--seed=1");
+    assert_eq!(refused, 2, "{err}");
+    assert_eq!(fs::read(data.join(JOURNAL_FILE)).expect("journal"), journal);
+    assert!(!data.join(DATA_FILE).exists());
+    let (sound, report) = check_store(&data);
+    assert!(!sound && report.contains("snapshot is missing"), "{report}");
+    report_summary(
+        "store integrity: seeding beside a journal without its snapshot: --keep-existing left it, plain seed refused, files changed 0",
+    );
+}

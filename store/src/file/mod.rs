@@ -105,7 +105,7 @@ pub struct FileMedium {
     lock_timeout: Duration,
 }
 
-/// Makes temporary file names unique among the threads of one process.
+/// Tells apart the temporary files of one process's threads.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A read or a write on the file store: the lock, and the snapshot and journal as found
@@ -612,11 +612,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A temporary file's name: the process id and a counter are not enough, since every
+/// container runs its node as PID 1, so 64 random bits go in too. Temporary files are only
+/// written under the exclusive lock, and created with `create_new`, so a clash could at
+/// worst fail a write, never mix two.
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(
-        ".{name}.{}.{}.tmp",
+        ".{name}.{}.{}.{:016x}.tmp",
         std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u64>()
     ))
 }
 
