@@ -145,7 +145,9 @@ pub fn decode_snapshot_header(first_line: &[u8]) -> Option<SnapshotHeader> {
 /// A decoded snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
-    pub header: SnapshotHeader,
+    /// 0 for an unjournaled snapshot.
+    pub generation: u64,
+    pub lineage: Lineage,
     pub inventory: Inventory,
 }
 
@@ -173,7 +175,11 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         .collect::<Result<Vec<_>, String>>()?;
     let inventory = Inventory::from_parts(tickets, purchases, stored.next_purchase_seq)
         .map_err(|e| e.to_string())?;
-    Ok(Snapshot { header, inventory })
+    Ok(Snapshot {
+        generation: header.generation,
+        lineage: header.lineage,
+        inventory,
+    })
 }
 
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
@@ -231,10 +237,24 @@ fn encode_purchase(p: &Purchase) -> StoredPurchase {
     }
 }
 
-/// Writes the inventory as a snapshot in the current format: JSON with one ticket or
-/// purchase per line, the first line a header that `decode_snapshot_header` reads.
-/// `follows` is the journal it folds, `None` for a store written fresh.
-pub fn encode(
+/// Writes the inventory as a snapshot of a store written fresh (with an empty log of its
+/// own) in the current format: JSON with one ticket or purchase per line, the first line a
+/// header that `decode_snapshot_header` reads.
+pub fn encode(inventory: &Inventory, generation: u64, out: &mut impl Write) -> io::Result<()> {
+    encode_with(inventory, generation, None, out)
+}
+
+/// As `encode`, for a snapshot folded from the journal `follows` names.
+pub fn encode_folded(
+    inventory: &Inventory,
+    generation: u64,
+    follows: Follows,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    encode_with(inventory, generation, Some(follows), out)
+}
+
+fn encode_with(
     inventory: &Inventory,
     generation: u64,
     follows: Option<Follows>,
@@ -362,7 +382,7 @@ mod tests {
             journal_len: 900,
         };
         let mut bytes = Vec::new();
-        encode(&inventory, 42, Some(follows), &mut bytes).expect("writing to a Vec cannot fail");
+        encode_folded(&inventory, 42, follows, &mut bytes).expect("writing to a Vec cannot fail");
         let first_line = bytes.split(|&b| b == b'\n').next().expect("a line");
         let header = SnapshotHeader {
             generation: 42,
@@ -370,7 +390,10 @@ mod tests {
         };
         assert_eq!(decode_snapshot_header(first_line), Some(header));
         let snapshot = decode(&bytes).expect("round trip");
-        assert_eq!(snapshot.header, header);
+        assert_eq!(
+            (snapshot.generation, snapshot.lineage),
+            (42, header.lineage)
+        );
         let decoded = snapshot.inventory;
         assert_eq!(decoded.tickets(), inventory.tickets());
         assert_eq!(decoded.purchases(), inventory.purchases());
@@ -380,9 +403,9 @@ mod tests {
     #[test]
     fn an_empty_inventory_survives_encoding() {
         let mut bytes = Vec::new();
-        encode(&Inventory::default(), 1, None, &mut bytes).expect("writing to a Vec cannot fail");
+        encode(&Inventory::default(), 1, &mut bytes).expect("writing to a Vec cannot fail");
         let snapshot = decode(&bytes).expect("decodes");
-        assert_eq!(snapshot.header.lineage, Lineage::Fresh);
+        assert_eq!(snapshot.lineage, Lineage::Fresh);
     }
 
     #[test]

@@ -307,8 +307,9 @@ impl FileMedium {
         let dir = &self.paths.dir;
         remove_stale_temp_files(dir);
         let temp_path = temp_path(dir, DATA_FILE);
-        let result = write_temp(&temp_path, |out| {
-            format::encode(inventory, generation, follows, out)
+        let result = write_temp(&temp_path, |out| match follows {
+            Some(follows) => format::encode_folded(inventory, generation, follows, out),
+            None => format::encode(inventory, generation, out),
         })
         .and_then(|()| {
             fault::abort_at("snapshot-after-temp");
@@ -431,9 +432,7 @@ impl ReadSession for FileSession<'_> {
 
     fn load_snapshot(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
         let snapshot = self.medium.load_snapshot()?;
-        if snapshot.header.generation != self.stamp.generation
-            || snapshot.header.lineage != self.stamp.lineage
-        {
+        if snapshot.generation != self.stamp.generation || snapshot.lineage != self.stamp.lineage {
             return Err(StoreError::corrupt(
                 &self.medium.paths.snapshot,
                 "the snapshot changed while the lock was held",

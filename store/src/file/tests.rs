@@ -225,7 +225,7 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
             journal_len,
         };
         let mut bytes = Vec::new();
-        format::encode(&state, generation, Some(follows), &mut bytes).expect("encode");
+        format::encode_folded(&state, generation, follows, &mut bytes).expect("encode");
         bytes
     };
     // A snapshot that names another length of the journal was not folded from this one.
