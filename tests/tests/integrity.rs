@@ -319,7 +319,13 @@ async fn stores_written_by_earlier_versions_open_and_sell_on() {
 /// its output lines.
 fn store_writer_failing(data: &Path, purchases: usize, fail: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO_BIN_EXE_store-writer"))
-        .args(["--data", &data.to_string_lossy(), "--keys", "--purchases"])
+        .args([
+            "--data",
+            &data.to_string_lossy(),
+            "--keys",
+            "w-",
+            "--purchases",
+        ])
         .arg(purchases.to_string())
         .env(store::fault::FAIL_ENV, fail)
         .output()

@@ -9,8 +9,9 @@
 //! - **A waiting writer gets its turn.** `flock` grants a shared lock whenever no exclusive
 //!   one is held, so readers that overlap could keep a writer out for ever. Everyone first
 //!   takes a turnstile, an exclusive `flock` on the data directory: readers only while
-//!   they take the shared lock, writers while they wait for the exclusive one, so once a
-//!   writer waits no new reader gets in.
+//!   they take the shared lock, writers from before they wait for the exclusive one until
+//!   they let it go, so once a writer waits no new reader gets in, and writers of this
+//!   version exclude each other even if the lock file is deleted under them.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -33,6 +34,9 @@ pub enum LockMode {
 #[derive(Debug)]
 pub struct LockGuard {
     file: File,
+    /// A writer keeps the turnstile for its whole hold, so writers of this version exclude
+    /// each other and every reader even if the lock file is deleted under them.
+    _turnstile: Option<File>,
 }
 
 impl LockGuard {
@@ -69,7 +73,11 @@ pub fn acquire(path: &Path, mode: LockMode, timeout: Duration) -> Result<LockGua
         // Replaced or deleted while this process waited: the lock that counts is on the
         // file at the path now.
         if same_file(&file, path).map_err(StoreError::io("reading", path))? {
-            return Ok(LockGuard { file });
+            let turnstile = (mode == LockMode::Exclusive).then_some(turnstile);
+            return Ok(LockGuard {
+                file,
+                _turnstile: turnstile,
+            });
         }
         tracing::warn!(lock = %path.display(), "the lock file was replaced; locking the new one");
     }
@@ -168,7 +176,9 @@ mod tests {
     fn a_lock_file_replaced_while_a_process_waits_is_locked_anew_not_trusted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("l");
-        let held = acquire(&path, LockMode::Exclusive, Duration::from_secs(1)).expect("free");
+        // Processes of an earlier version lock the file alone, with no turnstile.
+        let held = File::create(&path).expect("lock file");
+        held.lock().expect("free");
         let (tx, rx) = mpsc::channel();
         let waiter = {
             let path = path.clone();
@@ -183,7 +193,7 @@ mod tests {
             open_handles(&path) >= 2
         });
         std::fs::remove_file(&path).expect("delete the lock file");
-        // A process of an earlier version (no turnstile) creates and locks a new one.
+        // Another such process creates and locks a new one.
         let newcomer = File::create(&path).expect("new lock file");
         newcomer.lock().expect("the new file is free");
         drop(held);

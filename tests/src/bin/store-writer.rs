@@ -27,10 +27,10 @@ struct Cli {
     /// Fold the journal into the snapshot once it is this large (and half the snapshot).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     compact_bytes: u64,
-    /// Give purchase i the Idempotency-Key `w-i`, and on a store error print it and retry
-    /// the same key (at most 3 times) instead of stopping.
-    #[arg(long)]
-    keys: bool,
+    /// Give purchase i the Idempotency-Key `<PREFIX>i`, and on a store error print it and
+    /// retry the same key (at most 20 times) instead of stopping.
+    #[arg(long, value_name = "PREFIX")]
+    keys: Option<String>,
     /// Print the store's counters at the end: `stats loads=L compactions=C failed=F`.
     #[arg(long)]
     stats: bool,
@@ -46,18 +46,22 @@ fn main() -> anyhow::Result<()> {
     for i in 0..cli.purchases {
         let key = cli
             .keys
-            .then(|| IdempotencyKey::parse(&format!("w-{i}")))
+            .as_ref()
+            .map(|prefix| IdempotencyKey::parse(&format!("{prefix}{i}")))
             .transpose()?;
         for attempt in 0.. {
             let request = PurchaseRequest::new(event.clone(), quantity);
             let outcome = match store.purchase(&request, key.as_ref(), "store-writer") {
                 Ok(outcome) => outcome,
-                Err(err) if cli.keys && attempt < 3 => {
+                Err(err)
+                    if attempt < 20
+                        && let Some(key) = &key =>
+                {
                     let kind = match err {
                         StoreError::CommitUnknown(_) => "unknown",
                         _ => "failed",
                     };
-                    writeln!(stdout, "{kind} w-{i} {err}")?;
+                    writeln!(stdout, "{kind} {} {err}", key.as_str())?;
                     continue;
                 }
                 Err(err) => return Err(err).context("store failed"),
