@@ -30,6 +30,9 @@ pub struct Node {
     /// Bumped each time the node is marked down, so requests in flight here can be sent
     /// elsewhere at once.
     down_signal: watch::Sender<u64>,
+    /// How many times the node has been marked down: a request notes it when it starts,
+    /// to tell later whether its node went down meanwhile without subscribing.
+    downs: AtomicU64,
     /// True while the node's share ramps up after it appeared or came back (slow start).
     warming: AtomicBool,
     /// When the node last appeared or came back up.
@@ -104,6 +107,7 @@ impl Node {
             up: AtomicBool::new(true),
             streak: Mutex::new(0),
             down_signal: watch::Sender::new(0),
+            downs: AtomicU64::new(0),
             warming: AtomicBool::new(false),
             up_since: Mutex::new(Instant::now()),
             consecutive_failures: AtomicU32::new(0),
@@ -204,9 +208,15 @@ impl Node {
     fn mark_down_quietly(&self) -> bool {
         let was_up = self.up.swap(false, Ordering::Relaxed);
         if was_up {
+            self.downs.fetch_add(1, Ordering::Relaxed);
             self.down_signal.send_modify(|generation| *generation += 1);
         }
         was_up
+    }
+
+    /// How many times the node has been marked down so far.
+    pub fn downs(&self) -> u64 {
+        self.downs.load(Ordering::Relaxed)
     }
 
     /// Completes when the node is next marked down.

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,9 +25,20 @@ type Sender = SendRequest<Full<Bytes>>;
 /// their request.
 const MAX_POOLED: usize = 512;
 
+/// A connection unused for this long is closed rather than reused: well within the
+/// nodes' own idle limit (their header timeout, 10 s by default), so a request is not
+/// written into a connection the node is closing at that moment.
+const MAX_IDLE: Duration = Duration::from_secs(4);
+
+/// A pooled connection and when it was last handed back.
+struct Pooled {
+    sender: Sender,
+    returned: Instant,
+}
+
 thread_local! {
     /// This thread's connections, by node address.
-    static POOLS: RefCell<HashMap<SocketAddr, Vec<Sender>>> = RefCell::new(HashMap::new());
+    static POOLS: RefCell<HashMap<SocketAddr, Vec<Pooled>>> = RefCell::new(HashMap::new());
 }
 
 /// How sending a request failed.
@@ -45,14 +56,16 @@ pub enum SendError {
 fn checkout(address: SocketAddr) -> Option<Sender> {
     POOLS.with_borrow_mut(|pools| {
         let pool = pools.get_mut(&address)?;
+        let now = Instant::now();
         // The most recently returned connections are at the end, and the likeliest to be
         // still busy streaming their last response, so look from the front.
         let mut i = 0;
         while i < pool.len() {
-            if pool[i].is_closed() {
+            let pooled = &pool[i];
+            if pooled.sender.is_closed() || now.duration_since(pooled.returned) > MAX_IDLE {
                 pool.swap_remove(i);
-            } else if pool[i].is_ready() {
-                return Some(pool.swap_remove(i));
+            } else if pooled.sender.is_ready() {
+                return Some(pool.swap_remove(i).sender);
             } else {
                 i += 1;
             }
@@ -66,7 +79,10 @@ fn checkin(address: SocketAddr, sender: Sender) {
     POOLS.with_borrow_mut(|pools| {
         let pool = pools.entry(address).or_default();
         if pool.len() < MAX_POOLED {
-            pool.push(sender);
+            pool.push(Pooled {
+                sender,
+                returned: Instant::now(),
+            });
         }
     });
 }

@@ -63,6 +63,8 @@ type Attempt<'a> =
 /// An attempt and the node it went to.
 struct Running<'a> {
     node: Arc<Node>,
+    /// The node's count of times marked down when the attempt started.
+    downs: u64,
     attempt: Attempt<'a>,
 }
 
@@ -138,6 +140,7 @@ impl Proxy {
         let (node, slot) = self.claim(&mut order, &mut next, true).await?;
         let mut running: [Option<Running<'_>>; 2] = [
             Some(Running {
+                downs: node.downs(),
                 node: Arc::clone(&node),
                 attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
             }),
@@ -190,6 +193,7 @@ impl Proxy {
                     debug!(node = %node.address, ?failure, "trying the next node");
                     let (node, slot) = self.claim(&mut order, &mut next, true).await?;
                     running[0] = Some(Running {
+                        downs: node.downs(),
                         node: Arc::clone(&node),
                         attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                     });
@@ -217,8 +221,12 @@ impl Proxy {
                     if watch_at.is_some_and(|at| now >= at) {
                         watch_at = None;
                         if let Some(run) = running.iter().flatten().next() {
-                            if run.node.is_up() {
-                                watch = Some(Box::pin(run.node.went_down()));
+                            // Marked down since the attempt started: move on now. (A node
+                            // that was down already is in rotation only in panic mode.)
+                            // Subscribed before looking, so a mark-down in between is seen.
+                            let went_down = run.node.went_down();
+                            if run.node.downs() == run.downs {
+                                watch = Some(Box::pin(went_down));
                             } else {
                                 hedge_now = true;
                             }
@@ -233,14 +241,14 @@ impl Proxy {
                 hedge_at = None;
                 let alone = running.iter().flatten().count() == 1;
                 if alone && next < order.len() && self.budget.withdraw() {
-                    if let Some(run) = running.iter().flatten().next() {
-                        run.node.record_hedge();
-                    }
                     // A hedge only goes where a slot is free: it must not queue.
-                    if let Ok((node, slot)) = self.claim(&mut order, &mut next, false).await
-                        && let Some(free) = running.iter_mut().find(|r| r.is_none())
-                    {
-                        *free = Some(Running {
+                    if let Ok((node, slot)) = self.claim(&mut order, &mut next, false).await {
+                        if let Some(run) = running.iter().flatten().next() {
+                            run.node.record_hedge();
+                        }
+                        let free = if running[0].is_none() { 0 } else { 1 };
+                        running[free] = Some(Running {
+                            downs: node.downs(),
                             node: Arc::clone(&node),
                             attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                         });
@@ -278,15 +286,19 @@ impl Proxy {
             return Err(Error::NodesBusy);
         };
         *next += 1;
-        if queue
-            && let Some(slot) = node
-                .queue_for_slot(limit, self.settings.queue_size, self.settings.queue_timeout)
-                .await
-        {
-            return Ok((node, slot));
+        if !queue {
+            return Err(Error::NodesBusy);
         }
-        node.record_rejected();
-        Err(Error::NodesBusy)
+        let queued = node
+            .queue_for_slot(limit, self.settings.queue_size, self.settings.queue_timeout)
+            .await;
+        match queued {
+            Some(slot) => Ok((node, slot)),
+            None => {
+                node.record_rejected();
+                Err(Error::NodesBusy)
+            }
+        }
     }
 
     /// Counts a failed attempt on `node`, and ejects the node after `eject_after` in a row

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use hyper::{Method, StatusCode};
 use support::{
-    BalancerProcess, PATIENCE, Upstream, client, closed_port, eventually, get, node_state, send,
+    BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, client, closed_port, eventually, get,
+    node_state, send,
 };
 
 #[tokio::test]
@@ -297,7 +298,7 @@ async fn a_node_that_comes_back_is_brought_back_by_health_checks() {
     })
     .await;
 
-    let b = Upstream::start_on("b", port, false).await;
+    let b = Upstream::start_on("b", port, Mode::Normal).await;
     eventually("the node is brought back", || async {
         node_state(&client, &balancer, &returning).await["up"] == true
     })
@@ -372,8 +373,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .expect("request task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-node"), Some("slow"));
-    let status = balancer.wait().await;
-    assert_eq!(status.code(), Some(0), "{status}");
+    let code = balancer.wait().await;
+    assert_eq!(code, Some(0));
 }
 
 #[tokio::test]
