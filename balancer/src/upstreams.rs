@@ -235,6 +235,24 @@ mod tests {
         assert_eq!(addresses(&upstreams), ["10.0.0.2:8000", "10.0.0.9:9000"]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_appears_after_start_up_slow_starts_and_the_first_ones_do_not() {
+        let upstreams = Upstreams::new(vec![name("node:8000")]);
+        upstreams.apply(vec![Some(vec![addr("10.0.0.2:8000")])]);
+        upstreams.apply(vec![Some(vec![
+            addr("10.0.0.2:8000"),
+            addr("10.0.0.3:8000"),
+        ])]);
+        let slow_start = Duration::from_secs(5);
+        let weights: Vec<f64> = upstreams
+            .nodes()
+            .iter()
+            .map(|n| n.weight(slow_start))
+            .collect();
+        assert_eq!(weights[0], 1.0, "known from the start");
+        assert!(weights[1] < 0.2, "a scale-up starts small: {weights:?}");
+    }
+
     #[test]
     fn a_name_that_fails_to_resolve_keeps_its_last_addresses() {
         let upstreams = Upstreams::new(vec![name("node:8000")]);
