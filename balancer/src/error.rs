@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 #[cfg(test)]
 use hyper::header::CONTENT_TYPE;
-use hyper::header::{ALLOW, HeaderValue};
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use shared::api::{ErrorBody, ErrorCode};
 use thiserror::Error;
@@ -22,6 +22,11 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyUnreadable,
+    #[error("the request body did not arrive within {}", humanize(*.0))]
+    BodyTimeout(Duration),
+    /// Every node that could take the request is at its in-flight limit, with a full queue.
+    #[error("every node is at its limit of requests in flight; try again in a second")]
+    NodesBusy,
     #[error("no node is up to answer the request; try again shortly")]
     NoHealthyNodes,
     /// A node failed after it got the request, and sending it again is not known to be
@@ -50,6 +55,8 @@ impl Error {
         match self {
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::BodyUnreadable => ErrorCode::BadRequest,
+            Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
+            Self::NodesBusy => ErrorCode::NodesBusy,
             Self::NoHealthyNodes => ErrorCode::NoHealthyNodes,
             Self::BadGateway(_) => ErrorCode::BadGateway,
             Self::UpstreamTimeout(_) => ErrorCode::UpstreamTimeout,
@@ -75,6 +82,11 @@ impl Error {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        if matches!(self, Self::NodesBusy) {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -120,6 +132,12 @@ mod tests {
                 "payload_too_large",
             ),
             (Error::NoHealthyNodes, 503, "no_healthy_nodes"),
+            (
+                Error::BodyTimeout(Duration::from_secs(1)),
+                408,
+                "request_timeout",
+            ),
+            (Error::NodesBusy, 503, "nodes_busy"),
             (Error::BadGateway("node failed"), 502, "bad_gateway"),
             (
                 Error::UpstreamTimeout(Duration::from_secs(10)),

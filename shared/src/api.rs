@@ -149,6 +149,7 @@ error_codes! {
     IdempotencyKeyReused => "idempotency_key_reused", 422;
     StoreUnavailable => "store_unavailable", 503;
     NoHealthyNodes => "no_healthy_nodes", 503;
+    NodesBusy => "nodes_busy", 503;
     BadGateway => "bad_gateway", 502;
     UpstreamTimeout => "upstream_timeout", 504;
     InternalError => "internal_error", 500;

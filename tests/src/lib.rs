@@ -4,6 +4,7 @@
 pub mod client;
 pub mod history;
 pub mod process;
+pub mod tmpfs;
 
 use std::path::Path;
 use std::time::Duration;
