@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod history;
+pub mod postgres;
 pub mod process;
 
 use std::path::Path;
