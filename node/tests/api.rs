@@ -1,28 +1,31 @@
 //! The node binary over HTTP: the ticket API, its error table, idempotency, a missing
 //! store and graceful shutdown.
 
-use cluster::{HttpClient, Process, seed_store, start_node};
+use cluster::{HttpClient, Process, TestStore, start_node_on};
 use hyper::StatusCode;
 use serde_json::json;
 
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _store: TestStore,
     node: Process,
     url: String,
     http: HttpClient,
 }
 
+/// A node on a file store.
 fn start() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[("concert", 5, 1500), ("theater-show", 2, 4000)],
-    )
-    .expect("seed");
-    let node = start_node("n1", dir.path()).expect("node starts");
+    start_on(TestStore::files().expect("tempdir"))
+}
+
+/// A node on `store`, seeded with 5 concert and 2 theater tickets.
+fn start_on(store: TestStore) -> Fixture {
+    store
+        .seed(&[("concert", 5, 1500), ("theater-show", 2, 4000)])
+        .expect("seed");
+    let node = start_node_on("n1", &store, "127.0.0.1:0", &[]).expect("node starts");
     let url = node.url();
     Fixture {
-        _dir: dir,
+        _store: store,
         node,
         url,
         http: HttpClient::new(),
@@ -31,158 +34,164 @@ fn start() -> Fixture {
 
 #[tokio::test]
 async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
-    let f = start();
-    let bought = f
-        .http
-        .buy(&f.url, "concert", 2, None)
-        .await
-        .expect("answer");
-    assert_eq!(bought.status, StatusCode::CREATED, "{:?}", bought.json());
-    let body = bought.json();
-    assert_eq!(body["event"], "concert");
-    assert_eq!(body["quantity"], 2);
-    assert_eq!(body["total_cents"], 3000);
-    assert_eq!(body["node"], "n1");
-    assert_eq!(
-        body["tickets"],
-        json!([{"id": 1, "price_cents": 1500}, {"id": 2, "price_cents": 1500}])
-    );
-    assert!(
-        body["created_at"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z'))
-    );
-    let id = body["purchase_id"].as_str().expect("purchase id");
+    for store in TestStore::both().expect("stores") {
+        let f = start_on(store);
+        let bought = f
+            .http
+            .buy(&f.url, "concert", 2, None)
+            .await
+            .expect("answer");
+        assert_eq!(bought.status, StatusCode::CREATED, "{:?}", bought.json());
+        let body = bought.json();
+        assert_eq!(body["event"], "concert");
+        assert_eq!(body["quantity"], 2);
+        assert_eq!(body["total_cents"], 3000);
+        assert_eq!(body["node"], "n1");
+        assert_eq!(
+            body["tickets"],
+            json!([{"id": 1, "price_cents": 1500}, {"id": 2, "price_cents": 1500}])
+        );
+        assert!(
+            body["created_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        let id = body["purchase_id"].as_str().expect("purchase id");
 
-    let fetched = f
-        .http
-        .get(&format!("{}/purchases/{id}", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(fetched.status, StatusCode::OK);
-    assert_eq!(fetched.json(), body);
+        let fetched = f
+            .http
+            .get(&format!("{}/purchases/{id}", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(fetched.status, StatusCode::OK);
+        assert_eq!(fetched.json(), body);
 
-    let ticket = f
-        .http
-        .get(&format!("{}/tickets/1", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(
-        ticket.json(),
-        json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true})
-    );
+        let ticket = f
+            .http
+            .get(&format!("{}/tickets/1", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(
+            ticket.json(),
+            json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true})
+        );
 
-    let event = f
-        .http
-        .get(&format!("{}/events/concert", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(
-        event.json(),
-        json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "min_price_cents": 1500, "max_price_cents": 1500})
-    );
+        let event = f
+            .http
+            .get(&format!("{}/events/concert", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(
+            event.json(),
+            json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "min_price_cents": 1500, "max_price_cents": 1500})
+        );
 
-    let events = f
-        .http
-        .get(&format!("{}/events", f.url))
-        .await
-        .expect("answer");
-    let names: Vec<_> = events
-        .json()
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|e| e["event"].clone())
-        .collect();
-    assert_eq!(names, [json!("concert"), json!("theater-show")]);
+        let events = f
+            .http
+            .get(&format!("{}/events", f.url))
+            .await
+            .expect("answer");
+        let names: Vec<_> = events
+            .json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect();
+        assert_eq!(names, [json!("concert"), json!("theater-show")]);
 
-    let unsold = f
-        .http
-        .get(&format!("{}/tickets?event=concert&sold=false", f.url))
-        .await
-        .expect("answer");
-    let ids: Vec<_> = unsold
-        .json()
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|t| t["id"].clone())
-        .collect();
-    assert_eq!(ids, [json!(3), json!(4), json!(5)]);
+        let unsold = f
+            .http
+            .get(&format!("{}/tickets?event=concert&sold=false", f.url))
+            .await
+            .expect("answer");
+        let ids: Vec<_> = unsold
+            .json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|t| t["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!(3), json!(4), json!(5)]);
 
-    let purchases = f
-        .http
-        .get(&format!("{}/purchases?event=concert", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(purchases.json(), json!([body]));
-    let none = f
-        .http
-        .get(&format!("{}/purchases?event=theater-show", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(none.json(), json!([]));
+        let purchases = f
+            .http
+            .get(&format!("{}/purchases?event=concert", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(purchases.json(), json!([body]));
+        let none = f
+            .http
+            .get(&format!("{}/purchases?event=theater-show", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(none.json(), json!([]));
+    }
 }
 
 #[tokio::test]
 async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
-    let f = start();
-    let too_many = f
-        .http
-        .buy(&f.url, "theater-show", 3, None)
-        .await
-        .expect("answer");
-    assert_eq!(too_many.status, StatusCode::CONFLICT);
-    assert_eq!(too_many.error_code().as_deref(), Some("sold_out"));
-    assert_eq!(too_many.json()["available"], 2);
-    let all = f
-        .http
-        .buy(&f.url, "theater-show", 2, None)
-        .await
-        .expect("answer");
-    assert_eq!(all.status, StatusCode::CREATED);
-    let after = f
-        .http
-        .buy(&f.url, "theater-show", 1, None)
-        .await
-        .expect("answer");
-    assert_eq!(after.status, StatusCode::CONFLICT);
-    assert_eq!(after.json()["available"], 0);
+    for store in TestStore::both().expect("stores") {
+        let f = start_on(store);
+        let too_many = f
+            .http
+            .buy(&f.url, "theater-show", 3, None)
+            .await
+            .expect("answer");
+        assert_eq!(too_many.status, StatusCode::CONFLICT);
+        assert_eq!(too_many.error_code().as_deref(), Some("sold_out"));
+        assert_eq!(too_many.json()["available"], 2);
+        let all = f
+            .http
+            .buy(&f.url, "theater-show", 2, None)
+            .await
+            .expect("answer");
+        assert_eq!(all.status, StatusCode::CREATED);
+        let after = f
+            .http
+            .buy(&f.url, "theater-show", 1, None)
+            .await
+            .expect("answer");
+        assert_eq!(after.status, StatusCode::CONFLICT);
+        assert_eq!(after.json()["available"], 0);
+    }
 }
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
-    let f = start();
-    let first = f
-        .http
-        .buy(&f.url, "concert", 1, Some("key-1"))
-        .await
-        .expect("answer");
-    let again = f
-        .http
-        .buy(&f.url, "concert", 1, Some("key-1"))
-        .await
-        .expect("answer");
-    assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(again.status, StatusCode::CREATED);
-    assert_eq!(first.json(), again.json());
-    let event = f
-        .http
-        .get(&format!("{}/events/concert", f.url))
-        .await
-        .expect("answer");
-    assert_eq!(event.json()["sold"], 1);
+    for store in TestStore::both().expect("stores") {
+        let f = start_on(store);
+        let first = f
+            .http
+            .buy(&f.url, "concert", 1, Some("key-1"))
+            .await
+            .expect("answer");
+        let again = f
+            .http
+            .buy(&f.url, "concert", 1, Some("key-1"))
+            .await
+            .expect("answer");
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(first.json(), again.json());
+        let event = f
+            .http
+            .get(&format!("{}/events/concert", f.url))
+            .await
+            .expect("answer");
+        assert_eq!(event.json()["sold"], 1);
 
-    let reused = f
-        .http
-        .buy(&f.url, "concert", 2, Some("key-1"))
-        .await
-        .expect("answer");
-    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        reused.error_code().as_deref(),
-        Some("idempotency_key_reused")
-    );
+        let reused = f
+            .http
+            .buy(&f.url, "concert", 2, Some("key-1"))
+            .await
+            .expect("answer");
+        assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            reused.error_code().as_deref(),
+            Some("idempotency_key_reused")
+        );
+    }
 }
 
 #[tokio::test]
@@ -413,33 +422,35 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
 
 #[tokio::test]
 async fn a_missing_store_answers_503_until_it_is_seeded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let node = start_node("n1", dir.path()).expect("node starts without a store");
-    let http = HttpClient::new();
-    let health = http
-        .get(&format!("{}/health", node.url()))
-        .await
-        .expect("answer");
-    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(health.error_code().as_deref(), Some("store_unavailable"));
-    let buy = http
-        .buy(&node.url(), "concert", 1, None)
-        .await
-        .expect("answer");
-    assert_eq!(buy.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        buy.json()["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("seed"))
-    );
+    for store in TestStore::both().expect("stores") {
+        let node =
+            start_node_on("n1", &store, "127.0.0.1:0", &[]).expect("node starts without a store");
+        let http = HttpClient::new();
+        let health = http
+            .get(&format!("{}/health", node.url()))
+            .await
+            .expect("answer");
+        assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(health.error_code().as_deref(), Some("store_unavailable"));
+        let buy = http
+            .buy(&node.url(), "concert", 1, None)
+            .await
+            .expect("answer");
+        assert_eq!(buy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            buy.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("seed"))
+        );
 
-    seed_store(dir.path(), &[("concert", 1, 100)]).expect("seed");
-    let health = http
-        .get(&format!("{}/health", node.url()))
-        .await
-        .expect("answer");
-    assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.json(), json!({"status": "ok", "node": "n1"}));
+        store.seed(&[("concert", 1, 100)]).expect("seed");
+        let health = http
+            .get(&format!("{}/health", node.url()))
+            .await
+            .expect("answer");
+        assert_eq!(health.status, StatusCode::OK);
+        assert_eq!(health.json(), json!({"status": "ok", "node": "n1"}));
+    }
 }
 
 #[tokio::test]

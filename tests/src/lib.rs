@@ -19,6 +19,13 @@ pub use process::{Process, binary};
 /// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
 /// many unsold tickets, numbered from 1 in order.
 pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+    TicketStore::new(dir, Duration::from_secs(5))
+        .create(&inventory(events)?, true)
+        .context("writing the test store")
+}
+
+/// For each `(event, count, price_cents)`, that many unsold tickets, numbered from 1.
+fn inventory(events: &[(&str, u64, u64)]) -> anyhow::Result<Inventory> {
     let mut tickets = Vec::new();
     for &(name, count, price_cents) in events {
         let event = EventName::parse(name)?;
@@ -31,10 +38,70 @@ pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()>
             });
         }
     }
-    let inventory = Inventory::from_tickets(tickets)?;
-    TicketStore::new(dir, Duration::from_secs(5))
-        .create(&inventory, true)
-        .context("writing the test store")
+    Ok(Inventory::from_tickets(tickets)?)
+}
+
+/// Where a test cluster's store lives: a temporary data directory, or a fresh database on
+/// the test binary's throwaway PostgreSQL server (`postgres::shared`).
+#[derive(Debug)]
+pub enum TestStore {
+    Files(tempfile::TempDir),
+    Database(String),
+}
+
+impl TestStore {
+    pub fn files() -> anyhow::Result<Self> {
+        Ok(Self::Files(tempfile::tempdir()?))
+    }
+
+    pub fn database() -> anyhow::Result<Self> {
+        Ok(Self::Database(postgres::fresh_database()?))
+    }
+
+    /// One of each, for a test that runs on both media.
+    pub fn both() -> anyhow::Result<[Self; 2]> {
+        Ok([Self::files()?, Self::database()?])
+    }
+
+    /// "files" or "postgres", for assertion messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Files(_) => "files",
+            Self::Database(_) => "postgres",
+        }
+    }
+
+    /// A handle on the store, as a node would open it.
+    pub fn handle(&self) -> anyhow::Result<TicketStore> {
+        Ok(match self {
+            Self::Files(dir) => TicketStore::new(dir.path(), Duration::from_secs(5)),
+            Self::Database(url) => {
+                TicketStore::postgres(url, store::PgOptions::new(Duration::from_secs(5)))?
+            }
+        })
+    }
+
+    /// Writes a fresh store as `seed_store` does. Runs on a thread of its own, so async
+    /// tests may call it (the PostgreSQL client blocks, and must not block a runtime).
+    pub fn seed(&self, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                self.handle()?
+                    .create(&inventory(events)?, true)
+                    .context("writing the test store")
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("seeding panicked"))?
+        })
+    }
+
+    /// The node flags that name this store.
+    pub fn node_args(&self) -> [String; 2] {
+        match self {
+            Self::Files(dir) => ["--data".into(), dir.path().to_string_lossy().into_owned()],
+            Self::Database(url) => ["--database".into(), url.clone()],
+        }
+    }
 }
 
 /// Nodes over one data directory, and optionally a balancer in front of them.
@@ -50,6 +117,14 @@ impl LocalCluster {
         Self::start_with(nodes, data, "127.0.0.1:0", &[])
     }
 
+    /// As `start`, on either medium.
+    pub fn start_on(nodes: usize, store: &TestStore) -> anyhow::Result<Self> {
+        let nodes = (1..=nodes)
+            .map(|i| start_node_on(&format!("n{i}"), store, "127.0.0.1:0", &[]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::with_balancer(nodes, "127.0.0.1:0", &[])
+    }
+
     /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
     pub fn start_with(
         nodes: usize,
@@ -60,6 +135,14 @@ impl LocalCluster {
         let nodes = (1..=nodes)
             .map(|i| start_node(&format!("n{i}"), data))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        Self::with_balancer(nodes, balancer_listen, balancer_flags)
+    }
+
+    fn with_balancer(
+        nodes: Vec<Process>,
+        balancer_listen: &str,
+        balancer_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut args = vec![
             "--listen".to_owned(),
@@ -104,6 +187,24 @@ pub fn start_node_with(
         "--data".to_owned(),
         data.to_string_lossy().into_owned(),
     ];
+    Process::start_with_env(id, "node", &args, env)
+}
+
+/// Starts one node on either medium, listening on `listen`, with extra environment
+/// variables.
+pub fn start_node_on(
+    id: &str,
+    store: &TestStore,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
+    let mut args = vec![
+        "--id".to_owned(),
+        id.to_owned(),
+        "--listen".to_owned(),
+        listen.to_owned(),
+    ];
+    args.extend(store.node_args());
     Process::start_with_env(id, "node", &args, env)
 }
 

@@ -50,7 +50,8 @@
 //! Every session has `lock_timeout`, `statement_timeout` and
 //! `idle_in_transaction_session_timeout` (so the server ends the transaction, and frees the
 //! lock, of a node frozen while holding it), and connecting has a timeout. A killed server
-//! gives quick errors (503s); dead pooled connections are replaced on their first use, so
+//! gives quick errors (503s: while it is unreachable, one caller at a time tries to
+//! connect, every 200 ms, and the others fail at once); dead pooled connections are replaced on their first use, so
 //! service resumes as soon as the server is back. A connection lost during `COMMIT` is
 //! reported as `CommitUnknown`, never as a failure: the batch may be in the log, and a
 //! retry with the same idempotency key finds it.
@@ -59,6 +60,8 @@ mod conn;
 pub mod sql;
 
 use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use postgres::Row;
 use r2d2::Pool;
@@ -109,7 +112,12 @@ pub struct PgMedium {
     /// host:port/database, for messages.
     database: String,
     options: PgOptions,
+    /// When the last attempt to connect failed, and why; `None` while connecting works.
+    outage: Mutex<Option<(Instant, String)>>,
 }
+
+/// How often, while the database is unreachable, one caller tries to connect again.
+const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 impl PgMedium {
     /// A handle on the store at `url` (`postgres://USER[:PASS]@HOST[:PORT]/DB`). Connects to
@@ -121,6 +129,7 @@ impl PgMedium {
             database: conn::describe(&config),
             pool: conn::pool(config, &options),
             options,
+            outage: Mutex::new(None),
         })
     }
 
@@ -129,11 +138,39 @@ impl PgMedium {
         &self.database
     }
 
+    /// A pooled connection. While the database is unreachable only one caller at a time
+    /// waits for a new connection (up to the connect timeout), every `PROBE_INTERVAL`; the
+    /// others fail at once with the last reason, so an outage gives prompt 503s.
     fn connect(&self) -> Result<Conn, StoreError> {
-        self.pool.get().map_err(|err| StoreError::Unavailable {
+        if let Some(conn) = self.pool.try_get() {
+            return Ok(conn);
+        }
+        let unavailable = |reason: String| StoreError::Unavailable {
             database: self.database.clone(),
-            reason: err.to_string(),
-        })
+            reason,
+        };
+        {
+            let mut outage = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((probed, reason)) = outage.as_mut() {
+                if probed.elapsed() < PROBE_INTERVAL {
+                    return Err(unavailable(reason.clone()));
+                }
+                // This caller probes; the others keep failing fast meanwhile.
+                *probed = Instant::now();
+            }
+        }
+        match self.pool.get() {
+            Ok(conn) => {
+                *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(conn)
+            }
+            Err(err) => {
+                let reason = err.to_string();
+                *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), reason.clone()));
+                Err(unavailable(reason))
+            }
+        }
     }
 
     fn error(&self, action: &'static str) -> impl FnOnce(postgres::Error) -> StoreError + '_ {
