@@ -5,6 +5,7 @@ pub mod client;
 pub mod history;
 pub mod postgres;
 pub mod process;
+pub mod skip_locked;
 
 use std::path::Path;
 use std::time::Duration;
