@@ -12,7 +12,7 @@ use generator::client::Target;
 use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
 use generator::seed::{SeedError, SeedOptions};
 use generator::settings::Settings;
-use shared::StoreError;
+use store::StoreError;
 
 /// How long a load run lasts when neither --duration nor --until-sold-out is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(30);

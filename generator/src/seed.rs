@@ -1,5 +1,5 @@
 //! `generator seed`: the original ticket generator. Writes a fresh random inventory into a
-//! data directory through `shared::TicketStore`; the same seed always gives the same one.
+//! data directory through `store::TicketStore`; the same seed always gives the same one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +11,8 @@ use rand::prelude::*;
 use rand::rngs::StdRng;
 use shared::domain::ORIGINAL_EVENTS;
 use shared::inventory::InconsistencyError;
-use shared::{EventName, Inventory, StoreError, Ticket, TicketStore, ValidationError};
+use shared::{EventName, Inventory, Ticket, ValidationError};
+use store::{StoreError, TicketStore};
 use thiserror::Error;
 
 /// The most tickets one store may hold: the store is one JSON file read on every request.

@@ -18,8 +18,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
-use shared::TicketStore;
 use shared::api::NODE_HEADER;
+use store::TicketStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn check_store(data: &std::path::Path) -> ExitCode {
-    let store = shared::TicketStore::new(data, Duration::from_secs(10));
+    let store = store::TicketStore::new(data, Duration::from_secs(10));
     match store.check() {
         Ok(summary) => {
             println!(

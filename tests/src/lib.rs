@@ -11,7 +11,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::{EventName, Inventory, Ticket, TicketStore};
+use shared::{EventName, Inventory, Ticket};
+use store::TicketStore;
 
 pub use client::{Answer, HttpClient};
 pub use process::{Process, binary};

@@ -77,7 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Seed { database, from } => {
-                let tickets = shared::TicketStore::new(&from, Duration::from_secs(10))
+                let tickets = store::TicketStore::new(&from, Duration::from_secs(10))
                     .read(|inventory| inventory.tickets().to_vec())
                     .with_context(|| format!("reading the store in {}", from.display()))?;
                 let (client, connection) =
