@@ -1,12 +1,12 @@
 //! The node binary over HTTP: the ticket API, its error table, idempotency, a missing
 //! store and graceful shutdown.
 
-use cluster::{HttpClient, Process, TestStore, start_node_on};
+use cluster::{HttpClient, MediumKind, Process, TestMedium, seed_medium, start_node_on};
 use hyper::StatusCode;
 use serde_json::json;
 
 struct Fixture {
-    _store: TestStore,
+    _store: TestMedium,
     node: Process,
     url: String,
     http: HttpClient,
@@ -14,15 +14,14 @@ struct Fixture {
 
 /// A node on a file store.
 fn start() -> Fixture {
-    start_on(TestStore::files().expect("tempdir"))
+    start_on(MediumKind::Files)
 }
 
-/// A node on `store`, seeded with 5 concert and 2 theater tickets.
-fn start_on(store: TestStore) -> Fixture {
-    store
-        .seed(&[("concert", 5, 1500), ("theater-show", 2, 4000)])
-        .expect("seed");
-    let node = start_node_on("n1", &store, "127.0.0.1:0", &[]).expect("node starts");
+/// A node on a store of `kind`, seeded with 5 concert and 2 theater tickets.
+fn start_on(kind: MediumKind) -> Fixture {
+    let store =
+        TestMedium::seeded(kind, &[("concert", 5, 1500), ("theater-show", 2, 4000)]).expect("seed");
+    let node = start_node_on("n1", &store.medium, "127.0.0.1:0", &[]).expect("node starts");
     let url = node.url();
     Fixture {
         _store: store,
@@ -34,8 +33,8 @@ fn start_on(store: TestStore) -> Fixture {
 
 #[tokio::test]
 async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
-    for store in TestStore::both().expect("stores") {
-        let f = start_on(store);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind);
         let bought = f
             .http
             .buy(&f.url, "concert", 2, None)
@@ -131,8 +130,8 @@ async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
 
 #[tokio::test]
 async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
-    for store in TestStore::both().expect("stores") {
-        let f = start_on(store);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind);
         let too_many = f
             .http
             .buy(&f.url, "theater-show", 3, None)
@@ -159,8 +158,8 @@ async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
-    for store in TestStore::both().expect("stores") {
-        let f = start_on(store);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind);
         let first = f
             .http
             .buy(&f.url, "concert", 1, Some("key-1"))
@@ -422,9 +421,10 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
 
 #[tokio::test]
 async fn a_missing_store_answers_503_until_it_is_seeded() {
-    for store in TestStore::both().expect("stores") {
-        let node =
-            start_node_on("n1", &store, "127.0.0.1:0", &[]).expect("node starts without a store");
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::new(kind).expect("an empty place");
+        let node = start_node_on("n1", &store.medium, "127.0.0.1:0", &[])
+            .expect("node starts without a store");
         let http = HttpClient::new();
         let health = http
             .get(&format!("{}/health", node.url()))
@@ -443,7 +443,7 @@ async fn a_missing_store_answers_503_until_it_is_seeded() {
                 .is_some_and(|m| m.contains("seed"))
         );
 
-        store.seed(&[("concert", 1, 100)]).expect("seed");
+        seed_medium(&store.medium, &[("concert", 1, 100)]).expect("seed");
         let health = http
             .get(&format!("{}/health", node.url()))
             .await

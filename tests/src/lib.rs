@@ -3,29 +3,28 @@
 
 pub mod client;
 pub mod history;
+pub mod medium;
 pub mod postgres;
 pub mod process;
+pub mod skip_locked;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use shared::{EventName, Inventory, Ticket};
-use store::TicketStore;
 
 pub use client::{Answer, HttpClient};
+pub use medium::{Medium, MediumKind, TestMedium};
 pub use process::{Process, binary};
 
 /// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
 /// many unsold tickets, numbered from 1 in order.
 pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
-    TicketStore::new(dir, Duration::from_secs(5))
-        .create(&inventory(events)?, true)
-        .context("writing the test store")
+    seed_medium(&Medium::Files(dir.to_owned()), events)
 }
 
-/// For each `(event, count, price_cents)`, that many unsold tickets, numbered from 1.
-fn inventory(events: &[(&str, u64, u64)]) -> anyhow::Result<Inventory> {
+/// As `seed_store`, on either medium.
+pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
     let mut tickets = Vec::new();
     for &(name, count, price_cents) in events {
         let event = EventName::parse(name)?;
@@ -38,70 +37,21 @@ fn inventory(events: &[(&str, u64, u64)]) -> anyhow::Result<Inventory> {
             });
         }
     }
-    Ok(Inventory::from_tickets(tickets)?)
-}
-
-/// Where a test cluster's store lives: a temporary data directory, or a fresh database on
-/// the test binary's throwaway PostgreSQL server (`postgres::shared`).
-#[derive(Debug)]
-pub enum TestStore {
-    Files(tempfile::TempDir),
-    Database(String),
-}
-
-impl TestStore {
-    pub fn files() -> anyhow::Result<Self> {
-        Ok(Self::Files(tempfile::tempdir()?))
-    }
-
-    pub fn database() -> anyhow::Result<Self> {
-        Ok(Self::Database(postgres::fresh_database()?))
-    }
-
-    /// One of each, for a test that runs on both media.
-    pub fn both() -> anyhow::Result<[Self; 2]> {
-        Ok([Self::files()?, Self::database()?])
-    }
-
-    /// "files" or "postgres", for assertion messages.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Files(_) => "files",
-            Self::Database(_) => "postgres",
-        }
-    }
-
-    /// A handle on the store, as a node would open it.
-    pub fn handle(&self) -> anyhow::Result<TicketStore> {
-        Ok(match self {
-            Self::Files(dir) => TicketStore::new(dir.path(), Duration::from_secs(5)),
-            Self::Database(url) => {
-                TicketStore::postgres(url, store::PgOptions::new(Duration::from_secs(5)))?
-            }
-        })
-    }
-
-    /// Writes a fresh store as `seed_store` does. Runs on a thread of its own, so async
-    /// tests may call it (the PostgreSQL client blocks, and must not block a runtime).
-    pub fn seed(&self, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.handle()?
-                    .create(&inventory(events)?, true)
-                    .context("writing the test store")
+    let inventory = Inventory::from_tickets(tickets)?;
+    // The PostgreSQL store's client blocks on a runtime of its own, which cannot run on a
+    // thread of the test's runtime: the store is made, used and dropped on a thread apart.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                medium
+                    .store()?
+                    .create(&inventory, true)
+                    .map_err(anyhow::Error::from)
             })
             .join()
             .map_err(|_| anyhow::anyhow!("seeding panicked"))?
-        })
-    }
-
-    /// The node flags that name this store.
-    pub fn node_args(&self) -> [String; 2] {
-        match self {
-            Self::Files(dir) => ["--data".into(), dir.path().to_string_lossy().into_owned()],
-            Self::Database(url) => ["--database".into(), url.clone()],
-        }
-    }
+    })
+    .context("writing the test store")
 }
 
 /// Nodes over one data directory, and optionally a balancer in front of them.
@@ -118,11 +68,8 @@ impl LocalCluster {
     }
 
     /// As `start`, on either medium.
-    pub fn start_on(nodes: usize, store: &TestStore) -> anyhow::Result<Self> {
-        let nodes = (1..=nodes)
-            .map(|i| start_node_on(&format!("n{i}"), store, "127.0.0.1:0", &[]))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::with_balancer(nodes, "127.0.0.1:0", &[])
+    pub fn start_on(nodes: usize, medium: &Medium) -> anyhow::Result<Self> {
+        Self::start_on_with(nodes, medium, "127.0.0.1:0", &[])
     }
 
     /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
@@ -132,17 +79,20 @@ impl LocalCluster {
         balancer_listen: &str,
         balancer_flags: &[&str],
     ) -> anyhow::Result<Self> {
-        let nodes = (1..=nodes)
-            .map(|i| start_node(&format!("n{i}"), data))
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        Self::with_balancer(nodes, balancer_listen, balancer_flags)
+        let medium = Medium::Files(data.to_owned());
+        Self::start_on_with(nodes, &medium, balancer_listen, balancer_flags)
     }
 
-    fn with_balancer(
-        nodes: Vec<Process>,
+    /// As `start_with`, on either medium.
+    pub fn start_on_with(
+        nodes: usize,
+        medium: &Medium,
         balancer_listen: &str,
         balancer_flags: &[&str],
     ) -> anyhow::Result<Self> {
+        let nodes = (1..=nodes)
+            .map(|i| start_node_on(&format!("n{i}"), medium, "127.0.0.1:0", &[]))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut args = vec![
             "--listen".to_owned(),
@@ -179,22 +129,14 @@ pub fn start_node_with(
     listen: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Process> {
-    let args = [
-        "--id".to_owned(),
-        id.to_owned(),
-        "--listen".to_owned(),
-        listen.to_owned(),
-        "--data".to_owned(),
-        data.to_string_lossy().into_owned(),
-    ];
-    Process::start_with_env(id, "node", &args, env)
+    start_node_on(id, &Medium::Files(data.to_owned()), listen, env)
 }
 
 /// Starts one node on either medium, listening on `listen`, with extra environment
 /// variables.
 pub fn start_node_on(
     id: &str,
-    store: &TestStore,
+    medium: &Medium,
     listen: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Process> {
@@ -204,7 +146,7 @@ pub fn start_node_on(
         "--listen".to_owned(),
         listen.to_owned(),
     ];
-    args.extend(store.node_args());
+    args.extend(medium.node_args());
     Process::start_with_env(id, "node", &args, env)
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use cluster::{HttpClient, LocalCluster, TestStore, run_generator, seed_store};
+use cluster::{HttpClient, LocalCluster, MediumKind, TestMedium, run_generator, seed_store};
 use hyper::StatusCode;
 use serde_json::Value;
 
@@ -71,11 +71,10 @@ fn assert_each_ticket_sold_once(answers: &[(StatusCode, Value)], inventory: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversubscribed_purchases_through_the_balancer_sell_every_ticket_exactly_once() {
-    for store in TestStore::both().expect("stores") {
-        store
-            .seed(&[("concert", 150, 2500), ("sports-game", 10, 900)])
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 150, 2500), ("sports-game", 10, 900)])
             .expect("seed");
-        let cluster = LocalCluster::start_on(3, &store).expect("cluster starts");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
         let answers = buy_concurrently(&[cluster.balancer_url()], "concert", 250, true).await;
         assert_each_ticket_sold_once(&answers, 150);
 
@@ -85,16 +84,16 @@ async fn oversubscribed_purchases_through_the_balancer_sell_every_ticket_exactly
             code,
             0,
             "{}: audit failed:\n{stdout}\n{stderr}",
-            store.name()
+            format!("{kind:?}")
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice() {
-    for store in TestStore::both().expect("stores") {
-        store.seed(&[("concert", 120, 1000)]).expect("seed");
-        let cluster = LocalCluster::start_on(3, &store).expect("cluster starts");
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 120, 1000)]).expect("seed");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
         let answers = buy_concurrently(&cluster.node_urls(), "concert", 200, false).await;
         assert_each_ticket_sold_once(&answers, 120);
 
@@ -114,16 +113,16 @@ async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice()
             committed,
             120,
             "{}: sold count equals the sum of purchased quantities",
-            store.name()
+            format!("{kind:?}")
         );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_acknowledged_by_one_node_is_visible_at_once_on_every_other() {
-    for store in TestStore::both().expect("stores") {
-        store.seed(&[("concert", 30, 1000)]).expect("seed");
-        let cluster = LocalCluster::start_on(3, &store).expect("cluster starts");
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 30, 1000)]).expect("seed");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
         let urls = cluster.node_urls();
         let http = HttpClient::new();
         for round in 0..6 {
@@ -184,9 +183,9 @@ async fn the_balancer_spreads_requests_evenly_over_the_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_node_is_skipped_without_client_errors_on_gets_and_keyed_posts() {
-    for store in TestStore::both().expect("stores") {
-        store.seed(&[("concert", 100, 1000)]).expect("seed");
-        let mut cluster = LocalCluster::start_on(3, &store).expect("cluster starts");
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 100, 1000)]).expect("seed");
+        let mut cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
         let http = HttpClient::new();
         let base = cluster.balancer_url();
         // Warm the balancer's connections to every node, then kill one.
