@@ -80,12 +80,7 @@ async fn oversubscribed_purchases_through_the_balancer_sell_every_ticket_exactly
 
         let (code, stdout, stderr) =
             run_generator(&["audit", "--target", &cluster.balancer_url()]).expect("audit runs");
-        assert_eq!(
-            code,
-            0,
-            "{}: audit failed:\n{stdout}\n{stderr}",
-            format!("{kind:?}")
-        );
+        assert_eq!(code, 0, "{kind:?}: audit failed:\n{stdout}\n{stderr}");
     }
 }
 
@@ -110,10 +105,8 @@ async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice()
             .map(|p| ticket_ids(p).len())
             .sum();
         assert_eq!(
-            committed,
-            120,
-            "{}: sold count equals the sum of purchased quantities",
-            format!("{kind:?}")
+            committed, 120,
+            "{kind:?}: sold count equals the sum of purchased quantities"
         );
     }
 }
