@@ -104,7 +104,7 @@ impl<M: Medium> Front<M> {
         }
         Ok(CommittedBatch {
             outcomes,
-            lock_wait,
+            lock_wait: session.lock_wait().unwrap_or(lock_wait),
             append_and_sync,
         })
     }

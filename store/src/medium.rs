@@ -144,6 +144,13 @@ pub trait WriteSession: ReadSession {
         entries: &[Purchase],
     ) -> Result<Self::Position, StoreError>;
 
+    /// How long this session waited for the exclusive lock, when the medium takes it later
+    /// than `Medium::begin_write` (PostgreSQL takes it with the session's first read);
+    /// `None` means the wait was `begin_write`'s.
+    fn lock_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// Stores `inventory`, the state at `position` (just returned by `append`), as the
     /// newest snapshot, so later loads start there, and may drop the entries it covers.
     /// Returns the position to continue from. A failure must lose nothing: the old snapshot

@@ -55,7 +55,8 @@ impl PgOptions {
 /// Builds the pool. Connects to nothing yet: a node may start before the database.
 pub fn pool(mut config: postgres::Config, options: &PgOptions) -> Pool<Manager> {
     let session = format!(
-        "-c lock_timeout={} -c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+        "-c lock_timeout={} -c statement_timeout={} -c idle_in_transaction_session_timeout={} \
+         -c standard_conforming_strings=on",
         options.lock_timeout.as_millis().max(1),
         options.statement_timeout().as_millis(),
         options.idle_in_transaction_timeout().as_millis(),
@@ -108,7 +109,6 @@ pub fn describe(config: &postgres::Config) -> String {
 pub struct Statements {
     pub read_since: Statement,
     pub load_snapshot: Statement,
-    pub append: Statement,
 }
 
 /// Whether `err` means the connection is gone (the server restarted or was killed, the
@@ -157,7 +157,6 @@ pub fn statements(conn: &mut Conn) -> Result<Statements, postgres::Error> {
     let prepared = Statements {
         read_since: client.prepare(sql::READ_SINCE)?,
         load_snapshot: client.prepare(sql::LOAD_SNAPSHOT)?,
-        append: client.prepare(sql::APPEND)?,
     };
     PooledConnection::extensions_mut(conn).insert(prepared.clone());
     Ok(prepared)

@@ -3,12 +3,13 @@
 //!
 //! # How a write works
 //!
-//! `BEGIN; SELECT pg_advisory_xact_lock(K)` (bounded by the session's `lock_timeout`, so a
-//! stuck holder gives `LockTimeout`, a 503, not a hang); read the entries after this
-//! process's position; decide the batch in Rust (`crate::front`, the same code as the file
-//! store); `INSERT` the batch's entries with the next sequence numbers in one statement;
-//! `COMMIT` (a synchronous commit: durable when it returns). The lock is released by the
-//! commit. One transaction per batch: group commit.
+//! `BEGIN; SELECT pg_advisory_xact_lock(K); SELECT` the entries after this process's
+//! position, in one round trip (the lock wait bounded by the session's `lock_timeout`, so
+//! a stuck holder gives `LockTimeout`, a 503, not a hang); decide the batch in Rust
+//! (`crate::front`, the same code as the file store); `INSERT` the batch's entries with the
+//! next sequence numbers and `COMMIT`, in a second round trip (a synchronous commit:
+//! durable when it returns). The lock is released by the commit. One transaction per
+//! batch: group commit, and two round trips, one of them under the lock.
 //!
 //! # Why a read sees a gapless prefix holding every completed write
 //!
@@ -63,7 +64,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use postgres::Row;
+use postgres::{Row, SimpleQueryMessage, SimpleQueryRow};
 use r2d2::Pool;
 use shared::{Inventory, Purchase};
 
@@ -270,30 +271,47 @@ impl PgMedium {
         } else {
             query(conn).map_err(self.error("reading the log"))?
         };
+        let mut log = Vec::with_capacity(rows.len());
+        for row in &rows {
+            log.push(LogRow {
+                format: self.get(row, 0)?,
+                store_id: self.get(row, 1)?,
+                snapshot_seq: self.get(row, 2)?,
+                snapshot_bytes: self.get(row, 3)?,
+                pruned_through: self.get(row, 4)?,
+                seq: self.get(row, 5)?,
+                entry: self.get::<Option<&str>>(row, 6)?.map(str::to_owned),
+            });
+        }
+        self.since(position, log)
+    }
+
+    /// What the rows of `sql::READ_SINCE` say about the log after `position`.
+    fn since(
+        &self,
+        position: &PgPosition,
+        rows: Vec<LogRow>,
+    ) -> Result<Since<PgPosition>, StoreError> {
         let Some(meta) = rows.first() else {
             return Err(StoreError::DatabaseMissing(self.database.clone()));
         };
-        self.check_layout(self.get(meta, 0)?)?;
-        let store_id: i64 = self.get(meta, 1)?;
-        let snapshot_seq: i64 = self.get(meta, 2)?;
-        let snapshot_bytes: i64 = self.get(meta, 3)?;
-        let pruned_through: i64 = self.get(meta, 4)?;
-        if store_id != position.store_id || pruned_through > position.seq {
+        self.check_layout(meta.format)?;
+        if meta.store_id != position.store_id || meta.pruned_through > position.seq {
             return Ok(Since::Reload);
         }
         let mut entries = Vec::with_capacity(rows.len());
         let mut end = position.clone();
-        if snapshot_seq != end.snapshot_seq {
+        if meta.snapshot_seq != end.snapshot_seq {
             // Another process compacted: count the log from its snapshot, estimating the
             // size of the entries this process read before it from their mean.
             let read = (end.seq - end.snapshot_seq).max(1) as u64;
-            let kept = (end.seq - snapshot_seq).max(0) as u64;
+            let kept = (end.seq - meta.snapshot_seq).max(0) as u64;
             end.log_bytes = end.log_bytes / read * kept;
-            end.snapshot_seq = snapshot_seq;
-            end.snapshot_bytes = snapshot_bytes as u64;
+            end.snapshot_seq = meta.snapshot_seq;
+            end.snapshot_bytes = meta.snapshot_bytes as u64;
         }
-        for row in &rows {
-            let Some(seq) = self.get::<Option<i64>>(row, 5)? else {
+        for row in rows {
+            let (Some(seq), Some(text)) = (row.seq, row.entry) else {
                 continue;
             };
             if seq != end.seq + 1 {
@@ -302,7 +320,6 @@ impl PgMedium {
                     end.seq
                 )));
             }
-            let text: &str = self.get(row, 6)?;
             let purchase = format::decode_journal_entry(text.as_bytes())
                 .map_err(|reason| self.corrupt(format!("log entry {seq}: {reason}")))?;
             entries.push(Entry {
@@ -327,6 +344,54 @@ impl PgMedium {
     }
 }
 
+/// One row of `sql::READ_SINCE`: the meta row's columns, and an entry or none.
+struct LogRow {
+    format: i32,
+    store_id: i64,
+    snapshot_seq: i64,
+    snapshot_bytes: i64,
+    pruned_through: i64,
+    seq: Option<i64>,
+    entry: Option<String>,
+}
+
+impl LogRow {
+    /// The same row received as text (the simple query protocol).
+    fn from_text(row: &SimpleQueryRow) -> Result<Self, String> {
+        fn number<T: FromStr>(row: &SimpleQueryRow, column: usize) -> Result<T, String> {
+            row.get(column)
+                .ok_or_else(|| format!("column {column} is null"))?
+                .parse()
+                .map_err(|_| format!("column {column} is not a number"))
+        }
+        Ok(Self {
+            format: number(row, 0)?,
+            store_id: number(row, 1)?,
+            snapshot_seq: number(row, 2)?,
+            snapshot_bytes: number(row, 3)?,
+            pruned_through: number(row, 4)?,
+            seq: match row.get(5) {
+                Some(_) => Some(number(row, 5)?),
+                None => None,
+            },
+            entry: row.get(6).map(str::to_owned),
+        })
+    }
+}
+
+/// Writes `text` as an SQL string literal (`standard_conforming_strings` is on in every
+/// session, so only the quote needs doubling).
+fn push_literal(sql: &mut String, text: &str) {
+    sql.push('\'');
+    for c in text.chars() {
+        if c == '\'' {
+            sql.push('\'');
+        }
+        sql.push(c);
+    }
+    sql.push('\'');
+}
+
 impl Medium for PgMedium {
     type Position = PgPosition;
     type Reader<'m> = PgReader<'m>;
@@ -340,16 +405,14 @@ impl Medium for PgMedium {
     }
 
     fn begin_write(&self) -> Result<PgWriter<'_>, StoreError> {
-        let mut writer = PgWriter {
+        // The lock is taken by the session's first statement, together with the read that
+        // follows it (one round trip): see `PgWriter::lock_and_read_since`.
+        Ok(PgWriter {
             medium: self,
             conn: self.connect()?,
-            in_transaction: true,
-        };
-        // A dead connection fails here, before anything was decided: safe to replace.
-        self.retrying(&mut writer.conn, "taking the store lock", |conn| {
-            conn.batch_execute(sql::BEGIN_WRITE)
-        })?;
-        Ok(writer)
+            in_transaction: false,
+            lock_wait: None,
+        })
     }
 
     fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
@@ -432,7 +495,57 @@ impl ReadSession for PgReader<'_> {
 pub struct PgWriter<'m> {
     medium: &'m PgMedium,
     conn: Conn,
+    /// Whether the transaction (and so the lock) is open.
     in_transaction: bool,
+    /// How long taking the lock took, once taken.
+    lock_wait: Option<Duration>,
+}
+
+impl PgWriter<'_> {
+    /// Takes the lock if this session has not yet. A dead pooled connection fails here,
+    /// before anything was decided: safe to replace.
+    fn lock(&mut self) -> Result<(), StoreError> {
+        if self.in_transaction {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.in_transaction = true;
+        self.medium
+            .retrying(&mut self.conn, "taking the store lock", |conn| {
+                conn.batch_execute(sql::BEGIN_WRITE)
+            })?;
+        self.lock_wait = Some(started.elapsed());
+        Ok(())
+    }
+
+    /// `BEGIN`, the lock and the read of the log after `position` in one round trip.
+    fn lock_and_read_since(
+        &mut self,
+        position: &PgPosition,
+    ) -> Result<Since<PgPosition>, StoreError> {
+        let medium = self.medium;
+        let query = format!(
+            "{} {}",
+            sql::BEGIN_WRITE,
+            sql::READ_SINCE.replace("$1::bigint", &position.seq.to_string())
+        );
+        let started = Instant::now();
+        self.in_transaction = true;
+        let messages = medium.retrying(&mut self.conn, "taking the store lock", |conn| {
+            conn.simple_query(&query)
+        })?;
+        // The lock is granted when its statement completes; the read after it is quick.
+        self.lock_wait = Some(started.elapsed());
+        let mut rows = Vec::new();
+        for message in &messages {
+            if let SimpleQueryMessage::Row(row) = message
+                && row.len() == 7
+            {
+                rows.push(LogRow::from_text(row).map_err(|reason| medium.corrupt(reason))?);
+            }
+        }
+        medium.since(position, rows)
+    }
 }
 
 impl Drop for PgWriter<'_> {
@@ -447,11 +560,15 @@ impl ReadSession for PgWriter<'_> {
     type Position = PgPosition;
 
     fn load_snapshot(&mut self) -> Result<(Inventory, PgPosition), StoreError> {
+        self.lock()?;
         // Inside the transaction: a lost connection lost the lock too, so no retry.
         self.medium.load_snapshot(&mut self.conn, false)
     }
 
     fn read_since(&mut self, position: &PgPosition) -> Result<Since<PgPosition>, StoreError> {
+        if !self.in_transaction {
+            return self.lock_and_read_since(position);
+        }
         self.medium.read_since(&mut self.conn, position, false)
     }
 
@@ -481,27 +598,47 @@ impl WriteSession for PgWriter<'_> {
             seqs.push(end.seq);
             texts.push(text);
         }
-        let statement = statements(&mut self.conn).map_err(medium.error("appending"))?;
-        self.conn
-            .execute(&statement.append, &[&seqs, &texts])
-            .map_err(medium.error("appending"))?;
+        if !self.in_transaction {
+            return Err(StoreError::Unstable(
+                "appending without the store lock".into(),
+            ));
+        }
+        // The INSERT and the COMMIT in one round trip, the entries as literals.
+        let mut sql = String::with_capacity(64 + texts.iter().map(|t| t.len() + 24).sum::<usize>());
+        sql.push_str("INSERT INTO tickets_log (seq, entry) VALUES ");
+        for (i, (seq, text)) in seqs.iter().zip(&texts).enumerate() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            sql.push_str(&seq.to_string());
+            sql.push(',');
+            push_literal(&mut sql, text);
+            sql.push(')');
+        }
+        sql.push_str("; COMMIT");
         fault::abort_at("postgres-before-commit");
-        self.in_transaction = false;
-        match self.conn.batch_execute("COMMIT") {
-            Ok(()) => {}
-            // The server answered: it refused the commit, so nothing was committed.
+        match self.conn.batch_execute(&sql) {
+            Ok(()) => self.in_transaction = false,
+            // The server answered with an error: the INSERT or the COMMIT was refused, so
+            // nothing was committed (dropping the session rolls back what is left).
             Err(err) if err.as_db_error().is_some() => {
-                return Err(medium.error("committing")(err));
+                return Err(medium.error("appending")(err));
             }
             Err(err) => {
+                self.in_transaction = false;
                 return Err(StoreError::CommitUnknown(format!(
-                    "the connection to {} failed during COMMIT: {err}",
+                    "the connection to {} failed during INSERT and COMMIT: {err}",
                     medium.database
                 )));
             }
         }
         fault::abort_at("postgres-after-commit");
         Ok(end)
+    }
+
+    fn lock_wait(&self) -> Option<Duration> {
+        self.lock_wait
     }
 
     fn write_snapshot(

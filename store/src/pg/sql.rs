@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS tickets_snapshot (
 pub const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(32766973022925939);";
 
 /// Every entry after `$1`, with the meta row, in one statement (so one snapshot of the
-/// database): at least one row, the meta row with NULLs when nothing is new.
+/// database): at least one row, the meta row with NULLs when nothing is new. A writer sends
+/// it after `BEGIN_WRITE` in the same round trip, with `$1::bigint` replaced by the number.
 pub const READ_SINCE: &str = "
 SELECT m.format, m.store_id, m.snapshot_seq, m.snapshot_bytes, m.pruned_through,
        l.seq, l.entry::text
@@ -50,11 +51,6 @@ ORDER BY l.seq";
 pub const LOAD_SNAPSHOT: &str = "
 SELECT m.format, m.store_id, m.snapshot_seq, m.pruned_through, s.body
 FROM tickets_meta m JOIN tickets_snapshot s ON s.seq = m.snapshot_seq";
-
-/// Appends a batch: `$1` the seqs, `$2` the entries.
-pub const APPEND: &str = "
-INSERT INTO tickets_log (seq, entry)
-SELECT seq, entry::jsonb FROM unnest($1::bigint[], $2::text[]) AS batch(seq, entry)";
 
 /// Whether a store exists (`create` refuses to replace one without `force`).
 pub const STORE_EXISTS: &str = "SELECT count(*) FROM tickets_meta";
