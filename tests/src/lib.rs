@@ -7,6 +7,7 @@ pub mod medium;
 pub mod postgres;
 pub mod process;
 pub mod skip_locked;
+pub mod tmpfs;
 
 use std::path::Path;
 
