@@ -5,19 +5,14 @@
 //!
 //! Needs a Docker engine with Compose, which the project machine always has.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{HttpClient, binary, report_summary, run_generator};
-use serde_json::Value;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
-}
+use cluster::docker::{
+    KeyedLoad, all_serving, audit, docker, ensure_clean, first_purchase, free_port, lines,
+    nodes_serving, repo_root, summarise_load, up_count, wait_for_nodes,
+};
+use cluster::{HttpClient, report_summary};
 
 /// A compose project of its own, removed with its volume when dropped.
 struct Stack {
@@ -52,11 +47,7 @@ impl Stack {
             .compose(&["ps", "-q", "node"])
             .output()
             .expect("compose runs");
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .map(str::to_owned)
-            .filter(|l| !l.is_empty())
-            .collect()
+        lines(&String::from_utf8_lossy(&output.stdout))
     }
 
     fn url(&self) -> String {
@@ -74,87 +65,16 @@ impl Drop for Stack {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `/balancer/nodes` until `ready` holds for the node list, or `limit` passes.
-async fn wait_for_nodes(
-    http: &HttpClient,
-    url: &str,
-    limit: Duration,
-    ready: impl Fn(&[Value]) -> bool,
-) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if let Ok(answer) = http.get(&format!("{url}/balancer/nodes")).await
-            && let Some(nodes) = answer.json().as_array()
-            && ready(nodes)
-        {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    None
-}
-
-fn up_count(nodes: &[Value]) -> usize {
-    nodes.iter().filter(|n| n["up"] == true).count()
-}
-
-/// Starts `generator load` on the host against the stack, writing its JSON report.
-fn start_load(url: &str, seconds: u32, report: &Path) -> Child {
-    Command::new(binary("generator").expect("generator built"))
-        .args([
-            "load",
-            "--target",
-            url,
-            "--rate",
-            "60",
-            "--max-quantity",
-            "2",
-            "--no-progress",
-        ])
-        .args(["--duration", &format!("{seconds}s")])
-        .args(["--report", &report.to_string_lossy()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("generator starts")
-}
-
-fn finish_load(mut load: Child, report: &Path) -> Value {
-    let status = load.wait().expect("generator exits");
-    assert!(status.success(), "generator load failed: {status}");
-    let text = std::fs::read_to_string(report).expect("report written");
-    serde_json::from_str(&text).expect("report is JSON")
-}
-
-fn summarise(phase: &str, report: &Value) {
-    report_summary(&format!(
-        "compose {phase}: sent {} purchases {} errors {} retries {} p99 {} ms max {} ms nodes {}",
-        report["sent"],
-        report["purchases"],
-        report["errors_total"],
-        report["retries"],
-        report["latency_ms"]["p99"],
-        report["latency_ms"]["max"],
-        report["nodes"]
-    ));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice() {
     let stack = Stack {
         project: format!("tickets-test-{}", std::process::id()),
-        port: free_port(),
+        port: free_port().expect("a free port"),
     };
     let http = HttpClient::new();
     let url = stack.url();
     let reports = tempfile::tempdir().expect("tempdir");
+    let report = |name: &str| reports.path().join(format!("{name}.json"));
 
     // 1. Build and start with three nodes; wait for health.
     let started = Instant::now();
@@ -162,86 +82,59 @@ async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice
     let up_returned = started.elapsed();
     let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
     assert!(healthy.is_some(), "three healthy nodes within 120 s");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut first_sale = None;
-    while first_sale.is_none() && Instant::now() < deadline {
-        match http.buy(&url, "concert", 1, Some("compose-first")).await {
-            Ok(answer) if answer.status == 201 => first_sale = Some(started.elapsed()),
-            _ => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    let first_sale = first_sale.expect("a first purchase succeeds");
+    first_purchase(&http, &url, "compose-first", Duration::from_secs(60))
+        .await
+        .expect("a first purchase succeeds");
+    let first_sale = started.elapsed();
     report_summary(&format!(
         "compose: up --build returned after {up_returned:.1?} (static binaries and images built in it); first successful purchase {first_sale:.1?} after up was issued"
     ));
 
     // 2. Load through the balancer: every replica serves.
-    let report_path = reports.path().join("steady.json");
-    let report = finish_load(start_load(&url, 6, &report_path), &report_path);
-    summarise("3 nodes", &report);
-    assert_eq!(report["errors_total"], 0);
-    let serving = report["nodes"].as_object().map_or(0, |n| n.len());
-    assert_eq!(serving, 3, "every replica served: {}", report["nodes"]);
+    let steady = KeyedLoad::start(&url, 6, &report("steady")).expect("load starts");
+    let steady = steady.finish().expect("load report");
+    summarise_load("compose", "3 nodes", &steady);
+    ensure_clean(&steady).expect("no client error");
+    assert_eq!(
+        nodes_serving(&steady),
+        3,
+        "every replica served: {}",
+        steady["nodes"]
+    );
 
     // 3a. Scale to five while load runs: the new replicas serve within seconds.
-    let report_path = reports.path().join("scale-up.json");
-    let load = start_load(&url, 15, &report_path);
+    let load = KeyedLoad::start(&url, 15, &report("scale-up")).expect("load starts");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let asked = Instant::now();
     stack.run(&["up", "-d", "--no-recreate", "--scale", "node=5"]);
     let compose_took = asked.elapsed();
-    let serving = wait_for_nodes(&http, &url, Duration::from_secs(30), |nodes| {
-        nodes.len() == 5
-            && nodes
-                .iter()
-                .all(|n| n["up"] == true && n["requests"].as_u64() > Some(0))
-    })
-    .await;
+    let serving = wait_for_nodes(&http, &url, Duration::from_secs(30), |n| all_serving(n, 5)).await;
     let serving = serving.expect("five replicas serving within 30 s");
     report_summary(&format!(
         "compose scale 3->5: compose returned after {compose_took:.1?}, all five serving {serving:.1?} later"
     ));
-    let report = finish_load(load, &report_path);
-    summarise("scale 3->5", &report);
-    assert_eq!(report["errors_total"], 0, "{report}");
+    let scaled_up = load.finish().expect("load report");
+    summarise_load("compose", "scale 3->5", &scaled_up);
+    ensure_clean(&scaled_up).expect("no client error");
 
     // 3b. Scale down to two while load runs: no keyed purchase fails, none hangs.
-    let report_path = reports.path().join("scale-down.json");
-    let load = start_load(&url, 15, &report_path);
+    let load = KeyedLoad::start(&url, 15, &report("scale-down")).expect("load starts");
     tokio::time::sleep(Duration::from_secs(2)).await;
     stack.run(&["up", "-d", "--no-recreate", "--scale", "node=2"]);
-    let report = finish_load(load, &report_path);
-    summarise("scale 5->2", &report);
-    assert_eq!(report["errors_total"], 0, "{report}");
-    assert!(
-        report["latency_ms"]["max"].as_f64() < Some(10_000.0),
-        "a request hung: {report}"
-    );
+    let scaled_down = load.finish().expect("load report");
+    summarise_load("compose", "scale 5->2", &scaled_down);
+    ensure_clean(&scaled_down).expect("no client error");
 
     // 4. SIGKILL a node while load runs: same.
-    let report_path = reports.path().join("kill.json");
-    let load = start_load(&url, 12, &report_path);
+    let load = KeyedLoad::start(&url, 12, &report("kill")).expect("load starts");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let victim = stack
-        .node_containers()
-        .into_iter()
-        .next()
-        .expect("a node container");
-    let killed = Command::new("docker")
-        .args(["kill", "--signal", "KILL", &victim])
-        .output()
-        .expect("docker kill runs");
-    assert!(killed.status.success(), "docker kill failed");
-    let report = finish_load(load, &report_path);
-    summarise("SIGKILL one of 2", &report);
-    assert_eq!(report["errors_total"], 0, "{report}");
-    assert!(
-        report["latency_ms"]["max"].as_f64() < Some(10_000.0),
-        "a request hung: {report}"
-    );
+    let victim = stack.node_containers().into_iter().next();
+    let victim = victim.expect("a node container");
+    docker(&["kill", "--signal", "KILL", &victim]).expect("docker kill");
+    let killed = load.finish().expect("load report");
+    summarise_load("compose", "SIGKILL one of 2", &killed);
+    ensure_clean(&killed).expect("no client error");
 
     // 5. Audit: no ticket sold twice, every acknowledged purchase present.
-    let (code, stdout, stderr) = run_generator(&["audit", "--target", &url]).expect("audit runs");
-    println!("{stdout}");
-    assert_eq!(code, 0, "audit failed:\n{stdout}\n{stderr}");
+    audit(&url).expect("a clean audit");
 }
