@@ -3,11 +3,17 @@
 # built on the host (docker-compose.prebuilt.yml), for machines with no registry to pull
 # the Rust image from: `scripts/compose.sh up --build -d`, `scripts/compose.sh down -v`.
 # Arguments go to Compose; commands that build first run scripts/build-static.sh.
-# The files are COMPOSE_FILE's (default docker-compose.yml) plus docker-compose.prebuilt.yml.
+# The files are COMPOSE_FILE's (default docker-compose.yml) plus docker-compose.prebuilt.yml;
+# a first argument `--postgres` adds docker-compose.postgres.yml (the store in PostgreSQL).
 # Uses the Compose v2 plugin when present, else docker-compose v1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export COMPOSE_FILE="${COMPOSE_FILE:-docker-compose.yml}:docker-compose.prebuilt.yml"
+files="${COMPOSE_FILE:-docker-compose.yml}"
+if [[ "${1:-}" == --postgres ]]; then
+  files+=":docker-compose.postgres.yml"
+  shift
+fi
+export COMPOSE_FILE="$files:docker-compose.prebuilt.yml"
 for arg in "$@"; do
   case "$arg" in
     up|build|run|create) scripts/build-static.sh >&2; break ;;
