@@ -1,7 +1,7 @@
 //! The cluster under Docker Compose, from images built here: three nodes come up healthy
 //! and all serve; scaling to five while load runs brings the new replicas in within
 //! seconds; scaling to two and SIGKILLing a node while load runs fail no keyed purchase;
-//! the audit finds nothing sold twice. The stack is torn down (`down -v`) whatever happens.
+//! the audit finds nothing sold twice. Each stack is torn down (`down -v`) whatever happens.
 //!
 //! Needs a Docker engine with Compose, which the project machine always has.
 
@@ -14,15 +14,32 @@ use cluster::docker::{
 };
 use cluster::{HttpClient, report_summary};
 
-/// A compose project of its own, removed with its volume when dropped.
+/// The tests here run one after the other: each builds the same images and loads the
+/// machine on its own.
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A compose project of its own, removed with its volumes when dropped.
 struct Stack {
     project: String,
     port: u16,
+    /// The store in PostgreSQL (`scripts/compose.sh --postgres`) instead of the data volume.
+    postgres: bool,
 }
 
 impl Stack {
+    fn new(name: &str, postgres: bool) -> Self {
+        Self {
+            project: format!("tickets-{name}-{}", std::process::id()),
+            port: free_port().expect("a free port"),
+            postgres,
+        }
+    }
+
     fn compose(&self, args: &[&str]) -> Command {
         let mut command = Command::new(repo_root().join("scripts/compose.sh"));
+        if self.postgres {
+            command.arg("--postgres");
+        }
         command
             .args(["-p", &self.project])
             .args(args)
@@ -67,10 +84,8 @@ impl Drop for Stack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice() {
-    let stack = Stack {
-        project: format!("tickets-test-{}", std::process::id()),
-        port: free_port().expect("a free port"),
-    };
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
+    let stack = Stack::new("test", false);
     let http = HttpClient::new();
     let url = stack.url();
     let reports = tempfile::tempdir().expect("tempdir");

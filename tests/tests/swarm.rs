@@ -2,7 +2,7 @@
 //! one-host swarm the test creates when the engine is in none: the seeding, three nodes and
 //! the balancer come up; `docker service scale` to five and then to two while keyed load
 //! runs, and a replica's container SIGKILLed while it runs, fail no purchase; the audit finds
-//! nothing sold twice. The stack, its volume and images are removed, and a swarm the test
+//! nothing sold twice. The stack, its volumes and images are removed, and a swarm the test
 //! created is left, whatever happens.
 //!
 //! Needs a Docker engine that can run a swarm, which the project machine always has.
@@ -18,7 +18,23 @@ use cluster::docker::{
 use cluster::{HttpClient, report_summary};
 use serde_json::Value;
 
-/// A stack of its own on a swarm; dropping it removes the stack, its volume and its images,
+/// The tests here run one after the other: each may create and leave the swarm.
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The test's addition to docker-stack.postgres.yml: a PostgreSQL in the stack, from the
+/// image `scripts/compose.sh --postgres build` makes of the host's PostgreSQL 15.
+const POSTGRES_SERVICE: &str = r#"version: "3.8"
+services:
+  postgres:
+    image: tickets-postgres:15
+    environment: { POSTGRES_USER: tickets, POSTGRES_PASSWORD: tickets, POSTGRES_DB: tickets }
+    volumes: ["postgres:/var/lib/postgresql/data"]
+    deploy: { endpoint_mode: dnsrr }
+volumes:
+  postgres:
+"#;
+
+/// A stack of its own on a swarm; dropping it removes the stack, its volumes and its images,
 /// then leaves the swarm if this test created it.
 struct SwarmStack {
     name: String,
@@ -26,19 +42,38 @@ struct SwarmStack {
     tag: String,
     port: u16,
     created_swarm: bool,
+    /// The stack files, `docker stack deploy -c` each.
+    files: Vec<String>,
+    /// With the store in PostgreSQL: the directory of the PostgreSQL service's stack file.
+    postgres: Option<tempfile::TempDir>,
 }
 
 impl SwarmStack {
     /// Joins the engine's swarm, or creates a one-host swarm on loopback when it is in none.
-    fn on_a_swarm() -> Self {
+    /// The stack is docker-stack.yml, or with `postgres` docker-stack.postgres.yml and a
+    /// PostgreSQL service.
+    fn on_a_swarm(postgres: bool) -> Self {
         let state =
             docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).expect("docker info");
+        let variant = if postgres { "swarm-pg" } else { "swarm" };
         let mut stack = Self {
-            name: format!("tickets-swarm-{}", std::process::id()),
-            tag: format!("swarm-test-{}", std::process::id()),
+            name: format!("tickets-{variant}-{}", std::process::id()),
+            tag: format!("{variant}-test-{}", std::process::id()),
             port: free_port().expect("a free port"),
             created_swarm: false,
+            files: vec!["docker-stack.yml".to_owned()],
+            postgres: None,
         };
+        if postgres {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let extra = dir.path().join("postgres-service.yml");
+            std::fs::write(&extra, POSTGRES_SERVICE).expect("stack file written");
+            stack.files = vec![
+                "docker-stack.postgres.yml".to_owned(),
+                extra.to_string_lossy().into_owned(),
+            ];
+            stack.postgres = Some(dir);
+        }
         if state.trim() == "inactive" {
             docker(&[
                 "swarm",
@@ -61,6 +96,10 @@ impl SwarmStack {
             .env("TICKETS_PORT", self.port.to_string())
             .env("RUST_LOG", "warn")
             .current_dir(repo_root());
+        if self.postgres.is_some() {
+            let url = "postgres://tickets:tickets@postgres:5432/tickets";
+            command.env("TICKETS_DATABASE", url);
+        }
         command
     }
 
@@ -78,7 +117,12 @@ impl SwarmStack {
     /// Builds the images with the test's tag, as a person would: `scripts/compose.sh build`.
     fn build_images(&self) {
         let mut command = self.command(&repo_root().join("scripts/compose.sh").to_string_lossy());
-        command.args(["build", "seed", "node", "balancer"]);
+        if self.postgres.is_some() {
+            command.args(["--postgres", "build", "postgres"]);
+        } else {
+            command.arg("build");
+        }
+        command.args(["seed", "node", "balancer"]);
         self.run(command, "building the images");
     }
 
@@ -86,7 +130,10 @@ impl SwarmStack {
     fn deploy(&self) {
         let mut command = self.command("docker");
         command.args(["stack", "deploy", "--resolve-image", "never"]);
-        command.args(["-c", "docker-stack.yml", &self.name]);
+        for file in &self.files {
+            command.args(["-c", file]);
+        }
+        command.arg(&self.name);
         self.run(command, "docker stack deploy");
     }
 
@@ -145,10 +192,14 @@ impl Drop for SwarmStack {
         if !gone {
             eprintln!("the stack's containers were still there after 60 s");
         }
-        let volume = format!("{}_data", self.name);
+        // Volumes can be removed only once no container uses them: retry until none is left.
         Self::poll(Duration::from_secs(20), || {
-            docker(&["volume", "rm", "-f", &volume]).is_ok()
-                && docker(&["volume", "inspect", &volume]).is_err()
+            let volumes = docker(&["volume", "ls", "-q", "--filter", &label]);
+            let volumes = volumes.map(|out| lines(&out)).unwrap_or_default();
+            for volume in &volumes {
+                let _ = docker(&["volume", "rm", "-f", volume]);
+            }
+            volumes.is_empty()
         });
         for program in ["generator", "node", "balancer"] {
             quiet(&["image", "rm", &format!("tickets-{program}:{}", self.tag)]);
@@ -178,7 +229,8 @@ fn address_set(nodes: &[Value]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_swarm_stack_scales_survives_a_killed_replica_and_sells_nothing_twice() {
-    let stack = SwarmStack::on_a_swarm();
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
+    let stack = SwarmStack::on_a_swarm(false);
     let http = HttpClient::new();
     let url = stack.url();
     let reports = tempfile::tempdir().expect("tempdir");
