@@ -46,7 +46,7 @@ fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
         "{}",
         stdout(&first)
     );
-    assert!(shared::TicketStore::new(&data, Duration::from_secs(5)).exists());
+    assert!(store::TicketStore::new(&data, Duration::from_secs(5)).exists());
 
     let again = seed(&data, &["--seed", "2"]);
     assert_eq!(again.status.code(), Some(2));
@@ -66,7 +66,7 @@ fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
     let data = dir.path().join("data");
     let first = seed(&data, &["--seed", "1", "--keep-existing"]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let snapshot = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store written");
+    let snapshot = std::fs::read(data.join(store::DATA_FILE)).expect("store written");
 
     let again = seed(&data, &["--seed", "2", "--keep-existing"]);
     assert!(again.status.success(), "{}", stderr(&again));
@@ -75,7 +75,7 @@ fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
         "{}",
         stdout(&again)
     );
-    let after = std::fs::read(data.join(shared::store::DATA_FILE)).expect("store kept");
+    let after = std::fs::read(data.join(store::DATA_FILE)).expect("store kept");
     assert_eq!(snapshot, after);
 
     let both = seed(&data, &["--keep-existing", "--force"]);
@@ -93,7 +93,7 @@ fn seed_with_the_same_seed_writes_the_same_store() {
     // Compared through the store, not byte for byte: the file also holds a random
     // generation number.
     let read = |name: &str| {
-        shared::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
+        store::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
             .read(|inventory| inventory.tickets().to_vec())
             .expect("store readable")
     };
@@ -131,7 +131,7 @@ fn seed_refuses_too_few_events_or_tickets() {
         "{}",
         stderr(&few_tickets)
     );
-    assert!(!shared::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
+    assert!(!store::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
 }
 
 #[test]

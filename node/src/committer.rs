@@ -4,8 +4,9 @@
 
 use std::sync::Arc;
 
-use shared::store::PurchaseOrder;
-use shared::{PurchaseError, PurchaseOutcome, StoreError, TicketStore};
+use shared::{PurchaseError, PurchaseOutcome};
+use store::PurchaseOrder;
+use store::{StoreError, TicketStore};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::Metrics;

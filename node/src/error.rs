@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use hyper::StatusCode;
+use shared::PurchaseError;
 use shared::api::ErrorBody;
-use shared::{PurchaseError, StoreError};
+use store::StoreError;
 use thiserror::Error;
 use tracing::{error, warn};
 

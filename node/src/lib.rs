@@ -18,8 +18,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
-use shared::TicketStore;
 use shared::api::NODE_HEADER;
+use store::TicketStore;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
@@ -45,7 +45,9 @@ impl NodeService {
             ApiError::Internal(format!("node id {:?} is not a header value", settings.id))
         })?;
         let id: Arc<str> = Arc::from(settings.id.as_str());
-        let store = TicketStore::new(&settings.data, settings.lock_timeout());
+        let store = settings
+            .open_store()
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
         let metrics = Arc::new(metrics::Metrics::new(&settings.id));
         Ok(Self {
             committer: committer::Committer::start(
@@ -102,7 +104,10 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     let limits = settings.server_limits();
     let service = NodeService::new(settings)?;
-    if let Err(err) = service.store.read(|_| ()) {
+    // On the blocking pool: the store's calls block (files, or the PostgreSQL client).
+    let store = service.store.clone();
+    let first_read = tokio::task::spawn_blocking(move || store.read(|_| ())).await;
+    if let Ok(Err(err)) = first_read {
         warn!(cause = %err, "the store is not usable yet; answering 503 until it is");
     }
     serve::run(listener, service, limits, shutdown).await;

@@ -8,8 +8,8 @@ use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
-use shared::store::PurchaseOrder;
-use shared::{EventName, PurchaseOutcome, PurchaseRequest, TicketStore};
+use shared::{EventName, PurchaseOutcome, PurchaseRequest};
+use store::{PurchaseOrder, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;

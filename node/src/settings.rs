@@ -16,9 +16,14 @@ pub struct NodeSettings {
     pub id: String,
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The shared data directory holding `tickets.json` and `tickets.lock`.
-    #[serde(default = "default_data")]
-    pub data: PathBuf,
+    /// The shared data directory holding the file store (`tickets.json`,
+    /// `tickets.journal`, `tickets.lock`); `/data` when neither it nor `database` is given.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// The PostgreSQL store's URL, `postgres://USER[:PASS]@HOST[:PORT]/DB`, instead of a
+    /// data directory, for nodes on more than one host.
+    #[serde(default)]
+    pub database: Option<String>,
     /// How long an operation waits for the store lock before answering 503.
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
@@ -51,8 +56,14 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8000))
 }
 
-fn default_data() -> PathBuf {
-    PathBuf::from("/data")
+/// The data directory used when the settings name no store.
+pub const DEFAULT_DATA: &str = "/data";
+
+/// Which store the node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Files(PathBuf),
+    Database(String),
 }
 
 fn default_lock_timeout_ms() -> u64 {
@@ -99,6 +110,13 @@ impl NodeSettings {
                 "must be 1 to 64 characters from [A-Za-z0-9-_.]",
             ));
         }
+        if self.data.is_some() && self.database.is_some() {
+            return Err(SettingsError::invalid(
+                "node.database",
+                "node.data and node.database exclude each other: give the data directory of a \
+                 file store or the URL of a PostgreSQL store, not both",
+            ));
+        }
         for (key, value) in [
             ("node.lock_timeout_ms", self.lock_timeout_ms),
             ("node.body_timeout_ms", self.body_timeout_ms),
@@ -111,6 +129,25 @@ impl NodeSettings {
             }
         }
         Ok(())
+    }
+
+    /// The store the settings name: `database`, else `data`, else `/data`.
+    pub fn store_location(&self) -> StoreLocation {
+        match (&self.database, &self.data) {
+            (Some(url), _) => StoreLocation::Database(url.clone()),
+            (None, Some(dir)) => StoreLocation::Files(dir.clone()),
+            (None, None) => StoreLocation::Files(PathBuf::from(DEFAULT_DATA)),
+        }
+    }
+
+    /// Opens a handle on the store the settings name (connects to nothing yet).
+    pub fn open_store(&self) -> Result<store::TicketStore, store::StoreError> {
+        match self.store_location() {
+            StoreLocation::Files(dir) => Ok(store::TicketStore::new(dir, self.lock_timeout())),
+            StoreLocation::Database(url) => {
+                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout()))
+            }
+        }
     }
 
     pub fn lock_timeout(&self) -> Duration {
@@ -145,6 +182,18 @@ mod tests {
         assert_eq!(s.id, "n1");
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.max_body_bytes, 16 * 1024);
+
+        assert_eq!(
+            s.store_location(),
+            StoreLocation::Files(PathBuf::from("/tmp/x"))
+        );
+
+        let both = [
+            ("data", "/tmp/x".to_string()),
+            ("database", "postgres://u@127.0.0.1/db".to_string()),
+        ];
+        let err = NodeSettings::load(None, &both).expect_err("both stores");
+        assert!(err.to_string().contains("exclude each other"), "{err}");
 
         let bad = [("id", "has space".to_string())];
         let err = NodeSettings::load(None, &bad).expect_err("bad id");

@@ -4,13 +4,15 @@
 pub mod client;
 pub mod docker;
 pub mod history;
+pub mod postgres;
 pub mod process;
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use shared::{EventName, Inventory, Ticket, TicketStore};
+use shared::{EventName, Inventory, Ticket};
+use store::TicketStore;
 
 pub use client::{Answer, HttpClient};
 pub use process::{Process, binary};

@@ -35,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     build_programs()?;
     let data = cli.data.to_string_lossy().into_owned();
-    let store_exists = cli.data.join(shared::store::DATA_FILE).exists();
+    let store_exists = cli.data.join(store::DATA_FILE).exists();
     if cli.fresh || !store_exists {
         let (events, tickets) = (cli.events.to_string(), cli.tickets.to_string());
         let mut args = vec![

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use cluster::{report_summary, seed_store};
-use shared::TicketStore;
-use shared::store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, POINTS};
+use store::TicketStore;
+use store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, POINTS};
 
 /// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
 fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {

@@ -16,7 +16,7 @@ use cluster::{
 };
 use hyper::StatusCode;
 use shared::api::{EventBody, PurchaseBody};
-use shared::store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
+use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
 use tokio::sync::Mutex;
 
 const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shared::{EventName, PurchaseOutcome, PurchaseRequest, Quantity, TicketStore};
+use shared::{EventName, PurchaseOutcome, PurchaseRequest, Quantity};
+use store::TicketStore;
 
 #[derive(Debug, Parser)]
 struct Cli {

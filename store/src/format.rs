@@ -7,8 +7,8 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{EventName, IdempotencyKey, Purchase, Quantity, SoldTicket, Ticket};
-use crate::inventory::Inventory;
+use shared::Inventory;
+use shared::domain::{EventName, IdempotencyKey, Purchase, Quantity, SoldTicket, Ticket};
 
 /// The layout version this code reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -113,7 +113,7 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
 }
 
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
-    let context = |e: crate::domain::ValidationError| format!("purchase {}: {e}", p.purchase_id);
+    let context = |e: shared::domain::ValidationError| format!("purchase {}: {e}", p.purchase_id);
     Ok(Purchase {
         event: EventName::parse(&p.event).map_err(context)?,
         quantity: Quantity::new(p.quantity).map_err(context)?,
@@ -242,7 +242,7 @@ pub fn decode_journal_entry(line: &[u8]) -> Result<Purchase, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::PurchaseRequest;
+    use shared::domain::PurchaseRequest;
 
     #[test]
     fn an_inventory_survives_encoding_and_decoding() {

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{StoreError, fault, format, read_up_to, sync_dir, temp_path, write_temp};
-use crate::inventory::Inventory;
+use crate::medium::Entry;
 
 /// How much of the journal a process has applied to its cached inventory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,25 +79,15 @@ impl Journal {
         self.file.is_some() && self.generation == generation
     }
 
-    /// Whether `state` already reflects every complete line of this journal.
-    pub fn is_caught_up(&self, state: &JournalState, generation: u64) -> bool {
-        match state {
-            JournalState::Stale => !self.belongs_to(generation),
-            JournalState::At { offset, .. } => self.belongs_to(generation) && *offset == self.len,
-            JournalState::Unread => false,
-        }
-    }
-
-    /// Applies the complete lines after `state` to `inventory`.
+    /// Reads the complete lines after `state` and moves `state` past them.
     pub fn replay(
         &mut self,
         state: &mut JournalState,
         generation: u64,
-        inventory: &mut Inventory,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Entry>, StoreError> {
         if !self.belongs_to(generation) {
             *state = JournalState::Stale;
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (start, mut entries) = match *state {
             JournalState::At { offset, entries } => (offset, entries),
@@ -109,32 +99,39 @@ impl Journal {
                 format!("the journal shrank below byte {start} without a new generation"),
             ));
         }
+        let mut read = Vec::new();
         let Some(file) = self.file.as_mut() else {
-            return Ok(());
+            return Ok(read);
         };
-        let mut tail = Vec::with_capacity((self.len - start) as usize);
-        file.seek(SeekFrom::Start(start))
-            .and_then(|_| file.take(self.len - start).read_to_end(&mut tail))
-            .map_err(StoreError::io("reading", &self.path))?;
-        let mut consumed = 0;
-        // A last piece without a newline is a torn append: never acknowledged, not applied.
-        while let Some(end) = tail[consumed..].iter().position(|&b| b == b'\n') {
-            let line = &tail[consumed..consumed + end];
-            let at = start + consumed as u64;
-            let purchase = format::decode_journal_entry(line).map_err(|reason| {
-                StoreError::corrupt(&self.path, format!("line at byte {at}: {reason}"))
-            })?;
-            inventory.apply_committed(purchase).map_err(|reason| {
-                StoreError::corrupt(&self.path, format!("line at byte {at}: {reason}"))
-            })?;
-            consumed += end + 1;
-            entries += 1;
+        if start < self.len {
+            let mut tail = Vec::with_capacity((self.len - start) as usize);
+            file.seek(SeekFrom::Start(start))
+                .and_then(|_| file.take(self.len - start).read_to_end(&mut tail))
+                .map_err(StoreError::io("reading", &self.path))?;
+            let mut consumed = 0;
+            // A last piece without a newline is a torn append: never acknowledged, not
+            // applied.
+            while let Some(end) = tail[consumed..].iter().position(|&b| b == b'\n') {
+                let line = &tail[consumed..consumed + end];
+                let at = start + consumed as u64;
+                let purchase = format::decode_journal_entry(line).map_err(|reason| {
+                    StoreError::corrupt(&self.path, format!("line at byte {at}: {reason}"))
+                })?;
+                read.push(Entry { at, purchase });
+                consumed += end + 1;
+                entries += 1;
+            }
+            *state = JournalState::At {
+                offset: start + consumed as u64,
+                entries,
+            };
+        } else {
+            *state = JournalState::At {
+                offset: start,
+                entries,
+            };
         }
-        *state = JournalState::At {
-            offset: start + consumed as u64,
-            entries,
-        };
-        Ok(())
+        Ok(read)
     }
 
     /// Writes a fresh, empty journal for `generation` atomically.
@@ -231,9 +228,5 @@ impl Journal {
             *entries += count;
         }
         Ok(())
-    }
-
-    pub fn len(&self) -> u64 {
-        self.len
     }
 }

@@ -5,9 +5,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use super::*;
-use crate::domain::{EventName, PurchaseRequest, Quantity, Ticket};
-use crate::inventory::PurchaseOutcome;
+use shared::{
+    EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest,
+    Quantity, Ticket,
+};
+
+use super::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
+use crate::{PurchaseOrder, StoreError, TicketStore, format};
 
 fn handle(dir: &Path) -> TicketStore {
     TicketStore::new(dir, Duration::from_secs(5))
