@@ -1,7 +1,9 @@
 //! The cluster under Docker Compose, from images built here: three nodes come up healthy
 //! and all serve; scaling to five while load runs brings the new replicas in within
 //! seconds; scaling to two and SIGKILLing a node while load runs fail no keyed purchase;
-//! the audit finds nothing sold twice. Each stack is torn down (`down -v`) whatever happens.
+//! the audit finds nothing sold twice. The same with the store in PostgreSQL
+//! (`scripts/compose.sh --postgres`): scaling and a SIGKILLed node under load fail no
+//! purchase. Each stack is torn down (`down -v`) whatever happens.
 //!
 //! Needs a Docker engine with Compose, which the project machine always has.
 
@@ -151,5 +153,54 @@ async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice
     ensure_clean(&killed).expect("no client error");
 
     // 5. Audit: no ticket sold twice, every acknowledged purchase present.
+    audit(&url).expect("a clean audit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_stack_on_postgres_scales_survives_a_killed_node_and_sells_nothing_twice() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
+    let stack = Stack::new("pg", true);
+    let http = HttpClient::new();
+    let url = stack.url();
+    let reports = tempfile::tempdir().expect("tempdir");
+
+    // 1. Build (the local PostgreSQL image too) and start: PostgreSQL, seeding, three nodes.
+    let started = Instant::now();
+    stack.run(&["up", "--build", "-d"]);
+    let up_returned = started.elapsed();
+    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
+    assert!(healthy.is_some(), "three healthy nodes within 120 s");
+    first_purchase(&http, &url, "compose-pg-first", Duration::from_secs(60))
+        .await
+        .expect("a first purchase succeeds");
+    report_summary(&format!(
+        "compose postgres: up --build returned after {up_returned:.1?}; first successful purchase {:.1?} after up was issued",
+        started.elapsed()
+    ));
+
+    // 2. While keyed load runs: scale to four, then SIGKILL a node.
+    let load = KeyedLoad::start(&url, 15, &reports.path().join("pg.json")).expect("load starts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.run(&["up", "-d", "--no-recreate", "--scale", "node=4"]);
+    let serving = wait_for_nodes(&http, &url, Duration::from_secs(30), |n| all_serving(n, 4)).await;
+    assert!(serving.is_some(), "four replicas serving within 30 s");
+    let victim = stack.node_containers().into_iter().next();
+    docker(&[
+        "kill",
+        "--signal",
+        "KILL",
+        &victim.expect("a node container"),
+    ])
+    .expect("docker kill");
+    let report = load.finish().expect("load report");
+    summarise_load("compose postgres", "scale 3->4, SIGKILL one", &report);
+    ensure_clean(&report).expect("no client error");
+    assert!(
+        nodes_serving(&report) >= 4,
+        "every replica served: {}",
+        report["nodes"]
+    );
+
+    // 3. Audit: no ticket sold twice, every acknowledged purchase present.
     audit(&url).expect("a clean audit");
 }

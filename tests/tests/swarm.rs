@@ -2,8 +2,10 @@
 //! one-host swarm the test creates when the engine is in none: the seeding, three nodes and
 //! the balancer come up; `docker service scale` to five and then to two while keyed load
 //! runs, and a replica's container SIGKILLed while it runs, fail no purchase; the audit finds
-//! nothing sold twice. The stack, its volumes and images are removed, and a swarm the test
-//! created is left, whatever happens.
+//! nothing sold twice. The same with the store in PostgreSQL (`docker-stack.postgres.yml`
+//! and a PostgreSQL service built from the host's PostgreSQL 15): scaling and a killed
+//! replica under load fail no purchase. The stack, its volumes and images are removed, and
+//! a swarm the test created is left, whatever happens.
 //!
 //! Needs a Docker engine that can run a swarm, which the project machine always has.
 
@@ -327,5 +329,63 @@ async fn the_swarm_stack_scales_survives_a_killed_replica_and_sells_nothing_twic
     });
 
     // 5. Audit: no ticket sold twice, every acknowledged purchase present.
+    audit(&url).expect("a clean audit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_swarm_stack_on_postgres_scales_survives_a_killed_replica_and_sells_nothing_twice() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
+    let stack = SwarmStack::on_a_swarm(true);
+    let http = HttpClient::new();
+    let url = stack.url();
+    let reports = tempfile::tempdir().expect("tempdir");
+
+    // 1. Build the images (PostgreSQL's too), deploy, wait for three healthy nodes.
+    stack.build_images();
+    let deployed = Instant::now();
+    stack.deploy();
+    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
+    assert!(
+        healthy.is_some(),
+        "three healthy nodes within 120 s of the deploy:\n{}",
+        stack.diagnostics()
+    );
+    first_purchase(&http, &url, "swarm-pg-first", Duration::from_secs(30))
+        .await
+        .expect("a first purchase succeeds");
+    report_summary(&format!(
+        "swarm postgres: after stack deploy (PostgreSQL initialised in it), three nodes healthy in {:.1?}, first successful purchase {:.1?}",
+        healthy.unwrap_or_default(),
+        deployed.elapsed()
+    ));
+
+    // 2. While keyed load runs: scale to four, then SIGKILL a replica's container.
+    let load = KeyedLoad::start(&url, 15, &reports.path().join("pg.json")).expect("load starts");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stack.scale_nodes(4);
+    let serving = wait_for_nodes(&http, &url, Duration::from_secs(40), |n| all_serving(n, 4)).await;
+    assert!(
+        serving.is_some(),
+        "four replicas serving within 40 s:\n{}",
+        stack.diagnostics()
+    );
+    let victim = stack.node_containers().into_iter().next();
+    docker(&[
+        "kill",
+        "--signal",
+        "KILL",
+        &victim.expect("a node container"),
+    ])
+    .expect("docker kill");
+    let report = load.finish().expect("load report");
+    summarise_load("swarm postgres", "scale 3->4, SIGKILL one", &report);
+    ensure_clean(&report).expect("no client error");
+    assert!(
+        nodes_serving(&report) >= 4,
+        "every replica served: {}",
+        report["nodes"]
+    );
+
+    // 3. Audit: no ticket sold twice, every acknowledged purchase present.
     audit(&url).expect("a clean audit");
 }
