@@ -197,3 +197,43 @@ fn max_quantity_above_ten_is_refused() {
         stderr(&out)
     );
 }
+
+#[test]
+fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let first = seed(&data, &["--seed", "1"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let store = store::TicketStore::new(&data, Duration::from_secs(5));
+    let request = shared::PurchaseRequest::new(
+        shared::EventName::parse("concert").expect("valid"),
+        shared::Quantity::new(2).expect("valid"),
+    );
+    for _ in 0..2 {
+        store
+            .purchase(&request, None, "test")
+            .expect("store works")
+            .expect("tickets left");
+    }
+    // The snapshot is lost; the journal of acknowledged purchases is not.
+    std::fs::remove_file(data.join(store::DATA_FILE)).expect("remove snapshot");
+    let journal_path = data.join(store::JOURNAL_FILE);
+    let journal = std::fs::read(&journal_path).expect("journal");
+
+    let kept = seed(&data, &["--seed", "2", "--keep-existing"]);
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert!(stdout(&kept).contains("left as it is"), "{}", stdout(&kept));
+    let refused = seed(&data, &["--seed", "2"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
+    assert!(
+        stderr(&refused).contains("pass --force"),
+        "{}",
+        stderr(&refused)
+    );
+
+    assert_eq!(std::fs::read(&journal_path).expect("journal kept"), journal);
+    assert!(
+        !data.join(store::DATA_FILE).exists(),
+        "seeding wrote a snapshot beside a journal it did not write"
+    );
+}

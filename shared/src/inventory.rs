@@ -42,6 +42,51 @@ pub enum InconsistencyError {
     SoldWithoutPurchase(u64),
     #[error("purchase id {0} appears more than once")]
     DuplicatePurchase(String),
+    #[error("purchase id {0:?} is not of the form p-<number>")]
+    UnnumberedPurchase(String),
+    #[error(
+        "purchase {purchase} is numbered {seq}, but the next number is {next}: a purchase is missing, repeated or out of order, or next_purchase_seq is wrong"
+    )]
+    OutOfSequence {
+        purchase: String,
+        seq: u64,
+        next: u64,
+    },
+    #[error(
+        "next_purchase_seq is {next}, but purchase {purchase} is already numbered {seq}: the next sale would reuse an id"
+    )]
+    NextSeqTooLow {
+        purchase: String,
+        seq: u64,
+        next: u64,
+    },
+    #[error("purchase {purchase} is for {quantity} tickets but holds {tickets}")]
+    QuantityMismatch {
+        purchase: String,
+        quantity: u32,
+        tickets: usize,
+    },
+    #[error("purchase {purchase} is for {event} but holds ticket {ticket} of another event")]
+    WrongEvent {
+        purchase: String,
+        event: EventName,
+        ticket: u64,
+    },
+    #[error(
+        "purchase {purchase} records ticket {ticket} at {recorded} cents; the ticket costs {price}"
+    )]
+    PriceMismatch {
+        purchase: String,
+        ticket: u64,
+        recorded: u64,
+        price: u64,
+    },
+    #[error("purchase {purchase} totals {total} cents; its tickets add up to {sum}")]
+    TotalMismatch {
+        purchase: String,
+        total: u64,
+        sum: u64,
+    },
 }
 
 /// Filters of `GET /tickets`.
@@ -128,6 +173,9 @@ impl Inventory {
             events: BTreeMap::new(),
         };
         let mut held = HashSet::new();
+        // Purchases are stored in commit order, so their numbers rise, and every one is
+        // below the number the next sale gets: otherwise a sale would reuse an id.
+        let mut last_seq = None;
         for purchase in purchases {
             for sold in &purchase.tickets {
                 let ticket =
@@ -147,6 +195,23 @@ impl Inventory {
                     return Err(InconsistencyError::SoldTwice(sold.id));
                 }
             }
+            inventory.check_purchase(&purchase)?;
+            let seq = sequence_of(&purchase)?;
+            if let Some(last) = last_seq.filter(|&last| seq <= last) {
+                return Err(InconsistencyError::OutOfSequence {
+                    purchase: purchase.purchase_id,
+                    seq,
+                    next: last + 1,
+                });
+            }
+            if seq >= next_purchase_seq {
+                return Err(InconsistencyError::NextSeqTooLow {
+                    purchase: purchase.purchase_id,
+                    seq,
+                    next: next_purchase_seq,
+                });
+            }
+            last_seq = Some(seq);
             if inventory.by_purchase_id.contains_key(&purchase.purchase_id) {
                 return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
             }
@@ -219,6 +284,16 @@ impl Inventory {
         if self.by_purchase_id.contains_key(&purchase.purchase_id) {
             return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
         }
+        self.check_purchase(&purchase)?;
+        // Each sale takes the next number, so the log holds them with no gap or repeat.
+        let seq = sequence_of(&purchase)?;
+        if seq != self.next_purchase_seq {
+            return Err(InconsistencyError::OutOfSequence {
+                purchase: purchase.purchase_id,
+                seq,
+                next: self.next_purchase_seq,
+            });
+        }
         let mut positions = Vec::with_capacity(purchase.tickets.len());
         for sold in &purchase.tickets {
             let position = self
@@ -238,6 +313,53 @@ impl Inventory {
         }
         self.next_purchase_seq += 1;
         self.index_purchase(purchase);
+        Ok(())
+    }
+
+    /// Checks what a purchase says of itself against the tickets it names: as many
+    /// tickets as its quantity, all of its event, each at the ticket's price, and a total
+    /// that is their sum. Whether the tickets are free to sell is the caller's check.
+    fn check_purchase(&self, purchase: &Purchase) -> Result<(), InconsistencyError> {
+        let id = || purchase.purchase_id.clone();
+        if purchase.tickets.len() != purchase.quantity.get() as usize {
+            return Err(InconsistencyError::QuantityMismatch {
+                purchase: id(),
+                quantity: purchase.quantity.get(),
+                tickets: purchase.tickets.len(),
+            });
+        }
+        let mut sum: u64 = 0;
+        for sold in &purchase.tickets {
+            let ticket = self
+                .ticket(sold.id)
+                .ok_or_else(|| InconsistencyError::UnknownTicket {
+                    purchase: id(),
+                    ticket: sold.id,
+                })?;
+            if ticket.event != purchase.event {
+                return Err(InconsistencyError::WrongEvent {
+                    purchase: id(),
+                    event: purchase.event.clone(),
+                    ticket: sold.id,
+                });
+            }
+            if ticket.price_cents != sold.price_cents {
+                return Err(InconsistencyError::PriceMismatch {
+                    purchase: id(),
+                    ticket: sold.id,
+                    recorded: sold.price_cents,
+                    price: ticket.price_cents,
+                });
+            }
+            sum = sum.saturating_add(sold.price_cents);
+        }
+        if sum != purchase.total_cents {
+            return Err(InconsistencyError::TotalMismatch {
+                purchase: id(),
+                total: purchase.total_cents,
+                sum,
+            });
+        }
         Ok(())
     }
 
@@ -340,7 +462,7 @@ impl Inventory {
             self.mark_sold(position);
         }
         let purchase = Purchase {
-            purchase_id: format!("p-{:08}", self.next_purchase_seq),
+            purchase_id: purchase_id(self.next_purchase_seq),
             event: request.event.clone(),
             quantity: request.quantity,
             total_cents: tickets.iter().map(|t| t.price_cents).sum(),
@@ -353,6 +475,21 @@ impl Inventory {
         self.index_purchase(purchase.clone());
         Ok(PurchaseOutcome::Created(purchase))
     }
+}
+
+/// The id of the purchase numbered `seq`.
+fn purchase_id(seq: u64) -> String {
+    format!("p-{seq:08}")
+}
+
+/// The number in a purchase's id, `p-<number>`.
+fn sequence_of(purchase: &Purchase) -> Result<u64, InconsistencyError> {
+    purchase
+        .purchase_id
+        .strip_prefix("p-")
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|digits| digits.parse().ok())
+        .ok_or_else(|| InconsistencyError::UnnumberedPurchase(purchase.purchase_id.clone()))
 }
 
 #[cfg(test)]
@@ -520,5 +657,110 @@ mod tests {
             .into_purchase();
         let twice = Inventory::from_parts(inv.tickets().to_vec(), vec![p.clone(), p], 9);
         assert_eq!(twice.err(), Some(InconsistencyError::SoldTwice(1)));
+    }
+
+    /// The sample after one concert purchase of two tickets: its parts, and the purchase.
+    fn sold_parts() -> (Vec<Ticket>, Purchase) {
+        let mut inv = sample();
+        let p = inv
+            .purchase_tickets(&request("concert", 2), None, "n1")
+            .expect("available")
+            .into_purchase();
+        (inv.tickets().to_vec(), p)
+    }
+
+    #[test]
+    fn a_next_purchase_seq_not_above_every_purchase_id_is_refused() {
+        let (tickets, p) = sold_parts();
+        assert!(Inventory::from_parts(tickets.clone(), vec![p.clone()], 2).is_ok());
+        for next in [0, 1] {
+            let err = Inventory::from_parts(tickets.clone(), vec![p.clone()], next).err();
+            assert!(
+                matches!(err, Some(InconsistencyError::NextSeqTooLow { seq: 1, .. })),
+                "next_purchase_seq {next}: {err:?}"
+            );
+        }
+        let mut unnumbered = p;
+        unnumbered.purchase_id = "bought".into();
+        let err = Inventory::from_parts(tickets, vec![unnumbered], 2).err();
+        assert!(
+            matches!(err, Some(InconsistencyError::UnnumberedPurchase(_))),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_purchase_whose_quantity_event_price_or_total_disagrees_is_refused_on_load_and_replay() {
+        let (tickets, good) = sold_parts();
+        let mut quantity = good.clone();
+        quantity.quantity = Quantity::new(3).expect("valid");
+        let mut total = good.clone();
+        total.total_cents += 1;
+        let mut price = good.clone();
+        price.tickets[0].price_cents += 1;
+        price.total_cents += 1;
+        let mut other_event = good.clone();
+        other_event.event = event("theater-show");
+        let cases: [(&str, Purchase); 4] = [
+            ("quantity", quantity),
+            ("total", total),
+            ("price", price),
+            ("event", other_event),
+        ];
+        for (what, bad) in cases {
+            let loaded = Inventory::from_parts(tickets.clone(), vec![bad.clone()], 2);
+            let expected = |err: &InconsistencyError| match what {
+                "quantity" => matches!(err, InconsistencyError::QuantityMismatch { .. }),
+                "total" => matches!(err, InconsistencyError::TotalMismatch { .. }),
+                "price" => matches!(err, InconsistencyError::PriceMismatch { .. }),
+                _ => matches!(err, InconsistencyError::WrongEvent { .. }),
+            };
+            let err = loaded.err();
+            assert!(
+                err.as_ref().is_some_and(expected),
+                "{what} on load: {err:?}"
+            );
+            let err = sample().apply_committed(bad).err();
+            assert!(
+                err.as_ref().is_some_and(expected),
+                "{what} on replay: {err:?}"
+            );
+        }
+        sample()
+            .apply_committed(good)
+            .expect("the good purchase replays");
+    }
+
+    #[test]
+    fn a_replayed_purchase_out_of_sequence_is_refused() {
+        let (_, first) = sold_parts();
+        let mut inv = sample();
+        let mut skipped = first.clone();
+        skipped.purchase_id = "p-00000002".into();
+        let err = inv.apply_committed(skipped).err();
+        assert!(
+            matches!(
+                err,
+                Some(InconsistencyError::OutOfSequence {
+                    seq: 2,
+                    next: 1,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        inv.apply_committed(first.clone()).expect("in sequence");
+        let mut again = first;
+        again.tickets = vec![SoldTicket {
+            id: 3,
+            price_cents: 3000,
+        }];
+        again.quantity = Quantity::new(1).expect("valid");
+        again.total_cents = 3000;
+        let err = inv.apply_committed(again).err();
+        assert!(
+            matches!(err, Some(InconsistencyError::DuplicatePurchase(_))),
+            "{err:?}"
+        );
     }
 }

@@ -23,6 +23,15 @@ pub const POINTS: [&str; 7] = [
     "compaction-done",
 ];
 
+/// The points of upgrading a store written before the journal (its first write), in
+/// order: the upgrade's journal, then its snapshot.
+pub const UPGRADE_POINTS: [&str; 4] = [
+    "journal-create-after-temp",
+    "upgrade-after-journal",
+    "snapshot-after-temp",
+    "snapshot-after-rename",
+];
+
 #[cfg(feature = "fault-injection")]
 pub fn abort_at(point: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,4 +54,42 @@ pub fn abort_at(_point: &str) {}
 /// Whether the process is set to abort at `point` (always false without the feature).
 pub fn armed(point: &str) -> bool {
     cfg!(feature = "fault-injection") && std::env::var(ABORT_AT_ENV).is_ok_and(|p| p == point)
+}
+
+/// The variable naming I/O steps to fail once: `point@n[,point@n...]` fails the n-th
+/// pass (from 0) of each point with an I/O error, as a failing disk would.
+pub const FAIL_ENV: &str = "TICKETS_FAULT_FAIL";
+
+/// Fails with an injected I/O error when `TICKETS_FAULT_FAIL` names this pass of `point`.
+#[cfg(feature = "fault-injection")]
+pub fn fail(point: &str) -> std::io::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static PASSED: Mutex<Option<HashMap<String, u64>>> = Mutex::new(None);
+    let Ok(spec) = std::env::var(FAIL_ENV) else {
+        return Ok(());
+    };
+    let mut passed = PASSED.lock().unwrap_or_else(|p| p.into_inner());
+    let count = passed
+        .get_or_insert_with(HashMap::new)
+        .entry(point.to_owned())
+        .or_insert(0);
+    let this = *count;
+    *count += 1;
+    let named = spec.split(',').any(|item| {
+        item.split_once('@')
+            .is_some_and(|(p, n)| p == point && n.parse() == Ok(this))
+    });
+    if named {
+        return Err(std::io::Error::other(format!(
+            "injected failure at {point}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "fault-injection"))]
+#[inline(always)]
+pub fn fail(_point: &str) -> std::io::Result<()> {
+    Ok(())
 }

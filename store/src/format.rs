@@ -10,20 +10,85 @@ use serde::{Deserialize, Serialize};
 use shared::Inventory;
 use shared::domain::{EventName, IdempotencyKey, Purchase, Quantity, SoldTicket, Ticket};
 
-/// The layout version this code reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The layout version this code writes. It reads every earlier one (see [`Lineage`]).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The journal a snapshot was folded from, recorded in it so that the one legitimate
+/// mismatch, a crash between compaction's snapshot rename and its new journal, can be
+/// proven: the old journal is still there, of this generation and exactly this long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Follows {
+    pub generation: u64,
+    pub journal_len: u64,
+}
+
+/// Which journal may stand beside a snapshot, by the layout that wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lineage {
+    /// Format 1 without a generation (8bd16ec and before): written before the journal
+    /// existed, so no journal belongs beside it. The first write upgrades the store.
+    Unjournaled,
+    /// Format 1 with a generation (422ed1a to 55edf2c): its own journal, or the journal of
+    /// the generation before when the snapshot holds every entry in it (a compaction
+    /// interrupted before its new journal; nothing else recorded what it folded).
+    Unrecorded,
+    /// Written with an empty journal of its own generation (seeding, upgrading).
+    Fresh,
+    /// Written by compacting the journal it names.
+    Compacted(Follows),
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredDatabase {
     pub format: u32,
     /// Changes whenever the snapshot is replaced, so nodes know to reload it and which
-    /// journal belongs to it.
+    /// journal belongs to it. Absent in format 1 before the journal.
     #[serde(default)]
-    pub generation: u64,
+    pub generation: Option<u64>,
+    /// What the snapshot was folded from (format 2; `null` when written fresh).
+    #[serde(default)]
+    pub follows: Option<Follows>,
     pub next_purchase_seq: u64,
     pub tickets: Vec<StoredTicket>,
     pub purchases: Vec<StoredPurchase>,
+}
+
+/// What a snapshot's header says, in any format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// 0 for an unjournaled snapshot.
+    pub generation: u64,
+    pub lineage: Lineage,
+}
+
+/// Reads the header fields of any format into what they mean.
+fn header(
+    format: u32,
+    generation: Option<u64>,
+    follows: Option<Follows>,
+) -> Result<SnapshotHeader, String> {
+    let lineage = match (format, generation, follows) {
+        (1, None, None) => Lineage::Unjournaled,
+        (1, Some(_), None) => Lineage::Unrecorded,
+        (2, Some(_), None) => Lineage::Fresh,
+        (2, Some(_), Some(follows)) => Lineage::Compacted(follows),
+        (1 | 2, _, _) => {
+            return Err(format!(
+                "a format {format} header with generation {generation:?} and follows {follows:?} is not a layout any version wrote"
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "format version {format} is not supported (expected 1 to {FORMAT_VERSION})"
+            ));
+        }
+    };
+    Ok(SnapshotHeader {
+        generation: generation.unwrap_or(0),
+        lineage,
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,37 +121,41 @@ pub struct StoredPurchase {
     pub idempotency_key: Option<String>,
 }
 
-/// The first line of a snapshot, read on every operation to learn its generation cheaply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct SnapshotHeader {
-    pub format: u32,
-    pub generation: u64,
+/// The first line of a snapshot as written, read on every operation to learn its
+/// generation cheaply.
+#[derive(Debug, Deserialize)]
+struct HeaderLine {
+    format: u32,
+    #[serde(default)]
+    generation: Option<u64>,
+    #[serde(default)]
+    follows: Option<Follows>,
 }
 
-/// Parses the first line of a snapshot, `{"format":1,"generation":G,"next_purchase_seq":N,`.
+/// Parses the first line of a snapshot,
+/// `{"format":2,"generation":G,"follows":F,"next_purchase_seq":N,` (or an earlier format's).
 pub fn decode_snapshot_header(first_line: &[u8]) -> Option<SnapshotHeader> {
     let line = first_line.strip_suffix(b",")?;
     let mut object = line.to_vec();
     object.push(b'}');
-    serde_json::from_slice(&object).ok()
+    let line: HeaderLine = serde_json::from_slice(&object).ok()?;
+    header(line.format, line.generation, line.follows).ok()
 }
 
 /// A decoded snapshot.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// 0 for an unjournaled snapshot.
     pub generation: u64,
+    pub lineage: Lineage,
     pub inventory: Inventory,
 }
 
-/// Parses and checks a snapshot; the error says what is wrong, for an operator.
+/// Parses and checks a snapshot of any format; the error says what is wrong, for an
+/// operator.
 pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let stored: StoredDatabase = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if stored.format != FORMAT_VERSION {
-        return Err(format!(
-            "format version {} is not supported (expected {FORMAT_VERSION})",
-            stored.format
-        ));
-    }
+    let header = header(stored.format, stored.generation, stored.follows)?;
     let tickets = stored
         .tickets
         .into_iter()
@@ -107,7 +176,8 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     let inventory = Inventory::from_parts(tickets, purchases, stored.next_purchase_seq)
         .map_err(|e| e.to_string())?;
     Ok(Snapshot {
-        generation: stored.generation,
+        generation: header.generation,
+        lineage: header.lineage,
         inventory,
     })
 }
@@ -167,12 +237,39 @@ fn encode_purchase(p: &Purchase) -> StoredPurchase {
     }
 }
 
-/// Writes the inventory as a snapshot: JSON with one ticket or purchase per line, the
-/// first line a header that `decode_snapshot_header` reads.
+/// Writes the inventory as a snapshot of a store written fresh (with an empty log of its
+/// own) in the current format: JSON with one ticket or purchase per line, the first line a
+/// header that `decode_snapshot_header` reads.
 pub fn encode(inventory: &Inventory, generation: u64, out: &mut impl Write) -> io::Result<()> {
+    encode_with(inventory, generation, None, out)
+}
+
+/// As `encode`, for a snapshot folded from the journal `follows` names.
+pub fn encode_folded(
+    inventory: &Inventory,
+    generation: u64,
+    follows: Follows,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    encode_with(inventory, generation, Some(follows), out)
+}
+
+fn encode_with(
+    inventory: &Inventory,
+    generation: u64,
+    follows: Option<Follows>,
+    out: &mut impl Write,
+) -> io::Result<()> {
+    let follows = match follows {
+        Some(f) => format!(
+            "{{\"generation\":{},\"journal_len\":{}}}",
+            f.generation, f.journal_len
+        ),
+        None => "null".to_owned(),
+    };
     write!(
         out,
-        "{{\"format\":{FORMAT_VERSION},\"generation\":{generation},\"next_purchase_seq\":{},\n\"tickets\":[",
+        "{{\"format\":{FORMAT_VERSION},\"generation\":{generation},\"follows\":{follows},\"next_purchase_seq\":{},\n\"tickets\":[",
         inventory.next_purchase_seq()
     )?;
     write_lines(out, inventory.tickets().iter().map(encode_ticket))?;
@@ -197,25 +294,39 @@ pub const JOURNAL_VERSION: u32 = 1;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JournalHeader {
+struct StoredJournalHeader {
     journal: u32,
     generation: u64,
+    /// Set on the journal written first when upgrading a snapshot from before the
+    /// journal, so that a crash before the new snapshot is provably that and nothing else.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    upgrade: bool,
 }
 
-/// The journal's first line: which snapshot generation its purchases follow.
-pub fn encode_journal_header(generation: u64) -> Vec<u8> {
-    let mut line = serde_json::to_vec(&JournalHeader {
+/// What a journal's first line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalHeader {
+    /// The snapshot generation its purchases follow.
+    pub generation: u64,
+    /// Written by an upgrade of an unjournaled store, before its new snapshot.
+    pub upgrade: bool,
+}
+
+/// The journal's first line.
+pub fn encode_journal_header(header: JournalHeader) -> Vec<u8> {
+    let mut line = serde_json::to_vec(&StoredJournalHeader {
         journal: JOURNAL_VERSION,
-        generation,
+        generation: header.generation,
+        upgrade: header.upgrade,
     })
     .unwrap_or_default();
     line.push(b'\n');
     line
 }
 
-/// Parses a journal's first line (without its newline) into its generation.
-pub fn decode_journal_header(line: &[u8]) -> Result<u64, String> {
-    let header: JournalHeader =
+/// Parses a journal's first line (without its newline).
+pub fn decode_journal_header(line: &[u8]) -> Result<JournalHeader, String> {
+    let header: StoredJournalHeader =
         serde_json::from_slice(line).map_err(|e| format!("journal header: {e}"))?;
     if header.journal != JOURNAL_VERSION {
         return Err(format!(
@@ -223,7 +334,10 @@ pub fn decode_journal_header(line: &[u8]) -> Result<u64, String> {
             header.journal
         ));
     }
-    Ok(header.generation)
+    Ok(JournalHeader {
+        generation: header.generation,
+        upgrade: header.upgrade,
+    })
 }
 
 /// Appends one committed purchase as a journal line.
@@ -263,18 +377,23 @@ mod tests {
         inventory
             .purchase_tickets(&request, Some(&key), "n1")
             .expect("available");
+        let follows = Follows {
+            generation: 41,
+            journal_len: 900,
+        };
         let mut bytes = Vec::new();
-        encode(&inventory, 42, &mut bytes).expect("writing to a Vec cannot fail");
+        encode_folded(&inventory, 42, follows, &mut bytes).expect("writing to a Vec cannot fail");
         let first_line = bytes.split(|&b| b == b'\n').next().expect("a line");
-        assert_eq!(
-            decode_snapshot_header(first_line),
-            Some(SnapshotHeader {
-                format: FORMAT_VERSION,
-                generation: 42
-            })
-        );
+        let header = SnapshotHeader {
+            generation: 42,
+            lineage: Lineage::Compacted(follows),
+        };
+        assert_eq!(decode_snapshot_header(first_line), Some(header));
         let snapshot = decode(&bytes).expect("round trip");
-        assert_eq!(snapshot.generation, 42);
+        assert_eq!(
+            (snapshot.generation, snapshot.lineage),
+            (42, header.lineage)
+        );
         let decoded = snapshot.inventory;
         assert_eq!(decoded.tickets(), inventory.tickets());
         assert_eq!(decoded.purchases(), inventory.purchases());
@@ -285,13 +404,33 @@ mod tests {
     fn an_empty_inventory_survives_encoding() {
         let mut bytes = Vec::new();
         encode(&Inventory::default(), 1, &mut bytes).expect("writing to a Vec cannot fail");
-        assert!(decode(&bytes).is_ok());
+        let snapshot = decode(&bytes).expect("decodes");
+        assert_eq!(snapshot.lineage, Lineage::Fresh);
     }
 
     #[test]
     fn journal_lines_round_trip() {
-        let header = encode_journal_header(7);
-        assert_eq!(decode_journal_header(header.trim_ascii_end()), Ok(7));
+        for header in [
+            JournalHeader {
+                generation: 7,
+                upgrade: false,
+            },
+            JournalHeader {
+                generation: 8,
+                upgrade: true,
+            },
+        ] {
+            let line = encode_journal_header(header);
+            assert_eq!(decode_journal_header(line.trim_ascii_end()), Ok(header));
+        }
+        assert_eq!(
+            encode_journal_header(JournalHeader {
+                generation: 7,
+                upgrade: false
+            }),
+            b"{\"journal\":1,\"generation\":7}\n",
+            "the header earlier versions wrote and read"
+        );
         let purchase = Purchase {
             purchase_id: "p-00000001".into(),
             event: EventName::parse("concert").expect("valid"),
@@ -313,8 +452,45 @@ mod tests {
     }
 
     #[test]
+    fn every_earlier_header_is_read_for_what_it_means() {
+        let cases = [
+            (
+                &b"{\"format\":1,\"next_purchase_seq\":3,"[..],
+                0,
+                Lineage::Unjournaled,
+            ),
+            (
+                b"{\"format\":1,\"generation\":9,\"next_purchase_seq\":1,",
+                9,
+                Lineage::Unrecorded,
+            ),
+            (
+                b"{\"format\":2,\"generation\":9,\"follows\":null,\"next_purchase_seq\":1,",
+                9,
+                Lineage::Fresh,
+            ),
+        ];
+        for (line, generation, lineage) in cases {
+            assert_eq!(
+                decode_snapshot_header(line),
+                Some(SnapshotHeader {
+                    generation,
+                    lineage
+                }),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            decode_snapshot_header(b"{\"format\":2,\"next_purchase_seq\":1,"),
+            None,
+            "format 2 always names its generation"
+        );
+    }
+
+    #[test]
     fn bad_stores_are_described() {
-        let cases: [(&str, &str); 4] = [
+        let cases: [(&str, &str); 5] = [
             ("{\"format\":1", "EOF"),
             ("[]", "expected struct StoredDatabase"),
             (
@@ -322,8 +498,12 @@ mod tests {
                 "ticket id 1 appears more than once",
             ),
             (
-                "{\"format\":2,\"next_purchase_seq\":1,\"tickets\":[],\"purchases\":[]}",
+                "{\"format\":3,\"next_purchase_seq\":1,\"tickets\":[],\"purchases\":[]}",
                 "not supported",
+            ),
+            (
+                "{\"format\":2,\"next_purchase_seq\":1,\"tickets\":[],\"purchases\":[]}",
+                "not a layout any version wrote",
             ),
         ];
         for (text, expected) in cases {

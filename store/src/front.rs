@@ -3,13 +3,15 @@
 //! hold, append it in one step (group commit), and fold the log into a new snapshot when it
 //! has grown.
 
-use std::sync::{RwLock, RwLockWriteGuard};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use shared::{Inventory, Purchase, PurchaseError, PurchaseOutcome};
 
 use crate::medium::{Entry, LogPosition, Medium, ReadSession, Since, WriteSession};
-use crate::{CommittedBatch, PurchaseOrder, StoreError, StoreSummary};
+use crate::{CommittedBatch, PurchaseOrder, StoreError, StoreStats, StoreSummary};
 
 /// How many times in a row a catch-up may be sent back to the snapshot before the store
 /// is reported as unstable (a snapshot replaced faster than it can be read).
@@ -22,11 +24,34 @@ struct Cache<P> {
     inventory: Inventory,
 }
 
+/// Counters of the work behind the operations, for tests and operators.
+#[derive(Debug, Default)]
+struct Counters {
+    snapshot_loads: AtomicU64,
+    compactions: AtomicU64,
+    compaction_failures: AtomicU64,
+}
+
 /// The store over one medium. `TicketStore` wraps one of these per medium.
+///
+/// Lock order, in every operation: the cache lock, then the medium's lock. So a commit
+/// waits for this process's readers before it takes the medium's exclusive lock, never
+/// while holding it, and a reader builds its answer after releasing the medium's lock.
 #[derive(Debug)]
 pub struct Front<M: Medium> {
     medium: M,
     cache: RwLock<Option<Cache<M::Position>>>,
+    /// Where the log stood before a commit whose outcome is unknown. Until the medium has
+    /// settled the log from there, this process commits nothing.
+    unsettled: Mutex<Option<M::Position>>,
+    /// The generation and log size at which compaction last failed: the next attempt
+    /// waits until the log has doubled, so a disk with room to append but not for a
+    /// snapshot does not make every sale rewrite the inventory.
+    compaction_failed_at: Mutex<Option<(u64, u64)>>,
+    counters: Counters,
+    /// Makes the next commit panic after deciding, for the test of what a panic leaves.
+    #[cfg(test)]
+    panic_after_decide: std::sync::atomic::AtomicBool,
 }
 
 impl<M: Medium> Front<M> {
@@ -34,6 +59,11 @@ impl<M: Medium> Front<M> {
         Self {
             medium,
             cache: RwLock::new(None),
+            unsettled: Mutex::new(None),
+            compaction_failed_at: Mutex::new(None),
+            counters: Counters::default(),
+            #[cfg(test)]
+            panic_after_decide: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -41,67 +71,108 @@ impl<M: Medium> Front<M> {
         &self.medium
     }
 
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            snapshot_loads: self.counters.snapshot_loads.load(Ordering::Relaxed),
+            compactions: self.counters.compactions.load(Ordering::Relaxed),
+            compaction_failures: self.counters.compaction_failures.load(Ordering::Relaxed),
+        }
+    }
+
     /// Runs `f` on the current state: every entry committed before the call began applied.
+    /// `f` runs after the medium's lock is released, so a large answer built from the state
+    /// keeps no writer of any process waiting.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> Result<T, StoreError> {
-        let mut session = self.medium.begin_read()?;
-        // Most reads find nothing new: answer those under the shared cache lock, so reads
-        // in one process do not queue behind each other.
-        let news = {
-            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
-            match cache.as_ref() {
-                Some(cache) => match session.read_since(&cache.position)? {
-                    Since::Entries { entries, end }
-                        if entries.is_empty() && end == cache.position =>
-                    {
-                        return Ok(f(&cache.inventory));
-                    }
-                    since => Some((cache.position.clone(), since)),
-                },
-                None => None,
+        // Most reads find nothing new: those need only the shared cache lock.
+        {
+            let cache = self.cache_read();
+            if let Some(cached) = cache.as_ref() {
+                let mut session = self.medium.begin_read()?;
+                if let Since::Entries { entries, end } = session.read_since(&cached.position)?
+                    && entries.is_empty()
+                    && end == cached.position
+                {
+                    drop(session);
+                    return Ok(f(&cached.inventory));
+                }
             }
-        };
-        let mut cache = self.cache_for_update();
-        let current = match news {
-            // Nobody moved the cache meanwhile: apply what was just read.
-            Some((from, Since::Entries { entries, end }))
-                if cache.as_ref().is_some_and(|c| c.position == from) =>
+        }
+        for _ in 0..MAX_RELOADS {
             {
-                let mut current = cache.take().ok_or_else(unreachable_cache)?;
-                apply(&session, &mut current.inventory, entries)?;
-                current.position = end;
-                cache.insert(current)
+                let mut cache = self.cache_for_update();
+                let mut session = self.medium.begin_read()?;
+                let mut caught_up = CacheReset::new(&mut cache);
+                catch_up(&mut session, caught_up.cache, &self.counters)?;
+                caught_up.keep();
             }
-            _ => catch_up(&mut session, &mut cache)?,
-        };
-        Ok(f(&current.inventory))
+            // Another thread may have moved the state on meanwhile (never back: a failed
+            // commit empties it instead), which this read may show.
+            let cache = self.cache_read();
+            if let Some(cached) = cache.as_ref() {
+                return Ok(f(&cached.inventory));
+            }
+        }
+        Err(StoreError::Unstable(
+            "the cached state kept being dropped by failed commits".into(),
+        ))
     }
 
     /// Decides `orders` in order under one exclusive lock hold and appends the new
     /// purchases in one step. The error means nothing was committed, or, for
     /// `CommitUnknown`, that the medium cannot tell; the batch's outcomes are each order's
-    /// own.
+    /// own. A panic while committing is caught and answered as an error of the same kind,
+    /// with the cached state dropped, never left half applied.
     pub fn purchase_batch(
         &self,
         orders: &[PurchaseOrder],
         node: &str,
         compact_min_bytes: u64,
     ) -> Result<CommittedBatch, StoreError> {
+        let mut cache = self.cache_for_update();
         let waiting = Instant::now();
         let mut session = self.medium.begin_write()?;
         let lock_wait = waiting.elapsed();
-        let mut cache = self.cache_for_update();
-        let result = commit(&mut session, &mut cache, orders, node, compact_min_bytes);
-        let (outcomes, append_and_sync, keep_cache) = match result {
-            Ok(committed) => committed,
-            Err(err) => {
-                // The in-memory state may hold decisions that never reached the medium.
-                *cache = None;
+        let mut unsettled = self.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(from) = unsettled.as_ref() {
+            session.settle(from)?;
+            *unsettled = None;
+        }
+        let mut guard = CacheReset::new(&mut cache);
+        let mut appending_from = None;
+        let committed = catch_unwind(AssertUnwindSafe(|| {
+            self.commit(
+                &mut session,
+                guard.cache,
+                orders,
+                node,
+                compact_min_bytes,
+                &mut appending_from,
+            )
+        }));
+        let (outcomes, append_and_sync) = match committed {
+            Ok(Ok(committed)) => committed,
+            Ok(Err(err)) => {
+                if matches!(err, StoreError::CommitUnknown(_)) {
+                    *unsettled = appending_from;
+                }
                 return Err(err);
             }
+            Err(panic) => {
+                let what = panic_message(&panic);
+                return Err(match appending_from {
+                    Some(from) => {
+                        *unsettled = Some(from);
+                        StoreError::CommitUnknown(format!(
+                            "a commit panicked after its append began: {what}"
+                        ))
+                    }
+                    None => StoreError::Unstable(format!(
+                        "a commit panicked before appending anything: {what}"
+                    )),
+                });
+            }
         };
-        if !keep_cache {
-            *cache = None;
-        }
+        guard.keep();
         Ok(CommittedBatch {
             outcomes,
             lock_wait,
@@ -121,7 +192,7 @@ impl<M: Medium> Front<M> {
     pub fn check(&self) -> Result<StoreSummary, StoreError> {
         let mut session = self.medium.begin_read()?;
         let mut cache = None;
-        let current = catch_up(&mut session, &mut cache)?;
+        let current = catch_up(&mut session, &mut cache, &self.counters)?;
         let inventory = &current.inventory;
         Ok(StoreSummary {
             generation: current.position.generation(),
@@ -132,17 +203,143 @@ impl<M: Medium> Front<M> {
         })
     }
 
+    /// Catches up, decides every order, appends the new purchases and compacts when due.
+    /// Returns the outcomes and the time spent appending. `appending_from` is set to the
+    /// log position just before the append starts.
+    fn commit<S: WriteSession<Position = M::Position>>(
+        &self,
+        session: &mut S,
+        cache: &mut Option<Cache<M::Position>>,
+        orders: &[PurchaseOrder],
+        node: &str,
+        compact_min_bytes: u64,
+        appending_from: &mut Option<M::Position>,
+    ) -> Result<(Outcomes, Duration), StoreError> {
+        let current = catch_up(session, cache, &self.counters)?;
+        let mut created: Vec<Purchase> = Vec::new();
+        let outcomes: Outcomes = orders
+            .iter()
+            .map(|order| {
+                let outcome =
+                    current
+                        .inventory
+                        .purchase_tickets(&order.request, order.key.as_ref(), node);
+                if let Ok(PurchaseOutcome::Created(purchase)) = &outcome {
+                    created.push(purchase.clone());
+                }
+                outcome
+            })
+            .collect();
+        #[cfg(test)]
+        if self.panic_after_decide.swap(false, Ordering::Relaxed) {
+            panic!("injected panic after deciding a batch");
+        }
+        if created.is_empty() {
+            return Ok((outcomes, Duration::ZERO));
+        }
+        let appending = Instant::now();
+        *appending_from = Some(current.position.clone());
+        current.position = session.append(&current.position, &created)?;
+        let append_and_sync = appending.elapsed();
+        self.maybe_compact(session, current, compact_min_bytes);
+        Ok((outcomes, append_and_sync))
+    }
+
+    /// Folds the log into a new snapshot once it is larger than `min_bytes` and than half
+    /// the snapshot, so the cost of compaction per sale stays constant. A failure loses
+    /// nothing (the medium is as it was, the log holds every purchase, and the cached state
+    /// is still true); the next attempt waits until the log has doubled.
+    fn maybe_compact<S: WriteSession<Position = M::Position>>(
+        &self,
+        session: &mut S,
+        current: &mut Cache<M::Position>,
+        min_bytes: u64,
+    ) {
+        let position = &current.position;
+        let (generation, log_bytes) = (position.generation(), position.log_bytes());
+        if log_bytes < min_bytes.max(position.snapshot_bytes() / 2) {
+            return;
+        }
+        let mut failed_at = self
+            .compaction_failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((failed_generation, failed_bytes)) = *failed_at
+            && failed_generation == generation
+            && log_bytes < failed_bytes.saturating_mul(2)
+        {
+            return;
+        }
+        match session.write_snapshot(&current.inventory, position) {
+            Ok(position) => {
+                current.position = position;
+                *failed_at = None;
+                self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) => {
+                tracing::warn!(cause = %err, log_bytes, "compaction failed; the log keeps every purchase, and the next attempt waits until it has doubled");
+                *failed_at = Some((generation, log_bytes));
+                self.counters
+                    .compaction_failures
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The shared cache lock. A lock poisoned by a panic elsewhere may guard a half-applied
+    /// state: it is emptied first.
+    fn cache_read(&self) -> RwLockReadGuard<'_, Option<Cache<M::Position>>> {
+        match self.cache.read() {
+            Ok(cache) => cache,
+            Err(poisoned) => {
+                drop(poisoned);
+                drop(self.cache_for_update());
+                self.cache.read().unwrap_or_else(|p| p.into_inner())
+            }
+        }
+    }
+
     fn cache_for_update(&self) -> RwLockWriteGuard<'_, Option<Cache<M::Position>>> {
         self.cache.write().unwrap_or_else(|poisoned| {
             let mut cache = poisoned.into_inner();
             *cache = None;
+            self.cache.clear_poison();
             cache
         })
     }
 }
 
-fn unreachable_cache() -> StoreError {
-    StoreError::Unstable("the cached state vanished under its lock".into())
+/// Empties the cached state when dropped, unless `keep` was called: an error or a panic
+/// between the two may have left it half updated.
+struct CacheReset<'c, P> {
+    cache: &'c mut Option<Cache<P>>,
+    keep: bool,
+}
+
+impl<'c, P> CacheReset<'c, P> {
+    fn new(cache: &'c mut Option<Cache<P>>) -> Self {
+        Self { cache, keep: false }
+    }
+
+    fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl<P> Drop for CacheReset<'_, P> {
+    fn drop(&mut self) {
+        if !self.keep {
+            *self.cache = None;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Applies entries read from the log, in order.
@@ -164,10 +361,11 @@ fn apply(
 fn catch_up<'c, S: ReadSession>(
     session: &mut S,
     cache: &'c mut Option<Cache<S::Position>>,
+    counters: &Counters,
 ) -> Result<&'c mut Cache<S::Position>, StoreError> {
     let mut current = match cache.take() {
         Some(current) => current,
-        None => load(session)?,
+        None => load(session, counters)?,
     };
     for _ in 0..MAX_RELOADS {
         match session.read_since(&current.position)? {
@@ -176,7 +374,7 @@ fn catch_up<'c, S: ReadSession>(
                 current.position = end;
                 return Ok(cache.insert(current));
             }
-            Since::Reload => current = load(session)?,
+            Since::Reload => current = load(session, counters)?,
         }
     }
     Err(StoreError::Unstable(format!(
@@ -184,7 +382,11 @@ fn catch_up<'c, S: ReadSession>(
     )))
 }
 
-fn load<S: ReadSession>(session: &mut S) -> Result<Cache<S::Position>, StoreError> {
+fn load<S: ReadSession>(
+    session: &mut S,
+    counters: &Counters,
+) -> Result<Cache<S::Position>, StoreError> {
+    counters.snapshot_loads.fetch_add(1, Ordering::Relaxed);
     let (inventory, position) = session.load_snapshot()?;
     Ok(Cache {
         position,
@@ -194,61 +396,61 @@ fn load<S: ReadSession>(session: &mut S) -> Result<Cache<S::Position>, StoreErro
 
 type Outcomes = Vec<Result<PurchaseOutcome, PurchaseError>>;
 
-/// Catches up, decides every order, appends the new purchases and compacts when due.
-/// Returns the outcomes, the time spent appending, and whether the cache is still valid.
-fn commit<S: WriteSession>(
-    session: &mut S,
-    cache: &mut Option<Cache<S::Position>>,
-    orders: &[PurchaseOrder],
-    node: &str,
-    compact_min_bytes: u64,
-) -> Result<(Outcomes, Duration, bool), StoreError> {
-    let current = catch_up(session, cache)?;
-    let mut created: Vec<Purchase> = Vec::new();
-    let outcomes: Outcomes = orders
-        .iter()
-        .map(|order| {
-            let outcome =
-                current
-                    .inventory
-                    .purchase_tickets(&order.request, order.key.as_ref(), node);
-            if let Ok(PurchaseOutcome::Created(purchase)) = &outcome {
-                created.push(purchase.clone());
-            }
-            outcome
-        })
-        .collect();
-    if created.is_empty() {
-        return Ok((outcomes, Duration::ZERO, true));
-    }
-    let appending = Instant::now();
-    current.position = session.append(&current.position, &created)?;
-    let append_and_sync = appending.elapsed();
-    let keep_cache = maybe_compact(session, current, compact_min_bytes);
-    Ok((outcomes, append_and_sync, keep_cache))
-}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
 
-/// Folds the log into a new snapshot once it is larger than `min_bytes` and than half the
-/// snapshot, so the cost of compaction per sale stays constant. A failure loses nothing
-/// (the log still holds every purchase) and is retried on a later write; it returns false,
-/// so the cache is dropped and the next operation reloads whatever the medium holds.
-fn maybe_compact<S: WriteSession>(
-    session: &mut S,
-    current: &mut Cache<S::Position>,
-    min_bytes: u64,
-) -> bool {
-    let position = &current.position;
-    if position.log_bytes() < min_bytes.max(position.snapshot_bytes() / 2) {
-        return true;
+    use shared::{EventName, PurchaseRequest, Quantity, Ticket};
+
+    use super::*;
+    use crate::FileMedium;
+
+    fn order(quantity: u32) -> PurchaseOrder {
+        PurchaseOrder {
+            request: PurchaseRequest::new(
+                EventName::parse("concert").expect("valid"),
+                Quantity::new(quantity).expect("valid"),
+            ),
+            key: None,
+        }
     }
-    match session.write_snapshot(&current.inventory, position) {
-        Ok(position) => {
-            current.position = position;
-            true
-        }
-        Err(err) => {
-            tracing::warn!(cause = %err, "compaction failed; the log keeps every purchase");
-            false
-        }
+
+    fn sold(front: &Front<FileMedium>) -> usize {
+        front
+            .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
+            .expect("readable")
+    }
+
+    #[test]
+    fn a_panic_inside_a_commit_leaves_no_half_applied_state_and_commits_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let front = Front::new(FileMedium::new(dir.path().into(), Duration::from_secs(5)));
+        let tickets = (1..=6)
+            .map(|id| Ticket {
+                id,
+                event: EventName::parse("concert").expect("valid"),
+                price_cents: 100,
+                sold: false,
+            })
+            .collect();
+        let inventory = Inventory::from_tickets(tickets).expect("consistent");
+        front.create(&inventory, false).expect("created");
+        front
+            .purchase_batch(&[order(1)], "n", u64::MAX)
+            .expect("committed");
+
+        front.panic_after_decide.store(true, Ordering::Relaxed);
+        let panicked = catch_unwind(AssertUnwindSafe(|| {
+            front.purchase_batch(&[order(2)], "n", u64::MAX)
+        }));
+        assert!(
+            matches!(panicked, Ok(Err(StoreError::Unstable(_)))),
+            "{panicked:?}"
+        );
+        assert_eq!(sold(&front), 1, "the undecided batch shows in the state");
+        front
+            .purchase_batch(&[order(2)], "n", u64::MAX)
+            .expect("the next commit works");
+        assert_eq!(sold(&front), 3);
     }
 }

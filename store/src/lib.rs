@@ -126,6 +126,17 @@ pub struct StoreSummary {
     pub journal_entries: usize,
 }
 
+/// Counters of the work behind a handle's operations since it was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Whole snapshots read (a sale or a read normally reads only new log entries).
+    pub snapshot_loads: u64,
+    /// Logs folded into a new snapshot.
+    pub compactions: u64,
+    /// Compactions that failed (the log kept every purchase).
+    pub compaction_failures: u64,
+}
+
 /// The store on one of its media.
 #[derive(Debug)]
 enum Backing {
@@ -243,6 +254,11 @@ impl TicketStore {
     /// `force`.
     pub fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
         on_medium!(&*self.backing, front => front.create(inventory, force))
+    }
+
+    /// What this handle (and its clones) did so far.
+    pub fn stats(&self) -> StoreStats {
+        on_medium!(&*self.backing, front => front.stats())
     }
 
     /// Reads the whole store from its medium, bypassing the cache, and checks every

@@ -144,10 +144,22 @@ pub trait WriteSession: ReadSession {
         entries: &[Purchase],
     ) -> Result<Self::Position, StoreError>;
 
+    /// After an `append` from `from` ended in `CommitUnknown`, makes the log as it now
+    /// reads durable, so that what this process and others may serve from it is true. The
+    /// front calls it before this process's next commit, and commits nothing until it
+    /// succeeds. The default does nothing: right for a medium whose reads only ever see
+    /// durable entries (PostgreSQL's committed rows).
+    fn settle(&mut self, from: &Self::Position) -> Result<(), StoreError> {
+        let _ = from;
+        Ok(())
+    }
+
     /// Stores `inventory`, the state at `position` (just returned by `append`), as the
     /// newest snapshot, so later loads start there, and may drop the entries it covers.
-    /// Returns the position to continue from. A failure must lose nothing: the old snapshot
-    /// and the log still hold every entry (the front then forgets its state and reloads).
+    /// Returns the position to continue from. An error means the medium is as it was: the
+    /// old snapshot and the log still hold every entry, and `position` is still true (the
+    /// front keeps its state and tries again later). Once the new snapshot is in place the
+    /// call returns `Ok`, whatever else fails after it.
     fn write_snapshot(
         &mut self,
         inventory: &Inventory,

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod history;
 pub mod postgres;
 pub mod process;
+pub mod tmpfs;
 
 use std::path::Path;
 use std::time::Duration;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cluster::{report_summary, seed_store};
 use store::TicketStore;
-use store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, POINTS};
+use store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, POINTS, UPGRADE_POINTS};
 
 /// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
 fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {
@@ -105,6 +105,47 @@ fn a_writer_killed_at_any_step_of_a_write_loses_no_acknowledged_purchase() {
             "fault-summary: crash at {point}: tried {}, acknowledged {}, lost 0, sold twice 0, 5xx to client mistakes 0",
             acked.len() + 1 + 10,
             acked.len() + more.len()
+        ));
+    }
+}
+
+/// A copy of the store in `tests/fixtures/store/NAME`.
+fn fixture_copy(name: &str, dir: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/store")
+        .join(name);
+    for entry in std::fs::read_dir(from).expect("fixture") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn a_writer_killed_while_upgrading_a_store_from_before_the_journal_loses_nothing() {
+    for point in UPGRADE_POINTS {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fixture_copy("v1-before-journal", dir.path());
+        let before = stored(dir.path());
+        assert_eq!(before.len(), 2);
+        let output = Command::new(env!("CARGO_BIN_EXE_store-writer"))
+            .args(["--data", &dir.path().to_string_lossy(), "--purchases", "1"])
+            .env(ABORT_AT_ENV, point)
+            .env(ABORT_SKIP_ENV, "0")
+            .output()
+            .expect("store-writer runs");
+        assert_eq!(output.status.signal(), Some(6), "{point}: never reached");
+
+        let after_crash = stored(dir.path());
+        assert_eq!(
+            after_crash, before,
+            "{point}: the crash changed the purchases"
+        );
+        // The fixture has 4 concert tickets left: two purchases of two.
+        let (aborted, more) = write(dir.path(), 2, None);
+        assert!(!aborted && more.len() == 2, "{point}: the store sells on");
+        assert_eq!(stored(dir.path()).len(), 4, "{point}");
+        report_summary(&format!(
+            "fault-summary: crash at {point} while upgrading a store from before the journal: tried 3, acknowledged 2, lost 0, sold twice 0, 5xx to client mistakes 0"
         ));
     }
 }

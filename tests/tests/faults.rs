@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp, ReadOp};
+use cluster::tmpfs::Tmpfs;
 use cluster::{
     HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
     start_node, start_node_with,
@@ -184,8 +185,14 @@ fn node_check_store(data: &Path) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn snapshot_with_header(body: &str) -> Vec<u8> {
-    format!("{{\"format\":1,\"generation\":1,\"next_purchase_seq\":1,\n{body}").into_bytes()
+/// A snapshot with `good`'s header line (so the journal beside it is still its own) and
+/// `body` after it.
+fn snapshot_with_header(good: &[u8], body: &str) -> Vec<u8> {
+    let header = good.split(|&b| b == b'\n').next().unwrap_or_default();
+    let mut bytes = header.to_vec();
+    bytes.push(b'\n');
+    bytes.extend_from_slice(body.as_bytes());
+    bytes
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,6 +214,7 @@ async fn a_corrupted_or_missing_store_is_answered_503_never_rewritten_and_recove
     let good_journal = fs::read(data.join(JOURNAL_FILE)).expect("journal");
     let truncated = good_snapshot[..good_snapshot.len() / 2].to_vec();
     let duplicate_ids = snapshot_with_header(
+        &good_snapshot,
         "\"tickets\":[\n{\"id\":1,\"event\":\"concert\",\"price_cents\":1,\"sold\":false},\n{\"id\":1,\"event\":\"concert\",\"price_cents\":1,\"sold\":false}\n],\n\"purchases\":[]}\n",
     );
     let mut bad_journal = good_journal.clone();
@@ -242,7 +250,12 @@ async fn a_corrupted_or_missing_store_is_answered_503_never_rewritten_and_recove
             Some(bad_journal),
             "line at byte",
         ),
-        ("snapshot missing", data.join(DATA_FILE), None, "no store"),
+        (
+            "snapshot missing",
+            data.join(DATA_FILE),
+            None,
+            "snapshot is missing",
+        ),
     ];
     let mut tried = 0;
     let mut other_5xx = 0;
@@ -391,33 +404,6 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
         "fault-summary: lock held too long: tried {}, acknowledged 1, lost 0, sold twice 0, 5xx to client mistakes 0 (503 after a bounded wait {tried})",
         tried + 1
     ));
-}
-
-/// A small tmpfs mounted for the test, unmounted when dropped.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: PathBuf, size: &str) -> Self {
-        fs::create_dir_all(&path).expect("mount point");
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&path)
-            .status()
-            .expect("mount runs");
-        assert!(
-            status.success(),
-            "mounting a tmpfs needs root (the project machine and CI run as root)"
-        );
-        Self { path }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

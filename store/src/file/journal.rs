@@ -9,6 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::{StoreError, fault, format, read_up_to, sync_dir, temp_path, write_temp};
+use crate::format::JournalHeader;
 use crate::medium::Entry;
 
 /// How much of the journal a process has applied to its cached inventory.
@@ -37,8 +38,8 @@ pub struct Journal {
     path: PathBuf,
     /// `None` when there is no journal file.
     file: Option<File>,
-    /// The generation in the header.
-    generation: u64,
+    /// What the first line says (`None` when there is no journal file).
+    header: Option<JournalHeader>,
     header_len: u64,
     len: u64,
 }
@@ -49,7 +50,7 @@ impl Journal {
         let mut journal = Self {
             path: path.to_owned(),
             file: None,
-            generation: 0,
+            header: None,
             header_len: 0,
             len: 0,
         };
@@ -64,8 +65,10 @@ impl Journal {
             .iter()
             .position(|&b| b == b'\n')
             .ok_or_else(|| StoreError::corrupt(path, "the journal has no header line"))?;
-        journal.generation = format::decode_journal_header(&head[..line_end])
-            .map_err(|reason| StoreError::corrupt(path, reason))?;
+        journal.header = Some(
+            format::decode_journal_header(&head[..line_end])
+                .map_err(|reason| StoreError::corrupt(path, reason))?,
+        );
         journal.header_len = line_end as u64 + 1;
         journal.len = file
             .metadata()
@@ -75,20 +78,24 @@ impl Journal {
         Ok(journal)
     }
 
-    fn belongs_to(&self, generation: u64) -> bool {
-        self.file.is_some() && self.generation == generation
+    /// What the header says; `None` when there is no journal.
+    pub fn header(&self) -> Option<JournalHeader> {
+        self.header
     }
 
-    /// Reads the complete lines after `state` and moves `state` past them.
-    pub fn replay(
-        &mut self,
-        state: &mut JournalState,
-        generation: u64,
-    ) -> Result<Vec<Entry>, StoreError> {
-        if !self.belongs_to(generation) {
-            *state = JournalState::Stale;
-            return Ok(Vec::new());
-        }
+    /// The journal's length in bytes (0 when there is none).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the journal holds nothing after its header.
+    pub fn has_no_entries(&self) -> bool {
+        self.len <= self.header_len
+    }
+
+    /// Reads the complete lines after `state` and moves `state` past them. The caller has
+    /// established that this journal follows its snapshot.
+    pub fn replay(&mut self, state: &mut JournalState) -> Result<Vec<Entry>, StoreError> {
         let (start, mut entries) = match *state {
             JournalState::At { offset, entries } => (offset, entries),
             JournalState::Unread | JournalState::Stale => (self.header_len, 0),
@@ -109,8 +116,6 @@ impl Journal {
                 .and_then(|_| file.take(self.len - start).read_to_end(&mut tail))
                 .map_err(StoreError::io("reading", &self.path))?;
             let mut consumed = 0;
-            // A last piece without a newline is a torn append: never acknowledged, not
-            // applied.
             while let Some(end) = tail[consumed..].iter().position(|&b| b == b'\n') {
                 let line = &tail[consumed..consumed + end];
                 let at = start + consumed as u64;
@@ -120,6 +125,21 @@ impl Journal {
                 read.push(Entry { at, purchase });
                 consumed += end + 1;
                 entries += 1;
+            }
+            // A last piece without a newline is a torn append (a writer killed inside its
+            // write, before the sync, so never acknowledged): not applied, and cut off by
+            // the next writer. A whole purchase missing only its newline is not what a
+            // torn write leaves but what damage leaves, and may have been acknowledged:
+            // refused, for an operator to decide.
+            let rest = &tail[consumed..];
+            if !rest.is_empty() && format::decode_journal_entry(rest).is_ok() {
+                let at = start + consumed as u64;
+                return Err(StoreError::corrupt(
+                    &self.path,
+                    format!(
+                        "the last line, at byte {at}, is a whole purchase without its line end: damage, not a torn append, and it may have been acknowledged; add the line end to keep it or cut it off to drop it"
+                    ),
+                ));
             }
             *state = JournalState::At {
                 offset: start + consumed as u64,
@@ -134,9 +154,13 @@ impl Journal {
         Ok(read)
     }
 
-    /// Writes a fresh, empty journal for `generation` atomically.
-    pub fn create(path: &Path, dir: &Path, generation: u64) -> Result<JournalState, StoreError> {
-        let header = format::encode_journal_header(generation);
+    /// Writes a fresh, empty journal atomically.
+    pub fn create(
+        path: &Path,
+        dir: &Path,
+        header: JournalHeader,
+    ) -> Result<JournalState, StoreError> {
+        let header = format::encode_journal_header(header);
         let temp = temp_path(dir, super::JOURNAL_FILE);
         let written = write_temp(&temp, |out| io::Write::write_all(out, &header)).and_then(|()| {
             fault::abort_at("journal-create-after-temp");
@@ -162,7 +186,11 @@ impl Journal {
         state: &mut JournalState,
     ) -> Result<Self, StoreError> {
         if !matches!(state, JournalState::At { .. }) {
-            *state = Self::create(path, dir, generation)?;
+            let header = JournalHeader {
+                generation,
+                upgrade: false,
+            };
+            *state = Self::create(path, dir, header)?;
         }
         let JournalState::At { offset, .. } = *state else {
             return Err(StoreError::corrupt(
@@ -180,6 +208,14 @@ impl Journal {
             .map_err(StoreError::io("reading", path))?
             .len();
         if len > offset {
+            // Replay refused a tail that could be an acknowledged purchase; what is left
+            // is a piece of a batch whose writer died before its sync, never answered.
+            tracing::warn!(
+                journal = %path.display(),
+                at = offset,
+                bytes = len - offset,
+                "cutting off a torn append"
+            );
             file.set_len(offset)
                 .and_then(|()| file.sync_data())
                 .map_err(StoreError::io("truncating a torn line of", path))?;
@@ -187,7 +223,10 @@ impl Journal {
         Ok(Self {
             path: path.to_owned(),
             file: Some(file),
-            generation,
+            header: Some(JournalHeader {
+                generation,
+                upgrade: false,
+            }),
             header_len: 0,
             len: offset,
         })
@@ -215,11 +254,23 @@ impl Journal {
         }
         let written = file.write_all_at(lines, self.len).and_then(|()| {
             fault::abort_at("journal-after-write");
+            fault::fail("journal-sync")?;
             file.sync_data()
         });
         if let Err(err) = written {
-            let _ = file.set_len(self.len).and_then(|()| file.sync_data());
-            return Err(StoreError::io("appending to", &self.path)(err));
+            // Only a journal provably cut back to where it was means "not committed": the
+            // bytes may have reached the file (and other processes' reads) before the
+            // failure.
+            let rolled_back = fault::fail("journal-rollback")
+                .and_then(|()| file.set_len(self.len))
+                .and_then(|()| file.sync_data());
+            return Err(match rolled_back {
+                Ok(()) => StoreError::io("appending to", &self.path)(err),
+                Err(rollback) => StoreError::CommitUnknown(format!(
+                    "appending to {} failed ({err}) and cutting it back failed too ({rollback}): the batch may be in the journal; a retry with the same Idempotency-Key returns it if it is",
+                    self.path.display()
+                )),
+            });
         }
         fault::abort_at("journal-after-sync");
         self.len += lines.len() as u64;
@@ -228,5 +279,26 @@ impl Journal {
             *entries += count;
         }
         Ok(())
+    }
+
+    /// Makes the journal durable as it now reads from byte `from` on (exclusive lock held),
+    /// after an append whose outcome is unknown: the bytes are written again and synced,
+    /// since after a failed sync the kernel may hold them as clean pages that no later sync
+    /// writes.
+    pub fn settle(path: &Path, from: u64) -> Result<(), StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(StoreError::io("opening", path))?;
+        let len = file
+            .metadata()
+            .map_err(StoreError::io("reading", path))?
+            .len();
+        let mut tail = vec![0; len.saturating_sub(from) as usize];
+        file.read_exact_at(&mut tail, from)
+            .and_then(|()| file.write_all_at(&tail, from))
+            .and_then(|()| file.sync_data())
+            .map_err(StoreError::io("settling", path))
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use shared::{Inventory, Purchase};
 
+use crate::format::{Follows, JournalHeader, Lineage};
 use crate::medium::{LogPosition, Medium, ReadSession, Since, WriteSession};
 use crate::{StoreError, fault, format};
 use journal::{Journal, JournalState};
@@ -42,6 +43,7 @@ pub const LOCK_FILE: &str = "tickets.lock";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SnapshotStamp {
     generation: u64,
+    lineage: Lineage,
     len: u64,
     modified: Option<SystemTime>,
     inode: u64,
@@ -51,6 +53,7 @@ impl SnapshotStamp {
     /// Matches no file: a position holding it is reloaded on its next use.
     const STALE: Self = Self {
         generation: u64::MAX,
+        lineage: Lineage::Fresh,
         len: u64::MAX,
         modified: None,
         inode: u64::MAX,
@@ -102,7 +105,7 @@ pub struct FileMedium {
     lock_timeout: Duration,
 }
 
-/// Makes temporary file names unique among the threads of one process.
+/// Tells apart the temporary files of one process's threads.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A read or a write on the file store: the lock, and the snapshot and journal as found
@@ -110,9 +113,28 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileSession<'m> {
     medium: &'m FileMedium,
-    _guard: LockGuard,
+    guard: LockGuard,
     stamp: SnapshotStamp,
     journal: Journal,
+    role: JournalRole,
+}
+
+/// What the journal beside the snapshot is to it, proven when a session begins. Every
+/// other pairing is refused, so a journal that may hold purchases the snapshot lacks is
+/// never ignored, and never replaced by the next writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JournalRole {
+    /// It follows the snapshot: its entries come after it.
+    Own,
+    /// The snapshot was folded from it (a compaction stopped before its new journal), so
+    /// nothing in it applies; the next writer starts the snapshot's own.
+    Folded,
+    /// As `Folded`, for a format 1 snapshot that did not record what it folded: proven
+    /// when the snapshot is loaded, by finding every entry of the journal in it.
+    FoldedUnrecorded,
+    /// No journal belongs to the snapshot (written before the journal existed); the next
+    /// writer upgrades the store.
+    Unjournaled,
 }
 
 impl FileMedium {
@@ -133,15 +155,84 @@ impl FileMedium {
         &self.paths.dir
     }
 
+    /// Unless `force`, fails if any file holding store data exists: a journal without its
+    /// snapshot still holds acknowledged purchases. The lock file holds none (a node started
+    /// before seeding creates it).
+    fn refuse_existing(&self, force: bool) -> Result<(), StoreError> {
+        if force {
+            return Ok(());
+        }
+        for path in [&self.paths.snapshot, &self.paths.journal] {
+            match fs::symlink_metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Present, or unknowable: either way not ours to replace.
+                _ => return Err(StoreError::AlreadyExists(path.clone())),
+            }
+        }
+        Ok(())
+    }
+
     fn begin(&self, mode: LockMode) -> Result<FileSession<'_>, StoreError> {
         let guard = lock::acquire(&self.paths.lock, mode, self.lock_timeout)?;
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
+        let role = self.journal_role(&stamp, &journal)?;
         Ok(FileSession {
             medium: self,
-            _guard: guard,
+            guard,
             stamp,
             journal,
+            role,
+        })
+    }
+
+    /// Proves which journal stands beside the snapshot, or says why it cannot.
+    fn journal_role(
+        &self,
+        stamp: &SnapshotStamp,
+        journal: &Journal,
+    ) -> Result<JournalRole, StoreError> {
+        let path = &self.paths.journal;
+        let generation = stamp.generation;
+        let Some(header) = journal.header() else {
+            return match stamp.lineage {
+                Lineage::Unjournaled => Ok(JournalRole::Unjournaled),
+                _ => Err(StoreError::corrupt(
+                    path,
+                    format!(
+                        "the journal is missing, and the snapshot (generation {generation}) cannot be read without it: the purchases since the snapshot are in it. Restore {JOURNAL_FILE} and {DATA_FILE} from the same backup"
+                    ),
+                )),
+            };
+        };
+        let role = match stamp.lineage {
+            // A crash between an upgrade's journal and its snapshot leaves exactly this.
+            Lineage::Unjournaled if header.upgrade && journal.has_no_entries() => {
+                Some(JournalRole::Unjournaled)
+            }
+            Lineage::Unjournaled => None,
+            _ if header.generation == generation => Some(JournalRole::Own),
+            Lineage::Compacted(follows)
+                if header.generation == follows.generation
+                    && journal.len() == follows.journal_len =>
+            {
+                Some(JournalRole::Folded)
+            }
+            Lineage::Unrecorded if header.generation == generation.wrapping_sub(1) => {
+                Some(JournalRole::FoldedUnrecorded)
+            }
+            Lineage::Unrecorded | Lineage::Fresh | Lineage::Compacted(_) => None,
+        };
+        role.ok_or_else(|| {
+            StoreError::corrupt(
+                path,
+                format!(
+                    "the journal (generation {}, {} bytes) is not the one that follows the snapshot ({}): one of the two was replaced or restored on its own. Restore {JOURNAL_FILE} and {DATA_FILE} from the same backup",
+                    header.generation,
+                    journal.len(),
+                    describe(stamp)
+                ),
+            )
         })
     }
 
@@ -151,7 +242,7 @@ impl FileMedium {
         let mut file = match File::open(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing(path.clone()));
+                return Err(self.snapshot_missing());
             }
             Err(e) => return Err(StoreError::io("opening", path)(e)),
         };
@@ -163,8 +254,9 @@ impl FileMedium {
             .next()
             .unwrap_or_default();
         match format::decode_snapshot_header(first_line) {
-            Some(header) if header.format == format::FORMAT_VERSION => Ok(SnapshotStamp {
+            Some(header) => Ok(SnapshotStamp {
                 generation: header.generation,
+                lineage: header.lineage,
                 len: metadata.len(),
                 modified: metadata.modified().ok(),
                 inode: metadata.ino(),
@@ -181,32 +273,98 @@ impl FileMedium {
         let bytes = match fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::Missing(path.clone()));
+                return Err(self.snapshot_missing());
             }
             Err(e) => return Err(StoreError::io("reading", path)(e)),
         };
         format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
     }
 
+    /// `Missing` when there is no store at all; a journal without its snapshot still holds
+    /// acknowledged purchases, so that is a damaged store, not a missing one.
+    fn snapshot_missing(&self) -> StoreError {
+        if fs::symlink_metadata(&self.paths.journal).is_ok() {
+            return StoreError::corrupt(
+                &self.paths.snapshot,
+                format!(
+                    "the snapshot is missing beside a journal: restore {DATA_FILE} and {JOURNAL_FILE} from the same backup"
+                ),
+            );
+        }
+        StoreError::Missing(self.paths.dir.clone())
+    }
+
     /// Replaces the snapshot atomically: temporary file, fsync, rename, fsync directory.
-    fn write_snapshot(&self, inventory: &Inventory, generation: u64) -> Result<(), StoreError> {
+    /// An error means the old snapshot is still in place; `Ok(false)` that the new one
+    /// replaced it but the directory could not be synced, so the rename may not survive a
+    /// power cut.
+    fn write_snapshot(
+        &self,
+        inventory: &Inventory,
+        generation: u64,
+        follows: Option<Follows>,
+    ) -> Result<bool, StoreError> {
         let dir = &self.paths.dir;
         remove_stale_temp_files(dir);
         let temp_path = temp_path(dir, DATA_FILE);
-        let result = write_temp(&temp_path, |out| format::encode(inventory, generation, out))
-            .and_then(|()| {
-                fault::abort_at("snapshot-after-temp");
-                fs::rename(&temp_path, &self.paths.snapshot)
-                    .map_err(StoreError::io("renaming", &temp_path))
-            });
-        if result.is_err() {
+        let result = write_temp(&temp_path, |out| match follows {
+            Some(follows) => format::encode_folded(inventory, generation, follows, out),
+            None => format::encode(inventory, generation, out),
+        })
+        .and_then(|()| {
+            fault::abort_at("snapshot-after-temp");
+            fs::rename(&temp_path, &self.paths.snapshot)
+                .map_err(StoreError::io("renaming", &temp_path))
+        });
+        if let Err(err) = result {
             // The temporary file is ours alone; removing it keeps a full disk from filling
             // up further.
             let _ = fs::remove_file(&temp_path);
-            return result;
+            return Err(err);
         }
         fault::abort_at("snapshot-after-rename");
-        sync_dir(dir)
+        match sync_dir(dir) {
+            Ok(()) => Ok(true),
+            Err(err) => {
+                tracing::warn!(cause = %err, "the new snapshot is in place but not synced");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Rewrites a snapshot from before the journal in the current format, with a journal
+    /// of its own (exclusive lock held). The journal comes first, marked as an upgrade's,
+    /// so a crash between the two leaves a state that is provably this one.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        let snapshot = self.load_snapshot()?;
+        let generation = rand::random::<u64>() >> 1;
+        let header = JournalHeader {
+            generation,
+            upgrade: true,
+        };
+        Journal::create(&self.paths.journal, &self.paths.dir, header)?;
+        fault::abort_at("upgrade-after-journal");
+        if !self.write_snapshot(&snapshot.inventory, generation, None)? {
+            return Err(StoreError::io("syncing", &self.paths.dir)(
+                io::Error::other("the upgraded snapshot may not be durable"),
+            ));
+        }
+        tracing::info!(generation, "upgraded a store written before the journal");
+        Ok(())
+    }
+}
+
+/// The snapshot's header, for an operator.
+fn describe(stamp: &SnapshotStamp) -> String {
+    let generation = stamp.generation;
+    match stamp.lineage {
+        Lineage::Unjournaled => "format 1, written before the journal existed".to_owned(),
+        Lineage::Unrecorded => format!("generation {generation}, format 1"),
+        Lineage::Fresh => format!("generation {generation}, written fresh"),
+        Lineage::Compacted(follows) => format!(
+            "generation {generation}, folded from the journal of generation {} at {} bytes",
+            follows.generation, follows.journal_len
+        ),
     }
 }
 
@@ -220,19 +378,47 @@ impl Medium for FileMedium {
     }
 
     fn begin_write(&self) -> Result<FileSession<'_>, StoreError> {
-        self.begin(LockMode::Exclusive)
+        let session = self.begin(LockMode::Exclusive)?;
+        if session.role != JournalRole::Unjournaled {
+            return Ok(session);
+        }
+        // Appending beside a snapshot from before the journal could not be told apart
+        // from a deleted journal later: upgrade first, then look again.
+        self.upgrade()?;
+        let FileSession { guard, .. } = session;
+        let stamp = self.snapshot_stamp()?;
+        let journal = Journal::open(&self.paths.journal)?;
+        let role = self.journal_role(&stamp, &journal)?;
+        Ok(FileSession {
+            medium: self,
+            guard,
+            stamp,
+            journal,
+            role,
+        })
     }
 
     fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
+        // Checked before anything is created, and again under the lock.
+        self.refuse_existing(force)?;
         fs::create_dir_all(&self.paths.dir).map_err(StoreError::io("creating", &self.paths.dir))?;
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
-        if !force && self.paths.snapshot.exists() {
-            return Err(StoreError::AlreadyExists(self.paths.snapshot.clone()));
-        }
+        self.refuse_existing(force)?;
         // A random generation, so no process mistakes the new store for one it has cached.
+        // The journal first: a crash between the two leaves a journal without a snapshot,
+        // which is refused, never a snapshot that seems to have lost its journal.
         let generation = rand::random::<u64>() >> 1;
-        self.write_snapshot(inventory, generation)?;
-        Journal::create(&self.paths.journal, &self.paths.dir, generation)?;
+        let header = JournalHeader {
+            generation,
+            upgrade: false,
+        };
+        Journal::create(&self.paths.journal, &self.paths.dir, header)?;
+        fault::abort_at("create-after-journal");
+        if !self.write_snapshot(inventory, generation, None)? {
+            return Err(StoreError::io("syncing", &self.paths.dir)(
+                io::Error::other("the new snapshot may not be durable"),
+            ));
+        }
         Ok(())
     }
 
@@ -246,11 +432,14 @@ impl ReadSession for FileSession<'_> {
 
     fn load_snapshot(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
         let snapshot = self.medium.load_snapshot()?;
-        if snapshot.generation != self.stamp.generation {
+        if snapshot.generation != self.stamp.generation || snapshot.lineage != self.stamp.lineage {
             return Err(StoreError::corrupt(
                 &self.medium.paths.snapshot,
                 "the snapshot changed while the lock was held",
             ));
+        }
+        if self.role == JournalRole::FoldedUnrecorded {
+            self.prove_folded(&snapshot.inventory)?;
         }
         let position = FilePosition {
             stamp: self.stamp,
@@ -264,7 +453,14 @@ impl ReadSession for FileSession<'_> {
             return Ok(Since::Reload);
         }
         let mut journal = position.journal;
-        let entries = self.journal.replay(&mut journal, self.stamp.generation)?;
+        let entries = match self.role {
+            JournalRole::Own => self.journal.replay(&mut journal)?,
+            // Nothing in the journal beside the snapshot applies to it.
+            JournalRole::Folded | JournalRole::FoldedUnrecorded | JournalRole::Unjournaled => {
+                journal = JournalState::Stale;
+                Vec::new()
+            }
+        };
         Ok(Since::Entries {
             entries,
             end: FilePosition {
@@ -289,6 +485,14 @@ impl WriteSession for FileSession<'_> {
         entries: &[Purchase],
     ) -> Result<FilePosition, StoreError> {
         let paths = &self.medium.paths;
+        // A lock file deleted or replaced since this session locked it no longer keeps
+        // others out: write nothing.
+        if !self.guard.still_at(&paths.lock) {
+            return Err(StoreError::Unstable(format!(
+                "{} was deleted or replaced while this writer held it; nothing was written",
+                paths.lock.display()
+            )));
+        }
         let mut state = position.journal;
         let mut journal = Journal::prepare_for_append(
             &paths.journal,
@@ -307,6 +511,14 @@ impl WriteSession for FileSession<'_> {
         })
     }
 
+    fn settle(&mut self, from: &FilePosition) -> Result<(), StoreError> {
+        // A journal replaced since (compaction, reseed) was synced by whoever replaced it.
+        if from.stamp != self.stamp || self.role != JournalRole::Own {
+            return Ok(());
+        }
+        Journal::settle(&self.medium.paths.journal, from.log_bytes())
+    }
+
     fn write_snapshot(
         &mut self,
         inventory: &Inventory,
@@ -314,14 +526,59 @@ impl WriteSession for FileSession<'_> {
     ) -> Result<FilePosition, StoreError> {
         let medium = self.medium;
         let next = position.stamp.generation.wrapping_add(1);
-        medium.write_snapshot(inventory, next)?;
-        let journal = Journal::create(&medium.paths.journal, &medium.paths.dir, next)?;
-        fault::abort_at("compaction-done");
+        let follows = Follows {
+            generation: position.stamp.generation,
+            journal_len: position.log_bytes(),
+        };
+        let synced = medium.write_snapshot(inventory, next, Some(follows))?;
         self.stamp = medium.snapshot_stamp().unwrap_or(SnapshotStamp::STALE);
+        // The new snapshot is in place: from here on the state holds whatever happens to
+        // its journal. Without one, the old journal is still the one it folded, which the
+        // next writer replaces.
+        let header = JournalHeader {
+            generation: next,
+            upgrade: false,
+        };
+        let journal = if synced {
+            Journal::create(&medium.paths.journal, &medium.paths.dir, header)
+        } else {
+            Err(StoreError::io("syncing", &medium.paths.dir)(
+                io::Error::other("the new snapshot's rename may not be durable yet"),
+            ))
+        };
+        let journal = match journal {
+            Ok(journal) => journal,
+            Err(err) => {
+                tracing::warn!(cause = %err, "the new snapshot has no journal yet; the next write starts it");
+                self.role = JournalRole::Folded;
+                JournalState::Stale
+            }
+        };
+        fault::abort_at("compaction-done");
         Ok(FilePosition {
             stamp: self.stamp,
             journal,
         })
+    }
+}
+
+impl FileSession<'_> {
+    /// Proves that a format 1 snapshot was folded from the journal of the generation
+    /// before it: every entry of that journal is in the snapshot, as it was written.
+    fn prove_folded(&mut self, inventory: &Inventory) -> Result<(), StoreError> {
+        let mut state = JournalState::Unread;
+        for entry in self.journal.replay(&mut state)? {
+            if inventory.purchase(&entry.purchase.purchase_id) != Some(&entry.purchase) {
+                return Err(StoreError::corrupt(
+                    &self.medium.paths.journal,
+                    format!(
+                        "the journal of the generation before the snapshot's holds {} (line at byte {}), which the snapshot lacks: it is not the journal the snapshot was folded from. Restore {JOURNAL_FILE} and {DATA_FILE} from the same backup",
+                        entry.purchase.purchase_id, entry.at
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -354,11 +611,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A temporary file's name: the process id and a counter are not enough, since every
+/// container runs its node as PID 1, so 64 random bits go in too. Temporary files are only
+/// written under the exclusive lock, and created with `create_new`, so a clash could at
+/// worst fail a write, never mix two.
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(
-        ".{name}.{}.{}.tmp",
+        ".{name}.{}.{}.{:016x}.tmp",
         std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u64>()
     ))
 }
 

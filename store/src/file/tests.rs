@@ -10,7 +10,8 @@ use shared::{
     Quantity, Ticket,
 };
 
-use super::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
+use super::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
+use crate::medium::{Medium, ReadSession, Since, WriteSession};
 use crate::{PurchaseOrder, StoreError, TicketStore, format};
 
 fn handle(dir: &Path) -> TicketStore {
@@ -213,10 +214,30 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
     // Simulate a crash between the snapshot's rename and the new journal's: a newer
     // snapshot holding everything, beside the old generation's journal.
     let state = store.read(Clone::clone).expect("readable");
-    let generation = store.check().expect("consistent").generation + 1;
-    let mut bytes = Vec::new();
-    format::encode(&state, generation, &mut bytes).expect("encode");
-    fs::write(dir.path().join(DATA_FILE), bytes).expect("write");
+    let old = store.check().expect("consistent").generation;
+    let generation = old + 1;
+    let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
+        .expect("journal")
+        .len();
+    let folded = |journal_len| {
+        let follows = format::Follows {
+            generation: old,
+            journal_len,
+        };
+        let mut bytes = Vec::new();
+        format::encode_folded(&state, generation, follows, &mut bytes).expect("encode");
+        bytes
+    };
+    // A snapshot that names another length of the journal was not folded from this one.
+    fs::write(dir.path().join(DATA_FILE), folded(journal_len + 1)).expect("write");
+    let err = handle(dir.path())
+        .read(|_| ())
+        .expect_err("not provably folded");
+    assert!(
+        err.to_string().contains("not the one that follows"),
+        "{err}"
+    );
+    fs::write(dir.path().join(DATA_FILE), folded(journal_len)).expect("write");
 
     let fresh = handle(dir.path());
     assert_eq!(sold_count(&fresh), 2);
@@ -282,4 +303,61 @@ fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticke
         .expect("readable");
     assert_eq!(sold.iter().sum::<u32>() as usize, purchased);
     assert_eq!(summary.sold, purchased);
+}
+
+#[test]
+fn a_last_line_that_is_a_whole_purchase_without_its_newline_is_refused_not_cut() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    buy(&store, 1).expect("available");
+    buy(&store, 1).expect("available");
+    let journal = dir.path().join(JOURNAL_FILE);
+    let mut bytes = fs::read(&journal).expect("read");
+    // Damage takes the last acknowledged purchase's line end.
+    bytes.pop();
+    fs::write(&journal, &bytes).expect("write");
+
+    for attempt in [
+        handle(dir.path()).read(|_| ()).map(|_| ()),
+        handle(dir.path())
+            .purchase(&request(1), None, "n")
+            .map(|_| ()),
+    ] {
+        let err = attempt.expect_err("damage is refused");
+        assert!(err.to_string().contains("without its line end"), "{err}");
+    }
+    assert_eq!(
+        fs::read(&journal).expect("read"),
+        bytes,
+        "the writer cut it"
+    );
+}
+
+#[test]
+fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 5);
+    buy(&store, 1).expect("available");
+    let journal = fs::read(dir.path().join(JOURNAL_FILE)).expect("journal");
+    let medium = FileMedium::new(dir.path().to_owned(), Duration::from_secs(5));
+    let mut session = medium.begin_write().expect("locked");
+    let (inventory, position) = session.load_snapshot().expect("snapshot");
+    let Since::Entries { end, .. } = session.read_since(&position).expect("journal") else {
+        panic!("the snapshot did not move");
+    };
+    // The operator deletes the lock file, and another process locks a new one.
+    fs::remove_file(dir.path().join(LOCK_FILE)).expect("delete");
+    let mut inventory = inventory;
+    let sold = inventory
+        .purchase_tickets(&request(1), None, "n")
+        .expect("available")
+        .into_purchase();
+    let err = session
+        .append(&end, std::slice::from_ref(&sold))
+        .expect_err("the lock is lost");
+    assert!(err.to_string().contains("deleted or replaced"), "{err}");
+    assert_eq!(
+        fs::read(dir.path().join(JOURNAL_FILE)).expect("journal"),
+        journal
+    );
 }

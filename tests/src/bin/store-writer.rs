@@ -1,6 +1,8 @@
 //! `store-writer`: sells tickets straight through `TicketStore`, one purchase per commit,
 //! printing `committed <purchase_id> <ticket ids>` after each one is durable. The crash
-//! tests run it with `TICKETS_FAULT_ABORT_AT` set, so it dies at a chosen step of a write.
+//! tests run it with `TICKETS_FAULT_ABORT_AT` set, so it dies at a chosen step of a write;
+//! the integrity tests with `--keys` and `TICKETS_FAULT_FAIL`, so a step fails and the
+//! writer retries with the same key, printing `failed` or `unknown` for each store error.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shared::{EventName, PurchaseOutcome, PurchaseRequest, Quantity};
-use store::TicketStore;
+use shared::{EventName, IdempotencyKey, PurchaseOutcome, PurchaseRequest, Quantity};
+use store::{StoreError, TicketStore};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -25,6 +27,13 @@ struct Cli {
     /// Fold the journal into the snapshot once it is this large (and half the snapshot).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     compact_bytes: u64,
+    /// Give purchase i the Idempotency-Key `<PREFIX>i`, and on a store error print it and
+    /// retry the same key (at most 20 times) instead of stopping.
+    #[arg(long, value_name = "PREFIX")]
+    keys: Option<String>,
+    /// Print the store's counters at the end: `stats loads=L compactions=C failed=F`.
+    #[arg(long)]
+    stats: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,22 +43,56 @@ fn main() -> anyhow::Result<()> {
     let event = EventName::parse(&cli.event)?;
     let quantity = Quantity::new(cli.quantity)?;
     let mut stdout = std::io::stdout().lock();
-    for _ in 0..cli.purchases {
-        let request = PurchaseRequest::new(event.clone(), quantity);
-        match store
-            .purchase(&request, None, "store-writer")
-            .context("store failed")?
-        {
-            Ok(PurchaseOutcome::Created(p)) | Ok(PurchaseOutcome::Replayed(p)) => {
-                let ids: Vec<String> = p.tickets.iter().map(|t| t.id.to_string()).collect();
-                writeln!(stdout, "committed {} {}", p.purchase_id, ids.join(","))?;
-                stdout.flush()?;
+    for i in 0..cli.purchases {
+        let key = cli
+            .keys
+            .as_ref()
+            .map(|prefix| IdempotencyKey::parse(&format!("{prefix}{i}")))
+            .transpose()?;
+        for attempt in 0.. {
+            let request = PurchaseRequest::new(event.clone(), quantity);
+            let outcome = match store.purchase(&request, key.as_ref(), "store-writer") {
+                Ok(outcome) => outcome,
+                Err(err)
+                    if attempt < 20
+                        && let Some(key) = &key =>
+                {
+                    let kind = match err {
+                        StoreError::CommitUnknown(_) => "unknown",
+                        _ => "failed",
+                    };
+                    writeln!(stdout, "{kind} {} {err}", key.as_str())?;
+                    continue;
+                }
+                Err(err) => return Err(err).context("store failed"),
+            };
+            match outcome {
+                Ok(PurchaseOutcome::Created(p)) => {
+                    let ids: Vec<String> = p.tickets.iter().map(|t| t.id.to_string()).collect();
+                    writeln!(stdout, "committed {} {}", p.purchase_id, ids.join(","))?;
+                }
+                Ok(PurchaseOutcome::Replayed(p)) => {
+                    let ids: Vec<String> = p.tickets.iter().map(|t| t.id.to_string()).collect();
+                    writeln!(
+                        stdout,
+                        "committed {} {} replayed",
+                        p.purchase_id,
+                        ids.join(",")
+                    )?;
+                }
+                Err(refused) => writeln!(stdout, "refused {refused}")?,
             }
-            Err(refused) => {
-                writeln!(stdout, "refused {refused}")?;
-                stdout.flush()?;
-            }
+            stdout.flush()?;
+            break;
         }
+    }
+    if cli.stats {
+        let stats = store.stats();
+        writeln!(
+            stdout,
+            "stats loads={} compactions={} failed={}",
+            stats.snapshot_loads, stats.compactions, stats.compaction_failures
+        )?;
     }
     Ok(())
 }
