@@ -2,6 +2,7 @@
 //! ports: the harness of the integration tests and of `cargo run -p cluster`.
 
 pub mod client;
+pub mod docker;
 pub mod history;
 pub mod medium;
 pub mod postgres;
