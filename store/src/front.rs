@@ -400,17 +400,13 @@ type Outcomes = Vec<Result<PurchaseOutcome, PurchaseError>>;
 mod tests {
     use std::time::Duration;
 
-    use shared::{EventName, PurchaseRequest, Quantity, Ticket};
-
     use super::*;
     use crate::FileMedium;
+    use crate::testing::{inventory, request};
 
     fn order(quantity: u32) -> PurchaseOrder {
         PurchaseOrder {
-            request: PurchaseRequest::new(
-                EventName::parse("concert").expect("valid"),
-                Quantity::new(quantity).expect("valid"),
-            ),
+            request: request(quantity),
             key: None,
         }
     }
@@ -425,16 +421,7 @@ mod tests {
     fn a_panic_inside_a_commit_leaves_no_half_applied_state_and_commits_go_on() {
         let dir = tempfile::tempdir().expect("tempdir");
         let front = Front::new(FileMedium::new(dir.path().into(), Duration::from_secs(5)));
-        let tickets = (1..=6)
-            .map(|id| Ticket {
-                id,
-                event: EventName::parse("concert").expect("valid"),
-                price_cents: 100,
-                sold: false,
-            })
-            .collect();
-        let inventory = Inventory::from_tickets(tickets).expect("consistent");
-        front.create(&inventory, false).expect("created");
+        front.create(&inventory(6), false).expect("created");
         front
             .purchase_batch(&[order(1)], "n", u64::MAX)
             .expect("committed");

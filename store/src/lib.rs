@@ -17,6 +17,8 @@ pub mod format;
 mod front;
 pub mod medium;
 pub mod pg;
+#[cfg(any(test, feature = "fault-injection"))]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

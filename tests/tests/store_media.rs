@@ -8,10 +8,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shared::{
-    EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest,
-    Quantity, Ticket,
-};
+use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
+use store::testing::{buy, inventory, request, sold_count};
 use store::{PgOptions, PurchaseOrder, StoreError, TicketStore};
 
 /// Where one test's store lives.
@@ -53,37 +51,6 @@ impl Medium {
             .expect("a fresh store");
         store
     }
-}
-
-fn inventory(tickets: u64) -> Inventory {
-    let tickets = (1..=tickets)
-        .map(|id| Ticket {
-            id,
-            event: EventName::parse("concert").expect("valid"),
-            price_cents: 100,
-            sold: false,
-        })
-        .collect();
-    Inventory::from_tickets(tickets).expect("consistent")
-}
-
-fn request(quantity: u32) -> PurchaseRequest {
-    PurchaseRequest::new(
-        EventName::parse("concert").expect("valid"),
-        Quantity::new(quantity).expect("valid"),
-    )
-}
-
-fn buy(store: &TicketStore, quantity: u32) -> Result<PurchaseOutcome, PurchaseError> {
-    store
-        .purchase(&request(quantity), None, "test")
-        .expect("store works")
-}
-
-fn sold_count(store: &TicketStore) -> usize {
-    store
-        .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
-        .expect("readable")
 }
 
 /// The purchase ids a handle sees, as numbers (`p-00000007` is 7).

@@ -9,28 +9,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use cluster::postgres::{PgServer, SUPERUSER};
-use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest, Quantity, Ticket};
+use shared::PurchaseOutcome;
 use store::pg::sql::LOCK_KEY;
+use store::testing::{inventory, request};
 use store::{PgOptions, StoreError, TicketStore};
-
-fn inventory(tickets: u64) -> Inventory {
-    let tickets = (1..=tickets)
-        .map(|id| Ticket {
-            id,
-            event: EventName::parse("concert").expect("valid"),
-            price_cents: 100,
-            sold: false,
-        })
-        .collect();
-    Inventory::from_tickets(tickets).expect("consistent")
-}
-
-fn request(quantity: u32) -> PurchaseRequest {
-    PurchaseRequest::new(
-        EventName::parse("concert").expect("valid"),
-        Quantity::new(quantity).expect("valid"),
-    )
-}
 
 fn handle(url: &str, lock_timeout: Duration) -> TicketStore {
     TicketStore::postgres(url, PgOptions::new(lock_timeout)).expect("a valid URL")

@@ -5,13 +5,11 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
-use shared::{
-    EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest,
-    Quantity, Ticket,
-};
+use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
 
 use super::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
 use crate::medium::{Medium, ReadSession, Since, WriteSession};
+use crate::testing::{buy, inventory, request, sold_count};
 use crate::{PurchaseOrder, StoreError, TicketStore, format};
 
 fn handle(dir: &Path) -> TicketStore {
@@ -20,36 +18,10 @@ fn handle(dir: &Path) -> TicketStore {
 
 fn seeded(dir: &Path, tickets: u64) -> TicketStore {
     let store = handle(dir);
-    let tickets = (1..=tickets)
-        .map(|id| Ticket {
-            id,
-            event: EventName::parse("concert").expect("valid"),
-            price_cents: 100,
-            sold: false,
-        })
-        .collect();
-    let inventory = Inventory::from_tickets(tickets).expect("consistent");
-    store.create(&inventory, false).expect("fresh directory");
     store
-}
-
-fn request(quantity: u32) -> PurchaseRequest {
-    PurchaseRequest::new(
-        EventName::parse("concert").expect("valid"),
-        Quantity::new(quantity).expect("valid"),
-    )
-}
-
-fn buy(store: &TicketStore, quantity: u32) -> Result<PurchaseOutcome, PurchaseError> {
+        .create(&inventory(tickets), false)
+        .expect("fresh directory");
     store
-        .purchase(&request(quantity), None, "test")
-        .expect("store works")
-}
-
-fn sold_count(store: &TicketStore) -> usize {
-    store
-        .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
-        .expect("readable")
 }
 
 fn file_names(dir: &Path) -> Vec<String> {

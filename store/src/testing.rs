@@ -1,0 +1,44 @@
+//! Test support shared by the store's unit tests and the cluster's store suites: the
+//! one-event inventory they seed and the purchases they make. Compiled only for tests and
+//! under the `fault-injection` feature, which only test builds enable.
+
+use shared::{
+    EventName, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest, Quantity, Ticket,
+};
+
+use crate::TicketStore;
+
+/// An inventory of `tickets` unsold tickets for "concert", ids 1 to `tickets`, at 100 cents.
+pub fn inventory(tickets: u64) -> Inventory {
+    let tickets = (1..=tickets)
+        .map(|id| Ticket {
+            id,
+            event: EventName::parse("concert").expect("valid"),
+            price_cents: 100,
+            sold: false,
+        })
+        .collect();
+    Inventory::from_tickets(tickets).expect("consistent")
+}
+
+/// A request for `quantity` tickets for "concert".
+pub fn request(quantity: u32) -> PurchaseRequest {
+    PurchaseRequest::new(
+        EventName::parse("concert").expect("valid"),
+        Quantity::new(quantity).expect("valid"),
+    )
+}
+
+/// Buys `quantity` tickets without an idempotency key; the store itself must not fail.
+pub fn buy(store: &TicketStore, quantity: u32) -> Result<PurchaseOutcome, PurchaseError> {
+    store
+        .purchase(&request(quantity), None, "test")
+        .expect("store works")
+}
+
+/// How many tickets `store` sees sold.
+pub fn sold_count(store: &TicketStore) -> usize {
+    store
+        .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
+        .expect("readable")
+}
