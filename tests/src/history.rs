@@ -11,7 +11,7 @@ use generator::audit::check::{self, Violation};
 use hyper::StatusCode;
 use shared::api::{EventBody, PurchaseBody, TicketBody};
 
-use crate::HttpClient;
+use crate::{Answer, HttpClient};
 
 /// How a purchase ended, as the client saw it.
 #[derive(Debug, Clone)]
@@ -209,6 +209,27 @@ fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
     }
 }
 
+/// How a client saw one purchase's answer: a readable 201 is acknowledged; a 5xx, an
+/// unreadable 201 or no answer leaves the outcome unknown; any other status is a refusal.
+pub fn outcome_of(answer: &anyhow::Result<Answer>) -> Outcome {
+    match answer {
+        Ok(answer) if answer.status == StatusCode::CREATED => {
+            match serde_json::from_slice::<PurchaseBody>(&answer.body) {
+                Ok(body) => Outcome::Acknowledged(body),
+                Err(_) => Outcome::Unknown("unreadable 201".into()),
+            }
+        }
+        Ok(answer) if answer.status.is_server_error() => {
+            Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
+        }
+        Ok(answer) => Outcome::Refused {
+            status: answer.status.as_u16(),
+            code: answer.error_code().unwrap_or_default(),
+        },
+        Err(err) => Outcome::Unknown(format!("{err:#}")),
+    }
+}
+
 /// Buys with an Idempotency-Key, retrying the same key while the outcome is unknown, as a
 /// careful client would, and records what it saw.
 pub async fn keyed_purchase(
@@ -224,25 +245,9 @@ pub async fn keyed_purchase(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        match http.buy(base, event, quantity, Some(key)).await {
-            Ok(answer) if answer.status == StatusCode::CREATED => {
-                if let Ok(body) = serde_json::from_slice::<PurchaseBody>(&answer.body) {
-                    outcome = Outcome::Acknowledged(body);
-                    break;
-                }
-                outcome = Outcome::Unknown("unreadable 201".into());
-            }
-            Ok(answer) if answer.status.is_server_error() => {
-                outcome = Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()));
-            }
-            Ok(answer) => {
-                outcome = Outcome::Refused {
-                    status: answer.status.as_u16(),
-                    code: answer.error_code().unwrap_or_default(),
-                };
-                break;
-            }
-            Err(err) => outcome = Outcome::Unknown(format!("{err:#}")),
+        outcome = outcome_of(&http.buy(base, event, quantity, Some(key)).await);
+        if matches!(outcome, Outcome::Acknowledged(_) | Outcome::Refused { .. }) {
+            break;
         }
     }
     PurchaseOp {

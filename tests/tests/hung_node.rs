@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp};
 use cluster::{HttpClient, LocalCluster, read_final_state, report_summary, seed_store};
-use hyper::StatusCode;
-use shared::api::PurchaseBody;
 use tokio::sync::RwLock;
 
 const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
@@ -19,22 +17,7 @@ const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
 /// One keyed purchase, sent once (no client-side retry: the balancer must cope).
 async fn buy_once(http: &HttpClient, base: &str, event: &str, key: &str) -> PurchaseOp {
     let invoked = Instant::now();
-    let outcome = match http.buy(base, event, 1, Some(key)).await {
-        Ok(answer) if answer.status == StatusCode::CREATED => {
-            match serde_json::from_slice::<PurchaseBody>(&answer.body) {
-                Ok(body) => Outcome::Acknowledged(body),
-                Err(_) => Outcome::Unknown("unreadable 201".into()),
-            }
-        }
-        Ok(answer) if answer.status.is_server_error() => {
-            Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
-        }
-        Ok(answer) => Outcome::Refused {
-            status: answer.status.as_u16(),
-            code: answer.error_code().unwrap_or_default(),
-        },
-        Err(err) => Outcome::Unknown(format!("{err:#}")),
-    };
+    let outcome = history::outcome_of(&http.buy(base, event, 1, Some(key)).await);
     PurchaseOp {
         invoked,
         completed: Instant::now(),

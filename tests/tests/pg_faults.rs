@@ -120,21 +120,8 @@ impl Probes {
     async fn buy(&self, http: &HttpClient, base: &str, key: &str) -> anyhow::Result<Answer> {
         let invoked = Instant::now();
         let answer = http.buy(base, "concert", 1, Some(key)).await;
-        let outcome = match &answer {
-            Ok(a) if a.status == StatusCode::CREATED => match serde_json::from_slice(&a.body) {
-                Ok(purchase) => Outcome::Acknowledged(purchase),
-                Err(_) => Outcome::Unknown("unreadable 201".into()),
-            },
-            // A 503 may come from a commit whose outcome is unknown.
-            Ok(a) if a.status.is_server_error() => {
-                Outcome::Unknown(format!("{} {:?}", a.status, a.error_code()))
-            }
-            Ok(a) => Outcome::Refused {
-                status: a.status.as_u16(),
-                code: a.error_code().unwrap_or_default(),
-            },
-            Err(err) => Outcome::Unknown(format!("{err:#}")),
-        };
+        // A 503 may come from a commit whose outcome is unknown.
+        let outcome = history::outcome_of(&answer);
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
