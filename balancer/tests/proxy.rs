@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use hyper::{Method, StatusCode};
 use support::{
     BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, client, closed_port, eventually, get,
-    node_state, send,
+    node_state, post_purchase, send,
 };
 
 #[tokio::test]
@@ -52,14 +52,7 @@ async fn a_dead_address_is_skipped_without_client_errors() {
     }
     // A write is safe to move on too: a refused connection sent nothing.
     for _ in 0..4 {
-        let reply = send(
-            &client,
-            Method::POST,
-            &balancer.url("/purchases"),
-            &[],
-            "{}",
-        )
-        .await;
+        let reply = post_purchase(&client, &balancer, &[], "{}").await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     }
     assert_eq!(a.count("GET") + b.count("GET"), 10);
@@ -79,14 +72,7 @@ async fn an_unkeyed_post_whose_node_drops_the_connection_gets_502_and_is_not_res
     // Two requests in a row start on each node once.
     let mut statuses = Vec::new();
     for _ in 0..2 {
-        let reply = send(
-            &client,
-            Method::POST,
-            &balancer.url("/purchases"),
-            &[],
-            "{}",
-        )
-        .await;
+        let reply = post_purchase(&client, &balancer, &[], "{}").await;
         if reply.status == StatusCode::BAD_GATEWAY {
             let body = reply.json();
             assert_eq!(body["error"], "bad_gateway", "{body}");
@@ -108,10 +94,9 @@ async fn a_keyed_post_whose_node_drops_the_connection_is_retried_and_succeeds() 
     let client = client();
 
     for key in ["k1", "k2"] {
-        let reply = send(
+        let reply = post_purchase(
             &client,
-            Method::POST,
-            &balancer.url("/purchases"),
+            &balancer,
             &[("Idempotency-Key", key)],
             r#"{"event":"concert","quantity":1}"#,
         )
@@ -319,14 +304,7 @@ async fn a_body_over_16_kib_gets_a_413_json_error_and_reaches_no_node() {
     let balancer = BalancerProcess::start(&[upstream.node()], &[]).await;
     let client = client();
     let big = "x".repeat(16 * 1024 + 1);
-    let reply = send(
-        &client,
-        Method::POST,
-        &balancer.url("/purchases"),
-        &[],
-        &big,
-    )
-    .await;
+    let reply = post_purchase(&client, &balancer, &[], &big).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(reply.json()["error"], "payload_too_large");
     assert_eq!(upstream.count("POST"), 0);

@@ -8,7 +8,7 @@ mod support;
 use hyper::{Method, StatusCode};
 use support::{
     BalancerProcess, HeaderText, HungUpstream, Mode, Upstream, client, eventually, get, node_state,
-    send,
+    post_purchase, send,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -55,14 +55,7 @@ async fn an_unkeyed_post_is_never_hedged() {
         ],
     )
     .await;
-    let reply = send(
-        &client(),
-        Method::POST,
-        &balancer.url("/purchases"),
-        &[],
-        "{}",
-    )
-    .await;
+    let reply = post_purchase(&client(), &balancer, &[], "{}").await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
     let state = node_state(&client(), &balancer, &hung.node()).await;
     assert_eq!(state["hedges"], 0, "{state}");
@@ -139,14 +132,7 @@ async fn with_the_retry_budget_spent_a_failed_keyed_post_is_not_retried() {
     let client = client();
     let mut statuses = Vec::new();
     for key in ["k1", "k2"] {
-        let reply = send(
-            &client,
-            Method::POST,
-            &balancer.url("/purchases"),
-            &[("Idempotency-Key", key)],
-            "{}",
-        )
-        .await;
+        let reply = post_purchase(&client, &balancer, &[("Idempotency-Key", key)], "{}").await;
         statuses.push(reply.status);
     }
     statuses.sort();

@@ -359,6 +359,23 @@ pub async fn get(client: &TestClient, url: &str) -> Reply {
     send(client, Method::GET, url, &[], "").await
 }
 
+/// A POST of `body` with `headers` to the balancer's `/purchases`.
+pub async fn post_purchase(
+    client: &TestClient,
+    balancer: &BalancerProcess,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Reply {
+    send(
+        client,
+        Method::POST,
+        &balancer.url("/purchases"),
+        headers,
+        body,
+    )
+    .await
+}
+
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
 pub async fn eventually<F, Fut>(what: &str, mut condition: F)
 where
