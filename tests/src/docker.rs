@@ -187,3 +187,31 @@ pub fn audit(url: &str) -> anyhow::Result<()> {
     ensure!(code == 0, "audit failed:\n{stdout}\n{stderr}");
     Ok(())
 }
+
+/// The end of a scale-and-kill test: SIGKILLs `victim` (a node container) while `load`
+/// runs, then checks that the load saw no client error and reached all four replicas, and
+/// that the audit through `url` is clean (nothing sold twice, every acknowledged purchase
+/// present). Panics, as the test would, on any failure.
+pub fn sigkill_under_load_then_audit(
+    victim: Option<String>,
+    load: KeyedLoad,
+    engine: &str,
+    url: &str,
+) {
+    docker(&[
+        "kill",
+        "--signal",
+        "KILL",
+        &victim.expect("a node container"),
+    ])
+    .expect("docker kill");
+    let report = load.finish().expect("load report");
+    summarise_load(engine, "scale 3->4, SIGKILL one", &report);
+    ensure_clean(&report).expect("no client error");
+    assert!(
+        nodes_serving(&report) >= 4,
+        "every replica served: {}",
+        report["nodes"]
+    );
+    audit(url).expect("a clean audit");
+}

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use cluster::docker::{
     KeyedLoad, all_serving, audit, docker, ensure_clean, first_purchase, free_port, lines,
-    nodes_serving, repo_root, summarise_load, up_count, wait_for_nodes,
+    nodes_serving, repo_root, sigkill_under_load_then_audit, summarise_load, up_count,
+    wait_for_nodes,
 };
 use cluster::{HttpClient, report_summary};
 
@@ -190,22 +191,5 @@ async fn the_compose_stack_on_postgres_scales_survives_a_killed_node_and_sells_n
         .map(|a| a.json());
     assert!(four_up.is_some(), "four replicas up within 30 s: {nodes:?}");
     let victim = stack.node_containers().into_iter().next();
-    docker(&[
-        "kill",
-        "--signal",
-        "KILL",
-        &victim.expect("a node container"),
-    ])
-    .expect("docker kill");
-    let report = load.finish().expect("load report");
-    summarise_load("compose postgres", "scale 3->4, SIGKILL one", &report);
-    ensure_clean(&report).expect("no client error");
-    assert!(
-        nodes_serving(&report) >= 4,
-        "every replica served: {}",
-        report["nodes"]
-    );
-
-    // 3. Audit: no ticket sold twice, every acknowledged purchase present.
-    audit(&url).expect("a clean audit");
+    sigkill_under_load_then_audit(victim, load, "compose postgres", &url);
 }
