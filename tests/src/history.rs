@@ -259,6 +259,42 @@ pub async fn keyed_purchase(
     }
 }
 
+/// One load client's history: while `go_on()` holds, client number `client` buys 1 to 3
+/// tickets at a time with [`keyed_purchase`], cycling through `events`, with the keys
+/// `<tag>-<client>-<i>`.
+pub async fn keyed_client(
+    http: &HttpClient,
+    base: &str,
+    events: &[&str],
+    client: u32,
+    tag: &str,
+    go_on: impl Fn() -> bool,
+) -> Vec<PurchaseOp> {
+    let mut ops = Vec::new();
+    let mut i = 0u32;
+    while go_on() {
+        let event = events[(client + i) as usize % events.len()];
+        let quantity = 1 + (client * 7 + i) % 3;
+        let key = format!("{tag}-{client}-{i}");
+        ops.push(keyed_purchase(http, base, event, quantity, &key).await);
+        i += 1;
+    }
+    ops
+}
+
+/// A reader's history: the sold counts read through `base` every 40 ms while `go_on()`
+/// holds.
+pub async fn reads_while(http: &HttpClient, base: &str, go_on: impl Fn() -> bool) -> Vec<ReadOp> {
+    let mut reads = Vec::new();
+    while go_on() {
+        if let Some(read) = read_sold(http, base).await {
+            reads.push(read);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    reads
+}
+
 /// Reads every event's sold count, as a [`ReadOp`]; `None` when there was no good answer.
 pub async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
     let invoked = Instant::now();

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::history::{self, Outcome, PurchaseOp, keyed_purchase, read_sold};
+use cluster::history::{self, Outcome, PurchaseOp, keyed_client, keyed_purchase, reads_while};
 use cluster::tmpfs::Tmpfs;
 use cluster::{
     HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
@@ -45,30 +45,15 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
     for client in 0..6u32 {
         let (http, base) = (http.clone(), base.clone());
         clients.spawn(async move {
-            let mut ops = Vec::new();
-            let mut i = 0u32;
-            while started.elapsed() < run_for {
-                let event = EVENTS[((client + i) % 3) as usize];
-                let quantity = 1 + (client * 7 + i) % 3;
-                let key = format!("kill-{client}-{i}");
-                ops.push(keyed_purchase(&http, &base, event, quantity, &key).await);
-                i += 1;
-            }
-            ops
+            keyed_client(&http, &base, &EVENTS, client, "kill", || {
+                started.elapsed() < run_for
+            })
+            .await
         });
     }
     let reader = {
         let (http, base) = (http.clone(), base.clone());
-        tokio::spawn(async move {
-            let mut reads = Vec::new();
-            while started.elapsed() < run_for {
-                if let Some(read) = read_sold(&http, &base).await {
-                    reads.push(read);
-                }
-                tokio::time::sleep(Duration::from_millis(40)).await;
-            }
-            reads
-        })
+        tokio::spawn(async move { reads_while(&http, &base, || started.elapsed() < run_for).await })
     };
     // Kill a node every 1.2 s and bring it back on the same port half a second later.
     let mut kills = 0;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::history::{self, Outcome, PurchaseOp, ReadOp, keyed_purchase, read_sold};
+use cluster::history::{self, Outcome, PurchaseOp, ReadOp, keyed_client, read_sold, reads_while};
 use cluster::postgres::PgServer;
 use cluster::{
     Answer, HttpClient, LocalCluster, Medium, binary, read_final_state, report_summary,
@@ -55,29 +55,16 @@ impl Load {
             let (http, stop, tag) = (http.clone(), stop.clone(), tag.to_owned());
             let base = bases[client as usize % bases.len()].clone();
             set.spawn(async move {
-                let mut ops = Vec::new();
-                let mut i = 0u32;
-                while !stop.load(Ordering::Relaxed) {
-                    let event = EVENTS[((client + i) % 3) as usize];
-                    let quantity = 1 + (client * 7 + i) % 3;
-                    let key = format!("{tag}-{client}-{i}");
-                    ops.push(keyed_purchase(&http, &base, event, quantity, &key).await);
-                    i += 1;
-                }
-                ops
+                keyed_client(&http, &base, &EVENTS, client, &tag, || {
+                    !stop.load(Ordering::Relaxed)
+                })
+                .await
             });
         }
         let reader = {
             let (http, stop, base) = (http.clone(), stop.clone(), bases[0].clone());
             tokio::spawn(async move {
-                let mut reads = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(read) = read_sold(&http, &base).await {
-                        reads.push(read);
-                    }
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                }
-                reads
+                reads_while(&http, &base, || !stop.load(Ordering::Relaxed)).await
             })
         };
         Self {
