@@ -42,3 +42,29 @@ pub fn sold_count(store: &TicketStore) -> usize {
         .read(|inv| inv.tickets().iter().filter(|t| t.sold).count())
         .expect("readable")
 }
+
+/// Eight threads, each with its own handle from `handle`, each making ten purchases of 1 to
+/// 3 tickets; how many tickets each thread bought.
+pub fn racing_buyers(handle: impl Fn() -> TicketStore) -> Vec<u32> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let store = handle();
+                s.spawn(move || {
+                    let mut sold = 0;
+                    for round in 0..10 {
+                        let q = 1 + (i + round) % 3;
+                        if buy(&store, q).is_ok() {
+                            sold += q;
+                        }
+                    }
+                    sold
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    })
+}

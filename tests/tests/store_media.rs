@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
-use store::testing::{buy, inventory, request, sold_count};
+use store::testing::{buy, inventory, racing_buyers, request, sold_count};
 use store::{PgOptions, PurchaseOrder, StoreError, TicketStore};
 
 /// Where one test's store lives.
@@ -251,27 +251,7 @@ fn psql(url: &str, sql: &str) -> String {
 fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticket_twice() {
     for medium in Medium::both() {
         medium.seeded(50);
-        let sold: Vec<u32> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..8)
-                .map(|i| {
-                    let store = medium.handle().with_compaction_threshold(2_000);
-                    s.spawn(move || {
-                        let mut sold = 0;
-                        for round in 0..10 {
-                            let q = 1 + (i + round) % 3;
-                            if buy(&store, q).is_ok() {
-                                sold += q;
-                            }
-                        }
-                        sold
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("no panic"))
-                .collect()
-        });
+        let sold = racing_buyers(|| medium.handle().with_compaction_threshold(2_000));
         let summary = medium.handle().check().expect("consistent");
         let purchased: usize = medium
             .handle()

@@ -9,7 +9,7 @@ use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
 
 use super::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
 use crate::medium::{Medium, ReadSession, Since, WriteSession};
-use crate::testing::{buy, inventory, request, sold_count};
+use crate::testing::{buy, inventory, racing_buyers, request, sold_count};
 use crate::{PurchaseOrder, StoreError, TicketStore, format};
 
 fn handle(dir: &Path) -> TicketStore {
@@ -248,27 +248,7 @@ fn writes_leave_no_temporary_files() {
 fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticket_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     seeded(dir.path(), 50);
-    let sold: Vec<u32> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|i| {
-                let store = handle(dir.path()).with_compaction_threshold(2_000);
-                s.spawn(move || {
-                    let mut sold = 0;
-                    for round in 0..10 {
-                        let q = 1 + (i + round) % 3;
-                        if buy(&store, q).is_ok() {
-                            sold += q;
-                        }
-                    }
-                    sold
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("no panic"))
-            .collect()
-    });
+    let sold = racing_buyers(|| handle(dir.path()).with_compaction_threshold(2_000));
     let summary = handle(dir.path()).check().expect("consistent");
     let purchased: usize = handle(dir.path())
         .read(|inv| inv.purchases().iter().map(|p| p.tickets.len()).sum())
