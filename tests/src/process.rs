@@ -169,3 +169,19 @@ impl Drop for Process {
         self.kill();
     }
 }
+
+/// Runs `node check-store` with `args` (`--data DIR` or `--database URL`): whether it found
+/// the store sound, and all it printed.
+pub fn node_check_store(args: &[&str]) -> (bool, String) {
+    let output = Command::new(binary("node").expect("node built"))
+        .arg("check-store")
+        .args(args)
+        .output()
+        .expect("node check-store runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

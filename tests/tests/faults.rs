@@ -4,15 +4,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp, keyed_client, keyed_purchase, reads_while};
 use cluster::tmpfs::Tmpfs;
 use cluster::{
-    HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
-    start_node, start_node_with,
+    HttpClient, LocalCluster, Process, read_final_state, report_summary, seed_store, start_node,
+    start_node_with,
 };
 use hyper::StatusCode;
 use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
@@ -97,16 +96,7 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
 }
 
 fn node_check_store(data: &Path) -> (bool, String) {
-    let output = Command::new(binary("node").expect("node built"))
-        .args(["check-store", "--data", &data.to_string_lossy()])
-        .output()
-        .expect("node check-store runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    cluster::process::node_check_store(&["--data", &data.to_string_lossy()])
 }
 
 /// A snapshot with `good`'s header line (so the journal beside it is still its own) and

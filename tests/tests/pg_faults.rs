@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use cluster::history::{self, Outcome, PurchaseOp, ReadOp, keyed_client, read_sold, reads_while};
 use cluster::postgres::PgServer;
 use cluster::{
-    Answer, HttpClient, LocalCluster, Medium, binary, read_final_state, report_summary,
-    seed_medium, start_node_on,
+    Answer, HttpClient, LocalCluster, Medium, read_final_state, report_summary, seed_medium,
+    start_node_on,
 };
 use hyper::StatusCode;
 use tokio::sync::Mutex;
@@ -27,16 +27,7 @@ const STOCK: [(&str, u64, u64); 3] = [
 
 /// `node check-store --database URL` says the store is sound.
 fn check_store(url: &str) -> (bool, String) {
-    let output = Command::new(binary("node").expect("node built"))
-        .args(["check-store", "--database", url])
-        .output()
-        .expect("node check-store runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    cluster::process::node_check_store(&["--database", url])
 }
 
 /// Clients buying with keys through `base` until `stop` is set, and a reader of the sold
