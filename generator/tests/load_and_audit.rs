@@ -8,7 +8,7 @@ use common::{
     stdout,
 };
 use serde_json::Value;
-use shared::api::{EventBody, PurchaseBody, PurchasedTicketBody, TicketBody};
+use shared::api::{EventBody, PurchaseBody, PurchasedTicketBody, TicketBody, TicketStatus};
 
 #[tokio::test]
 async fn load_until_sold_out_stops_when_every_event_sold_out_and_reports_json() {
@@ -146,6 +146,11 @@ fn ticket(id: u64, sold: bool) -> TicketBody {
         event: "concert".into(),
         price_cents: 1_000,
         sold,
+        status: if sold {
+            TicketStatus::Sold
+        } else {
+            TicketStatus::Available
+        },
     }
 }
 
@@ -176,6 +181,7 @@ async fn audit_fails_when_a_ticket_is_in_two_purchases() {
             total: 3,
             available: 1,
             sold: 2,
+            held: 0,
             min_price_cents: 1_000,
             max_price_cents: 1_000,
         }],

@@ -11,4 +11,6 @@ pub use domain::{
     EventName, EventSummary, IdempotencyKey, Purchase, PurchaseRequest, Quantity, SoldTicket,
     Ticket, ValidationError,
 };
-pub use inventory::{Inventory, PurchaseError, PurchaseOutcome, TicketFilter};
+pub use inventory::{
+    Inventory, MAX_PAGE_LIMIT, Page, PurchaseError, PurchaseOutcome, TicketFilter, purchase_number,
+};
