@@ -12,6 +12,7 @@ use shared::api::IDEMPOTENCY_HEADER;
 use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
 
 use crate::error::ApiError;
+use crate::paging::{self, Paging};
 
 /// Reads a JSON request body, refusing other content types, bodies over `limit` bytes and
 /// clients slower than `timeout`. A refused body is still read (up to `DRAIN_LIMIT`) so a
@@ -126,9 +127,11 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional.
-pub fn ticket_filter(query: Option<&str>) -> Result<TicketFilter, ApiError> {
+/// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional, and
+/// the paging parameters `after` and `limit`.
+pub fn ticket_filter(query: Option<&str>) -> Result<(TicketFilter, Option<Paging>), ApiError> {
     let mut filter = TicketFilter::default();
+    let (mut after, mut limit) = (None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "event" => filter.event = Some(event_filter(&value)?),
@@ -144,22 +147,32 @@ pub fn ticket_filter(query: Option<&str>) -> Result<TicketFilter, ApiError> {
                     }
                 });
             }
-            other => return Err(unknown_parameter(other, "event, sold")),
+            "after" => after = Some(value.into_owned()),
+            "limit" => limit = Some(value.into_owned()),
+            other => return Err(unknown_parameter(other, "event, sold, after, limit")),
         }
     }
-    Ok(filter)
+    let paging = paging::ticket_paging(after.as_deref(), limit.as_deref())?;
+    Ok((filter, paging))
 }
 
-/// Parses the query of `GET /purchases`: `event=E`, optional.
-pub fn purchase_filter(query: Option<&str>) -> Result<Option<EventName>, ApiError> {
+/// Parses the query of `GET /purchases`: `event=E`, optional, and the paging parameters
+/// `after` and `limit`.
+pub fn purchase_filter(
+    query: Option<&str>,
+) -> Result<(Option<EventName>, Option<Paging>), ApiError> {
     let mut event = None;
+    let (mut after, mut limit) = (None, None);
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
             "event" => event = Some(event_filter(&value)?),
-            other => return Err(unknown_parameter(other, "event")),
+            "after" => after = Some(value.into_owned()),
+            "limit" => limit = Some(value.into_owned()),
+            other => return Err(unknown_parameter(other, "event, after, limit")),
         }
     }
-    Ok(event)
+    let paging = paging::purchase_paging(after.as_deref(), limit.as_deref())?;
+    Ok((event, paging))
 }
 
 fn event_filter(value: &str) -> Result<EventName, ApiError> {
@@ -237,11 +250,24 @@ mod tests {
 
     #[test]
     fn ticket_filters_parse_and_refuse_bad_values() {
-        let f = ticket_filter(Some("event=concert&sold=false")).expect("valid");
+        let (f, paging) = ticket_filter(Some("event=concert&sold=false")).expect("valid");
         assert_eq!(f.event.map(|e| e.to_string()), Some("concert".into()));
         assert_eq!(f.sold, Some(false));
-        assert_eq!(ticket_filter(None).expect("empty"), TicketFilter::default());
-        for q in ["sold=yes", "event=Bad", "event=%2F", "colour=red"] {
+        assert_eq!(paging, None);
+        assert_eq!(
+            ticket_filter(None).expect("empty"),
+            (TicketFilter::default(), None)
+        );
+        let (_, paging) = ticket_filter(Some("sold=true&after=5&limit=2")).expect("valid");
+        assert_eq!(paging.map(|p| (p.after, p.limit)), Some((Some(5), 2)));
+        for q in [
+            "sold=yes",
+            "event=Bad",
+            "event=%2F",
+            "colour=red",
+            "limit=0",
+            "after=x",
+        ] {
             assert!(ticket_filter(Some(q)).is_err(), "{q}");
         }
     }

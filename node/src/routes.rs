@@ -7,13 +7,14 @@ use hyper::body::Incoming;
 use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
-use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
+use shared::api::{EventBody, HealthBody, PageBody, PurchaseBody, TicketBody};
 use shared::{EventName, PurchaseOutcome, PurchaseRequest};
 use store::{PurchaseOrder, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;
 use crate::input;
+use crate::paging::Paging;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -147,7 +148,18 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
 }
 
 async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let filter = input::ticket_filter(query)?;
+    let (filter, paging) = input::ticket_filter(query)?;
+    if let Some(Paging { after, limit }) = paging {
+        let page = with_store(node, move |store| {
+            Ok(store.read(|inv| {
+                PageBody::from_page(inv.page_tickets(&filter, after, limit), |t| {
+                    TicketBody::from(t)
+                })
+            })?)
+        })
+        .await?;
+        return Ok(json(StatusCode::OK, &page));
+    }
     let tickets = with_store(node, move |store| {
         Ok(store.read(|inv| {
             inv.find_tickets(&filter)
@@ -204,7 +216,17 @@ async fn create_purchase(
 }
 
 async fn purchases(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let event = input::purchase_filter(query)?;
+    let (event, paging) = input::purchase_filter(query)?;
+    if let Some(Paging { after, limit }) = paging {
+        let page = with_store(node, move |store| {
+            Ok(store.read(|inv| {
+                let page = inv.page_purchases(event.as_ref(), after, limit);
+                PageBody::from_page(page, |p| PurchaseBody::from(p))
+            })?)
+        })
+        .await?;
+        return Ok(json(StatusCode::OK, &page));
+    }
     let purchases = with_store(node, move |store| {
         Ok(store.read(|inv| {
             inv.find_purchases(event.as_ref())
