@@ -36,9 +36,12 @@ for event in concert sports-game theater-show movie-premiere; do
     "$BIN/store-writer" --data "$TMP/data" --event "$event" --quantity 1 --purchases $((PRESOLD / 4))
 done | grep -c '^committed' | sed 's/^/presold: /'
 
+# Started here, not in a command substitution, so cleanup knows every node's pid.
 start_node() {
     RUST_LOG=warn "$BIN/node" --id "$1" --listen 127.0.0.1:0 --data "$TMP/data" >"$TMP/$1.out" 2>"$TMP/$1.err" &
     PIDS+=($!)
+}
+address_of() {
     for _ in $(seq 100); do
         if grep -q '^listening on ' "$TMP/$1.out"; then
             sed -n 's/^listening on //p' "$TMP/$1.out"
@@ -49,9 +52,12 @@ start_node() {
     echo "node $1 did not start" >&2
     exit 1
 }
-N1=$(start_node n1)
-N2=$(start_node n2)
-N3=$(start_node n3)
+start_node n1
+start_node n2
+start_node n3
+N1=$(address_of n1)
+N2=$(address_of n2)
+N3=$(address_of n3)
 size=$(curl -s "http://$N1/purchases" | wc -c)
 echo "GET /purchases answer: $size bytes"
 

@@ -199,13 +199,17 @@ def errors_text(record) -> str:
     return f"{record['errors']} (" + ", ".join(f"{k} {v}" for k, v in kinds.items()) + ")"
 
 
+# The GET /events paths, in table order.
+PATHS = ["direct", "balancer", "nginx", "haproxy"]
+
+
 def mean_rounds(wrks) -> list:
     """One record per (path, nodes): the mean of its rounds, in the order first seen."""
     groups = {}
     for r in wrks:
         groups.setdefault((r["via"], r["nodes"]), []).append(r)
     merged = []
-    for (via, nodes), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], ["direct", "balancer", "nginx"].index(kv[0][0]) if kv[0][0] in ("direct", "balancer", "nginx") else 9)):
+    for (via, nodes), rs in sorted(groups.items(), key=lambda kv: (kv[0][1], PATHS.index(kv[0][0]) if kv[0][0] in PATHS else 9)):
         n = len(rs)
         merged.append({
             "via": via, "nodes": nodes, "parts": rs[0]["parts"],
@@ -249,7 +253,7 @@ def cmd_table(args) -> None:
                          "CPU us/req", "errors"], rows)
         out += ["", "p50 and p99 are the means over rounds; with one wrk process per node, each "
                 "round's p99 is the worst process's. CPU us/req: user + system CPU of the "
-                "proxy (balancer process, or nginx's workers) per request; for direct, of the "
+                "proxy (balancer process, nginx's workers, or haproxy) per request; for direct, of the "
                 "node(s). Less noisy than req/s on a shared machine.", ""]
 
     loads = [r for r in records if r["kind"] == "load"]
@@ -306,6 +310,7 @@ def cmd_table(args) -> None:
         direct = find(wrks, via="direct", nodes=nodes)
         bal = find(wrks, via="balancer", nodes=nodes)
         ngx = find(wrks, via="nginx", nodes=nodes)
+        hap = find(wrks, via="haproxy", nodes=nodes)
         r = ratio(bal and bal["rps"], direct and direct["rps"])
         if r is not None:
             rows.append([f"GET /events req/s, balancer / direct, {nodes} node(s)", fmt(r, 2), "-", "-"])
@@ -313,12 +318,24 @@ def cmd_table(args) -> None:
         if r is not None:
             rows.append([f"GET /events req/s, balancer / nginx, {nodes} node(s)", fmt(r, 2),
                          f">= {TARGET_BALANCER_NGINX}", verdict(r, TARGET_BALANCER_NGINX)])
-        r = ratio(ngx and ngx["p99_ms"], bal and bal["p99_ms"])
+        r = ratio(bal and bal["rps"], hap and hap["rps"])
         if r is not None:
-            rows.append([f"GET /events p99, nginx / balancer (above 1: balancer faster), {nodes} node(s)", fmt(r, 2), "-", "-"])
+            rows.append([f"GET /events req/s, balancer / HAProxy, {nodes} node(s)", fmt(r, 2), "-", "-"])
+        if direct and bal and ngx:
+            added_bal = bal["p99_ms"] - direct["p99_ms"]
+            added_ngx = ngx["p99_ms"] - direct["p99_ms"]
+            rows.append([f"GET /events added p99 ms (proxy p99 - direct p99), balancer vs nginx, {nodes} node(s)",
+                         f"{added_bal:.2f} vs {added_ngx:.2f}", "balancer <= nginx",
+                         "met" if added_bal <= added_ngx else "not met"])
+        if direct and hap:
+            rows.append([f"GET /events added p99 ms, HAProxy, {nodes} node(s)",
+                         f"{hap['p99_ms'] - direct['p99_ms']:.2f}", "-", "-"])
         r = ratio(ngx and ngx["cpu_us"], bal and bal["cpu_us"])
         if r is not None:
             rows.append([f"GET /events proxy CPU per request, nginx / balancer, {nodes} node(s)", fmt(r, 2), "-", "-"])
+        r = ratio(hap and hap["cpu_us"], bal and bal["cpu_us"])
+        if r is not None:
+            rows.append([f"GET /events proxy CPU per request, HAProxy / balancer, {nodes} node(s)", fmt(r, 2), "-", "-"])
     after = {n: find(loads, store="after", tickets=n, phase="capacity") for n in sizes}
     for n in sizes:
         if after.get(n) and sync_ref:

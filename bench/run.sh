@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh: builds the cluster in release mode and measures, in one run on this
-# machine, the disk's raw sync rate, GET /events through no proxy / the balancer / nginx,
+# machine, the disk's raw sync rate, GET /events through no proxy / the balancer / nginx /
+# HAProxy,
 # and committed purchases per second through the balancer, then prints the table with the
 # ratios against the issue's targets and saves it as bench/results/latest.md.
 #
@@ -11,11 +12,12 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--before] [--rev REV]
+usage: bench/run.sh [--quick] [--before] [--events-only] [--rev REV]
 
-  (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, with 1 and
-              3 nodes; committed purchases/s through the balancer with 3 nodes at
-              1,000 / 10,000 / 50,000 / 500,000 tickets.
+  (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, HAProxy,
+              with 1 and 3 nodes; committed purchases/s through the balancer with 3
+              nodes at 1,000 / 10,000 / 50,000 / 500,000 tickets.
+  --events-only  the disk sync rate and GET /events only (no purchase runs).
   --before    disk sync rate; the purchase measurements for the old whole-file store
               (commit $BENCH_BEFORE_REV, default 8bd16ec, built in a temporary git
               worktree) and for REV, side by side. No wrk runs.
@@ -26,16 +28,18 @@ usage: bench/run.sh [--quick] [--before] [--rev REV]
 
 Environment: BENCH_CACHE_DIR (default target/bench: target dirs and binaries per commit),
 BENCH_TMPDIR (default $TMPDIR or /tmp: data directories, on the filesystem measured).
-Needs cargo, git, python3, curl; installs wrk and nginx with apt-get if missing.
+Needs cargo, git, python3, curl; installs wrk, nginx and haproxy with apt-get if missing.
 EOF
 }
 
 QUICK=0
+EVENTS_ONLY=0
 BEFORE=0
 REV=HEAD
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
+        --events-only) EVENTS_ONLY=1 ;;
         --before) BEFORE=1 ;;
         --rev)
             [[ $# -ge 2 ]] || { usage >&2; exit 2; }
@@ -282,6 +286,42 @@ EOF
     wait_http "http://$ADDR/events"
 }
 
+# Starts HAProxy in the foreground on loopback, one thread per core, round-robin over the
+# given nodes with idle server connections reused (its keep-alive to the nodes); sets ADDR.
+start_haproxy() {
+    local name=$1
+    shift
+    local dir=$TMP/$name port node i=0 servers=""
+    mkdir -p "$dir"
+    port=$(free_port)
+    for node in "$@"; do
+        servers+="    server n$((i += 1)) $node"$'\n'
+    done
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread $(nproc)
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    option http-keep-alive
+    http-reuse always
+frontend front
+    bind 127.0.0.1:$port
+    default_backend nodes
+backend nodes
+    balance roundrobin
+$servers
+EOF
+    haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
+    PIDS+=("$!")
+    LAST_PID=$!
+    ADDR=127.0.0.1:$port
+    wait_http "http://$ADDR/events"
+}
+
 # ---------------------------------------------------------------------------------------
 # Tools and builds.
 
@@ -410,15 +450,19 @@ measure_events() {
     start_nginx nginx-3 "${nodes[@]}"
     local ngx3=$ADDR ngx3_pids
     ngx3_pids=$(pgrep -d, -P "$LAST_PID")
+    start_haproxy haproxy-1 "${nodes[0]}"
+    local hap1=$ADDR hap1_pid=$LAST_PID
+    start_haproxy haproxy-3 "${nodes[@]}"
+    local hap3=$ADDR hap3_pid=$LAST_PID
     local all_nodes
     all_nodes=$(IFS=,; echo "${node_pids[*]}")
     local round
     for ((round = 1; round <= WRK_ROUNDS; round++)); do
         # The second round runs in the opposite order, so a drift in the machine's load
         # does not favour one path.
-        local plan=(direct-1 balancer-1 nginx-1 direct-3 balancer-3 nginx-3) step
+        local plan=(direct-1 balancer-1 nginx-1 haproxy-1 direct-3 balancer-3 nginx-3 haproxy-3) step
         if ((round % 2 == 0)); then
-            plan=(nginx-3 balancer-3 direct-3 nginx-1 balancer-1 direct-1)
+            plan=(haproxy-3 nginx-3 balancer-3 direct-3 haproxy-1 nginx-1 balancer-1 direct-1)
         fi
         for step in "${plan[@]}"; do
             log "GET /events round $round: $step (wrk -t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s)"
@@ -429,6 +473,8 @@ measure_events() {
                 direct-3) run_wrk direct 3 "$round" "$all_nodes" "${nodes[@]}" ;;
                 balancer-3) run_wrk balancer 3 "$round" "$bal3_pid" "$bal3" ;;
                 nginx-3) run_wrk nginx 3 "$round" "$ngx3_pids" "$ngx3" ;;
+                haproxy-1) run_wrk haproxy 1 "$round" "$hap1_pid" "$hap1" ;;
+                haproxy-3) run_wrk haproxy 3 "$round" "$hap3_pid" "$hap3" ;;
             esac
         done
     done
@@ -481,7 +527,7 @@ main() {
     command -v python3 >/dev/null || die "python3 is needed"
     command -v curl >/dev/null || die "curl is needed"
     if ((!BEFORE)); then
-        ensure_tools wrk nginx
+        ensure_tools wrk nginx haproxy
     fi
     local started=$SECONDS mode=after
     ((BEFORE)) && mode=before
@@ -509,7 +555,7 @@ main() {
         measure_purchases after "$after_bin"
     else
         measure_events "$after_bin"
-        measure_purchases after "$after_bin"
+        ((EVENTS_ONLY)) || measure_purchases after "$after_bin"
     fi
     measure_sync end
 

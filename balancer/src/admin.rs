@@ -2,6 +2,8 @@
 //! `health`, `nodes` (JSON), `metrics` (Prometheus text format) and the status page
 //! (`/balancer/`, one self-contained HTML page that polls the JSON endpoints).
 
+use std::time::Duration;
+
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
@@ -27,7 +29,7 @@ struct HealthBody {
     nodes_total: usize,
 }
 
-/// One element of `GET /balancer/nodes`.
+/// One element of `GET /balancer/nodes`: the contract's fields, then the balancer's own.
 #[derive(Debug, Serialize)]
 struct NodeBody {
     address: String,
@@ -36,6 +38,13 @@ struct NodeBody {
     requests: u64,
     failures: u64,
     last_error: Option<String>,
+    ejected: bool,
+    weight: f64,
+    queued: u64,
+    retries: u64,
+    hedges: u64,
+    ejections: u64,
+    rejected: u64,
 }
 
 impl From<NodeSnapshot> for NodeBody {
@@ -47,6 +56,13 @@ impl From<NodeSnapshot> for NodeBody {
             requests: s.requests,
             failures: s.failures,
             last_error: s.last_error,
+            ejected: s.ejected,
+            weight: s.weight,
+            queued: s.queued,
+            retries: s.retries,
+            hedges: s.hedges,
+            ejections: s.ejections,
+            rejected: s.rejected,
         }
     }
 }
@@ -57,11 +73,16 @@ pub fn answer(
     path: &str,
     upstreams: &Upstreams,
     metrics: &Metrics,
+    slow_start: Duration,
 ) -> Result<Response<ResponseBody>, Error> {
     if *method != Method::GET && *method != Method::HEAD {
         return Err(Error::MethodNotAllowed);
     }
-    let snapshots: Vec<NodeSnapshot> = upstreams.nodes().iter().map(|n| n.snapshot()).collect();
+    let snapshots: Vec<NodeSnapshot> = upstreams
+        .nodes()
+        .iter()
+        .map(|n| n.snapshot(slow_start))
+        .collect();
     match path {
         "/balancer/health" => {
             let body = HealthBody {
@@ -95,7 +116,8 @@ fn text_response(body: String, content_type: &'static str) -> Response<ResponseB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+
+    const SLOW: Duration = Duration::from_secs(5);
 
     async fn text_of(response: Response<ResponseBody>) -> String {
         let bytes = crate::body_bytes(response).await;
@@ -113,9 +135,9 @@ mod tests {
     #[tokio::test]
     async fn health_counts_nodes_up_and_known() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let metrics = crate::metrics::test_metrics(&upstreams);
         let response =
-            answer(&Method::GET, "/balancer/health", &upstreams, &metrics).expect("health");
+            answer(&Method::GET, "/balancer/health", &upstreams, &metrics, SLOW).expect("health");
         let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
             body,
@@ -126,17 +148,20 @@ mod tests {
     #[tokio::test]
     async fn nodes_lists_each_address_with_its_state() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let metrics = crate::metrics::test_metrics(&upstreams);
         let response =
-            answer(&Method::GET, "/balancer/nodes", &upstreams, &metrics).expect("nodes");
+            answer(&Method::GET, "/balancer/nodes", &upstreams, &metrics, SLOW).expect("nodes");
         let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
             body,
             serde_json::json!([
                 {"address": "127.0.0.1:1", "up": true, "in_flight": 0, "requests": 0,
-                 "failures": 0, "last_error": null},
+                 "failures": 0, "last_error": null, "ejected": false, "weight": 1.0,
+                 "queued": 0, "retries": 0, "hedges": 0, "ejections": 0, "rejected": 0},
                 {"address": "127.0.0.1:2", "up": false, "in_flight": 0, "requests": 0,
-                 "failures": 0, "last_error": "connection refused"},
+                 "failures": 0, "last_error": "connection refused", "ejected": false,
+                 "weight": 1.0, "queued": 0, "retries": 0, "hedges": 0, "ejections": 0,
+                 "rejected": 0},
             ])
         );
     }
@@ -144,9 +169,9 @@ mod tests {
     #[tokio::test]
     async fn the_status_page_is_served_as_html_with_and_without_the_slash() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let metrics = crate::metrics::test_metrics(&upstreams);
         for path in ["/balancer/", "/balancer"] {
-            let response = answer(&Method::GET, path, &upstreams, &metrics).expect("page");
+            let response = answer(&Method::GET, path, &upstreams, &metrics, SLOW).expect("page");
             assert_eq!(
                 response.headers()[CONTENT_TYPE],
                 "text/html; charset=utf-8",
@@ -163,9 +188,15 @@ mod tests {
     #[tokio::test]
     async fn metrics_are_served_in_the_prometheus_text_format() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
-        let response =
-            answer(&Method::GET, "/balancer/metrics", &upstreams, &metrics).expect("metrics");
+        let metrics = crate::metrics::test_metrics(&upstreams);
+        let response = answer(
+            &Method::GET,
+            "/balancer/metrics",
+            &upstreams,
+            &metrics,
+            SLOW,
+        )
+        .expect("metrics");
         assert_eq!(
             response.headers()[CONTENT_TYPE],
             "text/plain; version=0.0.4; charset=utf-8"
@@ -177,12 +208,18 @@ mod tests {
     #[tokio::test]
     async fn unknown_endpoints_and_other_methods_are_errors() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
-        let err =
-            answer(&Method::GET, "/balancer/nope", &upstreams, &metrics).expect_err("unknown");
+        let metrics = crate::metrics::test_metrics(&upstreams);
+        let err = answer(&Method::GET, "/balancer/nope", &upstreams, &metrics, SLOW)
+            .expect_err("unknown");
         assert_eq!(err.code(), "not_found");
-        let err =
-            answer(&Method::POST, "/balancer/health", &upstreams, &metrics).expect_err("post");
+        let err = answer(
+            &Method::POST,
+            "/balancer/health",
+            &upstreams,
+            &metrics,
+            SLOW,
+        )
+        .expect_err("post");
         assert_eq!(err.code(), "method_not_allowed");
     }
 }

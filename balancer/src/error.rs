@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use shared::api::ErrorBody;
 use thiserror::Error;
@@ -20,6 +20,11 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyUnreadable,
+    #[error("the request body did not arrive within {}", humanize(*.0))]
+    BodyTimeout(Duration),
+    /// Every node that could take the request is at its in-flight limit, with a full queue.
+    #[error("every node is at its limit of requests in flight; try again in a second")]
+    NodesBusy,
     #[error("no node is up to answer the request; try again shortly")]
     NoHealthyNodes,
     /// A node failed after it got the request, and sending it again is not known to be
@@ -43,6 +48,8 @@ impl Error {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::NodesBusy => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoHealthyNodes => StatusCode::SERVICE_UNAVAILABLE,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +64,8 @@ impl Error {
         match self {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::BodyUnreadable => "bad_request",
+            Self::BodyTimeout(_) => "request_timeout",
+            Self::NodesBusy => "nodes_busy",
             Self::NoHealthyNodes => "no_healthy_nodes",
             Self::BadGateway(_) => "bad_gateway",
             Self::UpstreamTimeout(_) => "upstream_timeout",
@@ -82,6 +91,11 @@ impl Error {
             response
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        }
+        if matches!(self, Self::NodesBusy) {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }
@@ -142,6 +156,12 @@ mod tests {
                 "payload_too_large",
             ),
             (Error::NoHealthyNodes, 503, "no_healthy_nodes"),
+            (
+                Error::BodyTimeout(Duration::from_secs(1)),
+                408,
+                "request_timeout",
+            ),
+            (Error::NodesBusy, 503, "nodes_busy"),
             (Error::BadGateway("node failed"), 502, "bad_gateway"),
             (
                 Error::UpstreamTimeout(Duration::from_secs(10)),

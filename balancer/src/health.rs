@@ -1,5 +1,6 @@
-//! Active health checks: every interval each known node is asked `GET /health`; a 2xx
-//! brings it (back) up, anything else marks it down.
+//! Active health checks: every interval each known node is asked `GET /health`; `rise`
+//! passes (a 2xx) in a row bring a down node back, `fall` failures in a row take an up
+//! node down. Each round also ends the ejections whose time is up.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,8 +14,35 @@ use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::proxy::{NodeClient, describe};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::proxy::describe;
 use crate::upstreams::Upstreams;
+
+/// The pooled client the health checks use (forwarded requests use [`crate::pool`]).
+pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Builds the health checks' client, with `connect_timeout` on opening a connection.
+pub fn node_client(connect_timeout: Duration) -> NodeClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
+/// How many checks in a row change a node's verdict.
+#[derive(Debug, Clone, Copy)]
+pub struct RiseFall {
+    /// Passes in a row that bring a down node back.
+    pub rise: u32,
+    /// Failures in a row that take an up node down.
+    pub fall: u32,
+}
 
 /// Asks one node `GET /health` within `timeout`; Ok on a 2xx answer.
 pub async fn check_http(
@@ -47,11 +75,17 @@ pub async fn check_http(
 }
 
 /// Checks every known node once, concurrently, and records the outcomes.
-pub async fn check_all<C, F>(upstreams: &Upstreams, check: &C)
+pub async fn check_all<C, F>(upstreams: &Upstreams, check: &C, counts: RiseFall)
 where
     C: Fn(SocketAddr) -> F,
     F: Future<Output = Result<(), String>> + Send + 'static,
 {
+    let now = tokio::time::Instant::now();
+    for node in upstreams.nodes().iter() {
+        if node.end_ejection_if_due(now) {
+            info!(node = %node.address, "ejection over: node back in rotation");
+        }
+    }
     let mut checks = JoinSet::new();
     for node in upstreams.nodes().iter() {
         let node = Arc::clone(node);
@@ -63,25 +97,28 @@ where
             // A check task only ends early if it panicked; the next round checks again.
             continue;
         };
-        match outcome {
-            Ok(()) => {
-                if node.mark_up() {
-                    info!(node = %node.address, "node up: health check passed");
-                }
+        let passed = outcome.is_ok();
+        let change = node.health_checked(passed, counts.rise, counts.fall);
+        match (change, outcome) {
+            (Some(true), _) => info!(node = %node.address, "node up: health checks passed"),
+            (Some(false), Err(reason)) => {
+                warn!(node = %node.address, cause = %reason, "node down: health checks failed");
+                node.note_error(reason);
             }
-            Err(reason) => {
-                if node.mark_down(reason.clone()) {
-                    warn!(node = %node.address, cause = %reason, "node down: health check failed");
-                }
-            }
+            (_, Err(reason)) => node.note_error(reason),
+            _ => {}
         }
     }
 }
 
 /// Checks every node every `interval`, for as long as the task runs; the first round is
 /// at once.
-pub async fn keep_checking<C, F>(upstreams: Arc<Upstreams>, interval: Duration, check: C)
-where
+pub async fn keep_checking<C, F>(
+    upstreams: Arc<Upstreams>,
+    interval: Duration,
+    counts: RiseFall,
+    check: C,
+) where
     C: Fn(SocketAddr) -> F,
     F: Future<Output = Result<(), String>> + Send + 'static,
 {
@@ -89,7 +126,7 @@ where
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        check_all(&upstreams, &check).await;
+        check_all(&upstreams, &check, counts).await;
     }
 }
 
@@ -99,6 +136,9 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// One result flips a node, to test the checks apart from rise/fall.
+    const ONCE: RiseFall = RiseFall { rise: 1, fall: 1 };
 
     fn upstreams_of(ports: &[u16]) -> Arc<Upstreams> {
         let names = ports
@@ -143,16 +183,16 @@ mod tests {
                 }
             }
         };
-        check_all(&upstreams, &check).await;
+        check_all(&upstreams, &check, ONCE).await;
         assert_eq!(up_ports(&upstreams), [1]);
         let down = &upstreams.nodes()[1];
         assert_eq!(
-            down.snapshot().last_error.as_deref(),
+            down.snapshot(Duration::ZERO).last_error.as_deref(),
             Some("health check answered 503")
         );
 
         failing.lock().expect("lock").clear();
-        check_all(&upstreams, &check).await;
+        check_all(&upstreams, &check, ONCE).await;
         assert_eq!(up_ports(&upstreams), [1, 2]);
     }
 
@@ -170,6 +210,7 @@ mod tests {
         let task = tokio::spawn(keep_checking(
             Arc::clone(&upstreams),
             Duration::from_secs(1),
+            ONCE,
             check,
         ));
         // Under paused time these sleeps only move the virtual clock: the checks at 0 s,
@@ -180,13 +221,63 @@ mod tests {
         task.abort();
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_node_goes_down_after_three_failed_rounds_and_back_after_two_passes() {
+        let upstreams = resolved(&[1]).await;
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let check = {
+            let failing = Arc::clone(&failing);
+            move |_: SocketAddr| {
+                let fails = failing.load(Ordering::SeqCst);
+                async move {
+                    if fails {
+                        Err("timed out".to_owned())
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        };
+        let counts = RiseFall { rise: 2, fall: 3 };
+        let task = tokio::spawn(keep_checking(
+            Arc::clone(&upstreams),
+            Duration::from_secs(1),
+            counts,
+            check,
+        ));
+        // Rounds at 0 s and 1 s have failed: still up.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(up_ports(&upstreams), [1]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(up_ports(&upstreams).is_empty(), "down after the third");
+        failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(up_ports(&upstreams).is_empty(), "one pass is not enough");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(up_ports(&upstreams), [1], "back after the second");
+        task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejected_node_returns_at_the_first_round_after_its_time() {
+        let upstreams = resolved(&[1, 2]).await;
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        assert!(upstreams.nodes()[0].eject(until));
+        let pass = |_: SocketAddr| async { Ok::<(), String>(()) };
+        check_all(&upstreams, &pass, ONCE).await;
+        assert_eq!(up_ports(&upstreams), [2]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        check_all(&upstreams, &pass, ONCE).await;
+        assert_eq!(up_ports(&upstreams), [1, 2]);
+    }
+
     #[tokio::test]
     async fn a_closed_port_fails_the_http_check() {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
             listener.local_addr().expect("addr").port()
         };
-        let client = crate::proxy::node_client(Duration::from_secs(1));
+        let client = node_client(Duration::from_secs(1));
         let outcome = check_http(
             client,
             SocketAddr::from(([127, 0, 0, 1], port)),

@@ -1,15 +1,22 @@
 //! The balancer: a round-robin HTTP reverse proxy over the nodes, with active health
-//! checks, safe retries and re-resolution of node names. [`run`] serves it on a bound
-//! listener; [`Balancer`] is the request handler, usable without a socket.
+//! checks (rise/fall), slow start, outlier ejection, hedged and budgeted retries, per-node
+//! in-flight limits and a panic threshold, and re-resolution of node names. [`run`] serves
+//! it on a bound listener with one single-threaded runtime per worker (see `workers`);
+//! [`Balancer`] is the request handler, usable without a socket.
 
 pub mod admin;
 pub mod error;
+pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod node;
+pub mod pool;
 pub mod proxy;
+pub mod retry;
 pub mod selection;
 pub mod settings;
 pub mod upstreams;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,10 +31,11 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 pub use error::Error;
-pub use settings::{RawSettings, Settings};
+pub use settings::Settings;
 
-use proxy::{NodeClient, Proxy};
-use selection::RoundRobin;
+use proxy::Proxy;
+use retry::RetryBudget;
+use selection::Selector;
 use upstreams::Upstreams;
 
 /// Every response body the balancer sends: a node's streamed body or one of its own.
@@ -54,32 +62,37 @@ pub struct Balancer {
 #[derive(Debug)]
 struct Inner {
     upstreams: Arc<Upstreams>,
-    selector: RoundRobin,
+    selector: Selector,
     proxy: Proxy,
-    client: NodeClient,
+    budget: Arc<RetryBudget>,
     metrics: Arc<metrics::Metrics>,
+    slow_start: std::time::Duration,
 }
 
 impl Balancer {
     /// A balancer over `settings.nodes`, with no addresses known until the first
     /// [`Upstreams::refresh`] (which [`run`] does before serving).
     pub fn new(settings: &Settings) -> Self {
-        let client = proxy::node_client(settings.connect_timeout);
-        let upstreams = Arc::new(Upstreams::new(settings.nodes.clone()));
-        let metrics = Arc::new(metrics::Metrics::new(Arc::clone(&upstreams)));
-        let proxy = Proxy::new(
-            client.clone(),
-            settings.response_timeout,
-            settings.max_body_bytes,
-        )
-        .with_metrics(Arc::clone(&metrics));
+        let upstreams = Arc::new(Upstreams::new(settings.node_names()));
+        let budget = Arc::new(RetryBudget::new(
+            settings.retry_budget,
+            settings.retry_min_per_second,
+        ));
+        let metrics = Arc::new(metrics::Metrics::new(
+            Arc::clone(&upstreams),
+            Arc::clone(&budget),
+            settings.slow_start,
+        ));
+        let proxy =
+            Proxy::new(settings.clone(), Arc::clone(&budget)).with_metrics(Arc::clone(&metrics));
         Self {
             inner: Arc::new(Inner {
                 upstreams,
-                selector: RoundRobin::new(),
+                selector: Selector::new(settings.slow_start),
                 proxy,
-                client,
+                budget,
                 metrics,
+                slow_start: settings.slow_start,
             }),
         }
     }
@@ -104,7 +117,13 @@ impl Balancer {
         let path = uri.path();
         let admin = admin::is_admin_path(path);
         let outcome = if admin {
-            admin::answer(&method, path, &inner.upstreams, &inner.metrics)
+            admin::answer(
+                &method,
+                path,
+                &inner.upstreams,
+                &inner.metrics,
+                inner.slow_start,
+            )
         } else {
             inner
                 .proxy
@@ -143,14 +162,16 @@ impl serve::Handler for Balancer {
 }
 
 /// Serves the balancer on `listener` until `shutdown` completes, then drains open requests
-/// (within the drain timeout) and returns.
+/// (within the drain timeout) and returns. The health checks, re-resolution and the retry
+/// budget's clock run on the calling runtime; requests are served by `settings.workers`
+/// single-threaded runtimes (see [`workers`]).
 pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Future<Output = ()>) {
     let balancer = Balancer::new(&settings);
     let upstreams = Arc::clone(balancer.upstreams());
     upstreams.refresh(upstreams::resolve_dns).await;
     info!(
         nodes = upstreams.nodes().len(),
-        names = settings.nodes.len(),
+        names = settings.nodes.0.len(),
         "resolved the nodes"
     );
 
@@ -160,18 +181,25 @@ pub async fn run(listener: TcpListener, settings: Settings, shutdown: impl Futur
         upstreams::resolve_dns,
     ));
     let checking = {
-        let client = balancer.inner.client.clone();
+        let client = health::node_client(settings.connect_timeout);
         let timeout = settings.health_timeout;
+        let counts = health::RiseFall {
+            rise: settings.health_rise,
+            fall: settings.health_fall,
+        };
         tokio::spawn(health::keep_checking(
             Arc::clone(&upstreams),
             settings.health_interval,
+            counts,
             move |address| health::check_http(client.clone(), address, timeout),
         ))
     };
+    let decaying = tokio::spawn(retry::keep_decaying(Arc::clone(&balancer.inner.budget)));
 
-    serve::run(listener, balancer, settings.server_limits(), shutdown).await;
+    workers::serve(listener, balancer, &settings, shutdown).await;
     resolving.abort();
     checking.abort();
+    decaying.abort();
 }
 
 #[cfg(test)]
@@ -180,12 +208,12 @@ mod tests {
     use http_body_util::Full;
 
     fn settings(nodes: &str) -> Settings {
-        RawSettings {
+        let settings = Settings {
             nodes: serde_json::from_value(serde_json::json!(nodes)).expect("node list"),
-            ..RawSettings::default()
-        }
-        .validate()
-        .expect("valid settings")
+            ..Settings::default()
+        };
+        settings.validate().expect("valid settings");
+        settings
     }
 
     async fn call(balancer: &Balancer, method: &str, path: &str) -> (u16, serde_json::Value) {

@@ -58,12 +58,13 @@ fn serve_balancer(cli: Cli) -> anyhow::Result<()> {
         flags.push(("nodes", nodes));
     }
     let settings = Settings::load(cli.config.as_deref(), &flags)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // This thread is worker 0; `run` starts the others, each with a runtime of its own.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let listener = serve::bind(settings.listen)
+        let listener = balancer::workers::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         balancer::run(listener, settings, serve::shutdown_signal()).await;

@@ -6,6 +6,9 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::retry::RetryBudget;
+use crate::selection::panicking;
+
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -65,8 +68,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Metrics over `upstreams`, whose per-node state is read at each scrape.
-    pub fn new(upstreams: Arc<Upstreams>) -> Self {
+    /// Metrics over `upstreams` and `budget`, whose state is read at each scrape
+    /// (`slow_start` to tell each node's current weight).
+    pub fn new(upstreams: Arc<Upstreams>, budget: Arc<RetryBudget>, slow_start: Duration) -> Self {
         let mut registry = Registry::default();
         let answers = Family::<AnswerLabels, Counter>::default();
         let request_seconds: Family<_, _, fn() -> Histogram> =
@@ -90,7 +94,11 @@ impl Metrics {
              are counted in balancer_node_failures_total instead)",
             upstream_seconds.clone(),
         );
-        registry.register_collector(Box::new(NodesCollector { upstreams }));
+        registry.register_collector(Box::new(NodesCollector {
+            upstreams,
+            budget,
+            slow_start,
+        }));
         Self {
             registry,
             answers,
@@ -159,27 +167,39 @@ impl Metrics {
 #[derive(Debug)]
 struct NodesCollector {
     upstreams: Arc<Upstreams>,
+    budget: Arc<RetryBudget>,
+    slow_start: Duration,
 }
 
 type Field = fn(&NodeSnapshot) -> u64;
 
 /// Per-node gauges: name, help (with its full stop: a collector's help is written as
 /// given), value.
-const NODE_GAUGES: [(&str, &str, Field); 2] = [
+const NODE_GAUGES: [(&str, &str, Field); 4] = [
     (
         "balancer_node_up",
-        "Whether the node takes requests (1) or is down (0).",
+        "Whether the node passes its health checks (1) or is down (0), after rise/fall.",
         |s| u64::from(s.up),
+    ),
+    (
+        "balancer_node_ejected",
+        "Whether the node is out of rotation after failing repeatedly (1) or not (0).",
+        |s| u64::from(s.ejected),
     ),
     (
         "balancer_node_in_flight",
         "Requests sent to the node whose response is not fully streamed back yet.",
         |s| s.in_flight,
     ),
+    (
+        "balancer_node_queued",
+        "Requests waiting for an in-flight slot on the node.",
+        |s| s.queued,
+    ),
 ];
 
 /// Per-node counters: name (the encoder adds `_total`), help, value.
-const NODE_COUNTERS: [(&str, &str, Field); 3] = [
+const NODE_COUNTERS: [(&str, &str, Field); 6] = [
     (
         "balancer_node_requests",
         "Forwarding attempts sent to the node.",
@@ -195,6 +215,21 @@ const NODE_COUNTERS: [(&str, &str, Field); 3] = [
         "Requests that failed on the node and were sent on to another node.",
         |s| s.retries,
     ),
+    (
+        "balancer_node_hedges",
+        "Second attempts sent to another node because the node was slow or went down.",
+        |s| s.hedges,
+    ),
+    (
+        "balancer_node_ejections",
+        "Times the node was taken out of rotation after failing repeatedly.",
+        |s| s.ejections,
+    ),
+    (
+        "balancer_node_rejected",
+        "Requests answered 503 because the node's in-flight limit and queue were full.",
+        |s| s.rejected,
+    ),
 ];
 
 impl Collector for NodesCollector {
@@ -203,8 +238,20 @@ impl Collector for NodesCollector {
             .upstreams
             .nodes()
             .iter()
-            .map(|n| n.snapshot())
+            .map(|n| n.snapshot(self.slow_start))
             .collect();
+        {
+            let gauge = ConstGauge::new(0.0f64);
+            let mut family = encoder.encode_descriptor(
+                "balancer_node_weight",
+                "The share of its round-robin turns the node takes: below 1 during slow start.",
+                None,
+                gauge.metric_type(),
+            )?;
+            for s in &snapshots {
+                ConstGauge::new(s.weight).encode(family.encode_family(&[("node", &s.address)])?)?;
+            }
+        }
         for (name, help, field) in NODE_GAUGES {
             let gauge = ConstGauge::new(0i64);
             let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
@@ -222,20 +269,62 @@ impl Collector for NodesCollector {
             }
         }
         let up = snapshots.iter().filter(|s| s.up).count();
+        let in_rotation = snapshots.iter().filter(|s| s.up && !s.ejected).count();
         let totals = [
-            ("balancer_nodes_up", "Nodes currently taking requests.", up),
+            (
+                "balancer_nodes_up",
+                "Nodes passing their health checks.",
+                up,
+            ),
             (
                 "balancer_nodes_total",
                 "Nodes currently known.",
                 snapshots.len(),
+            ),
+            (
+                "balancer_panic_mode",
+                "1 while more than half the nodes look unhealthy, so every node is in \
+                 rotation (the panic threshold); else 0.",
+                usize::from(panicking(in_rotation, snapshots.len())),
             ),
         ];
         for (name, help, value) in totals {
             let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        let budget = [
+            (
+                "balancer_retries_allowed",
+                "Retries and hedged attempts the retry budget allowed.",
+                self.budget.allowed(),
+            ),
+            (
+                "balancer_retries_refused",
+                "Retries and hedged attempts refused because the retry budget was spent.",
+                self.budget.exhausted(),
+            ),
+        ];
+        for (name, help, value) in budget {
+            let counter = ConstCounter::new(value);
+            counter.encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
+}
+
+/// Metrics over `upstreams` with a fresh budget: a helper for the unit tests.
+#[cfg(test)]
+pub(crate) fn test_metrics(upstreams: &Arc<Upstreams>) -> Metrics {
+    Metrics::new(
+        Arc::clone(upstreams),
+        Arc::new(RetryBudget::new(0.2, 10)),
+        Duration::from_secs(5),
+    )
 }
 
 #[cfg(test)]
@@ -245,7 +334,7 @@ mod tests {
     #[tokio::test]
     async fn node_state_is_read_at_scrape_time() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let metrics = test_metrics(&upstreams);
         let text = metrics.render();
         assert!(text.contains("# TYPE balancer_node_up gauge"), "{text}");
         assert!(
@@ -262,6 +351,12 @@ mod tests {
         );
         assert!(text.contains("balancer_nodes_up 1"), "{text}");
         assert!(text.contains("balancer_nodes_total 2"), "{text}");
+        assert!(text.contains("balancer_panic_mode 0"), "{text}");
+        assert!(text.contains("balancer_retries_refused_total 0"), "{text}");
+        assert!(
+            text.contains("balancer_node_weight{node=\"127.0.0.1:1\"} 1"),
+            "{text}"
+        );
 
         let _guard = upstreams.nodes()[0].start_request();
         let text = metrics.render();
@@ -278,7 +373,7 @@ mod tests {
     #[tokio::test]
     async fn answers_and_upstream_latency_are_histograms() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = Metrics::new(Arc::clone(&upstreams));
+        let metrics = test_metrics(&upstreams);
         metrics.answered(true, 201, Duration::from_millis(3));
         metrics.answered(true, 201, Duration::from_millis(30));
         metrics.answered(false, 200, Duration::from_micros(100));

@@ -1,189 +1,49 @@
-//! Forwarding one request: buffering its body so it can be sent again, the header rules
-//! (hop-by-hop headers stripped both ways, `X-Forwarded-For` appended), the timeouts, and
-//! the retry policy that decides whether a failed request may go on to the next node.
+//! Forwarding one request: buffering its body (within its size and time limits) so it can
+//! be sent again, claiming an in-flight slot on a node (or a short wait in its queue), and
+//! the attempts themselves: a request that may be sent again gets a hedged second attempt
+//! on another node when the first is slow or its node goes down, and a failed attempt
+//! goes on to another node as the retry policy (`retry`) and its budget allow. A node that
+//! fails repeatedly is ejected from rotation for a while, never more than half of them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
-};
+use hyper::header::{CONTENT_LENGTH, HeaderMap};
 use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Method, Request, Response, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use shared::api::IDEMPOTENCY_HEADER;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ResponseBody;
 use crate::error::Error;
+use crate::headers;
 use crate::metrics::Metrics;
-use crate::selection::RoundRobin;
-use crate::upstreams::{Node, Upstreams};
+use crate::node::{InFlight, Node};
+use crate::pool::{self, SendError};
+use crate::retry::{self, Failure, RetryBudget, give_up, may_resend, may_try_next};
+use crate::selection::Selector;
+use crate::settings::Settings;
+use crate::upstreams::Upstreams;
 
 /// The most of a refused (too large) request body read and dropped before answering.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// The pooled HTTP client to the nodes. The pool is keyed by the URI's authority, and
-/// requests are addressed to the resolved `IP:PORT`, so each address has a pool of its own.
-pub type NodeClient = Client<HttpConnector, Full<Bytes>>;
-
-/// Builds the pooled client to the nodes, with `connect_timeout` on opening a connection.
-pub fn node_client(connect_timeout: Duration) -> NodeClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector)
-}
-
-/// Headers that describe one connection rather than the message, so never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    TE,
-    TRAILER,
-    TRANSFER_ENCODING,
-    UPGRADE,
-];
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// Whether `name` is hop-by-hop whatever `Connection` says: the fixed list or `Proxy-*`.
-fn always_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
-}
-
-/// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header
-/// named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // The usual case, with nothing to remove, costs one pass over the names and no
-    // hashing. `Connection` is in the fixed list, so a message naming others is not.
-    if !headers.keys().any(always_hop_by_hop) {
-        return;
-    }
-    let listed: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    let proxy: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
-        .cloned()
-        .collect();
-    for name in listed.iter().chain(&proxy).chain(&HOP_BY_HOP) {
-        headers.remove(name);
-    }
-}
-
-/// An IPv4 address as dotted text, written without the formatting machinery.
-fn ipv4_text(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> &[u8] {
-    let mut len = 0;
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out[len] = b'.';
-            len += 1;
-        }
-        if octet >= 100 {
-            out[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            out[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        out[len] = b'0' + octet % 10;
-        len += 1;
-    }
-    &out[..len]
-}
-
-/// The client's address as a header value (an IPv4-mapped IPv6 address as IPv4).
-fn client_value(client: IpAddr) -> HeaderValue {
-    let text = match client.to_canonical() {
-        IpAddr::V4(ip) => HeaderValue::from_bytes(ipv4_text(ip, &mut [0; 15])),
-        IpAddr::V6(ip) => HeaderValue::from_str(&ip.to_string()),
-    };
-    text.unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-}
-
-/// Appends the client's address to `X-Forwarded-For`, after any addresses already there.
-pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    let client = client_value(client);
-    let earlier: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    if earlier.is_empty() {
-        headers.insert(X_FORWARDED_FOR, client);
-        return;
-    }
-    let joined = format!(
-        "{}, {}",
-        earlier.join(", "),
-        client.to_str().unwrap_or("unknown")
-    );
-    let value = HeaderValue::from_str(&joined).unwrap_or(client);
-    headers.insert(X_FORWARDED_FOR, value);
-}
-
-/// Whether a request that a node may already have acted on can be sent to another node:
-/// reads are safe to repeat, and a write with an `Idempotency-Key` is made safe by the node.
-pub fn may_resend(method: &Method, headers: &HeaderMap) -> bool {
-    *method == Method::GET || *method == Method::HEAD || headers.contains_key(IDEMPOTENCY_HEADER)
-}
-
-/// How one forwarding attempt failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Failure {
-    /// No connection could be opened: nothing was sent, so trying elsewhere is always safe.
-    Connect,
-    /// The connection broke after the request was (possibly) sent.
-    Sent,
-    /// The node had the request but sent no response headers in time.
-    Timeout,
-}
-
-/// Whether a request that failed this way may go on to the next node.
-pub fn may_try_next(failure: Failure, resend_allowed: bool) -> bool {
-    failure == Failure::Connect || resend_allowed
-}
-
-/// The error a client gets when its request goes no further; `worst` is the most telling
-/// failure among its attempts (a timeout over a broken connection over a refused one).
-pub fn give_up(worst: Failure, resend_allowed: bool, response_timeout: Duration) -> Error {
-    match worst {
-        Failure::Connect => Error::NoHealthyNodes,
-        Failure::Sent if resend_allowed => {
-            Error::BadGateway("every node tried failed before answering")
-        }
-        Failure::Sent => Error::BadGateway(
-            "the node failed after receiving the request, which was not sent again because \
-             that could repeat it; only GET, HEAD and requests with an Idempotency-Key header \
-             are retried",
-        ),
-        Failure::Timeout => Error::UpstreamTimeout(response_timeout),
-    }
-}
+/// A request still unanswered after this starts watching its node's down signal, so it
+/// moves on at once if the node is marked down. Shorter requests never pay for watching.
+const WATCH_AFTER: Duration = Duration::from_millis(20);
 
 /// Forwards requests to the nodes.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Proxy {
-    client: NodeClient,
-    response_timeout: Duration,
-    max_body_bytes: usize,
+    settings: Settings,
+    budget: Arc<RetryBudget>,
     /// Where each node's time to answer is recorded, when set.
     metrics: Option<Arc<Metrics>>,
 }
@@ -196,12 +56,50 @@ struct Outgoing {
     body: Bytes,
 }
 
+/// One attempt under way.
+type Attempt<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Failure>> + Send + 'a>>;
+
+/// An attempt and the node it went to.
+struct Running<'a> {
+    node: Arc<Node>,
+    /// The node's count of times marked down when the attempt started.
+    downs: u64,
+    attempt: Attempt<'a>,
+}
+
+/// Completes with the first of the running attempts to finish, taking it out.
+async fn first_finished(
+    running: &mut [Option<Running<'_>>; 2],
+) -> (Arc<Node>, Result<Response<ResponseBody>, Failure>) {
+    poll_fn(|cx| {
+        for slot in running.iter_mut() {
+            if let Some(run) = slot
+                && let Poll::Ready(result) = run.attempt.as_mut().poll(cx)
+            {
+                let node = Arc::clone(&run.node);
+                *slot = None;
+                return Poll::Ready((node, result));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Completes when `watch` (if any) does.
+async fn fired(watch: &mut Option<Pin<Box<dyn Future<Output = ()> + Send>>>) {
+    match watch {
+        Some(watch) => watch.await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Proxy {
-    pub fn new(client: NodeClient, response_timeout: Duration, max_body_bytes: usize) -> Self {
+    pub fn new(settings: Settings, budget: Arc<RetryBudget>) -> Self {
         Self {
-            client,
-            response_timeout,
-            max_body_bytes,
+            settings,
+            budget,
             metrics: None,
         }
     }
@@ -214,12 +112,12 @@ impl Proxy {
         }
     }
 
-    /// Sends `request` to the next healthy node, going on to others as the retry policy
-    /// allows, and streams back the first response.
+    /// Sends `request` to the next node in rotation, hedging and going on to others as the
+    /// retry policy allows, and streams back the first response.
     pub async fn forward<B>(
         &self,
         upstreams: &Upstreams,
-        selector: &RoundRobin,
+        selector: &Selector,
         request: Request<B>,
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Error>
@@ -228,31 +126,199 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let outgoing = self.prepare(request, peer).await?;
-        let resend_allowed = may_resend(&outgoing.method, &outgoing.headers);
-        let order = selector.order(&upstreams.healthy());
-        let mut worst: Option<Failure> = None;
-        let attempts = order.len();
-        for (attempt, node) in order.into_iter().enumerate() {
-            let failure = match self.attempt(&node, &outgoing).await {
-                Ok(response) => return Ok(response),
-                Err(failure) => failure,
-            };
-            worst = worst.max(Some(failure));
-            if !may_try_next(failure, resend_allowed) {
-                return Err(give_up(failure, resend_allowed, self.response_timeout));
-            }
-            if attempt + 1 < attempts {
-                node.record_retry();
-                debug!(node = %node.address, ?failure, "trying the next node");
-            }
+        let resend = may_resend(&outgoing.method, &outgoing.headers);
+        self.budget.deposit();
+        let nodes = upstreams.nodes();
+        let mut order = selector.order(&nodes);
+        if order.is_empty() {
+            return Err(Error::NoHealthyNodes);
         }
-        Err(match worst {
-            Some(worst) => give_up(worst, resend_allowed, self.response_timeout),
-            None => Error::NoHealthyNodes,
-        })
+        let timeout = self.settings.response_timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut next = 0;
+        let (node, slot) = self.claim(&mut order, &mut next, true).await?;
+        let mut running: [Option<Running<'_>>; 2] = [
+            Some(Running {
+                downs: node.downs(),
+                node: Arc::clone(&node),
+                attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
+            }),
+            None,
+        ];
+        // A request that may be sent again watches for a slow or downed node (a hedge).
+        let mut watch_at = resend.then(|| started + WATCH_AFTER);
+        let mut hedge_at = resend.then(|| started + self.settings.hedge_delay);
+        let mut watch: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        let mut worst: Option<Failure> = None;
+        let mut retries = 0u32;
+        let timer = tokio::time::sleep_until(watch_at.unwrap_or(deadline));
+        tokio::pin!(timer);
+        loop {
+            let mut hedge_now = false;
+            tokio::select! {
+                biased;
+                (node, result) = first_finished(&mut running) => {
+                    let failure = match result {
+                        Ok(response) => {
+                            // A hedged-over attempt still running was too slow: say so.
+                            for other in running.iter_mut().filter_map(Option::take) {
+                                self.failed(upstreams, &other.node, "slower than a hedged attempt elsewhere".into());
+                            }
+                            return Ok(response);
+                        }
+                        Err(failure) => failure,
+                    };
+                    worst = worst.max(Some(failure));
+                    watch = None;
+                    if running.iter().any(Option::is_some) {
+                        // The other attempt may still answer.
+                        continue;
+                    }
+                    if !may_try_next(failure, resend) {
+                        return Err(give_up(failure, resend, timeout));
+                    }
+                    if next >= order.len() {
+                        return Err(give_up(worst.unwrap_or(failure), resend, timeout));
+                    }
+                    if failure != Failure::Connect {
+                        if !self.budget.withdraw() {
+                            return Err(give_up(worst.unwrap_or(failure), resend, timeout));
+                        }
+                        retries += 1;
+                        let wait = retry::backoff(self.settings.retry_backoff, retries);
+                        tokio::time::sleep_until((Instant::now() + wait).min(deadline)).await;
+                    }
+                    node.record_retry();
+                    debug!(node = %node.address, ?failure, "trying the next node");
+                    let (node, slot) = self.claim(&mut order, &mut next, true).await?;
+                    running[0] = Some(Running {
+                        downs: node.downs(),
+                        node: Arc::clone(&node),
+                        attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
+                    });
+                    if resend {
+                        let now = Instant::now();
+                        watch_at = Some(now + WATCH_AFTER);
+                        hedge_at = hedge_at.map(|_| now + self.settings.hedge_delay);
+                    }
+                }
+                () = fired(&mut watch) => {
+                    // The node of the attempt under way was marked down.
+                    watch = None;
+                    hedge_now = true;
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        for other in running.iter_mut().filter_map(Option::take) {
+                            let reason = format!("no response within {timeout:?}");
+                            warn!(node = %other.node.address, cause = %reason, "node too slow");
+                            self.failed(upstreams, &other.node, reason);
+                        }
+                        return Err(give_up(Failure::Timeout, resend, timeout));
+                    }
+                    if watch_at.is_some_and(|at| now >= at) {
+                        watch_at = None;
+                        if let Some(run) = running.iter().flatten().next() {
+                            // Marked down since the attempt started: move on now. (A node
+                            // that was down already is in rotation only in panic mode.)
+                            // Subscribed before looking, so a mark-down in between is seen.
+                            let went_down = run.node.went_down();
+                            if run.node.downs() == run.downs {
+                                watch = Some(Box::pin(went_down));
+                            } else {
+                                hedge_now = true;
+                            }
+                        }
+                    }
+                    if hedge_at.is_some_and(|at| now >= at) {
+                        hedge_now = true;
+                    }
+                }
+            }
+            if hedge_now && hedge_at.is_some() {
+                hedge_at = None;
+                let alone = running.iter().flatten().count() == 1;
+                if alone && next < order.len() && self.budget.withdraw() {
+                    // A hedge only goes where a slot is free: it must not queue.
+                    if let Ok((node, slot)) = self.claim(&mut order, &mut next, false).await {
+                        if let Some(run) = running.iter().flatten().next() {
+                            run.node.record_hedge();
+                        }
+                        let free = if running[0].is_none() { 0 } else { 1 };
+                        running[free] = Some(Running {
+                            downs: node.downs(),
+                            node: Arc::clone(&node),
+                            attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
+                        });
+                    }
+                }
+            }
+            let wake = [watch_at, hedge_at, Some(deadline)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(deadline);
+            timer.as_mut().reset(wake);
+        }
     }
 
-    /// Buffers the body (within the limit) and applies the header rules once.
+    /// Takes an in-flight slot on the first node of `order[*next..]` that has one free,
+    /// moving it to `order[*next]`; with every node full, waits in the first one's queue
+    /// (when `queue`), or fails with a fast 503.
+    async fn claim(
+        &self,
+        order: &mut [Arc<Node>],
+        next: &mut usize,
+        queue: bool,
+    ) -> Result<(Arc<Node>, InFlight), Error> {
+        let limit = self.settings.max_in_flight;
+        for i in *next..order.len() {
+            if let Some(slot) = order[i].try_start_request(limit) {
+                order.swap(i, *next);
+                let node = Arc::clone(&order[*next]);
+                *next += 1;
+                return Ok((node, slot));
+            }
+        }
+        let Some(node) = order.get(*next).cloned() else {
+            return Err(Error::NodesBusy);
+        };
+        *next += 1;
+        if !queue {
+            return Err(Error::NodesBusy);
+        }
+        let queued = node
+            .queue_for_slot(limit, self.settings.queue_size, self.settings.queue_timeout)
+            .await;
+        match queued {
+            Some(slot) => Ok((node, slot)),
+            None => {
+                node.record_rejected();
+                Err(Error::NodesBusy)
+            }
+        }
+    }
+
+    /// Counts a failed attempt on `node`, and ejects the node after `eject_after` in a row
+    /// unless half the nodes are out already.
+    fn failed(&self, upstreams: &Upstreams, node: &Node, reason: String) {
+        let in_a_row = node.record_failure(reason);
+        if in_a_row < self.settings.eject_after || node.is_ejected() {
+            return;
+        }
+        let nodes = upstreams.nodes();
+        let ejected = nodes.iter().filter(|n| n.is_ejected()).count();
+        if (ejected + 1) * 2 > nodes.len() {
+            return;
+        }
+        if node.eject(Instant::now() + self.settings.eject_time) {
+            warn!(node = %node.address, failures = in_a_row, "node ejected after failing repeatedly");
+        }
+    }
+
+    /// Buffers the body (within its size and time limits) and applies the header rules once.
     async fn prepare<B>(&self, request: Request<B>, peer: SocketAddr) -> Result<Outgoing, Error>
     where
         B: Body<Data = Bytes>,
@@ -264,49 +330,35 @@ impl Proxy {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let limit = self.max_body_bytes;
+        let limit = self.settings.max_body_bytes;
+        let body_timeout = self.settings.body_timeout;
         if declared.is_some_and(|length| length > limit as u64) {
             // Read and drop what the client is still sending (within reason), so it gets
             // the 413 rather than a broken pipe.
             let drain = Limited::new(body, DRAIN_LIMIT).collect();
-            let _ = tokio::time::timeout(self.response_timeout, drain).await;
+            let _ = tokio::time::timeout(body_timeout, drain).await;
             return Err(Error::PayloadTooLarge { limit });
         }
-        let collected =
-            tokio::time::timeout(self.response_timeout, Limited::new(body, limit).collect()).await;
-        let body = match collected {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
-                return Err(Error::PayloadTooLarge { limit });
-            }
-            Ok(Err(err)) => {
-                debug!(cause = %err, "cannot read a request body");
-                return Err(Error::BodyUnreadable);
-            }
-            Err(_) => {
-                debug!("a request body did not arrive in time");
-                return Err(Error::BodyUnreadable);
+        let body = if declared == Some(0) || body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match tokio::time::timeout(body_timeout, Limited::new(body, limit).collect()).await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(err)) if err.downcast_ref::<LengthLimitError>().is_some() => {
+                    return Err(Error::PayloadTooLarge { limit });
+                }
+                Ok(Err(err)) => {
+                    debug!(cause = %err, "cannot read a request body");
+                    return Err(Error::BodyUnreadable);
+                }
+                Err(_) => {
+                    debug!("a request body did not arrive in time");
+                    return Err(Error::BodyTimeout(body_timeout));
+                }
             }
         };
-
-        let had_body_framing = parts.headers.contains_key(CONTENT_LENGTH)
-            || parts.headers.contains_key(TRANSFER_ENCODING);
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
-        // The body is already here in full, so there is nothing left to wait for.
-        headers.remove(EXPECT);
-        headers.remove(CONTENT_LENGTH);
-        if had_body_framing || !body.is_empty() {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        // An HTTP/2 client names the host in the URI only; nodes still see a Host header.
-        if !headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
-        {
-            headers.insert(HOST, value);
-        }
-        append_forwarded_for(&mut headers, peer.ip());
+        headers::prepare_request(&mut headers, &parts.uri, body.len(), peer.ip());
         let path_and_query = parts
             .uri
             .path_and_query()
@@ -320,10 +372,12 @@ impl Proxy {
         })
     }
 
-    /// One attempt on one node.
+    /// One attempt on one node, holding one of its in-flight slots.
     async fn attempt(
         &self,
-        node: &Arc<Node>,
+        upstreams: &Upstreams,
+        node: Arc<Node>,
+        slot: InFlight,
         outgoing: &Outgoing,
     ) -> Result<Response<ResponseBody>, Failure> {
         let mut uri = hyper::http::uri::Parts::default();
@@ -345,48 +399,45 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = outgoing.headers.clone();
 
-        let in_flight = node.start_request();
         let sent = std::time::Instant::now();
-        let failure =
-            match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-                Ok(Ok(response)) => {
-                    if let Some(metrics) = &self.metrics {
-                        metrics.upstream_answered(node, sent.elapsed());
-                    }
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    // The guard travels with the body, so the request counts as in flight until
-                    // its response has been streamed back (or the client went away).
-                    let body = body
-                        .map_frame(move |frame| {
-                            let _ = &in_flight;
-                            frame
-                        })
-                        .boxed_unsync();
-                    return Ok(Response::from_parts(parts, body));
+        match pool::send(node.address, self.settings.connect_timeout, request).await {
+            Ok(response) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.upstream_answered(&node, sent.elapsed());
                 }
-                Ok(Err(err)) if err.is_connect() => {
-                    let reason = describe(&err);
-                    if node.mark_down(reason.clone()) {
-                        warn!(node = %node.address, cause = %reason, "node down: cannot connect");
-                    }
-                    node.record_failure(reason);
-                    Failure::Connect
+                let (mut parts, body) = response.into_parts();
+                // A 503 is the node saying it cannot serve now (the shared store, most
+                // likely), which its health check reports; other 5xx are its own failure.
+                if parts.status.is_server_error() && parts.status != StatusCode::SERVICE_UNAVAILABLE
+                {
+                    self.failed(upstreams, &node, format!("answered {}", parts.status));
+                } else {
+                    node.record_success();
                 }
-                Ok(Err(err)) => {
-                    let reason = describe(&err);
-                    warn!(node = %node.address, cause = %reason, "node failed during a request");
-                    node.record_failure(reason);
-                    Failure::Sent
+                headers::strip_hop_by_hop(&mut parts.headers);
+                // The slot travels with the body, so the request counts as in flight until
+                // its response has been streamed back (or the client went away).
+                let body = body
+                    .map_frame(move |frame| {
+                        let _ = &slot;
+                        frame
+                    })
+                    .boxed_unsync();
+                Ok(Response::from_parts(parts, body))
+            }
+            Err(SendError::Connect(reason)) => {
+                if node.mark_down(reason.clone()) {
+                    warn!(node = %node.address, cause = %reason, "node down: cannot connect");
                 }
-                Err(_) => {
-                    let reason = format!("no response within {:?}", self.response_timeout);
-                    warn!(node = %node.address, cause = %reason, "node too slow");
-                    node.record_failure(reason);
-                    Failure::Timeout
-                }
-            };
-        Err(failure)
+                self.failed(upstreams, &node, reason);
+                Err(Failure::Connect)
+            }
+            Err(SendError::Sent(reason)) => {
+                warn!(node = %node.address, cause = %reason, "node failed during a request");
+                self.failed(upstreams, &node, reason);
+                Err(Failure::Sent)
+            }
+        }
     }
 }
 
@@ -406,160 +457,67 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
+    fn proxy(max_body_bytes: usize) -> Proxy {
+        let settings = Settings {
+            max_body_bytes,
+            body_timeout: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        Proxy::new(settings, Arc::new(RetryBudget::new(0.2, 10)))
     }
 
-    #[test]
-    fn hop_by_hop_headers_and_those_named_in_connection_are_stripped() {
-        let mut map = headers(&[
-            ("connection", "keep-alive, X-Custom-Hop"),
-            ("connection", "x-other"),
-            ("keep-alive", "timeout=5"),
-            ("x-custom-hop", "1"),
-            ("x-other", "2"),
-            ("proxy-authorization", "Basic abc"),
-            ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
-            ("trailer", "x-checksum"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("x-node", "node-1"),
-            ("idempotency-key", "k1"),
-            ("content-type", "application/json"),
-        ]);
-        strip_hop_by_hop(&mut map);
-        let mut left: Vec<&str> = map.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, ["content-type", "idempotency-key", "x-node"]);
-    }
-
-    #[test]
-    fn the_fast_path_strips_nothing_from_an_ordinary_message() {
-        let mut map = headers(&[("host", "a"), ("x-node", "node-1"), ("accept", "*/*")]);
-        strip_hop_by_hop(&mut map);
-        assert_eq!(map.len(), 3);
-        let mut map = headers(&[("host", "a"), ("proxy-authorization", "x")]);
-        strip_hop_by_hop(&mut map);
-        assert_eq!(
-            map.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
-            ["host"]
-        );
-    }
-
-    #[test]
-    fn client_addresses_are_written_as_text() {
-        for ip in [
-            "0.0.0.0",
-            "1.2.3.4",
-            "10.100.255.9",
-            "192.168.1.10",
-            "::1",
-            "fe80::1",
-        ] {
-            let value = client_value(ip.parse().expect("ip"));
-            assert_eq!(value, ip);
-        }
-        assert_eq!(
-            client_value("::ffff:10.0.0.1".parse().expect("ip")),
-            "10.0.0.1"
-        );
-    }
-
-    #[test]
-    fn forwarded_for_is_appended_after_earlier_hops() {
-        let mut map = HeaderMap::new();
-        append_forwarded_for(&mut map, "10.0.0.1".parse().expect("ip"));
-        assert_eq!(map[&X_FORWARDED_FOR], "10.0.0.1");
-
-        let mut map = headers(&[
-            ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "5.6.7.8"),
-        ]);
-        append_forwarded_for(&mut map, "::ffff:127.0.0.1".parse().expect("ip"));
-        assert_eq!(map[&X_FORWARDED_FOR], "1.2.3.4, 5.6.7.8, 127.0.0.1");
-        assert_eq!(map.get_all(&X_FORWARDED_FOR).iter().count(), 1);
-    }
-
-    #[test]
-    fn only_reads_and_keyed_writes_may_be_sent_again() {
-        let none = HeaderMap::new();
-        let keyed = headers(&[("Idempotency-Key", "abc")]);
-        assert!(may_resend(&Method::GET, &none));
-        assert!(may_resend(&Method::HEAD, &none));
-        assert!(!may_resend(&Method::POST, &none));
-        assert!(!may_resend(&Method::DELETE, &none));
-        assert!(may_resend(&Method::POST, &keyed));
-    }
-
-    #[test]
-    fn a_refused_connection_always_moves_on_but_a_sent_write_does_not() {
-        assert!(may_try_next(Failure::Connect, false));
-        assert!(may_try_next(Failure::Connect, true));
-        assert!(!may_try_next(Failure::Sent, false));
-        assert!(may_try_next(Failure::Sent, true));
-        assert!(!may_try_next(Failure::Timeout, false));
-        assert!(may_try_next(Failure::Timeout, true));
-    }
-
-    #[test]
-    fn giving_up_names_the_most_telling_failure() {
-        let timeout = Duration::from_secs(10);
-        assert_eq!(
-            give_up(Failure::Connect, false, timeout).code(),
-            "no_healthy_nodes"
-        );
-        let unsafe_write = give_up(Failure::Sent, false, timeout);
-        assert_eq!(unsafe_write.code(), "bad_gateway");
-        assert!(unsafe_write.to_string().contains("Idempotency-Key"));
-        assert_eq!(give_up(Failure::Sent, true, timeout).code(), "bad_gateway");
-        assert_eq!(
-            give_up(Failure::Timeout, true, timeout).code(),
-            "upstream_timeout"
-        );
-        assert!(Failure::Timeout > Failure::Sent && Failure::Sent > Failure::Connect);
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5000))
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_before_any_node_is_asked() {
-        let proxy = Proxy::new(
-            node_client(Duration::from_secs(1)),
-            Duration::from_secs(1),
-            8,
-        );
         let upstreams = Upstreams::new(Vec::new());
         let request = Request::post("/purchases")
             .body(Full::new(Bytes::from_static(b"0123456789")))
             .expect("request");
-        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
-        let err = proxy
-            .forward(&upstreams, &RoundRobin::new(), request, peer)
+        let err = proxy(8)
+            .forward(&upstreams, &Selector::default(), request, peer())
             .await
             .expect_err("too large");
         assert_eq!(err.code(), "payload_too_large");
     }
 
+    /// A request body that never sends anything.
+    struct Stalled;
+
+    impl Body for Stalled {
+        type Data = Bytes;
+        type Error = std::io::Error;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_slower_than_the_body_timeout_is_a_408() {
+        let upstreams = Upstreams::new(Vec::new());
+        let request = Request::post("/purchases").body(Stalled).expect("request");
+        let err = proxy(1024)
+            .forward(&upstreams, &Selector::default(), request, peer())
+            .await
+            .expect_err("too slow");
+        assert_eq!(err.code(), "request_timeout");
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+    }
+
     #[tokio::test]
     async fn with_no_nodes_up_the_answer_is_no_healthy_nodes() {
-        let proxy = Proxy::new(
-            node_client(Duration::from_secs(1)),
-            Duration::from_secs(1),
-            8,
-        );
         let upstreams = Upstreams::new(Vec::new());
         let request = Request::get("/events")
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
-        let err = proxy
-            .forward(&upstreams, &RoundRobin::new(), request, peer)
+        let err = proxy(8)
+            .forward(&upstreams, &Selector::default(), request, peer())
             .await
             .expect_err("no nodes");
         assert_eq!(err.code(), "no_healthy_nodes");

@@ -1,152 +1,19 @@
-//! The set of upstream nodes: each configured name resolved to all of its addresses, the
-//! state and counters kept per resolved address, and the loop that re-resolves the names
-//! so nodes that appear or vanish are followed.
+//! The set of upstream nodes: each configured name resolved to all of its addresses (one
+//! [`Node`] per address), and the loop that re-resolves the names so nodes that appear or
+//! vanish are followed.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use hyper::http::uri::Authority;
-use prometheus_client::metrics::histogram::Histogram;
 
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
+pub use crate::node::{InFlight, Node, NodeSnapshot};
 use crate::settings::NodeName;
-
-/// One resolved node address and what the balancer knows about it.
-#[derive(Debug)]
-pub struct Node {
-    pub address: SocketAddr,
-    /// `address` as a URI authority, made once so forwarding a request formats nothing.
-    authority: Authority,
-    /// This node's child of the per-node latency histogram family, fetched on its first
-    /// answer, so later answers neither allocate nor hash a label.
-    pub(crate) upstream_seconds: OnceLock<Histogram>,
-    /// Whether requests may be sent here; cleared by a connection failure or a failed
-    /// health check, set again by a passing health check.
-    up: AtomicBool,
-    /// Requests sent here whose response has not been fully streamed back yet.
-    in_flight: AtomicU64,
-    /// Every attempt to forward a request here.
-    requests: AtomicU64,
-    /// Forwarding attempts here that failed (no connection, dropped, or too slow).
-    failures: AtomicU64,
-    /// Requests that failed here and were then sent on to another node.
-    retries: AtomicU64,
-    /// The last failure seen here, by a request or a health check, for `/balancer/nodes`.
-    last_error: Mutex<Option<String>>,
-}
-
-/// A node's state and counters at one moment, for the admin endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeSnapshot {
-    pub address: String,
-    pub up: bool,
-    pub in_flight: u64,
-    pub requests: u64,
-    pub failures: u64,
-    pub retries: u64,
-    pub last_error: Option<String>,
-}
-
-impl Node {
-    /// A newly seen address starts up: a connection failure marks it down at once and
-    /// costs the request nothing, and the next health check settles it either way.
-    pub fn new(address: SocketAddr) -> Self {
-        // A socket address always makes a valid authority; the fallback is never used.
-        let authority = address
-            .to_string()
-            .parse()
-            .unwrap_or_else(|_| Authority::from_static("0.0.0.0"));
-        Self {
-            address,
-            authority,
-            upstream_seconds: OnceLock::new(),
-            up: AtomicBool::new(true),
-            in_flight: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            retries: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-        }
-    }
-
-    /// The node's address as a URI authority (`IP:PORT`, an IPv6 address in brackets).
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    /// Marks the node up; true when it was down before.
-    pub fn mark_up(&self) -> bool {
-        !self.up.swap(true, Ordering::Relaxed)
-    }
-
-    /// Marks the node down for `reason`; true when it was up before.
-    pub fn mark_down(&self, reason: impl Into<String>) -> bool {
-        self.set_last_error(reason.into());
-        self.up.swap(false, Ordering::Relaxed)
-    }
-
-    /// Counts a failed forwarding attempt.
-    pub fn record_failure(&self, reason: impl Into<String>) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        self.set_last_error(reason.into());
-    }
-
-    /// Counts a request that failed here and goes on to another node.
-    pub fn record_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a request sent here; it stays in flight until the guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(self))
-    }
-
-    pub fn snapshot(&self) -> NodeSnapshot {
-        NodeSnapshot {
-            address: self.address.to_string(),
-            up: self.is_up(),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            requests: self.requests.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
-            last_error: self.lock_last_error().clone(),
-        }
-    }
-
-    fn set_last_error(&self, reason: String) {
-        *self.lock_last_error() = Some(reason);
-    }
-
-    fn lock_last_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        // A panic while holding this lock cannot leave a half-written Option behind.
-        self.last_error
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
-/// Keeps a request counted as in flight on its node until dropped.
-#[derive(Debug)]
-pub struct InFlight(Arc<Node>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
 
 /// A resolver that does not answer within this leaves the name's last known addresses in
 /// place, so one stuck lookup cannot hold up start-up or the other names.
@@ -165,6 +32,9 @@ struct Current {
     nodes: Arc<[Arc<Node>]>,
     /// The addresses each name last resolved to, kept when a later resolution fails.
     known: Vec<Vec<SocketAddr>>,
+    /// Whether the names have been resolved before: a node that appears after the first
+    /// resolution is new to the cluster, and slow-starts.
+    resolved_before: bool,
 }
 
 impl Upstreams {
@@ -176,6 +46,7 @@ impl Upstreams {
             current: RwLock::new(Current {
                 nodes: Arc::from(Vec::new()),
                 known,
+                resolved_before: false,
             }),
         }
     }
@@ -185,12 +56,12 @@ impl Upstreams {
         Arc::clone(&self.read().nodes)
     }
 
-    /// The nodes currently up, ordered by address.
+    /// The nodes currently in rotation (up and not ejected), ordered by address.
     pub fn healthy(&self) -> Vec<Arc<Node>> {
         self.read()
             .nodes
             .iter()
-            .filter(|node| node.is_up())
+            .filter(|node| node.is_healthy())
             .cloned()
             .collect()
     }
@@ -239,16 +110,22 @@ impl Upstreams {
             .map(|node| (node.address, Arc::clone(node)))
             .collect();
         let mut next: BTreeMap<SocketAddr, Arc<Node>> = BTreeMap::new();
+        let warm_new_nodes = current.resolved_before;
         for address in current.known.iter().flatten() {
             if next.contains_key(address) {
                 continue;
             }
             let node = old.remove(address).unwrap_or_else(|| {
                 info!(node = %address, "node added");
-                Arc::new(Node::new(*address))
+                let node = Node::new(*address);
+                if warm_new_nodes {
+                    node.start_warming();
+                }
+                Arc::new(node)
             });
             next.insert(*address, node);
         }
+        current.resolved_before = true;
         for address in old.keys() {
             info!(node = %address, "node removed");
         }
@@ -305,6 +182,7 @@ pub(crate) async fn two_nodes_one_down() -> Arc<Upstreams> {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::sync::Mutex;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("socket address")
@@ -357,6 +235,24 @@ mod tests {
         assert_eq!(addresses(&upstreams), ["10.0.0.2:8000", "10.0.0.9:9000"]);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_appears_after_start_up_slow_starts_and_the_first_ones_do_not() {
+        let upstreams = Upstreams::new(vec![name("node:8000")]);
+        upstreams.apply(vec![Some(vec![addr("10.0.0.2:8000")])]);
+        upstreams.apply(vec![Some(vec![
+            addr("10.0.0.2:8000"),
+            addr("10.0.0.3:8000"),
+        ])]);
+        let slow_start = Duration::from_secs(5);
+        let weights: Vec<f64> = upstreams
+            .nodes()
+            .iter()
+            .map(|n| n.weight(slow_start))
+            .collect();
+        assert_eq!(weights[0], 1.0, "known from the start");
+        assert!(weights[1] < 0.2, "a scale-up starts small: {weights:?}");
+    }
+
     #[test]
     fn a_name_that_fails_to_resolve_keeps_its_last_addresses() {
         let upstreams = Upstreams::new(vec![name("node:8000")]);
@@ -373,16 +269,6 @@ mod tests {
             Some(vec![addr("127.0.0.1:1")]),
         ]);
         assert_eq!(upstreams.nodes().len(), 1);
-    }
-
-    #[test]
-    fn in_flight_counts_until_the_guard_drops() {
-        let node = Arc::new(Node::new(addr("127.0.0.1:1")));
-        let guard = node.start_request();
-        assert_eq!(node.snapshot().in_flight, 1);
-        drop(guard);
-        let snapshot = node.snapshot();
-        assert_eq!((snapshot.in_flight, snapshot.requests), (0, 1));
     }
 
     #[tokio::test]

@@ -7,7 +7,8 @@ use std::collections::HashMap;
 
 use hyper::{Method, StatusCode};
 use support::{
-    BalancerProcess, PATIENCE, Upstream, client, closed_port, eventually, get, node_state, send,
+    BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, client, closed_port, eventually, get,
+    node_state, send,
 };
 
 #[tokio::test]
@@ -224,17 +225,23 @@ async fn the_balancer_endpoints_report_health_nodes_and_metrics_without_forwardi
             .map(String::as_str)
             .collect();
         keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "address",
-                "failures",
-                "in_flight",
-                "last_error",
-                "requests",
-                "up"
-            ]
-        );
+        // The contract's fields, and the balancer's own after them.
+        for field in [
+            "address",
+            "up",
+            "in_flight",
+            "requests",
+            "failures",
+            "last_error",
+            "ejected",
+            "weight",
+            "queued",
+            "hedges",
+            "ejections",
+            "rejected",
+        ] {
+            assert!(keys.contains(&field), "{field} missing: {keys:?}");
+        }
     }
     let live = node_state(&client, &balancer, &upstream.node()).await;
     assert_eq!(live["up"], true);
@@ -278,7 +285,11 @@ async fn a_node_that_comes_back_is_brought_back_by_health_checks() {
     let returning = format!("127.0.0.1:{port}");
     let balancer = BalancerProcess::start(
         &[a.node(), returning.clone()],
-        &[("TICKETS_BALANCER__HEALTH_INTERVAL_MS", "100")],
+        // Without slow start, so that the node is back to a full share at once.
+        &[
+            ("TICKETS_BALANCER__HEALTH_INTERVAL", "100ms"),
+            ("TICKETS_BALANCER__SLOW_START", "0s"),
+        ],
     )
     .await;
     let client = client();
@@ -287,7 +298,7 @@ async fn a_node_that_comes_back_is_brought_back_by_health_checks() {
     })
     .await;
 
-    let b = Upstream::start_on("b", port, false).await;
+    let b = Upstream::start_on("b", port, Mode::Normal).await;
     eventually("the node is brought back", || async {
         node_state(&client, &balancer, &returning).await["up"] == true
     })
@@ -327,8 +338,8 @@ async fn a_node_too_slow_for_an_unkeyed_post_gets_a_504_json_error() {
     let balancer = BalancerProcess::start(
         &[slow.node()],
         &[
-            ("TICKETS_BALANCER__CONNECT_TIMEOUT_MS", "100"),
-            ("TICKETS_BALANCER__RESPONSE_TIMEOUT_MS", "200"),
+            ("TICKETS_BALANCER__CONNECT_TIMEOUT", "100ms"),
+            ("TICKETS_BALANCER__RESPONSE_TIMEOUT", "200ms"),
         ],
     )
     .await;
@@ -362,8 +373,8 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
         .expect("request task");
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-node"), Some("slow"));
-    let status = balancer.wait().await;
-    assert_eq!(status.code(), Some(0), "{status}");
+    let code = balancer.wait().await;
+    assert_eq!(code, Some(0));
 }
 
 #[tokio::test]

@@ -126,6 +126,27 @@ impl Process {
         Ok(self.child.wait()?.code())
     }
 
+    /// SIGSTOP: the process hangs where it is, its sockets left open.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT: a stopped process carries on.
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill {signal} {} failed", self.child.id());
+        }
+        Ok(())
+    }
+
     /// Whether the process has exited, without waiting.
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

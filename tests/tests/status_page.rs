@@ -113,6 +113,17 @@ async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made(
         );
     }
     assert_eq!(text_of_id(&before, "nodes-up"), "3 / 3");
+    // The balancer's own behaviours: every node in rotation, no panic, the budget read.
+    for node in &cluster.nodes {
+        let address = node.addr.to_string();
+        assert!(
+            row(&before, "data-address", &address).contains("badge rotation up\">in<"),
+            "node {address} is not shown in rotation:\n{before}"
+        );
+    }
+    assert_eq!(text_of_id(&before, "panic"), "off");
+    assert_eq!(text_of_id(&before, "budget-refused"), "0");
+    assert_eq!(text_of_id(&before, "hedges-total"), "0");
     assert_eq!(text_of_id(&before, "sold-total"), "0");
     assert_eq!(text_of_id(&before, "left-total"), "75");
     assert_eq!(text_of_id(&before, "state"), "live");

@@ -1,28 +1,24 @@
 //! Test support: fake upstream nodes (small hyper servers on 127.0.0.1 that answer with an
-//! `X-Node` header and echo what they got), the real balancer binary run as a child process
-//! that is killed when its guard drops, and a small HTTP client.
+//! `X-Node` header and echo what they got), and the real balancer binary and an HTTP
+//! client from the `cluster` harness the node's and the cluster's tests use too.
 
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use cluster::{Answer, HttpClient, Process};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
@@ -50,10 +46,24 @@ pub struct Upstream {
     task: JoinHandle<()>,
 }
 
+/// How a fake node misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers everything.
+    Normal,
+    /// Reads a POST in full, then drops the connection unanswered.
+    DropPosts,
+    /// Answers every request but `/health` with this status.
+    Fail(u16),
+    /// Answers `/health` with 503 (as a node does when the shared store is slow) and
+    /// everything else normally.
+    SickHealth,
+}
+
 #[derive(Clone)]
 struct UpstreamState {
     name: String,
-    drop_posts: bool,
+    mode: Mode,
     received: Arc<Mutex<Vec<Received>>>,
     release: Arc<Notify>,
     slow_arrived: mpsc::UnboundedSender<()>,
@@ -61,15 +71,19 @@ struct UpstreamState {
 
 impl Upstream {
     pub async fn start(name: &str) -> Self {
-        Self::start_on(name, 0, false).await
+        Self::start_on(name, 0, Mode::Normal).await
     }
 
     pub async fn start_dropping_posts(name: &str) -> Self {
-        Self::start_on(name, 0, true).await
+        Self::start_on(name, 0, Mode::DropPosts).await
+    }
+
+    pub async fn start_in(name: &str, mode: Mode) -> Self {
+        Self::start_on(name, 0, mode).await
     }
 
     /// Starts on a given port of 127.0.0.1 (0 for any free one).
-    pub async fn start_on(name: &str, port: u16, drop_posts: bool) -> Self {
+    pub async fn start_on(name: &str, port: u16, mode: Mode) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind a fake upstream");
@@ -79,7 +93,7 @@ impl Upstream {
         let (slow_arrived, slow_arrivals) = mpsc::unbounded_channel();
         let state = UpstreamState {
             name: name.to_owned(),
-            drop_posts,
+            mode,
             received: Arc::clone(&received),
             release: Arc::clone(&release),
             slow_arrived,
@@ -176,7 +190,7 @@ async fn answer(
         path: path.clone(),
         headers: headers.clone(),
     });
-    if state.drop_posts && method == "POST" {
+    if state.mode == Mode::DropPosts && method == "POST" {
         // An error from the service makes hyper close the connection without answering.
         return Err(std::io::Error::other("dropping the connection on purpose"));
     }
@@ -192,6 +206,15 @@ async fn answer(
         "body": String::from_utf8_lossy(&body),
     });
     let mut response = Response::new(Full::new(Bytes::from(echo.to_string())));
+    match state.mode {
+        Mode::Fail(status) if path != "/health" => {
+            *response.status_mut() = hyper::StatusCode::from_u16(status).expect("a status");
+        }
+        Mode::SickHealth if path == "/health" => {
+            *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+        }
+        _ => {}
+    }
     let h = response.headers_mut();
     h.insert("x-node", HeaderValue::from_str(&state.name).expect("name"));
     h.insert("content-type", HeaderValue::from_static("application/json"));
@@ -206,15 +229,46 @@ async fn answer(
     Ok(response)
 }
 
+/// A node that hangs: it accepts connections (the kernel does, for a stopped process)
+/// and never answers on them.
+pub struct HungUpstream {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HungUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        Self { addr, task }
+    }
+
+    pub fn node(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for HungUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A port on 127.0.0.1 that nothing listens on (bound once, then released).
 pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
 
-/// The real balancer binary, killed when this guard drops.
+/// The real balancer binary, started by the `cluster` harness and killed when dropped.
 pub struct BalancerProcess {
-    child: Child,
+    process: Process,
     pub addr: SocketAddr,
 }
 
@@ -222,91 +276,61 @@ impl BalancerProcess {
     /// Starts `balancer --listen 127.0.0.1:0 --nodes NODES` with extra environment, and
     /// waits for its `listening on ADDR` line.
     pub async fn start(nodes: &[String], env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_balancer"));
-        command
-            .args(["--listen", "127.0.0.1:0", "--nodes", &nodes.join(",")])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        for (key, value) in env {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("start the balancer binary");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        tokio::time::timeout(PATIENCE, BufReader::new(stdout).read_line(&mut line))
-            .await
-            .expect("the balancer prints its address")
-            .expect("read the balancer's stdout");
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?} (see its stderr above)"))
-            .parse()
-            .expect("a socket address");
-        Self { child, addr }
+        let args = [
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--nodes".to_owned(),
+            nodes.join(","),
+        ];
+        let process = Process::start_with_env("balancer", "balancer", &args, env)
+            .expect("start the balancer binary");
+        let addr = process.addr;
+        Self { process, addr }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Sends SIGTERM, as `docker stop` does.
+    /// Sends SIGTERM, as `docker stop` does, without waiting.
     pub fn terminate(&self) {
-        let pid = self.child.id().expect("the balancer is running");
         let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args(["-TERM", &self.process.pid().to_string()])
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
     }
 
-    pub async fn wait(&mut self) -> ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("the balancer exits")
-            .expect("wait for the balancer")
-    }
-}
-
-impl Drop for BalancerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
+    /// Waits for the balancer to exit and returns its exit code.
+    pub async fn wait(&mut self) -> Option<i32> {
+        let process = &mut self.process;
+        eventually("the balancer exits", || {
+            let exited = process.has_exited();
+            async move { exited }
+        })
+        .await;
+        self.process.terminate().expect("the exit status")
     }
 }
 
 /// A response, read in full.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub headers: hyper::HeaderMap,
-    pub body: Bytes,
+pub type Reply = Answer;
+
+/// A response header as text.
+pub trait HeaderText {
+    fn header(&self, name: &str) -> Option<&str>;
 }
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
-            panic!(
-                "{err}: body is not JSON: {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
+impl HeaderText for Answer {
+    fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 
-pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+pub type TestClient = HttpClient;
 
 pub fn client() -> TestClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    HttpClient::new()
 }
 
 pub async fn send(
@@ -325,17 +349,10 @@ pub async fn send(
             HeaderValue::from_str(value).expect("header value"),
         );
     }
-    let response = tokio::time::timeout(PATIENCE, client.request(request))
+    tokio::time::timeout(PATIENCE, client.send(request))
         .await
         .expect("the balancer answers")
-        .expect("an HTTP response");
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("response body").to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    }
+        .expect("an HTTP response")
 }
 
 pub async fn get(client: &TestClient, url: &str) -> Reply {
