@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+#[cfg(test)]
+use hyper::header::CONTENT_TYPE;
+use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
 use hyper::{Response, StatusCode};
-use shared::api::ErrorBody;
+use shared::api::{ErrorBody, ErrorCode};
 use thiserror::Error;
 use tracing::error;
 
@@ -43,35 +45,24 @@ pub enum Error {
 }
 
 impl Error {
-    /// The status this error is answered with.
+    /// The status this error is answered with, from the API's table of codes.
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::BodyUnreadable => StatusCode::BAD_REQUEST,
-            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Self::NodesBusy => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NoHealthyNodes => StatusCode::SERVICE_UNAVAILABLE,
-            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        serve::json::status_of(self.code())
     }
 
     /// The stable machine-readable code of the JSON body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::PayloadTooLarge { .. } => "payload_too_large",
-            Self::BodyUnreadable => "bad_request",
-            Self::BodyTimeout(_) => "request_timeout",
-            Self::NodesBusy => "nodes_busy",
-            Self::NoHealthyNodes => "no_healthy_nodes",
-            Self::BadGateway(_) => "bad_gateway",
-            Self::UpstreamTimeout(_) => "upstream_timeout",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::Internal(_) => "internal_error",
+            Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Self::BodyUnreadable => ErrorCode::BadRequest,
+            Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
+            Self::NodesBusy => ErrorCode::NodesBusy,
+            Self::NoHealthyNodes => ErrorCode::NoHealthyNodes,
+            Self::BadGateway(_) => ErrorCode::BadGateway,
+            Self::UpstreamTimeout(_) => ErrorCode::UpstreamTimeout,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::Internal(_) => ErrorCode::InternalError,
         }
     }
 
@@ -101,26 +92,11 @@ impl Error {
     }
 }
 
-/// A JSON response with `status`; serialising our own plain types cannot fail, but if it
-/// ever did the client still gets a well-formed error body.
+/// A JSON response with `status` (a 500 JSON error if `value` cannot be serialised), in
+/// the balancer's body type.
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
-    let (status, bytes) = match serde_json::to_vec(value) {
-        Ok(bytes) => (status, bytes),
-        Err(err) => {
-            error!(cause = %err, "cannot serialise a response body");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                br#"{"error":"internal_error","message":"the balancer failed unexpectedly"}"#
-                    .to_vec(),
-            )
-        }
-    };
-    let mut response = Response::new(full(bytes));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    serve::json::response(status, value)
+        .map(|body| body.map_err(|never| match never {}).boxed_unsync())
 }
 
 /// A complete in-memory body in the balancer's response body type.

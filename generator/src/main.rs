@@ -12,6 +12,8 @@ use generator::client::Target;
 use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
 use generator::seed::{SeedError, SeedOptions};
 use generator::settings::Settings;
+use serde::Serialize;
+use shared::settings::Section;
 use store::StoreError;
 
 /// How long a load run lasts when neither --duration nor --until-sold-out is given.
@@ -61,33 +63,38 @@ struct SeedArgs {
     keep_existing: bool,
 }
 
-#[derive(Debug, Args)]
+/// The settings flags of `audit` (and of `load`, with `LoadFlags`); named as the settings'
+/// keys, so they override them.
+#[derive(Debug, Args, Serialize)]
 struct TargetArgs {
     /// Node or balancer to talk to [default: http://127.0.0.1:8080, or from settings].
     #[arg(long, value_name = "URL")]
     target: Option<String>,
     /// Time limit of each request, e.g. 5s or 500ms [default: 5s, or from settings].
     #[arg(long, value_name = "DURATION")]
+    #[serde(rename = "request_timeout")]
     timeout: Option<String>,
 }
 
-impl TargetArgs {
-    fn flags(&self) -> Vec<(&'static str, String)> {
-        let mut flags = Vec::new();
-        if let Some(target) = &self.target {
-            flags.push(("target", target.clone()));
-        }
-        if let Some(timeout) = &self.timeout {
-            flags.push(("request_timeout", timeout.clone()));
-        }
-        flags
-    }
+/// The settings flags of `load`.
+#[derive(Debug, Args, Serialize)]
+struct LoadFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    target: TargetArgs,
+    /// Most purchases in flight at once [default: 256, or from settings].
+    #[arg(long, value_name = "C")]
+    concurrency: Option<usize>,
+    /// Repeats (same Idempotency-Key) of a purchase whose outcome is unknown [default: 2,
+    /// or from settings].
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
 }
 
 #[derive(Debug, Args)]
 struct LoadArgs {
     #[command(flatten)]
-    target: TargetArgs,
+    flags: LoadFlags,
     /// Mean purchases per second (above 0).
     #[arg(long, value_name = "R")]
     rate: f64,
@@ -100,13 +107,6 @@ struct LoadArgs {
     /// Gaps between purchases: exactly 1/R, or exponential with mean 1/R.
     #[arg(long, value_enum, default_value_t = Arrivals::Steady)]
     arrivals: Arrivals,
-    /// Most purchases in flight at once [default: 256, or from settings].
-    #[arg(long, value_name = "C")]
-    concurrency: Option<usize>,
-    /// Repeats (same Idempotency-Key) of a purchase whose outcome is unknown [default: 2,
-    /// or from settings].
-    #[arg(long, value_name = "N")]
-    retries: Option<u32>,
     /// Quantities are drawn from 1 to this.
     #[arg(long, value_name = "Q", default_value_t = shared::domain::MAX_QUANTITY)]
     max_quantity: u32,
@@ -171,10 +171,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Load(args) => load(cli.config, args),
         Command::Audit(args) => {
-            let settings = Settings::load(cli.config.as_deref(), &args.target.flags())?;
+            let settings = Settings::load(cli.config.as_deref(), &args.target)?;
             let target = Target::parse(&settings.target)?;
-            let report = runtime()?
-                .block_on(generator::audit::audit(target, settings.request_timeout()?))?;
+            let report =
+                runtime()?.block_on(generator::audit::audit(target, settings.request_timeout))?;
             print!("{report}");
             Ok(if report.is_clean() {
                 ExitCode::SUCCESS
@@ -186,14 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn load(config: Option<PathBuf>, args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let mut flags = args.target.flags();
-    if let Some(c) = args.concurrency {
-        flags.push(("concurrency", c.to_string()));
-    }
-    if let Some(r) = args.retries {
-        flags.push(("retries", r.to_string()));
-    }
-    let settings = Settings::load(config.as_deref(), &flags)?;
+    let settings = Settings::load(config.as_deref(), &args.flags)?;
     let stop = match (args.duration, args.until_sold_out) {
         (_, true) => StopWhen::SoldOut,
         (Some(d), false) => StopWhen::After(d),
@@ -211,7 +204,7 @@ fn load(config: Option<PathBuf>, args: LoadArgs) -> anyhow::Result<ExitCode> {
         stop,
         arrivals: args.arrivals,
         concurrency: settings.concurrency,
-        request_timeout: settings.request_timeout()?,
+        request_timeout: settings.request_timeout,
         retries: settings.retries,
         max_quantity: args.max_quantity,
         seed: args.seed,

@@ -2,64 +2,44 @@
 //! patient to be with each request. Flags win over `TICKETS_GENERATOR__*` variables, which
 //! win over the `--config` file, which wins over these defaults.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shared::settings::SettingsError;
+use shared::settings::{Section, SettingsError, require_nonzero};
 
 /// Settings shared by `load` and `audit`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// The node or balancer to talk to, `http://HOST:PORT`.
-    #[serde(default = "default_target")]
     pub target: String,
     /// Every request gives up after this long (humantime, e.g. `5s`).
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: String,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Most purchases `load` keeps in flight at once.
-    #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How often `load` repeats a purchase whose outcome is unknown, with the same key.
-    #[serde(default = "default_retries")]
     pub retries: u32,
 }
 
-fn default_target() -> String {
-    "http://127.0.0.1:8080".into()
-}
-
-fn default_request_timeout() -> String {
-    "5s".into()
-}
-
-fn default_concurrency() -> usize {
-    256
-}
-
-fn default_retries() -> u32 {
-    2
-}
-
-impl Settings {
-    /// Loads the `generator` section; `flags` are the `(key, value)` pairs the user gave.
-    pub fn load(config: Option<&Path>, flags: &[(&str, String)]) -> Result<Self, SettingsError> {
-        let settings: Self = shared::settings::load("generator", config, flags)?;
-        settings.validate()?;
-        Ok(settings)
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            target: "http://127.0.0.1:8080".into(),
+            request_timeout: Duration::from_secs(5),
+            concurrency: 256,
+            retries: 2,
+        }
     }
+}
+
+impl Section for Settings {
+    const SECTION: &'static str = "generator";
 
     fn validate(&self) -> Result<(), SettingsError> {
         crate::client::Target::parse(&self.target)
             .map_err(|e| SettingsError::invalid("generator.target", e.to_string()))?;
-        let timeout = self.request_timeout()?;
-        if timeout.is_zero() {
-            return Err(SettingsError::invalid(
-                "generator.request_timeout",
-                "must be longer than zero",
-            ));
-        }
+        require_nonzero("generator", &[("request_timeout", self.request_timeout)])?;
         if self.concurrency == 0 {
             return Err(SettingsError::invalid(
                 "generator.concurrency",
@@ -68,17 +48,40 @@ impl Settings {
         }
         Ok(())
     }
+}
 
-    /// The per-request time limit.
-    pub fn request_timeout(&self) -> Result<Duration, SettingsError> {
-        humantime::parse_duration(&self.request_timeout).map_err(|e| {
-            SettingsError::invalid(
-                "generator.request_timeout",
-                format!(
-                    "{:?} is not a duration like 5s or 500ms: {e}",
-                    self.request_timeout
-                ),
-            )
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::settings::flag_pairs;
+
+    #[test]
+    fn flags_win_over_the_environment_and_timeouts_are_humantime() {
+        let env = [
+            ("TICKETS_GENERATOR__REQUEST_TIMEOUT", "250ms"),
+            ("TICKETS_GENERATOR__TARGET", "http://127.0.0.1:1"),
+        ];
+        let flags = flag_pairs(&[("target", "http://127.0.0.1:2")]);
+        let s = Settings::load_with_env(None, &flags, &env).expect("valid");
+        assert_eq!(s.target, "http://127.0.0.1:2");
+        assert_eq!(s.request_timeout, Duration::from_millis(250));
+        assert_eq!(s.concurrency, 256);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (key, value) in [
+            ("request_timeout", "0s"),
+            ("request_timeout", "soon"),
+            ("concurrency", "0"),
+            ("target", "ftp://x"),
+        ] {
+            let flags = flag_pairs(&[(key, value)]);
+            let err = Settings::load_with_env(None, &flags, &[]).expect_err("invalid");
+            assert!(
+                err.to_string().contains(&format!("generator.{key}")),
+                "{err}"
+            );
+        }
     }
 }

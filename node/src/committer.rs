@@ -1,25 +1,49 @@
 //! Group commit: purchases that arrive at this node while a commit is under way wait in a
 //! queue, and the next commit decides all of them in one store lock hold and makes them
 //! durable with one sync, so the sale rate can exceed the disk's sync rate.
+//!
+//! The commit thread is supervised: if a commit panics, the node reports itself unhealthy
+//! (`running()` is false, so `GET /health` answers 503 and the balancer stops sending it
+//! purchases), waits `restart_delay`, and runs the commit loop again on the same queue.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use shared::{PurchaseError, PurchaseOutcome};
 use store::PurchaseOrder;
 use store::{StoreError, TicketStore};
 use tokio::sync::{mpsc, oneshot};
+use tracing::error;
 
 use crate::metrics::Metrics;
 
 /// The most purchases decided in one commit.
 const MAX_BATCH: usize = 256;
 
+/// How long the node stays unhealthy after its commit thread panicked, before it runs it
+/// again: long enough for the balancer's health check to notice.
+pub const RESTART_DELAY: Duration = Duration::from_secs(2);
+
 /// One order's outcome; the store error is shared by every order of a failed batch.
 pub type CommitResult = Result<Result<PurchaseOutcome, PurchaseError>, Arc<StoreError>>;
 
-struct Job {
-    order: PurchaseOrder,
-    reply: oneshot::Sender<CommitResult>,
+enum Job {
+    Order {
+        order: PurchaseOrder,
+        reply: oneshot::Sender<CommitResult>,
+    },
+    /// Makes the commit thread panic, as a bug would: for the tests of its supervision.
+    #[cfg(test)]
+    Panic,
+}
+
+/// Whether the commit loop is running, and how often it was restarted.
+#[derive(Debug, Default)]
+struct Health {
+    running: AtomicBool,
+    restarts: AtomicU64,
 }
 
 /// The queue in front of this node's commit thread. The thread ends when the last clone of
@@ -27,25 +51,77 @@ struct Job {
 #[derive(Clone)]
 pub struct Committer {
     queue: mpsc::UnboundedSender<Job>,
+    health: Arc<Health>,
 }
 
 impl Committer {
-    pub fn start(store: TicketStore, node: Arc<str>, metrics: Arc<Metrics>) -> Self {
-        let (queue, jobs) = mpsc::unbounded_channel();
+    /// Starts the commit thread; fails only if the thread cannot be created.
+    pub fn start(
+        store: TicketStore,
+        node: Arc<str>,
+        metrics: Arc<Metrics>,
+        restart_delay: Duration,
+    ) -> std::io::Result<Self> {
+        let (queue, mut jobs) = mpsc::unbounded_channel();
+        let health = Arc::new(Health::default());
+        health.running.store(true, Ordering::SeqCst);
+        let shared = Arc::clone(&health);
         std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || commit_loop(&store, &node, &metrics, jobs))
-            .map(|_| ())
-            .unwrap_or_else(|err| tracing::error!(cause = %err, "cannot start the commit thread"));
-        Self { queue }
+            .spawn(move || {
+                loop {
+                    let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        commit_loop(&store, &node, &metrics, &mut jobs)
+                    }));
+                    if run.is_ok() {
+                        // The queue closed: the node is shutting down.
+                        break;
+                    }
+                    shared.running.store(false, Ordering::SeqCst);
+                    error!(delay = ?restart_delay, "the commit thread panicked; restarting it");
+                    std::thread::sleep(restart_delay);
+                    shared.restarts.fetch_add(1, Ordering::SeqCst);
+                    shared.running.store(true, Ordering::SeqCst);
+                }
+            })?;
+        Ok(Self { queue, health })
     }
 
-    /// Queues `order` for the next commit and waits for its outcome. `None` when the commit
-    /// thread is gone.
+    /// Whether purchases are being committed: false from a panic of the commit thread
+    /// until it runs again.
+    pub fn running(&self) -> bool {
+        self.health.running.load(Ordering::SeqCst)
+    }
+
+    /// How often the commit thread was restarted after a panic.
+    #[cfg(test)]
+    pub fn restarts(&self) -> u64 {
+        self.health.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Queues `order` for the next commit and waits for its outcome. `None` when the
+    /// commit thread stopped before answering (it panicked, or the node is stopping): the
+    /// order may or may not have been committed.
     pub async fn commit(&self, order: PurchaseOrder) -> Option<CommitResult> {
         let (reply, outcome) = oneshot::channel();
-        self.queue.send(Job { order, reply }).ok()?;
+        self.queue.send(Job::Order { order, reply }).ok()?;
         outcome.await.ok()
+    }
+
+    /// Makes the commit thread panic and waits until its supervisor has seen it (it is
+    /// down, or already restarted).
+    #[cfg(test)]
+    pub async fn kill_for_test(&self) {
+        let restarts = self.restarts();
+        let _ = self.queue.send(Job::Panic);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.running() && self.restarts() == restarts {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the commit thread did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -53,34 +129,87 @@ fn commit_loop(
     store: &TicketStore,
     node: &str,
     metrics: &Metrics,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
-        batch.push(first);
+        take(&mut batch, first);
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(job) => take(&mut batch, job),
                 Err(_) => break,
             }
         }
-        let orders: Vec<PurchaseOrder> = batch.iter().map(|j| j.order.clone()).collect();
+        let orders: Vec<PurchaseOrder> = batch.iter().map(|(order, _)| order.clone()).collect();
         let started = std::time::Instant::now();
         let decided = store.purchase_batch(&orders, node);
         metrics.commit_observed(orders.len(), started.elapsed(), decided.is_ok());
         match decided {
             Ok(committed) => {
                 metrics.store_timings(committed.lock_wait, committed.append_and_sync);
-                for (job, outcome) in batch.drain(..).zip(committed.outcomes) {
-                    let _ = job.reply.send(Ok(outcome));
+                for ((_, reply), outcome) in batch.drain(..).zip(committed.outcomes) {
+                    let _ = reply.send(Ok(outcome));
                 }
             }
             Err(err) => {
                 let err = Arc::new(err);
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(Arc::clone(&err)));
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(Arc::clone(&err)));
                 }
             }
         }
+    }
+}
+
+fn take(batch: &mut Vec<(PurchaseOrder, oneshot::Sender<CommitResult>)>, job: Job) {
+    match job {
+        Job::Order { order, reply } => batch.push((order, reply)),
+        #[cfg(test)]
+        Job::Panic => panic!("commit thread killed by a test"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::{EventName, PurchaseRequest, Quantity};
+
+    fn order() -> PurchaseOrder {
+        PurchaseOrder {
+            request: PurchaseRequest::new(
+                EventName::parse("concert").expect("valid"),
+                Quantity::new(1).expect("valid"),
+            ),
+            key: None,
+        }
+    }
+
+    fn committer(dir: &std::path::Path, restart_delay: Duration) -> Committer {
+        cluster::seed_store(dir, &[("concert", 5, 100)]).expect("seed");
+        let store = TicketStore::new(dir, Duration::from_secs(5));
+        let metrics = Arc::new(Metrics::new("n1"));
+        Committer::start(store, Arc::from("n1"), metrics, restart_delay).expect("starts")
+    }
+
+    #[tokio::test]
+    async fn a_panicked_commit_thread_is_restarted_and_commits_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = committer(dir.path(), Duration::ZERO);
+        assert!(matches!(committer.commit(order()).await, Some(Ok(Ok(_)))));
+        committer.kill_for_test().await;
+        // The order queued behind the panic waits for the restarted loop.
+        let after = committer.commit(order()).await;
+        assert!(matches!(after, Some(Ok(Ok(_)))), "{after:?}");
+        assert!(committer.running());
+        assert_eq!(committer.restarts(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_thread_waiting_to_restart_reports_not_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = committer(dir.path(), Duration::from_secs(3600));
+        committer.kill_for_test().await;
+        assert!(!committer.running());
+        assert_eq!(committer.restarts(), 0);
     }
 }

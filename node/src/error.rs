@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use hyper::StatusCode;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Response;
+use hyper::header::{ALLOW, HeaderValue};
 use shared::PurchaseError;
-use shared::api::ErrorBody;
+use shared::api::{ErrorBody, ErrorCode};
 use store::StoreError;
 use thiserror::Error;
 use tracing::{error, warn};
@@ -38,6 +41,8 @@ pub enum ApiError {
     BodyTimeout,
     #[error("the ticket store is unavailable: {0}")]
     Store(Arc<StoreError>),
+    #[error("this node's commit thread is not running; it restarts shortly")]
+    CommitterDown,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -55,43 +60,55 @@ impl From<Arc<StoreError>> for ApiError {
 }
 
 impl ApiError {
-    /// The status and body a client sees. Store failures say what is wrong, so an operator
-    /// reading a client's report can act; internal errors stay generic.
-    pub fn to_response_parts(&self) -> (StatusCode, ErrorBody) {
-        let (status, code) = match self {
-            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            Self::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    /// This error's code in the API's table, which fixes its status.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::UnknownEvent(_) | Self::Purchase(PurchaseError::UnknownEvent(_)) => {
-                (StatusCode::NOT_FOUND, "unknown_event")
+                ErrorCode::UnknownEvent
             }
-            Self::UnknownTicket(_) => (StatusCode::NOT_FOUND, "unknown_ticket"),
-            Self::UnknownPurchase(_) => (StatusCode::NOT_FOUND, "unknown_purchase"),
-            Self::Purchase(PurchaseError::SoldOut { .. }) => (StatusCode::CONFLICT, "sold_out"),
-            Self::Purchase(PurchaseError::KeyReused { .. }) => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
-            }
-            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            Self::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            Self::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
-            Self::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-        };
-        let mut body = ErrorBody::new(code, self.to_string());
+            Self::UnknownTicket(_) => ErrorCode::UnknownTicket,
+            Self::UnknownPurchase(_) => ErrorCode::UnknownPurchase,
+            Self::Purchase(PurchaseError::SoldOut { .. }) => ErrorCode::SoldOut,
+            Self::Purchase(PurchaseError::KeyReused { .. }) => ErrorCode::IdempotencyKeyReused,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::BodyTimeout => ErrorCode::RequestTimeout,
+            Self::Store(_) | Self::CommitterDown => ErrorCode::StoreUnavailable,
+            Self::Internal(_) => ErrorCode::InternalError,
+        }
+    }
+
+    /// The body a client sees. Store failures say what is wrong, so an operator reading a
+    /// client's report can act; internal errors stay generic.
+    pub fn to_body(&self) -> ErrorBody {
+        let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
             Self::Purchase(PurchaseError::SoldOut { available, .. }) => {
                 body.available = Some(*available);
             }
             Self::Store(err) => warn!(cause = %err, "store unavailable"),
+            Self::CommitterDown => warn!("a purchase found the commit thread down"),
             Self::Internal(detail) => {
                 error!(%detail, "internal error");
                 body.message = "internal error; see the node's log".to_owned();
             }
             _ => {}
         }
-        (status, body)
+        body
+    }
+
+    /// The JSON response a client gets, with `Allow` on a 405.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = serve::json::error(&self.to_body(), self.code());
+        if let Self::MethodNotAllowed { allowed, .. } = self {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed));
+        }
+        response
     }
 }
 
@@ -107,16 +124,16 @@ mod tests {
             requested: 4,
             available: 3,
         });
-        let (status, body) = err.to_response_parts();
-        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(err.code(), ErrorCode::SoldOut);
+        let body = err.to_body();
         assert_eq!(body.error, "sold_out");
         assert_eq!(body.available, Some(3));
     }
 
     #[test]
     fn internal_errors_do_not_leak_details() {
-        let (status, body) = ApiError::Internal("secret path /x".into()).to_response_parts();
-        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ApiError::Internal("secret path /x".into()).to_body();
+        assert_eq!(body.error, "internal_error");
         assert!(!body.message.contains("secret"));
     }
 }

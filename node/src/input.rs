@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
-use serde_json::Value;
+use serde::Deserialize;
 use shared::api::IDEMPOTENCY_HEADER;
 use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
 
@@ -17,12 +17,16 @@ use crate::paging::{self, Paging};
 /// Reads a JSON request body, refusing other content types, bodies over `limit` bytes and
 /// clients slower than `timeout`. A refused body is still read (up to `DRAIN_LIMIT`) so a
 /// client that is still sending gets the answer instead of a broken pipe.
-pub async fn read_json_body(
+pub async fn read_json_body<B>(
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     limit: usize,
     timeout: Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -58,7 +62,11 @@ pub async fn read_json_body(
 /// The most of a refused body read and thrown away; past it the connection is closed.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-async fn drain(body: Incoming, timeout: Duration) {
+async fn drain<B>(body: B, timeout: Duration)
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let _ = tokio::time::timeout(timeout, Limited::new(body, DRAIN_LIMIT).collect()).await;
 }
 
@@ -69,38 +77,33 @@ pub struct PurchaseInput {
     pub quantity: Quantity,
 }
 
-/// Parses `{"event": "...", "quantity": n}` strictly: no missing, extra or mistyped fields.
+/// A purchase body as JSON has it. serde refuses missing, unknown, mistyped and
+/// repeated fields; the values are checked against the domain's rules after.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseJson {
+    event: String,
+    quantity: serde_json::Number,
+}
+
+/// Parses `{"event": "...", "quantity": n}` strictly: no missing, extra, mistyped or
+/// repeated fields (a filter in front that reads the first of two `quantity` fields must
+/// not see a different purchase from the node's).
 pub fn parse_purchase(body: &[u8]) -> Result<PurchaseInput, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object {\"event\": ..., \"quantity\": ...}".into(),
-        ));
-    };
-    if let Some(extra) = fields
-        .keys()
-        .find(|k| !matches!(k.as_str(), "event" | "quantity"))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "unknown field {:?}; a purchase has only \"event\" and \"quantity\"",
-            truncate(extra)
-        )));
-    }
-    let event = match fields.get("event") {
-        Some(Value::String(name)) => {
-            EventName::parse(name).map_err(|e| ApiError::BadRequest(e.to_string()))?
-        }
-        Some(_) => return Err(ApiError::BadRequest("\"event\" must be a string".into())),
-        None => return Err(ApiError::BadRequest("missing field \"event\"".into())),
-    };
-    let quantity = match fields.get("quantity") {
-        Some(Value::Number(n)) => {
-            Quantity::from_json(n).map_err(|e| ApiError::BadRequest(e.to_string()))?
-        }
-        Some(_) => return Err(ApiError::BadRequest("\"quantity\" must be a number".into())),
-        None => return Err(ApiError::BadRequest("missing field \"quantity\"".into())),
-    };
+    let json: PurchaseJson = serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        ApiError::BadRequest(match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                format!("the body is not valid JSON: {e}")
+            }
+            Category::Data => format!(
+                "the body is not a purchase {{\"event\": NAME, \"quantity\": 1 to 10}}: {e}"
+            ),
+        })
+    })?;
+    let event = EventName::parse(&json.event).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let quantity =
+        Quantity::from_json(&json.quantity).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     Ok(PurchaseInput { event, quantity })
 }
 
@@ -127,63 +130,57 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
         .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
+/// The query of `GET /tickets`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TicketQuery {
+    event: Option<String>,
+    sold: Option<bool>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// The query of `GET /purchases`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurchaseQuery {
+    event: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// Parses a query string into `T`; unknown, repeated and mistyped parameters are refused.
+fn query<T: for<'de> Deserialize<'de>>(query: Option<&str>) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+        ApiError::BadRequest(format!("bad query string: {}", truncate(&e.to_string())))
+    })
+}
+
 /// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional, and
 /// the paging parameters `after` and `limit`.
-pub fn ticket_filter(query: Option<&str>) -> Result<(TicketFilter, Option<Paging>), ApiError> {
-    let mut filter = TicketFilter::default();
-    let (mut after, mut limit) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "event" => filter.event = Some(event_filter(&value)?),
-            "sold" => {
-                filter.sold = Some(match value.as_ref() {
-                    "true" => true,
-                    "false" => false,
-                    other => {
-                        return Err(ApiError::BadRequest(format!(
-                            "sold must be true or false, got {:?}",
-                            truncate(other)
-                        )));
-                    }
-                });
-            }
-            "after" => after = Some(value.into_owned()),
-            "limit" => limit = Some(value.into_owned()),
-            other => return Err(unknown_parameter(other, "event, sold, after, limit")),
-        }
-    }
-    let paging = paging::ticket_paging(after.as_deref(), limit.as_deref())?;
+pub fn ticket_filter(text: Option<&str>) -> Result<(TicketFilter, Option<Paging>), ApiError> {
+    let parsed: TicketQuery = query(text)?;
+    let filter = TicketFilter {
+        event: parsed.event.as_deref().map(event_filter).transpose()?,
+        sold: parsed.sold,
+    };
+    let paging = paging::ticket_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
     Ok((filter, paging))
 }
 
 /// Parses the query of `GET /purchases`: `event=E`, optional, and the paging parameters
 /// `after` and `limit`.
 pub fn purchase_filter(
-    query: Option<&str>,
+    text: Option<&str>,
 ) -> Result<(Option<EventName>, Option<Paging>), ApiError> {
-    let mut event = None;
-    let (mut after, mut limit) = (None, None);
-    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match key.as_ref() {
-            "event" => event = Some(event_filter(&value)?),
-            "after" => after = Some(value.into_owned()),
-            "limit" => limit = Some(value.into_owned()),
-            other => return Err(unknown_parameter(other, "event, after, limit")),
-        }
-    }
-    let paging = paging::purchase_paging(after.as_deref(), limit.as_deref())?;
+    let parsed: PurchaseQuery = query(text)?;
+    let event = parsed.event.as_deref().map(event_filter).transpose()?;
+    let paging = paging::purchase_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
     Ok((event, paging))
 }
 
 fn event_filter(value: &str) -> Result<EventName, ApiError> {
     EventName::parse(value).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
-fn unknown_parameter(name: &str, known: &str) -> ApiError {
-    ApiError::BadRequest(format!(
-        "unknown query parameter {:?}; known: {known}",
-        truncate(name)
-    ))
 }
 
 /// Parses the `{id}` of `/tickets/{id}`: a positive integer that fits in 64 bits.
@@ -232,12 +229,20 @@ mod tests {
     #[test]
     fn malformed_purchases_say_what_is_wrong() {
         assert!(bad("{").contains("not valid JSON"));
-        assert!(bad("[]").contains("JSON object"));
-        assert!(bad(r#"{"quantity":1}"#).contains("missing field \"event\""));
-        assert!(bad(r#"{"event":"concert"}"#).contains("missing field \"quantity\""));
-        assert!(bad(r#"{"event":1,"quantity":1}"#).contains("must be a string"));
-        assert!(bad(r#"{"event":"concert","quantity":"1"}"#).contains("must be a number"));
-        assert!(bad(r#"{"event":"concert","quantity":1,"x":1}"#).contains("unknown field"));
+        assert!(bad("[]").contains("not a purchase"));
+        assert!(bad(r#"{"quantity":1}"#).contains("missing field `event`"));
+        assert!(bad(r#"{"event":"concert"}"#).contains("missing field `quantity`"));
+        assert!(bad(r#"{"event":1,"quantity":1}"#).contains("invalid type: integer `1`"));
+        assert!(bad(r#"{"event":"concert","quantity":"1"}"#).contains("invalid type: string"));
+        assert!(bad(r#"{"event":"concert","quantity":1,"x":1}"#).contains("unknown field `x`"));
+        assert!(
+            bad(r#"{"event":"concert","quantity":1,"quantity":10}"#)
+                .contains("duplicate field `quantity`")
+        );
+        assert!(
+            bad(r#"{"event":"concert","event":"concert","quantity":1}"#)
+                .contains("duplicate field `event`")
+        );
         for q in ["0", "-1", "11", "2.5", "1e100", "99999999999999999999"] {
             let body = format!(r#"{{"event":"concert","quantity":{q}}}"#);
             assert!(bad(&body).contains("quantity"), "{q}");
@@ -267,6 +272,8 @@ mod tests {
             "colour=red",
             "limit=0",
             "after=x",
+            "limit=5&limit=6",
+            "event=concert&event=theater-show",
         ] {
             assert!(ticket_filter(Some(q)).is_err(), "{q}");
         }

@@ -6,19 +6,20 @@ mod error;
 mod input;
 mod metrics;
 mod paging;
+mod route;
 mod routes;
 pub mod settings;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::HeaderValue;
-use hyper::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONTENT_LENGTH, HeaderValue};
+use hyper::{Method, Request, Response};
 use shared::api::NODE_HEADER;
 use store::TicketStore;
 use tokio::net::TcpListener;
@@ -26,6 +27,8 @@ use tracing::{debug, warn};
 
 pub use error::ApiError;
 pub use settings::NodeSettings;
+
+use route::{Route, Unrouted};
 
 /// The node's request handler: cheap to clone, one per connection.
 #[derive(Clone)]
@@ -41,19 +44,30 @@ pub struct NodeService {
 }
 
 impl NodeService {
+    /// Builds the service and starts its commit thread.
     pub fn new(settings: NodeSettings) -> Result<Self, ApiError> {
+        Self::with_restart_delay(settings, committer::RESTART_DELAY)
+    }
+
+    fn with_restart_delay(
+        settings: NodeSettings,
+        restart_delay: Duration,
+    ) -> Result<Self, ApiError> {
         let id_header = HeaderValue::from_str(&settings.id).map_err(|_| {
             ApiError::Internal(format!("node id {:?} is not a header value", settings.id))
         })?;
         let id: Arc<str> = Arc::from(settings.id.as_str());
-        let store = TicketStore::new(&settings.data, settings.lock_timeout());
+        let store = TicketStore::new(&settings.data, settings.lock_timeout);
         let metrics = Arc::new(metrics::Metrics::new(&settings.id));
+        let committer = committer::Committer::start(
+            store.clone(),
+            Arc::clone(&id),
+            Arc::clone(&metrics),
+            restart_delay,
+        )
+        .map_err(|e| ApiError::Internal(format!("cannot start the commit thread: {e}")))?;
         Ok(Self {
-            committer: committer::Committer::start(
-                store.clone(),
-                Arc::clone(&id),
-                Arc::clone(&metrics),
-            ),
+            committer,
             id,
             id_header,
             store,
@@ -62,22 +76,44 @@ impl NodeService {
         })
     }
 
-    /// Answers one request; never fails, since every error becomes a JSON response.
-    pub async fn call(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    /// Answers one request, whatever its body type; never fails, since every error becomes
+    /// a JSON response. `HEAD` is answered as `GET` without the body.
+    pub async fn call<B>(&self, request: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let started = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        let (route, result) = routes::dispatch(self, request).await;
-        let mut response = match result {
-            Ok(response) => response,
-            Err(err) => routes::error_response(&err),
+        let (name, result) = match Route::parse(&method, &path) {
+            Ok(route) => (route.name(), routes::dispatch(self, route, request).await),
+            Err(Unrouted::NotFound) => {
+                let err = ApiError::NotFound {
+                    method: method.to_string(),
+                    path: routes::shorten(&path),
+                };
+                ("unmatched", Err(err))
+            }
+            Err(Unrouted::MethodNotAllowed { name, allowed }) => {
+                let err = ApiError::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: routes::shorten(&path),
+                    allowed,
+                };
+                (name, Err(err))
+            }
         };
+        let mut response = result.unwrap_or_else(ApiError::into_response);
         response
             .headers_mut()
             .insert(NODE_HEADER, self.id_header.clone());
+        if method == Method::HEAD {
+            response = without_body(response);
+        }
         let status = response.status();
         let elapsed = started.elapsed();
-        self.metrics.observe(route, status.as_u16(), elapsed);
+        self.metrics.observe(name, status.as_u16(), elapsed);
         if status.is_server_error() {
             warn!(%method, %path, status = status.as_u16(), ?elapsed, "request failed");
         } else {
@@ -85,6 +121,17 @@ impl NodeService {
         }
         response
     }
+}
+
+/// The answer to `HEAD`: the `GET` answer's status and headers, with the length of the
+/// body it would have had, and no body.
+fn without_body(response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    let (mut parts, body) = response.into_parts();
+    let length = body.size_hint().exact().unwrap_or(0);
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(length));
+    Response::from_parts(parts, Full::new(Bytes::new()))
 }
 
 impl serve::Handler for NodeService {
@@ -108,4 +155,93 @@ pub async fn run(
     }
     serve::run(listener, service, limits, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn service(dir: &std::path::Path, restart_delay: Duration) -> NodeService {
+        cluster::seed_store(dir, &[("concert", 5, 100)]).expect("seed");
+        let settings = NodeSettings {
+            id: "n1".into(),
+            data: dir.to_path_buf(),
+            ..NodeSettings::default()
+        };
+        NodeService::with_restart_delay(settings, restart_delay).expect("service")
+    }
+
+    fn request(method: &str, path: &str, body: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .expect("request")
+    }
+
+    async fn call(node: &NodeService, method: &str, path: &str, body: &str) -> (u16, String) {
+        let response = node.call(request(method, path, body)).await;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.expect("body");
+        (
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        )
+    }
+
+    const BUY: &str = r#"{"event":"concert","quantity":1}"#;
+
+    #[tokio::test]
+    async fn a_node_whose_commit_thread_died_answers_503_on_health_until_it_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = service(dir.path(), Duration::from_secs(3600));
+        assert_eq!(call(&node, "GET", "/health", "").await.0, 200);
+        assert_eq!(call(&node, "POST", "/purchases", BUY).await.0, 201);
+        node.committer.kill_for_test().await;
+        let (status, body) = call(&node, "GET", "/health", "").await;
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body.contains("store_unavailable") && body.contains("commit thread"),
+            "{body}"
+        );
+        // HEAD says the same.
+        assert_eq!(call(&node, "HEAD", "/health", "").await.0, 503);
+    }
+
+    #[tokio::test]
+    async fn a_killed_commit_thread_is_restarted_and_the_node_sells_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = service(dir.path(), Duration::from_millis(10));
+        node.committer.kill_for_test().await;
+        let (status, body) = call(&node, "POST", "/purchases", BUY).await;
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(call(&node, "GET", "/health", "").await.0, 200);
+        assert_eq!(node.committer.restarts(), 1);
+    }
+
+    #[tokio::test]
+    async fn head_has_the_get_status_headers_and_length_and_no_body() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = service(dir.path(), Duration::from_secs(1));
+        for path in [
+            "/events",
+            "/events/concert",
+            "/tickets/1",
+            "/tickets/x",
+            "/purchases",
+        ] {
+            let get = node.call(request("GET", path, "")).await;
+            let head = node.call(request("HEAD", path, "")).await;
+            assert_eq!(head.status(), get.status(), "{path}");
+            let length = get.body().size_hint().exact().expect("a known length");
+            assert_eq!(head.headers()[CONTENT_LENGTH], length.to_string(), "{path}");
+            assert_eq!(
+                head.headers()["content-type"],
+                get.headers()["content-type"]
+            );
+            assert_eq!(head.body().size_hint().exact(), Some(0), "{path}");
+        }
+    }
 }

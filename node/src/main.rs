@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use node::NodeSettings;
+use serde::Serialize;
+use shared::settings::Section;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -15,6 +17,18 @@ use node::NodeSettings;
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    /// Optional TOML settings file with a [node] table
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// The settings that have a flag; named as the settings' keys, so they override them.
+#[derive(Debug, Args, Serialize)]
+struct Flags {
     /// This node's id, sent in X-Node and recorded in its purchases [default: host name]
     #[arg(long)]
     id: Option<String>,
@@ -24,11 +38,6 @@ struct Cli {
     /// The shared data directory holding the store [default: /data]
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Optional TOML settings file with a [node] table
-    #[arg(long)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,17 +95,7 @@ fn check_store(data: &std::path::Path) -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut flags = Vec::new();
-    if let Some(id) = cli.id {
-        flags.push(("id", id));
-    }
-    if let Some(listen) = cli.listen {
-        flags.push(("listen", listen));
-    }
-    if let Some(data) = cli.data {
-        flags.push(("data", data.to_string_lossy().into_owned()));
-    }
-    let settings = NodeSettings::load(cli.config.as_deref(), &flags)?;
+    let settings = NodeSettings::load(cli.config.as_deref(), &cli.flags)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listener = serve::bind(settings.listen)

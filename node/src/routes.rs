@@ -1,95 +1,55 @@
-//! The ticket API: matches a request to its route, validates its input, runs the store
-//! operation on the blocking pool and shapes the JSON answer.
+//! The ticket API's handlers: each validates its input, runs the store operation on the
+//! blocking pool and shapes the JSON answer. `dispatch` sends a parsed `Route` to its one
+//! handler.
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Body;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, PageBody, PurchaseBody, TicketBody};
-use shared::{EventName, PurchaseOutcome, PurchaseRequest};
+use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest};
 use store::{PurchaseOrder, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;
 use crate::input;
 use crate::paging::Paging;
+use crate::route::Route;
 
 pub type HttpResponse = Response<Full<Bytes>>;
 
-/// A route's name for metrics and logs, and its answer.
-pub type Routed = (&'static str, Result<HttpResponse, ApiError>);
-
-pub async fn dispatch(node: &NodeService, request: Request<Incoming>) -> Routed {
-    let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let method = request.method().clone();
-    let (route, allowed) = match segments.as_slice() {
-        ["health"] => ("GET /health", "GET"),
-        ["metrics"] => ("GET /metrics", "GET"),
-        ["events"] => ("GET /events", "GET"),
-        ["events", _] => ("GET /events/{event}", "GET"),
-        ["tickets"] => ("GET /tickets", "GET"),
-        ["tickets", _] => ("GET /tickets/{id}", "GET"),
-        ["purchases"] if method == Method::POST => ("POST /purchases", "GET, POST"),
-        ["purchases"] => ("GET /purchases", "GET, POST"),
-        ["purchases", _] => ("GET /purchases/{id}", "GET"),
-        _ => {
-            let err = ApiError::NotFound {
-                method: method.to_string(),
-                path: shorten(&path),
-            };
-            return ("unmatched", Err(err));
-        }
-    };
-    if !allowed.split(", ").any(|m| m == method.as_str()) {
-        let err = ApiError::MethodNotAllowed {
-            method: method.to_string(),
-            path: shorten(&path),
-            allowed,
-        };
-        return (route, Err(err));
+/// Answers `request` on `route`.
+pub async fn dispatch<B>(
+    node: &NodeService,
+    route: Route,
+    request: Request<B>,
+) -> Result<HttpResponse, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let query = request.uri().query().map(str::to_owned);
+    match route {
+        Route::Health => health(node).await,
+        Route::Metrics => Ok(metrics(node).await),
+        Route::Events => events(node).await,
+        Route::Event(name) => event(node, &name).await,
+        Route::Tickets => tickets(node, query.as_deref()).await,
+        Route::Ticket(id) => ticket(node, &id).await,
+        Route::CreatePurchase => create_purchase(node, request).await,
+        Route::ListPurchases => purchases(node, query.as_deref()).await,
+        Route::Purchase(id) => purchase(node, &id).await,
     }
-    let result = match (route, segments.get(1).copied()) {
-        ("GET /health", _) => health(node).await,
-        ("GET /metrics", _) => Ok(metrics(node).await),
-        ("GET /events", _) => events(node).await,
-        ("GET /events/{event}", Some(name)) => event(node, name).await,
-        ("GET /tickets", _) => tickets(node, request.uri().query()).await,
-        ("GET /tickets/{id}", Some(id)) => ticket(node, id).await,
-        ("POST /purchases", _) => create_purchase(node, request).await,
-        ("GET /purchases", _) => purchases(node, request.uri().query()).await,
-        ("GET /purchases/{id}", Some(id)) => purchase(node, id).await,
-        _ => Err(ApiError::Internal(format!("route {route} has no handler"))),
-    };
-    (route, result)
 }
 
-fn shorten(path: &str) -> String {
+pub fn shorten(path: &str) -> String {
     path.chars().take(100).collect()
 }
 
-pub fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
-    // Serialising these plain structs cannot fail; an empty body would still be answered.
-    let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-pub fn error_response(err: &ApiError) -> HttpResponse {
-    let (status, body) = err.to_response_parts();
-    let mut response = json(status, &body);
-    if let ApiError::MethodNotAllowed { allowed, .. } = err {
-        response
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static(allowed));
-    }
-    response
+fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
+    serve::json::response(status, body)
 }
 
 /// Runs a store operation on the blocking pool, so file I/O and lock waits never stall
@@ -104,8 +64,12 @@ async fn with_store<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
+/// Healthy when the store can be read and purchases are being committed.
 async fn health(node: &NodeService) -> Result<HttpResponse, ApiError> {
     with_store(node, |store| Ok(store.read(|_| ())?)).await?;
+    if !node.committer.running() {
+        return Err(ApiError::CommitterDown);
+    }
     let body = HealthBody {
         status: "ok".into(),
         node: node.id.to_string(),
@@ -127,11 +91,19 @@ async fn metrics(node: &NodeService) -> HttpResponse {
 }
 
 async fn events(node: &NodeService) -> Result<HttpResponse, ApiError> {
-    let events = with_store(node, |store| {
-        Ok(store.read(|inv| inv.events().iter().map(EventBody::from).collect::<Vec<_>>())?)
+    read_json(node, |inv| {
+        inv.events().iter().map(EventBody::from).collect::<Vec<_>>()
     })
-    .await?;
-    Ok(json(StatusCode::OK, &events))
+    .await
+}
+
+/// Answers 200 with what `op` reads from the inventory, as JSON.
+async fn read_json<T: Serialize + Send + 'static>(
+    node: &NodeService,
+    op: impl FnOnce(&Inventory) -> T + Send + 'static,
+) -> Result<HttpResponse, ApiError> {
+    let value = with_store(node, move |store| Ok(store.read(op)?)).await?;
+    Ok(json(StatusCode::OK, &value))
 }
 
 async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -149,27 +121,22 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
 
 async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let (filter, paging) = input::ticket_filter(query)?;
-    if let Some(Paging { after, limit }) = paging {
-        let page = with_store(node, move |store| {
-            Ok(store.read(|inv| {
-                PageBody::from_page(inv.page_tickets(&filter, after, limit), |t| {
-                    TicketBody::from(t)
-                })
-            })?)
-        })
-        .await?;
-        return Ok(json(StatusCode::OK, &page));
+    match paging {
+        Some(Paging { after, limit }) => {
+            read_json(node, move |inv| {
+                let page = inv.page_tickets(&filter, after, limit);
+                PageBody::from_page(page, |t| TicketBody::from(t))
+            })
+            .await
+        }
+        None => {
+            read_json(node, move |inv| {
+                let found = inv.find_tickets(&filter);
+                found.iter().map(TicketBody::from).collect::<Vec<_>>()
+            })
+            .await
+        }
     }
-    let tickets = with_store(node, move |store| {
-        Ok(store.read(|inv| {
-            inv.find_tickets(&filter)
-                .iter()
-                .map(TicketBody::from)
-                .collect::<Vec<_>>()
-        })?)
-    })
-    .await?;
-    Ok(json(StatusCode::OK, &tickets))
 }
 
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -183,17 +150,23 @@ async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiEr
     Ok(json(StatusCode::OK, &ticket))
 }
 
-async fn create_purchase(
+/// `POST /purchases`: reads and checks the body, queues the purchase for the next group
+/// commit (`Committer::commit`) and answers its outcome.
+async fn create_purchase<B>(
     node: &NodeService,
-    request: Request<Incoming>,
-) -> Result<HttpResponse, ApiError> {
+    request: Request<B>,
+) -> Result<HttpResponse, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = request.into_parts();
     let key = input::idempotency_key(&parts.headers)?;
     let bytes = input::read_json_body(
         &parts.headers,
         body,
         node.settings.max_body_bytes,
-        node.settings.body_timeout(),
+        node.settings.body_timeout,
     )
     .await?;
     let input = input::parse_purchase(&bytes)?;
@@ -201,11 +174,10 @@ async fn create_purchase(
         request: PurchaseRequest::new(input.event, input.quantity),
         key,
     };
-    let committed = node
-        .committer
-        .commit(order)
-        .await
-        .ok_or_else(|| ApiError::Internal("the commit thread has stopped".into()))?;
+    let committed =
+        node.committer.commit(order).await.ok_or_else(|| {
+            ApiError::Internal("the commit thread stopped before answering".into())
+        })?;
     // First the store's failure, then the purchase's own refusal.
     let outcome = committed??;
     if let PurchaseOutcome::Created(purchase) = &outcome {
@@ -217,26 +189,22 @@ async fn create_purchase(
 
 async fn purchases(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let (event, paging) = input::purchase_filter(query)?;
-    if let Some(Paging { after, limit }) = paging {
-        let page = with_store(node, move |store| {
-            Ok(store.read(|inv| {
+    match paging {
+        Some(Paging { after, limit }) => {
+            read_json(node, move |inv| {
                 let page = inv.page_purchases(event.as_ref(), after, limit);
                 PageBody::from_page(page, |p| PurchaseBody::from(p))
-            })?)
-        })
-        .await?;
-        return Ok(json(StatusCode::OK, &page));
+            })
+            .await
+        }
+        None => {
+            read_json(node, move |inv| {
+                let found = inv.find_purchases(event.as_ref());
+                found.iter().map(PurchaseBody::from).collect::<Vec<_>>()
+            })
+            .await
+        }
     }
-    let purchases = with_store(node, move |store| {
-        Ok(store.read(|inv| {
-            inv.find_purchases(event.as_ref())
-                .iter()
-                .map(PurchaseBody::from)
-                .collect::<Vec<_>>()
-        })?)
-    })
-    .await?;
-    Ok(json(StatusCode::OK, &purchases))
 }
 
 async fn purchase(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {

@@ -1,41 +1,57 @@
-//! The node's settings: defaults, `--config` TOML `[node]`, `TICKETS_NODE__*`, flags.
+//! The node's settings (section `node`): defaults, `--config` TOML `[node]`,
+//! `TICKETS_NODE__*`, flags. Where the store is, who this node is, and the limits that
+//! protect it from slow or too many clients.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
-use shared::settings::{self, SettingsError};
+use shared::settings::{Section, SettingsError, require_nonzero};
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct NodeSettings {
     /// Names this node in `X-Node` and in the purchases it commits; the host name by default,
     /// which is unique per container under docker compose.
-    #[serde(default = "default_id")]
     pub id: String,
-    #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The shared data directory holding `tickets.json` and `tickets.lock`.
-    #[serde(default = "default_data")]
+    /// The shared data directory holding the store: the snapshot `tickets.json`, the
+    /// journal `tickets.journal` and the lock file `tickets.lock`.
     pub data: PathBuf,
     /// How long an operation waits for the store lock before answering 503.
-    #[serde(default = "default_lock_timeout_ms")]
-    pub lock_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub lock_timeout: Duration,
     /// Request bodies above this size are refused with 413.
-    #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
     /// A client that takes longer than this to send its body is answered 408.
-    #[serde(default = "default_body_timeout_ms")]
-    pub body_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// A client that takes longer than this to send its headers is disconnected.
-    #[serde(default = "default_header_timeout_ms")]
-    pub header_timeout_ms: u64,
-    #[serde(default = "default_max_connections")]
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Open connections at most; past it the longest-idle keep-alive connection is closed
+    /// to admit a new one, or the new one waits.
     pub max_connections: usize,
     /// How long shutdown waits for in-flight requests.
-    #[serde(default = "default_drain_timeout_ms")]
-    pub drain_timeout_ms: u64,
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        Self {
+            id: default_id(),
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            data: PathBuf::from("/data"),
+            lock_timeout: Duration::from_secs(5),
+            max_body_bytes: 16 * 1024,
+            body_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 fn default_id() -> String {
@@ -47,45 +63,8 @@ fn default_id() -> String {
         .unwrap_or_else(|| "node".to_owned())
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8000))
-}
-
-fn default_data() -> PathBuf {
-    PathBuf::from("/data")
-}
-
-fn default_lock_timeout_ms() -> u64 {
-    5_000
-}
-
-fn default_max_body_bytes() -> usize {
-    16 * 1024
-}
-
-fn default_body_timeout_ms() -> u64 {
-    10_000
-}
-
-fn default_header_timeout_ms() -> u64 {
-    10_000
-}
-
-fn default_max_connections() -> usize {
-    1024
-}
-
-fn default_drain_timeout_ms() -> u64 {
-    20_000
-}
-
-impl NodeSettings {
-    /// Loads and validates the layered settings; `flags` are the command-line values given.
-    pub fn load(file: Option<&Path>, flags: &[(&str, String)]) -> Result<Self, SettingsError> {
-        let settings: Self = settings::load("node", file, flags)?;
-        settings.validate()?;
-        Ok(settings)
-    }
+impl Section for NodeSettings {
+    const SECTION: &'static str = "node";
 
     fn validate(&self) -> Result<(), SettingsError> {
         let id_ok = (1..=64).contains(&self.id.len())
@@ -99,12 +78,18 @@ impl NodeSettings {
                 "must be 1 to 64 characters from [A-Za-z0-9-_.]",
             ));
         }
+        require_nonzero(
+            "node",
+            &[
+                ("lock_timeout", self.lock_timeout),
+                ("body_timeout", self.body_timeout),
+                ("header_timeout", self.header_timeout),
+                ("drain_timeout", self.drain_timeout),
+            ],
+        )?;
         for (key, value) in [
-            ("node.lock_timeout_ms", self.lock_timeout_ms),
-            ("node.body_timeout_ms", self.body_timeout_ms),
-            ("node.header_timeout_ms", self.header_timeout_ms),
-            ("node.max_body_bytes", self.max_body_bytes as u64),
-            ("node.max_connections", self.max_connections as u64),
+            ("node.max_body_bytes", self.max_body_bytes),
+            ("node.max_connections", self.max_connections),
         ] {
             if value == 0 {
                 return Err(SettingsError::invalid(key, "must be greater than 0"));
@@ -112,20 +97,14 @@ impl NodeSettings {
         }
         Ok(())
     }
+}
 
-    pub fn lock_timeout(&self) -> Duration {
-        Duration::from_millis(self.lock_timeout_ms)
-    }
-
-    pub fn body_timeout(&self) -> Duration {
-        Duration::from_millis(self.body_timeout_ms)
-    }
-
+impl NodeSettings {
     pub fn server_limits(&self) -> serve::ServerLimits {
         serve::ServerLimits {
             max_connections: self.max_connections,
-            header_read_timeout: Duration::from_millis(self.header_timeout_ms),
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            header_read_timeout: self.header_timeout,
+            drain_timeout: self.drain_timeout,
         }
     }
 }
@@ -134,24 +113,49 @@ impl NodeSettings {
 mod tests {
     use super::*;
 
+    fn load(flags: &[(&str, &str)], env: &[(&str, &str)]) -> Result<NodeSettings, SettingsError> {
+        NodeSettings::load_with_env(None, &shared::settings::flag_pairs(flags), env)
+    }
+
     #[test]
     fn flags_override_defaults_and_are_validated() {
-        let flags = [
-            ("id", "n1".to_string()),
-            ("listen", "127.0.0.1:0".to_string()),
-            ("data", "/tmp/x".to_string()),
-        ];
-        let s = NodeSettings::load(None, &flags).expect("valid");
+        let s = load(
+            &[("id", "n1"), ("listen", "127.0.0.1:0"), ("data", "/tmp/x")],
+            &[],
+        )
+        .expect("valid");
         assert_eq!(s.id, "n1");
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.max_body_bytes, 16 * 1024);
+        assert_eq!(s.lock_timeout, Duration::from_secs(5));
 
-        let bad = [("id", "has space".to_string())];
-        let err = NodeSettings::load(None, &bad).expect_err("bad id");
+        let err = load(&[("id", "has space")], &[]).expect_err("bad id");
         assert!(err.to_string().contains("node.id"), "{err}");
 
-        let bad = [("listen", "nowhere".to_string())];
-        let err = NodeSettings::load(None, &bad).expect_err("bad address");
+        let err = load(&[("listen", "nowhere")], &[]).expect_err("bad address");
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn durations_are_humantime_and_zero_is_refused() {
+        let env = [
+            ("TICKETS_NODE__LOCK_TIMEOUT", "300ms"),
+            ("TICKETS_NODE__ID", "n1"),
+        ];
+        let s = load(&[], &env).expect("valid");
+        assert_eq!(s.lock_timeout, Duration::from_millis(300));
+        for key in [
+            "LOCK_TIMEOUT",
+            "BODY_TIMEOUT",
+            "HEADER_TIMEOUT",
+            "DRAIN_TIMEOUT",
+        ] {
+            let var = format!("TICKETS_NODE__{key}");
+            let err = load(&[("id", "n1")], &[(&var, "0s")]).expect_err("zero");
+            assert!(
+                err.to_string().contains(&key.to_lowercase()),
+                "{key}: {err}"
+            );
+        }
     }
 }

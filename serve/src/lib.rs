@@ -1,8 +1,11 @@
 //! Runs an HTTP handler on an already-bound listener: HTTP/1.1 and HTTP/2, a cap on open
-//! connections, a time limit on reading request headers, and graceful shutdown that lets
-//! in-flight requests finish (within a drain limit). Also the programs' shared start-up:
+//! connections (evicting the longest-idle keep-alive connection when it is reached), a time
+//! limit on reading request headers, and graceful shutdown that lets in-flight requests
+//! finish (within a drain limit). Also the programs' shared start-up:
 //! tracing from `RUST_LOG` and the SIGTERM / Ctrl-C signal.
 
+mod connections;
+pub mod json;
 pub mod probe;
 
 use std::convert::Infallible;
@@ -16,9 +19,12 @@ use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use connections::{Connections, Registered};
 use tracing::{debug, info, warn};
 
 /// Answers one request. Implemented by the node's and the balancer's services.
@@ -37,7 +43,8 @@ pub trait Handler: Clone + Send + Sync + 'static {
 /// Limits that protect a server from slow or too many clients.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerLimits {
-    /// Connections beyond this wait in the kernel's accept queue until one closes.
+    /// Open connections at most. A new one past it closes the longest-idle keep-alive
+    /// connection, or waits for a slot when every connection has a request in flight.
     pub max_connections: usize,
     /// A client that has not sent its request headers by then is disconnected.
     pub header_read_timeout: Duration,
@@ -67,6 +74,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
 /// waits up to `limits.drain_timeout` for open requests to finish.
+///
+/// At most `limits.max_connections` connections are open; when all are, the one idle the
+/// longest (a keep-alive connection with no request in flight) is closed to admit the new
+/// one, and only when every one is busy does the new one wait for a slot.
 pub async fn run<H: Handler>(
     listener: TcpListener,
     handler: H,
@@ -79,17 +90,13 @@ pub async fn run<H: Handler>(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let graceful = GracefulShutdown::new();
+    // Cancelled once `shutdown` completes; every connection's close token is a child.
+    let stopping = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let connections = Connections::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -103,42 +110,102 @@ pub async fn run<H: Handler>(
             },
             () = &mut shutdown => break,
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Every slot is taken: close the longest-idle connection, or wait until a
+                // connection closes or goes idle (and then close that one).
+                connections.set_waiting(true);
+                let permit = loop {
+                    if connections.evict_longest_idle() {
+                        debug!(%peer, "every connection slot taken: closing the longest-idle one");
+                    }
+                    tokio::select! {
+                        permit = Arc::clone(&slots).acquire_owned() => break permit.ok(),
+                        () = connections.became_idle() => {}
+                        () = &mut shutdown => break None,
+                    }
+                };
+                connections.set_waiting(false);
+                match permit {
+                    Some(permit) => permit,
+                    None => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        let first_byte_timeout = limits.header_read_timeout;
-        tokio::spawn(async move {
-            // hyper times out headers only once they start arriving; a client that connects
-            // and sends nothing would hold its slot for ever.
-            let mut first = [0u8; 1];
-            if !matches!(
-                tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)).await,
-                Ok(Ok(1..))
-            ) {
-                debug!(%peer, "closing a connection that sent nothing");
-                drop(permit);
-                return;
-            }
-            let service = hyper::service::service_fn(move |request| {
-                let handler = handler.clone();
-                async move { Ok::<_, Infallible>(handler.handle(request, peer).await) }
-            });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                debug!(cause = %err, %peer, "connection ended with an error");
-            }
-            drop(permit);
-        });
+        let registered = connections.add(&stopping);
+        tasks.spawn(serve_connection(
+            stream,
+            peer,
+            handler.clone(),
+            builder.clone(),
+            limits.header_read_timeout,
+            registered,
+            permit,
+        ));
     }
     drop(listener);
     info!("shutting down: draining open connections");
+    stopping.cancel();
+    tasks.close();
     tokio::select! {
-        () = graceful.shutdown() => info!("all connections closed"),
+        () = tasks.wait() => info!("all connections closed"),
         () = tokio::time::sleep(limits.drain_timeout) => {
             warn!(timeout = ?limits.drain_timeout, "drain time limit reached; closing anyway");
         }
     }
+}
+
+/// Serves one connection until it ends, or closes it gracefully (after the request in
+/// flight, if any) once its close token is cancelled: evicted, or the server stopping.
+async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    handler: H,
+    builder: auto::Builder<TokioExecutor>,
+    first_byte_timeout: Duration,
+    registered: Registered,
+    _permit: OwnedSemaphorePermit,
+) {
+    let activity = Arc::clone(&registered.activity);
+    // hyper times out headers only once they start arriving; a client that connects and
+    // sends nothing would hold its slot for ever.
+    let mut first = [0u8; 1];
+    let sent = tokio::select! {
+        peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => {
+            matches!(peeked, Ok(Ok(1..)))
+        }
+        () = activity.close.cancelled() => false,
+    };
+    if !sent {
+        debug!(%peer, "closing a connection that sent nothing");
+        return;
+    }
+    let counted = Arc::clone(&activity);
+    let service = hyper::service::service_fn(move |request| {
+        let handler = handler.clone();
+        let activity = Arc::clone(&counted);
+        activity.begin();
+        async move {
+            let response = handler.handle(request, peer).await;
+            activity.end();
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        () = activity.close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = ended {
+        debug!(cause = %err, %peer, "connection ended with an error");
+    }
+    drop(registered);
 }
 
 /// Completes on SIGTERM (what `docker stop` sends) or Ctrl-C.

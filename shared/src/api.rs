@@ -138,6 +138,71 @@ pub struct HealthBody {
     pub node: String,
 }
 
+/// Defines `ErrorCode` from one table of variant, wire code and HTTP status.
+macro_rules! error_codes {
+    ($($variant:ident => $code:literal, $status:literal;)*) => {
+        /// Every error code of the API with the HTTP status it is answered with: the one
+        /// table nodes, the balancer and test fakes answer from. A code is a stable machine
+        /// name; the message beside it is for a person.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the table's order.
+            pub const ALL: &[ErrorCode] = &[$(Self::$variant,)*];
+
+            /// The code as it appears in the `error` field.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status answered with this code.
+            pub const fn status(self) -> u16 {
+                match self {
+                    $(Self::$variant => $status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest => "bad_request", 400;
+    NotFound => "not_found", 404;
+    MethodNotAllowed => "method_not_allowed", 405;
+    RequestTimeout => "request_timeout", 408;
+    PayloadTooLarge => "payload_too_large", 413;
+    UnsupportedMediaType => "unsupported_media_type", 415;
+    UnknownEvent => "unknown_event", 404;
+    UnknownTicket => "unknown_ticket", 404;
+    UnknownPurchase => "unknown_purchase", 404;
+    SoldOut => "sold_out", 409;
+    IdempotencyKeyReused => "idempotency_key_reused", 422;
+    StoreUnavailable => "store_unavailable", 503;
+    NoHealthyNodes => "no_healthy_nodes", 503;
+    NodesBusy => "nodes_busy", 503;
+    BadGateway => "bad_gateway", 502;
+    UpstreamTimeout => "upstream_timeout", 504;
+    InternalError => "internal_error", 500;
+}
+
+/// A code equals its name, so tests can compare with the wire text.
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every error response: a stable machine code and a sentence for a person.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -149,11 +214,31 @@ pub struct ErrorBody {
 }
 
 impl ErrorBody {
-    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            error: error.into(),
+            error: code.as_str().to_owned(),
             message: message.into(),
             available: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_code_is_snake_case_with_a_client_or_server_error_status() {
+        for code in ErrorCode::ALL {
+            assert!((400..600).contains(&code.status()), "{code}");
+            assert!(
+                code.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+        }
+        assert_eq!(ErrorCode::SoldOut.status(), 409);
+        assert_eq!(ErrorBody::new(ErrorCode::SoldOut, "m").error, "sold_out");
     }
 }

@@ -47,6 +47,9 @@ pub fn abort_at(point: &str) {
 #[inline(always)]
 pub fn abort_at(_point: &str) {}
 
+/// Whether this build has the crash points (the `fault-injection` feature).
+pub const ENABLED: bool = cfg!(feature = "fault-injection");
+
 /// Whether the process is set to abort at `point` (always false without the feature).
 pub fn armed(point: &str) -> bool {
     cfg!(feature = "fault-injection") && std::env::var(ABORT_AT_ENV).is_ok_and(|p| p == point)

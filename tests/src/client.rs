@@ -39,6 +39,11 @@ impl Answer {
     }
 }
 
+/// The body of a purchase of `quantity` tickets of `event`.
+pub fn purchase_body(event: &str, quantity: u32) -> Value {
+    serde_json::json!({"event": event, "quantity": quantity})
+}
+
 #[derive(Clone)]
 pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
@@ -74,6 +79,11 @@ impl HttpClient {
 
     pub async fn get(&self, url: &str) -> anyhow::Result<Answer> {
         let request = Request::get(url).body(Full::default())?;
+        self.send(request).await
+    }
+
+    pub async fn head(&self, url: &str) -> anyhow::Result<Answer> {
+        let request = Request::head(url).body(Full::default())?;
         self.send(request).await
     }
 
@@ -113,8 +123,11 @@ impl HttpClient {
         quantity: u32,
         key: Option<&str>,
     ) -> anyhow::Result<Answer> {
-        let body = serde_json::json!({"event": event, "quantity": quantity});
-        self.post_json(&format!("{base}/purchases"), &body, key)
-            .await
+        self.post_json(
+            &format!("{base}/purchases"),
+            &purchase_body(event, quantity),
+            key,
+        )
+        .await
     }
 }

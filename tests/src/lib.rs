@@ -13,8 +13,8 @@ use anyhow::Context;
 use shared::{EventName, Inventory, Ticket};
 use store::TicketStore;
 
-pub use client::{Answer, HttpClient};
-pub use process::{Process, binary};
+pub use client::{Answer, HttpClient, purchase_body};
+pub use process::{Process, binary, sigterm};
 
 /// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
 /// many unsold tickets, numbered from 1 in order.
@@ -48,6 +48,18 @@ impl LocalCluster {
     /// Starts `nodes` nodes (ids `n1`, `n2`, ...) on `data`, and a balancer over them.
     pub fn start(nodes: usize, data: &Path) -> anyhow::Result<Self> {
         Self::start_with(nodes, data, "127.0.0.1:0", &[])
+    }
+
+    /// Seeds a store in a new temporary directory (see `seed_store`) and starts `nodes`
+    /// nodes and a balancer on it; the directory lives as long as the returned guard.
+    pub fn seeded(
+        nodes: usize,
+        events: &[(&str, u64, u64)],
+    ) -> anyhow::Result<(tempfile::TempDir, Self)> {
+        let dir = tempfile::tempdir().context("creating the data directory")?;
+        seed_store(dir.path(), events)?;
+        let cluster = Self::start(nodes, dir.path())?;
+        Ok((dir, cluster))
     }
 
     /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.

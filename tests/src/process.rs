@@ -34,6 +34,19 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Sends SIGTERM to `pid`, as `docker stop` does: the one way the tests stop a program
+/// gracefully.
+pub fn sigterm(pid: u32) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed");
+    }
+    Ok(())
+}
+
 /// A running program. Dropping it kills the process.
 #[derive(Debug)]
 pub struct Process {
@@ -49,7 +62,7 @@ impl Process {
     }
 
     /// As `start`, with extra environment variables (settings such as
-    /// `TICKETS_NODE__LOCK_TIMEOUT_MS`).
+    /// `TICKETS_NODE__LOCK_TIMEOUT`).
     pub fn start_with_env(
         name: &str,
         program: &str,
@@ -116,12 +129,10 @@ impl Process {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status.code());
         }
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .context("running kill")?;
-        if !status.success() && self.child.try_wait()?.is_none() {
-            bail!("kill -TERM {} failed", self.child.id());
+        if let Err(err) = sigterm(self.child.id())
+            && self.child.try_wait()?.is_none()
+        {
+            return Err(err);
         }
         Ok(self.child.wait()?.code())
     }

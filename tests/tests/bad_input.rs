@@ -108,9 +108,7 @@ async fn send(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_mistake_gets_a_4xx_json_error_from_a_node_and_through_the_balancer() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
-    let cluster = LocalCluster::start(2, dir.path()).expect("cluster starts");
+    let (_dir, cluster) = LocalCluster::seeded(2, &[("concert", 5, 1000)]).expect("cluster starts");
     let http = HttpClient::new();
     let mut tried = 0;
     let mut server_errors = Vec::new();
@@ -215,8 +213,8 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
     let env = [
-        ("TICKETS_NODE__HEADER_TIMEOUT_MS", "500"),
-        ("TICKETS_NODE__BODY_TIMEOUT_MS", "500"),
+        ("TICKETS_NODE__HEADER_TIMEOUT", "500ms"),
+        ("TICKETS_NODE__BODY_TIMEOUT", "500ms"),
         ("TICKETS_NODE__MAX_CONNECTIONS", "8"),
     ];
     let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &env).expect("node starts");

@@ -86,9 +86,8 @@ async fn oversubscribed_purchases_through_the_balancer_sell_every_ticket_exactly
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 120, 1000)]).expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (_dir, cluster) =
+        LocalCluster::seeded(3, &[("concert", 120, 1000)]).expect("cluster starts");
     let answers = buy_concurrently(&cluster.node_urls(), "concert", 200, false).await;
     assert_each_ticket_sold_once(&answers, 120);
 
@@ -112,9 +111,8 @@ async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_acknowledged_by_one_node_is_visible_at_once_on_every_other() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 30, 1000)]).expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (_dir, cluster) =
+        LocalCluster::seeded(3, &[("concert", 30, 1000)]).expect("cluster starts");
     let urls = cluster.node_urls();
     let http = HttpClient::new();
     for round in 0..6 {
@@ -148,9 +146,7 @@ async fn a_purchase_acknowledged_by_one_node_is_visible_at_once_on_every_other()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_spreads_requests_evenly_over_the_nodes() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (_dir, cluster) = LocalCluster::seeded(3, &[("concert", 5, 1000)]).expect("cluster starts");
     let http = HttpClient::new();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..90 {
@@ -174,9 +170,8 @@ async fn the_balancer_spreads_requests_evenly_over_the_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_node_is_skipped_without_client_errors_on_gets_and_keyed_posts() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 100, 1000)]).expect("seed");
-    let mut cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (_dir, mut cluster) =
+        LocalCluster::seeded(3, &[("concert", 100, 1000)]).expect("cluster starts");
     let http = HttpClient::new();
     let base = cluster.balancer_url();
     // Warm the balancer's connections to every node, then kill one.

@@ -344,7 +344,7 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
         "n1",
         data,
         "127.0.0.1:0",
-        &[("TICKETS_NODE__LOCK_TIMEOUT_MS", "300")],
+        &[("TICKETS_NODE__LOCK_TIMEOUT", "300ms")],
     )
     .expect("node starts");
     let http = HttpClient::new();

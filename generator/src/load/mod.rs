@@ -23,8 +23,9 @@ use shared::api::{EventBody, PurchaseRequestBody};
 use shared::domain::MAX_QUANTITY;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::client::{ApiClient, ClientError, Target};
@@ -173,7 +174,9 @@ pub async fn run_until(
     };
     let deadline = planned.map(|d| start + d);
     let progress = progress::Progress::start(options.progress, run.stats.clone(), start, planned);
-    let mut tasks = JoinSet::new();
+    // The purchases in flight; `abandon` stops those still unanswered after the drain.
+    let tasks = TaskTracker::new();
+    let abandon = CancellationToken::new();
     let mut behind_schedule = 0;
     let mut seq: u64 = 0;
     tokio::pin!(interrupt);
@@ -223,16 +226,18 @@ pub async fn run_until(
         }
         let key = format!("gen-{run_id:016x}-{seq}");
         let task_run = run.clone();
+        let abandoned = abandon.clone();
         tasks.spawn(async move {
-            one_purchase(&task_run, event, quantity, &key, at, start).await;
+            tokio::select! {
+                () = one_purchase(&task_run, event, quantity, &key, at, start) => {}
+                () = abandoned.cancelled() => {}
+            }
             drop(permit);
         });
-        // Reaps finished tasks so the set holds only those in flight.
-        while tasks.try_join_next().is_some() {}
     };
     let sending = start.elapsed();
     debug!(reason = ?stopped_because, in_flight = tasks.len(), "stopped sending");
-    drain(&mut tasks, &run, &options).await;
+    drain(&tasks, &abandon, &run, &options).await;
     progress.finish().await;
 
     let elapsed = start.elapsed();
@@ -322,16 +327,19 @@ async fn one_purchase(
 
 /// Waits for the purchases still in flight, each bounded by its timeouts and retries,
 /// and counts any that still have not finished after that as `abandoned`.
-async fn drain(tasks: &mut JoinSet<()>, run: &Run, options: &LoadOptions) {
+async fn drain(tasks: &TaskTracker, abandon: &CancellationToken, run: &Run, options: &LoadOptions) {
     let limit = options.request_timeout * (options.retries + 1) + Duration::from_secs(2);
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(limit, all_done).await.is_err() {
+    tasks.close();
+    if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
         let abandoned = tasks.len();
         warn!(abandoned, "purchases still unanswered; giving up on them");
-        tasks.abort_all();
-        let mut stats = lock(&run.stats);
-        for _ in 0..abandoned {
-            stats.error("abandoned");
+        {
+            let mut stats = lock(&run.stats);
+            for _ in 0..abandoned {
+                stats.error("abandoned");
+            }
         }
+        abandon.cancel();
+        tasks.wait().await;
     }
 }

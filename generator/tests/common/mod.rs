@@ -18,8 +18,8 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{
-    ErrorBody, EventBody, IDEMPOTENCY_HEADER, NODE_HEADER, PurchaseBody, PurchaseRequestBody,
-    TicketBody,
+    ErrorBody, ErrorCode, EventBody, IDEMPOTENCY_HEADER, NODE_HEADER, PurchaseBody,
+    PurchaseRequestBody, TicketBody,
 };
 use shared::{
     EventName, IdempotencyKey, Inventory, PurchaseError, PurchaseRequest, Quantity, Ticket,
@@ -137,13 +137,11 @@ pub fn live_inventory(per_event: u64) -> State {
 }
 
 fn json(status: StatusCode, node: &str, body: &impl Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).expect("serialisable");
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header(NODE_HEADER, node)
-        .body(Full::new(Bytes::from(bytes)))
-        .expect("valid response")
+    let mut response = serve::json::response(status, body);
+    response
+        .headers_mut()
+        .insert(NODE_HEADER, node.parse().expect("a valid header value"));
+    response
 }
 
 /// A listing as a node answers it: the whole list, or with `after` or `limit` in the query
@@ -160,7 +158,7 @@ fn listing<T: Serialize>(
         match pair.split_once('=') {
             Some(("after", v)) => after = Some(v.to_owned()),
             Some(("limit", v)) => limit = v.parse::<usize>().ok(),
-            _ => return error(StatusCode::BAD_REQUEST, node, "bad_request", None),
+            _ => return error(node, ErrorCode::BadRequest, None),
         }
     }
     if after.is_none() && limit.is_none() {
@@ -170,7 +168,7 @@ fn listing<T: Serialize>(
         None => 0,
         Some(text) => match text.parse().ok().or_else(|| shared::purchase_number(text)) {
             Some(number) => number,
-            None => return error(StatusCode::BAD_REQUEST, node, "bad_request", None),
+            None => return error(node, ErrorCode::BadRequest, None),
         },
     };
     let limit = limit.unwrap_or(shared::MAX_PAGE_LIMIT);
@@ -200,14 +198,11 @@ fn purchase_next(p: &PurchaseBody) -> serde_json::Value {
     p.purchase_id.clone().into()
 }
 
-fn error(
-    status: StatusCode,
-    node: &str,
-    code: &str,
-    available: Option<u64>,
-) -> Response<Full<Bytes>> {
-    let mut body = ErrorBody::new(code, code.replace('_', " "));
+/// An error answer from the API's table of codes: the status comes with the code.
+fn error(node: &str, code: ErrorCode, available: Option<u64>) -> Response<Full<Bytes>> {
+    let mut body = ErrorBody::new(code, code.as_str().replace('_', " "));
     body.available = available;
+    let status = StatusCode::from_u16(code.status()).expect("a valid status");
     json(status, node, &body)
 }
 
@@ -239,7 +234,7 @@ impl serve::Handler for Fake {
             .map(str::to_owned);
         let body = match request.into_body().collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(_) => return error(StatusCode::BAD_REQUEST, node, "bad_request", None),
+            Err(_) => return error(node, ErrorCode::BadRequest, None),
         };
         match (&*self.state, &method, path.as_str()) {
             (State::Fixed { events, .. }, &Method::GET, "/events") => {
@@ -282,7 +277,7 @@ impl serve::Handler for Fake {
                 listing(node, query, &purchases, purchase_key, purchase_next)
             }
             (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
-            _ => error(StatusCode::NOT_FOUND, node, "not_found", None),
+            _ => error(node, ErrorCode::NotFound, None),
         }
     }
 }
@@ -296,13 +291,13 @@ impl Fake {
         body: &[u8],
     ) -> Response<Full<Bytes>> {
         let Ok(asked) = serde_json::from_slice::<PurchaseRequestBody>(body) else {
-            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+            return error(node, ErrorCode::BadRequest, None);
         };
         let (Ok(event), Ok(quantity)) = (
             EventName::parse(&asked.event),
             Quantity::new(asked.quantity),
         ) else {
-            return error(StatusCode::BAD_REQUEST, node, "bad_request", None);
+            return error(node, ErrorCode::BadRequest, None);
         };
         let key = key.and_then(|k| IdempotencyKey::parse(&k).ok());
         let outcome = inventory.lock().expect("lock").purchase_tickets(
@@ -317,29 +312,21 @@ impl Fake {
                 .insert(k.as_str().to_owned())
         });
         match outcome {
-            Ok(_) if self.lose_first_answer && first_attempt => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                node,
-                "store_unavailable",
-                None,
-            ),
+            Ok(_) if self.lose_first_answer && first_attempt => {
+                error(node, ErrorCode::StoreUnavailable, None)
+            }
             Ok(outcome) => json(
                 StatusCode::CREATED,
                 node,
                 &PurchaseBody::from(outcome.purchase()),
             ),
             Err(PurchaseError::SoldOut { available, .. }) => {
-                error(StatusCode::CONFLICT, node, "sold_out", Some(available))
+                error(node, ErrorCode::SoldOut, Some(available))
             }
-            Err(PurchaseError::UnknownEvent(_)) => {
-                error(StatusCode::NOT_FOUND, node, "unknown_event", None)
+            Err(PurchaseError::UnknownEvent(_)) => error(node, ErrorCode::UnknownEvent, None),
+            Err(PurchaseError::KeyReused { .. }) => {
+                error(node, ErrorCode::IdempotencyKeyReused, None)
             }
-            Err(PurchaseError::KeyReused { .. }) => error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                node,
-                "idempotency_key_reused",
-                None,
-            ),
         }
     }
 }

@@ -4,8 +4,9 @@
 //! purchases committed since (JSON lines). Every session holds an advisory lock on
 //! `tickets.lock` (shared to read, exclusive to write) and first catches up with the disk:
 //! it reloads the snapshot only when it changed (its generation, size, time or inode), and
-//! otherwise reads just the journal lines it has not seen. So every read sees every completed write, whichever
-//! process made it, while a sale costs the same whatever the inventory's size.
+//! otherwise reads just the journal lines it has not seen. So every read sees every
+//! completed write, whichever process made it, while a sale costs the same whatever the
+//! inventory's size.
 //!
 //! A batch of purchases is appended to the journal in one write and made durable with one
 //! `fdatasync` (group commit). A process killed mid-append leaves at worst a torn last

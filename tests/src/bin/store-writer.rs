@@ -38,6 +38,11 @@ struct Cli {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if std::env::var_os(store::fault::ABORT_AT_ENV).is_some() && !store::fault::ENABLED {
+        anyhow::bail!(
+            "this store-writer has no crash points: they are compiled in for test builds only"
+        );
+    }
     let store = TicketStore::new(&cli.data, Duration::from_secs(5))
         .with_compaction_threshold(cli.compact_bytes);
     let event = EventName::parse(&cli.event)?;
