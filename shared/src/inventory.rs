@@ -991,4 +991,63 @@ mod tests {
         );
         assert_eq!(loaded.event(&concert), inv.event(&concert));
     }
+
+    mod pages_property {
+        use super::*;
+        use proptest::prelude::*;
+
+        const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
+
+        proptest! {
+            /// Whatever the inventory, filter and page size, the pages read one after
+            /// another are exactly the whole filtered list, and only the last has no next.
+            #[test]
+            fn pages_put_together_are_the_whole_list(
+                events in proptest::collection::vec(0..3usize, 1..60),
+                buys in proptest::collection::vec((0..3usize, 1..4u32), 0..12),
+                event_filter in proptest::option::of(0..3usize),
+                sold_filter in proptest::option::of(any::<bool>()),
+                limit in 1..8usize,
+            ) {
+                let tickets = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &e)| ticket(i as u64 * 3 + 1, EVENTS[e], 100))
+                    .collect();
+                let mut inv = Inventory::from_tickets(tickets).expect("consistent");
+                for (e, quantity) in buys {
+                    let _ = inv.purchase_tickets(&request(EVENTS[e], quantity), None, "n1");
+                }
+                let filter = TicketFilter {
+                    event: event_filter.map(|e| event(EVENTS[e])),
+                    sold: sold_filter,
+                };
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = inv.page_tickets(&filter, after, limit);
+                    prop_assert!(page.items.len() <= limit);
+                    paged.extend(page.items);
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(paged, inv.find_tickets(&filter));
+
+                let event = filter.event.as_ref();
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = inv.page_purchases(event, after, limit);
+                    paged.extend(page.items);
+                    match page.next {
+                        Some(next) => after = purchase_number(&next),
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(paged, inv.find_purchases(event));
+            }
+        }
+    }
 }
