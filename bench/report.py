@@ -23,6 +23,15 @@ UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 TARGET_BALANCER_NGINX = 1.0
 TARGET_PURCHASES_SYNC = 1.0
 TARGET_500K_50K = 0.8
+# The store on PostgreSQL: against the file store, and against the plain SKIP LOCKED design.
+TARGET_PG_FILES = 0.5
+TARGET_PG_SKIP_LOCKED = 1.0
+# The designs of a --pg run, in the order shown.
+PG_DESIGNS = {
+    "files": "file store (JSON journal, flock)",
+    "postgres": "PostgreSQL store (node --database)",
+    "skip-locked": "SKIP LOCKED baseline (one transaction per purchase)",
+}
 
 
 def append(path: str, record: dict) -> None:
@@ -351,6 +360,33 @@ def cmd_table(args) -> None:
     if before.get(500000) and before.get(50000):
         r = ratio(before[500000]["committed_per_s"], before[50000]["committed_per_s"])
         rows.append(["(before) purchases/s at 500,000 / at 50,000 tickets", fmt(r, 3), "-", "-"])
+    pg_rows = []
+    for design, name in PG_DESIGNS.items():
+        for r in [r for r in loads if r["store"] == design and r["phase"] == "capacity"]:
+            pg_rows.append([name, f"{r['tickets']:,}", fmt(r["committed_per_s"]), fmt(r["p50_ms"], 2),
+                            fmt(r["p99_ms"], 2), f"{r['stopped']} {r['elapsed_seconds']:.1f}s",
+                            errors_text(r)])
+    if pg_rows:
+        out += ["## 3. The store on PostgreSQL: committed purchases/s, generator -> balancer -> 3 "
+                "servers, same PostgreSQL server", ""]
+        out += markdown(["design", "tickets", "committed/s", "p50 ms", "p99 ms", "ended", "errors"],
+                        pg_rows)
+        out += ["", "Saturated open loop, as in section 3 (committed/s = 201 answers / whole run).", ""]
+    for n in sizes:
+        files = find(loads, store="files", tickets=n, phase="capacity")
+        pg = find(loads, store="postgres", tickets=n, phase="capacity")
+        skip = find(loads, store="skip-locked", tickets=n, phase="capacity")
+        r = ratio(pg and pg["committed_per_s"], files and files["committed_per_s"])
+        if files:
+            rows.append([f"purchases/s at {n:,} tickets, PostgreSQL store / file store", fmt(r, 2),
+                         f">= {TARGET_PG_FILES}", verdict(r, TARGET_PG_FILES)])
+        r = ratio(pg and pg["committed_per_s"], skip and skip["committed_per_s"])
+        if skip:
+            rows.append([f"purchases/s at {n:,} tickets, PostgreSQL store / SKIP LOCKED", fmt(r, 2),
+                         f">= {TARGET_PG_SKIP_LOCKED}", verdict(r, TARGET_PG_SKIP_LOCKED)])
+        r = ratio(skip and skip["committed_per_s"], files and files["committed_per_s"])
+        if skip and files:
+            rows.append([f"purchases/s at {n:,} tickets, SKIP LOCKED / file store", fmt(r, 2), "-", "-"])
     if rows:
         out += ["## 4. Ratios", ""]
         out += markdown(["ratio", "value", "target", "verdict"], rows)
@@ -384,7 +420,7 @@ def main() -> int:
 
     p = sub.add_parser("load")
     p.add_argument("--out", required=True)
-    p.add_argument("--store", required=True, choices=["before", "after"])
+    p.add_argument("--store", required=True, choices=["before", "after", *PG_DESIGNS])
     p.add_argument("--tickets", type=int, required=True)
     p.add_argument("--phase", required=True, choices=["capacity", "latency"])
     p.add_argument("file")

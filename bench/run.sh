@@ -3,7 +3,9 @@
 # machine, the disk's raw sync rate, GET /events through no proxy / the balancer / nginx /
 # HAProxy,
 # and committed purchases per second through the balancer, then prints the table with the
-# ratios against the issue's targets and saves it as bench/results/latest.md.
+# ratios against the issue's targets and saves it as bench/results/latest.md. With --pg:
+# purchases/s with the store on PostgreSQL, beside the file store and beside the plain
+# SELECT ... FOR UPDATE SKIP LOCKED design, on a throwaway PostgreSQL server it starts.
 #
 # Every figure is relative to baselines measured in the same run, because the machine
 # (2 cores, shared) is noisy. wrk and the load generator share the cores with the
@@ -12,7 +14,7 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--before] [--events-only] [--rev REV]
+usage: bench/run.sh [--quick] [--before | --pg] [--events-only] [--rev REV]
 
   (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, HAProxy,
               with 1 and 3 nodes; committed purchases/s through the balancer with 3
@@ -21,26 +23,36 @@ usage: bench/run.sh [--quick] [--before] [--events-only] [--rev REV]
   --before    disk sync rate; the purchase measurements for the old whole-file store
               (commit $BENCH_BEFORE_REV, default 8bd16ec, built in a temporary git
               worktree) and for REV, side by side. No wrk runs.
+  --pg        disk sync rate; committed purchases/s through the balancer with 3 nodes at
+              $BENCH_PG_TICKETS tickets (default 50,000) on the file store, on the
+              PostgreSQL store (node --database) and on the SKIP LOCKED baseline
+              (skip-locked, one transaction per purchase), with the same generator and
+              one PostgreSQL 15 server started for the run (initdb in a temporary
+              directory, as the postgres user, 127.0.0.1 and a free port). No wrk runs.
   --quick     shorter runs (3 s) and only 50,000 / 500,000 tickets: a smoke test.
   --rev REV   the revision to measure as "after" (default HEAD), built in a temporary
               git worktree so other people's uncommitted edits are not measured; "."
               measures the working tree as it is.
 
 Environment: BENCH_CACHE_DIR (default target/bench: target dirs and binaries per commit),
-BENCH_TMPDIR (default $TMPDIR or /tmp: data directories, on the filesystem measured).
-Needs cargo, git, python3, curl; installs wrk, nginx and haproxy with apt-get if missing.
+BENCH_TMPDIR (default $TMPDIR or /tmp: data directories, on the filesystem measured),
+BENCH_PG_BIN (default /usr/lib/postgresql/15/bin), BENCH_PG_TICKETS (default 50000).
+Needs cargo, git, python3, curl; installs wrk, nginx and haproxy (default run) or
+postgresql (--pg) with apt-get if missing.
 EOF
 }
 
 QUICK=0
 EVENTS_ONLY=0
 BEFORE=0
+PG=0
 REV=HEAD
 while (($#)); do
     case $1 in
         --quick) QUICK=1 ;;
         --events-only) EVENTS_ONLY=1 ;;
         --before) BEFORE=1 ;;
+        --pg) PG=1 ;;
         --rev)
             [[ $# -ge 2 ]] || { usage >&2; exit 2; }
             REV=$2
@@ -51,6 +63,7 @@ while (($#)); do
     esac
     shift
 done
+((BEFORE && PG)) && { echo "--before and --pg are separate runs" >&2; exit 2; }
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -90,6 +103,10 @@ PACED_FRACTION=0.7
 # the whole-file store decides one sale per lock hold, which 8 in flight already saturate
 # (more would only time out waiting for the lock).
 AFTER_RATE=20000
+PG_BIN=${BENCH_PG_BIN:-/usr/lib/postgresql/15/bin}
+PG_TICKETS=${BENCH_PG_TICKETS:-50000}
+# Connections per SKIP LOCKED server (three of them): more than the cores many times over.
+SKIP_LOCKED_POOL=16
 AFTER_CONCURRENCY=256
 BEFORE_RATE=2000
 BEFORE_CONCURRENCY=8
@@ -149,6 +166,7 @@ cleanup() {
         kill -TERM "$child" 2>/dev/null || true
     done
     stop_servers
+    stop_pg
     local wt
     for wt in "${WORKTREES[@]}"; do
         git -C "$REPO" worktree remove --force "$wt" 2>/dev/null || true
@@ -210,13 +228,15 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# Starts COUNT nodes on DATA with the binaries in BIN; sets NODE_ADDRS and NODE_PIDS.
+# Starts COUNT nodes with the binaries in BIN on the store the remaining arguments name
+# (`--data DIR` or `--database URL`); sets NODE_ADDRS and NODE_PIDS.
 start_nodes() {
-    local bin=$1 data=$2 count=$3 i
+    local bin=$1 count=$2 i
+    shift 2
     NODE_ADDRS=()
     NODE_PIDS=()
     for ((i = 1; i <= count; i++)); do
-        start_server "node-$i" "$bin/node" --id "node-$i" --listen 127.0.0.1:0 --data "$data"
+        start_server "node-$i" "$bin/node" --id "node-$i" --listen 127.0.0.1:0 "$@"
         NODE_ADDRS+=("$ADDR")
         NODE_PIDS+=("$LAST_PID")
     done
@@ -347,6 +367,11 @@ build() {
         log "building the working tree ($label) in release mode"
         run_child env -C "$REPO" CARGO_TARGET_DIR="$CACHE/target-worktree" \
             cargo build --release -q -p node -p balancer -p generator >&2
+        if ((PG)); then
+            # A build of its own: the cluster package's features must not reach the node.
+            run_child env -C "$REPO" CARGO_TARGET_DIR="$CACHE/target-worktree" \
+                cargo build --release -q -p cluster --bin skip-locked >&2
+        fi
         BIN=$CACHE/target-worktree/release
         return 0
     fi
@@ -357,7 +382,8 @@ build() {
     key=$(git -C "$REPO" ls-tree "$sha" | grep -v -e $'\tbench$' -e $'\t[A-Za-z_-]*\.md$' |
         git -C "$REPO" hash-object --stdin)
     BIN=$CACHE/bin-$key
-    if [[ -x $BIN/node && -x $BIN/balancer && -x $BIN/generator ]]; then
+    if [[ -x $BIN/node && -x $BIN/balancer && -x $BIN/generator ]] &&
+        ((!PG || $(test -x "$BIN/skip-locked" && echo 1 || echo 0))); then
         log "$label: using the binaries already built for ${sha:0:12} (tree $key)"
         return 0
     fi
@@ -372,6 +398,15 @@ build() {
     fi
     mkdir -p "$BIN.tmp"
     cp "$CACHE/target-$label/release/"{node,balancer,generator} "$BIN.tmp/"
+    if ((PG)); then
+        # A build of its own: the cluster package's features must not reach the node.
+        if ! run_child env -C "$wt" CARGO_TARGET_DIR="$CACHE/target-$label" \
+            cargo build --release -p cluster --bin skip-locked >>"$TMP/build-$label.log" 2>&1; then
+            tail -n 30 "$TMP/build-$label.log" >&2
+            die "the $label build of skip-locked failed"
+        fi
+        cp "$CACHE/target-$label/release/skip-locked" "$BIN.tmp/"
+    fi
     rm -rf "$BIN"
     mv "$BIN.tmp" "$BIN"
 }
@@ -437,7 +472,7 @@ measure_events() {
     local bin=$1 data=$TMP/data-events
     log "GET /events: seeding 10,000 tickets"
     "$bin/generator" seed --data "$data" --events "$EVENTS" --tickets 10000 --seed 1 >/dev/null
-    start_nodes "$bin" "$data" 3
+    start_nodes "$bin" 3 --data "$data"
     local nodes=("${NODE_ADDRS[@]}") node_pids=("${NODE_PIDS[@]}")
     start_balancer "$bin" balancer-1 "${nodes[0]}"
     local bal1=$ADDR bal1_pid=$LAST_PID
@@ -486,9 +521,17 @@ load_run() {
     local store=$1 bin=$2 tickets=$3 phase=$4 rate=$5 concurrency=$6 seconds=$7
     local data=$TMP/data-$store-$tickets-$phase
     cp -a "$TMP/seed-$store-$tickets" "$data"
-    start_nodes "$bin" "$data" 3
+    start_nodes "$bin" 3 --data "$data"
     start_balancer "$bin" "balancer-$store-$tickets-$phase" "${NODE_ADDRS[@]}"
-    local target=http://$ADDR report=$TMP/load-$store-$tickets-$phase.json
+    drive_load "$bin" "$store" "$tickets" "$phase" "$rate" "$concurrency" "$seconds" "http://$ADDR"
+    stop_servers
+    rm -rf "$data"
+}
+
+# The generator's open-loop load against TARGET, recorded as STORE / TICKETS / PHASE.
+drive_load() {
+    local bin=$1 store=$2 tickets=$3 phase=$4 rate=$5 concurrency=$6 seconds=$7 target=$8
+    local report=$TMP/load-$store-$tickets-$phase.json
     log "purchases ($store store, $tickets tickets, $phase): rate $rate/s, concurrency $concurrency, ${seconds}s"
     run_child "$bin/generator" load --target "$target" --rate "$rate" --duration "${seconds}s" \
         --concurrency "$concurrency" --max-quantity "$MAX_QUANTITY" --seed 7 \
@@ -496,8 +539,6 @@ load_run() {
         >"$TMP/load-$store-$tickets-$phase.txt" 2>&1 ||
         die "generator load failed: $(tail -n 5 "$TMP/load-$store-$tickets-$phase.txt")"
     python3 "$REPORT" load --out "$RECORDS" --store "$store" --tickets "$tickets" --phase "$phase" "$report"
-    stop_servers
-    rm -rf "$data"
 }
 
 measure_purchases() {
@@ -521,16 +562,124 @@ measure_purchases() {
 }
 
 # ---------------------------------------------------------------------------------------
+# PostgreSQL: one throwaway server for the run, made as the tests make theirs.
+
+PG_DIR=""
+PG_PORT=""
+PG_DBS=0
+
+# Runs a PostgreSQL server program as the postgres user (the server refuses root).
+as_postgres() {
+    if ((EUID == 0)); then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+start_pg() {
+    if [[ ! -x $PG_BIN/initdb ]]; then
+        log "installing postgresql with apt-get ($PG_BIN/initdb is missing)"
+        local sudo=()
+        ((EUID == 0)) || sudo=(sudo)
+        "${sudo[@]}" apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq postgresql >&2
+        [[ -x $PG_BIN/initdb ]] || die "no $PG_BIN/initdb after installing postgresql: set BENCH_PG_BIN"
+    fi
+    PG_DIR=$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/ticket-bench-pg.XXXXXX")
+    mkdir -p "$PG_DIR/socket"
+    ((EUID != 0)) || chown -R postgres: "$PG_DIR"
+    as_postgres "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust --encoding=UTF8 \
+        --locale=C --no-sync >"$TMP/initdb.log" 2>&1 || die "initdb failed: $(tail -n 5 "$TMP/initdb.log")"
+    PG_PORT=$(free_port)
+    log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $NF }') on 127.0.0.1:$PG_PORT, data in $PG_DIR"
+    as_postgres "$PG_BIN/pg_ctl" start -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories='$PG_DIR/socket' -c max_connections=300" \
+        >/dev/null || die "PostgreSQL did not start: $(tail -n 5 "$PG_DIR/server.log")"
+}
+
+stop_pg() {
+    [[ -n $PG_DIR ]] || return 0
+    as_postgres "$PG_BIN/pg_ctl" stop -D "$PG_DIR/data" -m immediate -w >/dev/null 2>&1 || true
+    cp "$PG_DIR/server.log" "$TMP/postgres.log" 2>/dev/null || true
+    rm -rf "$PG_DIR"
+    PG_DIR=""
+}
+
+# Creates a fresh database; sets DB_URL.
+new_database() {
+    PG_DBS=$((PG_DBS + 1))
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres \
+        -c "CREATE DATABASE bench_$PG_DBS" || die "cannot create a database"
+    DB_URL=postgres://postgres@127.0.0.1:$PG_PORT/bench_$PG_DBS
+}
+
+# Whether this build's node has the PostgreSQL store.
+node_has_database() {
+    "$1/node" --help 2>/dev/null | grep -q -- '--database'
+}
+
+# Committed purchases/s with the three designs, same generator, same tickets, same server.
+measure_pg() {
+    local bin=$1 tickets=$PG_TICKETS seconds=$LOAD_SECONDS design
+    log "seeding $tickets tickets (file store, the source of every design's inventory)"
+    "$bin/generator" seed --data "$TMP/seed-files-$tickets" --events "$EVENTS" \
+        --tickets "$tickets" --seed 1 >/dev/null
+    local designs=(files postgres skip-locked)
+    if ! node_has_database "$bin"; then
+        log "this node has no --database: the PostgreSQL store is not measured"
+        designs=(files skip-locked)
+    fi
+    for design in "${designs[@]}"; do
+        case $design in
+            files)
+                load_run files "$bin" "$tickets" capacity "$AFTER_RATE" "$AFTER_CONCURRENCY" "$seconds"
+                ;;
+            postgres)
+                new_database
+                "$bin/generator" seed --database "$DB_URL" --events "$EVENTS" --tickets "$tickets" \
+                    --seed 1 >/dev/null || die "generator seed --database failed"
+                start_nodes "$bin" 3 --database "$DB_URL"
+                start_balancer "$bin" "balancer-postgres" "${NODE_ADDRS[@]}"
+                drive_load "$bin" postgres "$tickets" capacity "$AFTER_RATE" "$AFTER_CONCURRENCY" \
+                    "$seconds" "http://$ADDR"
+                stop_servers
+                ;;
+            skip-locked)
+                new_database
+                "$bin/skip-locked" seed --database "$DB_URL" --from "$TMP/seed-files-$tickets" \
+                    >/dev/null || die "skip-locked seed failed"
+                local i addrs=()
+                for ((i = 1; i <= 3; i++)); do
+                    start_server "skip-locked-$i" "$bin/skip-locked" serve --id "skip-locked-$i" \
+                        --listen 127.0.0.1:0 --database "$DB_URL" --pool "$SKIP_LOCKED_POOL"
+                    addrs+=("$ADDR")
+                done
+                for ADDR in "${addrs[@]}"; do
+                    wait_http "http://$ADDR/events"
+                done
+                start_balancer "$bin" "balancer-skip-locked" "${addrs[@]}"
+                drive_load "$bin" skip-locked "$tickets" capacity "$AFTER_RATE" "$AFTER_CONCURRENCY" \
+                    "$seconds" "http://$ADDR"
+                stop_servers
+                ;;
+        esac
+    done
+    rm -rf "$TMP/seed-files-$tickets"
+}
+
+# ---------------------------------------------------------------------------------------
 
 main() {
     command -v cargo >/dev/null || die "cargo is needed"
     command -v python3 >/dev/null || die "python3 is needed"
     command -v curl >/dev/null || die "curl is needed"
-    if ((!BEFORE)); then
+    if ((!BEFORE && !PG)); then
         ensure_tools wrk nginx haproxy
     fi
     local started=$SECONDS mode=after
     ((BEFORE)) && mode=before
+    ((PG)) && mode=postgres
     ((QUICK)) && mode+=" (quick)"
 
     # The revision is resolved once: others may commit while the run goes on.
@@ -553,6 +702,10 @@ main() {
     if ((BEFORE)); then
         measure_purchases before "$before_bin"
         measure_purchases after "$after_bin"
+    elif ((PG)); then
+        start_pg
+        measure_pg "$after_bin"
+        stop_pg
     else
         measure_events "$after_bin"
         ((EVENTS_ONLY)) || measure_purchases after "$after_bin"
@@ -572,7 +725,10 @@ main() {
         --meta "CPU sharing=wrk and the load generator run on the same cores as the servers they measure"
         --meta "load=generator load, $EVENTS events, --max-quantity $MAX_QUANTITY, --timeout $REQUEST_TIMEOUT, --seed 7; saturated: --rate $AFTER_RATE --concurrency $AFTER_CONCURRENCY (after), --rate $BEFORE_RATE --concurrency $BEFORE_CONCURRENCY (before); paced: $PACED_FRACTION x the saturated committed rate; each run on a fresh copy of a store seeded with --seed 1"
     )
-    if ((!BEFORE)); then
+    if ((PG)); then
+        meta+=(--meta "postgres=PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $NF }') with its default settings (fsync on), one server for the run on 127.0.0.1, data in ${BENCH_TMPDIR:-${TMPDIR:-/tmp}}; $PG_TICKETS tickets; SKIP LOCKED: 3 skip-locked servers with $SKIP_LOCKED_POOL connections each")
+    fi
+    if ((!BEFORE && !PG)); then
         meta+=(--meta "wrk=-t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s --latency, after a 1 s warm-up, $WRK_ROUNDS round(s) in alternating order; 10,000 tickets, $EVENTS events")
     fi
     if ((BEFORE)); then

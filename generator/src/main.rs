@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use generator::client::Target;
 use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
-use generator::seed::{SeedError, SeedOptions};
+use generator::seed::{SeedError, SeedOptions, SeedTarget};
 use generator::settings::Settings;
 use serde::Serialize;
 use shared::settings::Section;
@@ -33,7 +33,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Write a fresh random inventory into a data directory.
+    /// Write a fresh random inventory into a data directory or a PostgreSQL database.
     Seed(SeedArgs),
     /// Send an open-loop stream of random purchases and report what happened.
     Load(LoadArgs),
@@ -44,8 +44,17 @@ enum Command {
 #[derive(Debug, Args)]
 struct SeedArgs {
     /// Data directory to write the store into (created if missing).
-    #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "database",
+        conflicts_with = "database"
+    )]
+    data: Option<PathBuf>,
+    /// PostgreSQL database to write the store into instead (tables created if missing):
+    /// postgres://USER[:PASS]@HOST[:PORT]/DB
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
     /// Number of events, at least 4 (the original four are always included).
     #[arg(long, value_name = "N", default_value_t = 4)]
     events: usize,
@@ -150,8 +159,13 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Seed(args) => {
+            let store = match (args.database, args.data) {
+                (Some(url), _) => SeedTarget::Database(url),
+                (None, Some(dir)) => SeedTarget::Files(dir),
+                (None, None) => anyhow::bail!("give --data DIR or --database URL"),
+            };
             let seeded = generator::seed::seed(&SeedOptions {
-                data: args.data,
+                store,
                 events: args.events,
                 tickets: args.tickets,
                 seed: args.seed,
@@ -164,6 +178,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "a store already exists at {}; left as it is",
                         path.display()
                     );
+                }
+                Err(SeedError::Store(StoreError::DatabaseExists(database)))
+                    if args.keep_existing =>
+                {
+                    println!("a store already exists in the database {database}; left as it is");
                 }
                 Err(err) => return Err(err.into()),
             }

@@ -1,5 +1,6 @@
 //! `generator seed`: the original ticket generator. Writes a fresh random inventory into a
-//! data directory through `store::TicketStore`; the same seed always gives the same one.
+//! data directory or a PostgreSQL database through `store::TicketStore`; the same seed
+//! always gives the same one.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,7 +13,7 @@ use rand::rngs::StdRng;
 use shared::domain::ORIGINAL_EVENTS;
 use shared::inventory::InconsistencyError;
 use shared::{EventName, Inventory, Ticket, ValidationError};
-use store::{StoreError, TicketStore};
+use store::{PgOptions, StoreError, TicketStore};
 use thiserror::Error;
 
 /// The most tickets one store may hold: the store is one JSON file read on every request.
@@ -32,11 +33,30 @@ const KINDS: [&str; 12] = [
     "live", "weekend", "revival",
 ];
 
+/// Where the store is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedTarget {
+    /// A data directory (created if missing).
+    Files(PathBuf),
+    /// A PostgreSQL database's URL (the tables are created if missing).
+    Database(String),
+}
+
+impl SeedTarget {
+    /// A handle on the store there.
+    pub fn open(&self) -> Result<TicketStore, StoreError> {
+        match self {
+            Self::Files(dir) => Ok(TicketStore::new(dir, LOCK_TIMEOUT)),
+            Self::Database(url) => TicketStore::postgres(url, PgOptions::new(LOCK_TIMEOUT)),
+        }
+    }
+}
+
 /// What to seed.
 #[derive(Debug, Clone)]
 pub struct SeedOptions {
-    /// The data directory the store is written into (created if missing).
-    pub data: PathBuf,
+    /// Where the store is written.
+    pub store: SeedTarget,
     /// How many events, at least the four original ones.
     pub events: usize,
     /// How many tickets, with ids `1..=tickets`; at least one per event.
@@ -83,7 +103,8 @@ pub struct SeededEvent {
 /// What was written.
 #[derive(Debug, Clone)]
 pub struct SeedSummary {
-    pub data: PathBuf,
+    /// The data directory, or host:port/database.
+    pub location: String,
     pub seed: u64,
     /// Whether `seed` was picked here rather than given.
     pub seed_was_picked: bool,
@@ -99,7 +120,7 @@ impl fmt::Display for SeedSummary {
             "wrote {} tickets over {} events to {} (seed {})",
             self.tickets,
             self.events.len(),
-            self.data.display(),
+            self.location,
             self.seed
         )?;
         for e in &self.events {
@@ -133,9 +154,10 @@ pub fn seed(options: &SeedOptions) -> Result<SeedSummary, SeedError> {
     let tickets = generate(options.events, options.tickets, seed)?;
     let events = summarise(&tickets);
     let inventory = Inventory::from_tickets(tickets)?;
-    TicketStore::new(&options.data, LOCK_TIMEOUT).create(&inventory, options.force)?;
+    let store = options.store.open()?;
+    store.create(&inventory, options.force)?;
     Ok(SeedSummary {
-        data: options.data.clone(),
+        location: store.location(),
         seed,
         seed_was_picked,
         tickets: options.tickets,
@@ -317,7 +339,7 @@ mod tests {
     fn seeding_writes_a_store_and_refuses_to_overwrite_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut options = SeedOptions {
-            data: dir.path().join("data"),
+            store: SeedTarget::Files(dir.path().join("data")),
             events: 5,
             tickets: 50,
             seed: Some(11),
@@ -333,7 +355,10 @@ mod tests {
         ));
         options.force = true;
         seed(&options).expect("force replaces it");
-        let stored = TicketStore::new(&options.data, LOCK_TIMEOUT)
+        let stored = options
+            .store
+            .open()
+            .expect("a directory")
             .read(|inv| inv.tickets().to_vec())
             .expect("readable");
         assert_eq!(stored, generated(5, 50, 11));

@@ -57,7 +57,9 @@ impl NodeService {
             ApiError::Internal(format!("node id {:?} is not a header value", settings.id))
         })?;
         let id: Arc<str> = Arc::from(settings.id.as_str());
-        let store = TicketStore::new(&settings.data, settings.lock_timeout);
+        let store = settings
+            .open_store()
+            .map_err(|err| ApiError::Internal(err.to_string()))?;
         let metrics = Arc::new(metrics::Metrics::new(&settings.id));
         let committer = committer::Committer::start(
             store.clone(),
@@ -150,7 +152,10 @@ pub async fn run(
 ) -> Result<(), ApiError> {
     let limits = settings.server_limits();
     let service = NodeService::new(settings)?;
-    if let Err(err) = service.store.read(|_| ()) {
+    // On the blocking pool: the store's calls block (files, or the PostgreSQL client).
+    let store = service.store.clone();
+    let first_read = tokio::task::spawn_blocking(move || store.read(|_| ())).await;
+    if let Ok(Err(err)) = first_read {
         warn!(cause = %err, "the store is not usable yet; answering 503 until it is");
     }
     serve::run(listener, service, limits, shutdown).await;
@@ -166,7 +171,7 @@ mod tests {
         cluster::seed_store(dir, &[("concert", 5, 100)]).expect("seed");
         let settings = NodeSettings {
             id: "n1".into(),
-            data: dir.to_path_buf(),
+            data: Some(dir.to_path_buf()),
             ..NodeSettings::default()
         };
         NodeService::with_restart_delay(settings, restart_delay).expect("service")

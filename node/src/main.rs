@@ -36,8 +36,11 @@ struct Flags {
     #[arg(long)]
     listen: Option<String>,
     /// The shared data directory holding the store [default: /data]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database")]
     data: Option<PathBuf>,
+    /// The store in PostgreSQL instead: postgres://USER[:PASS]@HOST[:PORT]/DB
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,11 +50,16 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8000/health")]
         url: String,
     },
-    /// Reads the whole store in DIR, checks every invariant, and says what is wrong if
-    /// anything is; changes nothing (exit 0 when sound, 1 otherwise)
+    /// Reads the whole store (in DIR, or in the database at URL), checks every invariant,
+    /// and says what is wrong if anything is; changes nothing (exit 0 when sound, 1
+    /// otherwise)
     CheckStore {
-        #[arg(long, default_value = "/data")]
-        data: PathBuf,
+        /// The data directory [default: /data]
+        #[arg(long, conflicts_with = "database")]
+        data: Option<PathBuf>,
+        /// The PostgreSQL store's URL
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
     },
 }
 
@@ -59,7 +67,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Probe { url }) => return serve::probe::run(url),
-        Some(Command::CheckStore { data }) => return check_store(data),
+        Some(Command::CheckStore { data, database }) => {
+            return check_store(data.as_deref(), database.as_deref());
+        }
         None => {}
     }
     serve::init_tracing();
@@ -72,13 +82,31 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_store(data: &std::path::Path) -> ExitCode {
-    let store = store::TicketStore::new(data, Duration::from_secs(10));
+fn check_store(data: Option<&std::path::Path>, database: Option<&str>) -> ExitCode {
+    let timeout = Duration::from_secs(10);
+    let store = match database {
+        Some(url) => match store::TicketStore::postgres(url, store::PgOptions::new(timeout)) {
+            Ok(store) => store,
+            Err(err) => {
+                eprintln!("{err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => store::TicketStore::new(
+            data.unwrap_or(std::path::Path::new(node::settings::DEFAULT_DATA)),
+            timeout,
+        ),
+    };
+    let (snapshot, log) = if database.is_some() {
+        ("snapshot after entry", "in the log after it")
+    } else {
+        ("generation", "in the journal")
+    };
     match store.check() {
         Ok(summary) => {
             println!(
-                "store at {} is sound: generation {}, {} tickets, {} sold, {} purchases ({} in the journal)",
-                data.display(),
+                "store at {} is sound: {snapshot} {}, {} tickets, {} sold, {} purchases ({} {log})",
+                store.location(),
                 summary.generation,
                 summary.tickets,
                 summary.sold,

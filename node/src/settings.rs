@@ -16,9 +16,12 @@ pub struct NodeSettings {
     /// which is unique per container under docker compose.
     pub id: String,
     pub listen: SocketAddr,
-    /// The shared data directory holding the store: the snapshot `tickets.json`, the
-    /// journal `tickets.journal` and the lock file `tickets.lock`.
-    pub data: PathBuf,
+    /// The shared data directory holding the file store (`tickets.json`,
+    /// `tickets.journal`, `tickets.lock`); `/data` when neither it nor `database` is given.
+    pub data: Option<PathBuf>,
+    /// The PostgreSQL store's URL, `postgres://USER[:PASS]@HOST[:PORT]/DB`, instead of a
+    /// data directory, for nodes on more than one host.
+    pub database: Option<String>,
     /// How long an operation waits for the store lock before answering 503.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -43,7 +46,8 @@ impl Default for NodeSettings {
         Self {
             id: default_id(),
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
-            data: PathBuf::from("/data"),
+            data: None,
+            database: None,
             lock_timeout: Duration::from_secs(5),
             max_body_bytes: 16 * 1024,
             body_timeout: Duration::from_secs(10),
@@ -63,6 +67,16 @@ fn default_id() -> String {
         .unwrap_or_else(|| "node".to_owned())
 }
 
+/// The data directory used when the settings name no store.
+pub const DEFAULT_DATA: &str = "/data";
+
+/// Which store the node serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    Files(PathBuf),
+    Database(String),
+}
+
 impl Section for NodeSettings {
     const SECTION: &'static str = "node";
 
@@ -76,6 +90,13 @@ impl Section for NodeSettings {
             return Err(SettingsError::invalid(
                 "node.id",
                 "must be 1 to 64 characters from [A-Za-z0-9-_.]",
+            ));
+        }
+        if self.data.is_some() && self.database.is_some() {
+            return Err(SettingsError::invalid(
+                "node.database",
+                "node.data and node.database exclude each other: give the data directory of a \
+                 file store or the URL of a PostgreSQL store, not both",
             ));
         }
         require_nonzero(
@@ -100,6 +121,25 @@ impl Section for NodeSettings {
 }
 
 impl NodeSettings {
+    /// The store the settings name: `database`, else `data`, else `/data`.
+    pub fn store_location(&self) -> StoreLocation {
+        match (&self.database, &self.data) {
+            (Some(url), _) => StoreLocation::Database(url.clone()),
+            (None, Some(dir)) => StoreLocation::Files(dir.clone()),
+            (None, None) => StoreLocation::Files(PathBuf::from(DEFAULT_DATA)),
+        }
+    }
+
+    /// Opens a handle on the store the settings name (connects to nothing yet).
+    pub fn open_store(&self) -> Result<store::TicketStore, store::StoreError> {
+        match self.store_location() {
+            StoreLocation::Files(dir) => Ok(store::TicketStore::new(dir, self.lock_timeout)),
+            StoreLocation::Database(url) => {
+                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout))
+            }
+        }
+    }
+
     pub fn server_limits(&self) -> serve::ServerLimits {
         serve::ServerLimits {
             max_connections: self.max_connections,
@@ -128,6 +168,17 @@ mod tests {
         assert_eq!(s.listen.port(), 0);
         assert_eq!(s.max_body_bytes, 16 * 1024);
         assert_eq!(s.lock_timeout, Duration::from_secs(5));
+        assert_eq!(
+            s.store_location(),
+            StoreLocation::Files(PathBuf::from("/tmp/x"))
+        );
+
+        let both = [
+            ("data", "/tmp/x"),
+            ("database", "postgres://u@127.0.0.1/db"),
+        ];
+        let err = load(&both, &[]).expect_err("both stores");
+        assert!(err.to_string().contains("exclude each other"), "{err}");
 
         let err = load(&[("id", "has space")], &[]).expect_err("bad id");
         assert!(err.to_string().contains("node.id"), "{err}");

@@ -2,9 +2,9 @@
 //! and graceful shutdown. `node::run` serves in-process on port 0; the SIGTERM test starts
 //! the binary, since the process is the point there.
 
-use std::path::Path;
-
-use cluster::{Answer, HttpClient, seed_store, start_node};
+use cluster::{
+    Answer, HttpClient, Medium, MediumKind, TestMedium, seed_medium, seed_store, start_node,
+};
 use hyper::StatusCode;
 use node::NodeSettings;
 use serde_json::json;
@@ -12,21 +12,26 @@ use tokio::sync::oneshot;
 
 /// A node serving in this test's runtime; it stops when the fixture is dropped.
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _store: TestMedium,
     url: String,
     http: HttpClient,
     _stop: oneshot::Sender<()>,
 }
 
-/// Serves `data` with `node::run` on a free loopback port, as node `n1`.
-async fn serve(data: &Path) -> (String, oneshot::Sender<()>) {
+/// Serves the store in `medium` with `node::run` on a free loopback port, as node `n1`.
+async fn serve(medium: &Medium) -> (String, oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("address"));
+    let (data, database) = match medium {
+        Medium::Files(dir) => (Some(dir.clone()), None),
+        Medium::Postgres(url) => (None, Some(url.clone())),
+    };
     let settings = NodeSettings {
         id: "n1".into(),
-        data: data.to_path_buf(),
+        data,
+        database,
         ..NodeSettings::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -75,16 +80,18 @@ impl Fixture {
     }
 }
 
+/// A node on a file store.
 async fn start() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[("concert", 5, 1500), ("theater-show", 2, 4000)],
-    )
-    .expect("seed");
-    let (url, stop) = serve(dir.path()).await;
+    start_on(MediumKind::Files).await
+}
+
+/// A node on a store of `kind`, seeded with 5 concert and 2 theater tickets.
+async fn start_on(kind: MediumKind) -> Fixture {
+    let store =
+        TestMedium::seeded(kind, &[("concert", 5, 1500), ("theater-show", 2, 4000)]).expect("seed");
+    let (url, stop) = serve(&store.medium).await;
     Fixture {
-        _dir: dir,
+        _store: store,
         url,
         http: HttpClient::new(),
         _stop: stop,
@@ -93,110 +100,116 @@ async fn start() -> Fixture {
 
 #[tokio::test]
 async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
-    let f = start().await;
-    let bought = f.buy("concert", 2, None).await;
-    assert_eq!(bought.status, StatusCode::CREATED, "{:?}", bought.json());
-    let body = bought.json();
-    assert_eq!(body["event"], "concert");
-    assert_eq!(body["quantity"], 2);
-    assert_eq!(body["total_cents"], 3000);
-    assert_eq!(body["node"], "n1");
-    assert_eq!(
-        body["tickets"],
-        json!([{"id": 1, "price_cents": 1500}, {"id": 2, "price_cents": 1500}])
-    );
-    assert!(
-        body["created_at"]
-            .as_str()
-            .is_some_and(|t| t.ends_with('Z'))
-    );
-    let id = body["purchase_id"].as_str().expect("purchase id");
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind).await;
+        let bought = f.buy("concert", 2, None).await;
+        assert_eq!(bought.status, StatusCode::CREATED, "{:?}", bought.json());
+        let body = bought.json();
+        assert_eq!(body["event"], "concert");
+        assert_eq!(body["quantity"], 2);
+        assert_eq!(body["total_cents"], 3000);
+        assert_eq!(body["node"], "n1");
+        assert_eq!(
+            body["tickets"],
+            json!([{"id": 1, "price_cents": 1500}, {"id": 2, "price_cents": 1500}])
+        );
+        assert!(
+            body["created_at"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+        let id = body["purchase_id"].as_str().expect("purchase id");
 
-    let fetched = f.get(&format!("/purchases/{id}")).await;
-    assert_eq!(fetched.status, StatusCode::OK);
-    assert_eq!(fetched.json(), body);
+        let fetched = f.get(&format!("/purchases/{id}")).await;
+        assert_eq!(fetched.status, StatusCode::OK);
+        assert_eq!(fetched.json(), body);
 
-    let ticket = f.get("/tickets/1").await;
-    assert_eq!(
-        ticket.json(),
-        json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true, "status": "sold"})
-    );
+        let ticket = f.get("/tickets/1").await;
+        assert_eq!(
+            ticket.json(),
+            json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true, "status": "sold"})
+        );
 
-    let event = f.get("/events/concert").await;
-    assert_eq!(
-        event.json(),
-        json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "held": 0, "min_price_cents": 1500, "max_price_cents": 1500})
-    );
+        let event = f.get("/events/concert").await;
+        assert_eq!(
+            event.json(),
+            json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "held": 0, "min_price_cents": 1500, "max_price_cents": 1500})
+        );
 
-    let events = f.get("/events").await;
-    let names: Vec<_> = events
-        .json()
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|e| e["event"].clone())
-        .collect();
-    assert_eq!(names, [json!("concert"), json!("theater-show")]);
+        let events = f.get("/events").await;
+        let names: Vec<_> = events
+            .json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| e["event"].clone())
+            .collect();
+        assert_eq!(names, [json!("concert"), json!("theater-show")]);
 
-    let unsold = f.get("/tickets?event=concert&sold=false").await;
-    let ids: Vec<_> = unsold
-        .json()
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|t| t["id"].clone())
-        .collect();
-    assert_eq!(ids, [json!(3), json!(4), json!(5)]);
+        let unsold = f.get("/tickets?event=concert&sold=false").await;
+        let ids: Vec<_> = unsold
+            .json()
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|t| t["id"].clone())
+            .collect();
+        assert_eq!(ids, [json!(3), json!(4), json!(5)]);
 
-    let purchases = f.get("/purchases?event=concert").await;
-    assert_eq!(purchases.json(), json!([body]));
-    let none = f.get("/purchases?event=theater-show").await;
-    assert_eq!(none.json(), json!([]));
+        let purchases = f.get("/purchases?event=concert").await;
+        assert_eq!(purchases.json(), json!([body]));
+        let none = f.get("/purchases?event=theater-show").await;
+        assert_eq!(none.json(), json!([]));
+    }
 }
 
 #[tokio::test]
 async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
-    let f = start().await;
-    let too_many = f.buy("theater-show", 3, None).await;
-    assert_eq!(too_many.status, StatusCode::CONFLICT);
-    assert_eq!(too_many.error_code().as_deref(), Some("sold_out"));
-    assert_eq!(too_many.json()["available"], 2);
-    let all = f.buy("theater-show", 2, None).await;
-    assert_eq!(all.status, StatusCode::CREATED);
-    let after = f.buy("theater-show", 1, None).await;
-    assert_eq!(after.status, StatusCode::CONFLICT);
-    assert_eq!(after.json()["available"], 0);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind).await;
+        let too_many = f.buy("theater-show", 3, None).await;
+        assert_eq!(too_many.status, StatusCode::CONFLICT);
+        assert_eq!(too_many.error_code().as_deref(), Some("sold_out"));
+        assert_eq!(too_many.json()["available"], 2);
+        let all = f.buy("theater-show", 2, None).await;
+        assert_eq!(all.status, StatusCode::CREATED);
+        let after = f.buy("theater-show", 1, None).await;
+        assert_eq!(after.status, StatusCode::CONFLICT);
+        assert_eq!(after.json()["available"], 0);
+    }
 }
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
-    let f = start().await;
-    let first = f
-        .http
-        .buy(&f.url, "concert", 1, Some("key-1"))
-        .await
-        .expect("answer");
-    let again = f
-        .http
-        .buy(&f.url, "concert", 1, Some("key-1"))
-        .await
-        .expect("answer");
-    assert_eq!(first.status, StatusCode::CREATED);
-    assert_eq!(again.status, StatusCode::CREATED);
-    assert_eq!(first.json(), again.json());
-    let event = f.get("/events/concert").await;
-    assert_eq!(event.json()["sold"], 1);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let f = start_on(kind).await;
+        let first = f
+            .http
+            .buy(&f.url, "concert", 1, Some("key-1"))
+            .await
+            .expect("answer");
+        let again = f
+            .http
+            .buy(&f.url, "concert", 1, Some("key-1"))
+            .await
+            .expect("answer");
+        assert_eq!(first.status, StatusCode::CREATED);
+        assert_eq!(again.status, StatusCode::CREATED);
+        assert_eq!(first.json(), again.json());
+        let event = f.get("/events/concert").await;
+        assert_eq!(event.json()["sold"], 1);
 
-    let reused = f
-        .http
-        .buy(&f.url, "concert", 2, Some("key-1"))
-        .await
-        .expect("answer");
-    assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        reused.error_code().as_deref(),
-        Some("idempotency_key_reused")
-    );
+        let reused = f
+            .http
+            .buy(&f.url, "concert", 2, Some("key-1"))
+            .await
+            .expect("answer");
+        assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            reused.error_code().as_deref(),
+            Some("idempotency_key_reused")
+        );
+    }
 }
 
 #[tokio::test]
@@ -367,24 +380,28 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
 
 #[tokio::test]
 async fn a_missing_store_answers_503_until_it_is_seeded() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (url, _stop) = serve(dir.path()).await;
-    let http = HttpClient::new();
-    let health = http.get(&format!("{url}/health")).await.expect("answer");
-    assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(health.error_code().as_deref(), Some("store_unavailable"));
-    let buy = http.buy(&url, "concert", 1, None).await.expect("answer");
-    assert_eq!(buy.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        buy.json()["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("seed"))
-    );
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::new(kind).expect("an empty place");
+        let (url, _stop) = serve(&store.medium).await;
+        let http = HttpClient::new();
+        let health = http.get(&format!("{url}/health")).await.expect("answer");
+        assert_eq!(health.status, StatusCode::SERVICE_UNAVAILABLE, "{kind:?}");
+        assert_eq!(health.error_code().as_deref(), Some("store_unavailable"));
+        let buy = http.buy(&url, "concert", 1, None).await.expect("answer");
+        assert_eq!(buy.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            buy.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("seed")),
+            "{kind:?}: {:?}",
+            buy.json()
+        );
 
-    seed_store(dir.path(), &[("concert", 1, 100)]).expect("seed");
-    let health = http.get(&format!("{url}/health")).await.expect("answer");
-    assert_eq!(health.status, StatusCode::OK);
-    assert_eq!(health.json(), json!({"status": "ok", "node": "n1"}));
+        seed_medium(&store.medium, &[("concert", 1, 100)]).expect("seed");
+        let health = http.get(&format!("{url}/health")).await.expect("answer");
+        assert_eq!(health.status, StatusCode::OK, "{kind:?}");
+        assert_eq!(health.json(), json!({"status": "ok", "node": "n1"}));
+    }
 }
 
 #[tokio::test]

@@ -8,7 +8,11 @@ pub const ABORT_AT_ENV: &str = "TICKETS_FAULT_ABORT_AT";
 /// The variable saying how many times to pass the point before aborting.
 pub const ABORT_SKIP_ENV: &str = "TICKETS_FAULT_ABORT_SKIP";
 
-/// The named points, in the order a write passes them.
+/// The PostgreSQL store's points: after the batch's INSERT, before its COMMIT; after the
+/// COMMIT, before the caller hears of it.
+pub const POSTGRES_POINTS: [&str; 2] = ["postgres-before-commit", "postgres-after-commit"];
+
+/// The file store's named points, in the order a write passes them.
 pub const POINTS: [&str; 7] = [
     "journal-torn-write",
     "journal-after-write",

@@ -175,7 +175,7 @@ impl<M: Medium> Front<M> {
         guard.keep();
         Ok(CommittedBatch {
             outcomes,
-            lock_wait,
+            lock_wait: session.lock_wait().unwrap_or(lock_wait),
             append_and_sync,
         })
     }

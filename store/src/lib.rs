@@ -6,7 +6,8 @@
 //! sees every completed write, whichever process made it, while a sale costs the same
 //! whatever the inventory's size. A batch of purchases is decided under one exclusive lock
 //! hold and appended in one step (group commit). The decisions live once, in `front`; what
-//! differs per medium is the small trait in `medium`, implemented by `file`.
+//! differs per medium is the small trait in `medium`, implemented by `file` and
+//! `pg`.
 //!
 //! These calls block on I/O and on the lock: async callers run them on the blocking pool.
 
@@ -15,6 +16,7 @@ pub mod file;
 pub mod format;
 mod front;
 pub mod medium;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use thiserror::Error;
 pub use file::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
 use front::Front;
 use medium::Medium;
+pub use pg::{PgMedium, PgOptions};
 
 /// The log is folded into the snapshot once it is larger than this and than half the
 /// snapshot, so the cost of compaction per sale stays constant.
@@ -57,6 +60,23 @@ pub enum StoreError {
     /// there was one.
     #[error("the outcome of the commit is unknown: {0}")]
     CommitUnknown(String),
+    #[error("no store in the database {0}: seed one with `generator seed --database URL`")]
+    DatabaseMissing(String),
+    #[error("a store already exists in the database {0}; pass --force to replace it")]
+    DatabaseExists(String),
+    #[error("the store in the database {database} is unreadable: {reason}")]
+    DatabaseCorrupt { database: String, reason: String },
+    #[error("cannot reach the database {database}: {reason}")]
+    Unavailable { database: String, reason: String },
+    #[error("not a PostgreSQL URL (postgres://USER[:PASS]@HOST[:PORT]/DB): {0}")]
+    BadDatabaseUrl(String),
+    #[error("{action} in the database {database}: {source}")]
+    Database {
+        action: &'static str,
+        database: String,
+        #[source]
+        source: postgres::Error,
+    },
 }
 
 impl StoreError {
@@ -121,6 +141,7 @@ pub struct StoreStats {
 #[derive(Debug)]
 enum Backing {
     File(Front<FileMedium>),
+    Postgres(Front<PgMedium>),
 }
 
 /// Calls the same method on whichever medium backs the store.
@@ -128,6 +149,7 @@ macro_rules! on_medium {
     ($backing:expr, $front:ident => $call:expr) => {
         match $backing {
             Backing::File($front) => $call,
+            Backing::Postgres($front) => $call,
         }
     };
 }
@@ -150,6 +172,14 @@ impl TicketStore {
         ))))
     }
 
+    /// A handle on the PostgreSQL store at `url`. Connects to nothing yet; fails only on a
+    /// URL that cannot be parsed.
+    pub fn postgres(url: &str, options: PgOptions) -> Result<Self, StoreError> {
+        Ok(Self::on(Backing::Postgres(Front::new(PgMedium::new(
+            url, options,
+        )?))))
+    }
+
     fn on(backing: Backing) -> Self {
         Self {
             backing: Arc::new(backing),
@@ -167,6 +197,7 @@ impl TicketStore {
     pub fn dir(&self) -> Option<&Path> {
         match &*self.backing {
             Backing::File(front) => Some(front.medium().dir()),
+            Backing::Postgres(_) => None,
         }
     }
 
@@ -174,6 +205,14 @@ impl TicketStore {
     /// medium cannot be reached to tell.
     pub fn exists(&self) -> bool {
         on_medium!(&*self.backing, front => front.medium().exists()).unwrap_or(false)
+    }
+
+    /// Where the store is, for messages: the data directory, or host:port/database.
+    pub fn location(&self) -> String {
+        match &*self.backing {
+            Backing::File(front) => front.medium().dir().display().to_string(),
+            Backing::Postgres(front) => front.medium().database().to_owned(),
+        }
     }
 
     /// Runs `f` on the current state: every purchase committed before the call began, by

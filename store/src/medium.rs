@@ -144,6 +144,13 @@ pub trait WriteSession: ReadSession {
         entries: &[Purchase],
     ) -> Result<Self::Position, StoreError>;
 
+    /// How long this session waited for the exclusive lock, when the medium takes it later
+    /// than `Medium::begin_write` (PostgreSQL takes it with the session's first read);
+    /// `None` means the wait was `begin_write`'s.
+    fn lock_wait(&self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// After an `append` from `from` ended in `CommitUnknown`, makes the log as it now
     /// reads durable, so that what this process and others may serve from it is true. The
     /// front calls it before this process's next commit, and commits nothing until it

@@ -5,10 +5,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use generator::audit::check::{self, Violation};
+use hyper::StatusCode;
 use shared::api::{EventBody, PurchaseBody, TicketBody};
+
+use crate::HttpClient;
 
 /// How a purchase ended, as the client saw it.
 #[derive(Debug, Clone)]
@@ -204,6 +207,66 @@ fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
         }
         verdict.violations.push(violation.to_string());
     }
+}
+
+/// Buys with an Idempotency-Key, retrying the same key while the outcome is unknown, as a
+/// careful client would, and records what it saw.
+pub async fn keyed_purchase(
+    http: &HttpClient,
+    base: &str,
+    event: &str,
+    quantity: u32,
+    key: &str,
+) -> PurchaseOp {
+    let invoked = Instant::now();
+    let mut outcome = Outcome::Unknown("never sent".into());
+    for attempt in 0..8 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match http.buy(base, event, quantity, Some(key)).await {
+            Ok(answer) if answer.status == StatusCode::CREATED => {
+                if let Ok(body) = serde_json::from_slice::<PurchaseBody>(&answer.body) {
+                    outcome = Outcome::Acknowledged(body);
+                    break;
+                }
+                outcome = Outcome::Unknown("unreadable 201".into());
+            }
+            Ok(answer) if answer.status.is_server_error() => {
+                outcome = Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()));
+            }
+            Ok(answer) => {
+                outcome = Outcome::Refused {
+                    status: answer.status.as_u16(),
+                    code: answer.error_code().unwrap_or_default(),
+                };
+                break;
+            }
+            Err(err) => outcome = Outcome::Unknown(format!("{err:#}")),
+        }
+    }
+    PurchaseOp {
+        invoked,
+        completed: Instant::now(),
+        event: event.to_owned(),
+        quantity,
+        outcome,
+    }
+}
+
+/// Reads every event's sold count, as a [`ReadOp`]; `None` when there was no good answer.
+pub async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
+    let invoked = Instant::now();
+    let answer = http.get(&format!("{base}/events")).await.ok()?;
+    let events: Vec<EventBody> = serde_json::from_slice(&answer.body).ok()?;
+    Some(ReadOp {
+        invoked,
+        completed: Instant::now(),
+        sold: events
+            .into_iter()
+            .map(|e| (e.event, e.sold))
+            .collect::<BTreeMap<_, _>>(),
+    })
 }
 
 #[cfg(test)]

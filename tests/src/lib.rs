@@ -2,23 +2,31 @@
 //! ports: the harness of the integration tests and of `cargo run -p cluster`.
 
 pub mod client;
+pub mod docker;
 pub mod history;
+pub mod medium;
+pub mod postgres;
 pub mod process;
+pub mod skip_locked;
 pub mod tmpfs;
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::Context;
 use shared::{EventName, Inventory, Ticket};
-use store::TicketStore;
 
 pub use client::{Answer, HttpClient, purchase_body};
+pub use medium::{Medium, MediumKind, TestMedium};
 pub use process::{Process, binary, sigterm};
 
 /// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
 /// many unsold tickets, numbered from 1 in order.
 pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+    seed_medium(&Medium::Files(dir.to_owned()), events)
+}
+
+/// As `seed_store`, on either medium.
+pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
     let mut tickets = Vec::new();
     for &(name, count, price_cents) in events {
         let event = EventName::parse(name)?;
@@ -32,9 +40,20 @@ pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()>
         }
     }
     let inventory = Inventory::from_tickets(tickets)?;
-    TicketStore::new(dir, Duration::from_secs(5))
-        .create(&inventory, true)
-        .context("writing the test store")
+    // The PostgreSQL store's client blocks on a runtime of its own, which cannot run on a
+    // thread of the test's runtime: the store is made, used and dropped on a thread apart.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                medium
+                    .store()?
+                    .create(&inventory, true)
+                    .map_err(anyhow::Error::from)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("seeding panicked"))?
+    })
+    .context("writing the test store")
 }
 
 /// Nodes over one data directory, and optionally a balancer in front of them.
@@ -62,6 +81,11 @@ impl LocalCluster {
         Ok((dir, cluster))
     }
 
+    /// As `start`, on either medium.
+    pub fn start_on(nodes: usize, medium: &Medium) -> anyhow::Result<Self> {
+        Self::start_on_with(nodes, medium, "127.0.0.1:0", &[])
+    }
+
     /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
     pub fn start_with(
         nodes: usize,
@@ -69,8 +93,19 @@ impl LocalCluster {
         balancer_listen: &str,
         balancer_flags: &[&str],
     ) -> anyhow::Result<Self> {
+        let medium = Medium::Files(data.to_owned());
+        Self::start_on_with(nodes, &medium, balancer_listen, balancer_flags)
+    }
+
+    /// As `start_with`, on either medium.
+    pub fn start_on_with(
+        nodes: usize,
+        medium: &Medium,
+        balancer_listen: &str,
+        balancer_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let nodes = (1..=nodes)
-            .map(|i| start_node(&format!("n{i}"), data))
+            .map(|i| start_node_on(&format!("n{i}"), medium, "127.0.0.1:0", &[]))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut args = vec![
@@ -108,14 +143,24 @@ pub fn start_node_with(
     listen: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Process> {
-    let args = [
+    start_node_on(id, &Medium::Files(data.to_owned()), listen, env)
+}
+
+/// Starts one node on either medium, listening on `listen`, with extra environment
+/// variables.
+pub fn start_node_on(
+    id: &str,
+    medium: &Medium,
+    listen: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Process> {
+    let mut args = vec![
         "--id".to_owned(),
         id.to_owned(),
         "--listen".to_owned(),
         listen.to_owned(),
-        "--data".to_owned(),
-        data.to_string_lossy().into_owned(),
     ];
+    args.extend(medium.node_args());
     Process::start_with_env(id, "node", &args, env)
 }
 

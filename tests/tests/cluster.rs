@@ -1,8 +1,10 @@
-//! The real binaries together: three nodes on one store behind the balancer.
+//! The real binaries together: three nodes on one store behind the balancer. The tests
+//! whose outcome depends on the store run on both media: a data directory and a fresh
+//! database on a throwaway PostgreSQL server.
 
 use std::collections::{BTreeMap, HashSet};
 
-use cluster::{HttpClient, LocalCluster, run_generator, seed_store};
+use cluster::{HttpClient, LocalCluster, MediumKind, TestMedium, run_generator, seed_store};
 use hyper::StatusCode;
 use serde_json::Value;
 
@@ -69,84 +71,88 @@ fn assert_each_ticket_sold_once(answers: &[(StatusCode, Value)], inventory: usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn oversubscribed_purchases_through_the_balancer_sell_every_ticket_exactly_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[("concert", 150, 2500), ("sports-game", 10, 900)],
-    )
-    .expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
-    let answers = buy_concurrently(&[cluster.balancer_url()], "concert", 250, true).await;
-    assert_each_ticket_sold_once(&answers, 150);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 150, 2500), ("sports-game", 10, 900)])
+            .expect("seed");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
+        let answers = buy_concurrently(&[cluster.balancer_url()], "concert", 250, true).await;
+        assert_each_ticket_sold_once(&answers, 150);
 
-    let (code, stdout, stderr) =
-        run_generator(&["audit", "--target", &cluster.balancer_url()]).expect("audit runs");
-    assert_eq!(code, 0, "audit failed:\n{stdout}\n{stderr}");
+        let (code, stdout, stderr) =
+            run_generator(&["audit", "--target", &cluster.balancer_url()]).expect("audit runs");
+        assert_eq!(code, 0, "{kind:?}: audit failed:\n{stdout}\n{stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn node_processes_racing_directly_on_one_store_never_sell_a_ticket_twice() {
-    let (_dir, cluster) =
-        LocalCluster::seeded(3, &[("concert", 120, 1000)]).expect("cluster starts");
-    let answers = buy_concurrently(&cluster.node_urls(), "concert", 200, false).await;
-    assert_each_ticket_sold_once(&answers, 120);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 120, 1000)]).expect("seed");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
+        let answers = buy_concurrently(&cluster.node_urls(), "concert", 200, false).await;
+        assert_each_ticket_sold_once(&answers, 120);
 
-    let http = HttpClient::new();
-    let purchases = http
-        .get(&format!("{}/purchases", cluster.node_urls()[0]))
-        .await
-        .expect("answer")
-        .json();
-    let committed: usize = purchases
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|p| ticket_ids(p).len())
-        .sum();
-    assert_eq!(
-        committed, 120,
-        "sold count equals the sum of purchased quantities"
-    );
+        let http = HttpClient::new();
+        let purchases = http
+            .get(&format!("{}/purchases", cluster.node_urls()[0]))
+            .await
+            .expect("answer")
+            .json();
+        let committed: usize = purchases
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|p| ticket_ids(p).len())
+            .sum();
+        assert_eq!(
+            committed, 120,
+            "{kind:?}: sold count equals the sum of purchased quantities"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purchase_acknowledged_by_one_node_is_visible_at_once_on_every_other() {
-    let (_dir, cluster) =
-        LocalCluster::seeded(3, &[("concert", 30, 1000)]).expect("cluster starts");
-    let urls = cluster.node_urls();
-    let http = HttpClient::new();
-    for round in 0..6 {
-        let writer = &urls[round % 3];
-        let bought = http.buy(writer, "concert", 2, None).await.expect("answer");
-        assert_eq!(bought.status, StatusCode::CREATED);
-        let body = bought.json();
-        let id = body["purchase_id"].as_str().expect("id").to_owned();
-        for reader in urls.iter().filter(|u| *u != writer) {
-            let seen = http
-                .get(&format!("{reader}/purchases/{id}"))
-                .await
-                .expect("answer");
-            assert_eq!(seen.status, StatusCode::OK, "{id} missing on {reader}");
-            assert_eq!(seen.json(), body);
-            for ticket in ticket_ids(&body) {
-                let t = http
-                    .get(&format!("{reader}/tickets/{ticket}"))
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 30, 1000)]).expect("seed");
+        let cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
+        let urls = cluster.node_urls();
+        let http = HttpClient::new();
+        for round in 0..6 {
+            let writer = &urls[round % 3];
+            let bought = http.buy(writer, "concert", 2, None).await.expect("answer");
+            assert_eq!(bought.status, StatusCode::CREATED);
+            let body = bought.json();
+            let id = body["purchase_id"].as_str().expect("id").to_owned();
+            for reader in urls.iter().filter(|u| *u != writer) {
+                let seen = http
+                    .get(&format!("{reader}/purchases/{id}"))
                     .await
                     .expect("answer");
-                assert_eq!(t.json()["sold"], true);
+                assert_eq!(seen.status, StatusCode::OK, "{id} missing on {reader}");
+                assert_eq!(seen.json(), body);
+                for ticket in ticket_ids(&body) {
+                    let t = http
+                        .get(&format!("{reader}/tickets/{ticket}"))
+                        .await
+                        .expect("answer");
+                    assert_eq!(t.json()["sold"], true);
+                }
+                let event = http
+                    .get(&format!("{reader}/events/concert"))
+                    .await
+                    .expect("answer");
+                assert_eq!(event.json()["sold"], 2 * (round as u64 + 1));
             }
-            let event = http
-                .get(&format!("{reader}/events/concert"))
-                .await
-                .expect("answer");
-            assert_eq!(event.json()["sold"], 2 * (round as u64 + 1));
         }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balancer_spreads_requests_evenly_over_the_nodes() {
-    let (_dir, cluster) = LocalCluster::seeded(3, &[("concert", 5, 1000)]).expect("cluster starts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), &[("concert", 5, 1000)]).expect("seed");
+    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
     let http = HttpClient::new();
     let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..90 {
@@ -170,41 +176,44 @@ async fn the_balancer_spreads_requests_evenly_over_the_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_node_is_skipped_without_client_errors_on_gets_and_keyed_posts() {
-    let (_dir, mut cluster) =
-        LocalCluster::seeded(3, &[("concert", 100, 1000)]).expect("cluster starts");
-    let http = HttpClient::new();
-    let base = cluster.balancer_url();
-    // Warm the balancer's connections to every node, then kill one.
-    for _ in 0..6 {
-        http.get(&format!("{base}/events")).await.expect("answer");
-    }
-    cluster.nodes[1].kill();
-    let mut served_by = HashSet::new();
-    for i in 0..30 {
-        let get = http.get(&format!("{base}/events")).await.expect("answer");
-        assert_eq!(
-            get.status,
-            StatusCode::OK,
-            "GET {i} failed: {:?}",
-            get.json()
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let store = TestMedium::seeded(kind, &[("concert", 100, 1000)]).expect("seed");
+        let mut cluster = LocalCluster::start_on(3, &store.medium).expect("cluster starts");
+        let http = HttpClient::new();
+        let base = cluster.balancer_url();
+        // Warm the balancer's connections to every node, then kill one.
+        for _ in 0..6 {
+            http.get(&format!("{base}/events")).await.expect("answer");
+        }
+        cluster.nodes[1].kill();
+        let mut served_by = HashSet::new();
+        for i in 0..30 {
+            let get = http.get(&format!("{base}/events")).await.expect("answer");
+            assert_eq!(
+                get.status,
+                StatusCode::OK,
+                "GET {i} failed: {:?}",
+                get.json()
+            );
+            let key = format!("after-kill-{i}");
+            let post = http
+                .buy(&base, "concert", 1, Some(&key))
+                .await
+                .expect("answer");
+            assert_eq!(
+                post.status,
+                StatusCode::CREATED,
+                "POST {i} failed: {:?}",
+                post.json()
+            );
+            served_by.insert(post.node().expect("X-Node"));
+        }
+        assert!(
+            !served_by.contains("n2"),
+            "the dead node served {served_by:?}"
         );
-        let key = format!("after-kill-{i}");
-        let post = http
-            .buy(&base, "concert", 1, Some(&key))
-            .await
-            .expect("answer");
-        assert_eq!(
-            post.status,
-            StatusCode::CREATED,
-            "POST {i} failed: {:?}",
-            post.json()
-        );
-        served_by.insert(post.node().expect("X-Node"));
+        let (code, stdout, stderr) =
+            run_generator(&["audit", "--target", &base]).expect("audit runs");
+        assert_eq!(code, 0, "audit failed:\n{stdout}\n{stderr}");
     }
-    assert!(
-        !served_by.contains("n2"),
-        "the dead node served {served_by:?}"
-    );
-    let (code, stdout, stderr) = run_generator(&["audit", "--target", &base]).expect("audit runs");
-    assert_eq!(code, 0, "audit failed:\n{stdout}\n{stderr}");
 }

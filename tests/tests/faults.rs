@@ -2,84 +2,23 @@
 //! missing store, a lock held too long, a full disk, every node down. Each test is bounded
 //! in time and prints one `fault-summary:` line.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster::history::{self, Outcome, PurchaseOp, ReadOp};
+use cluster::history::{self, Outcome, PurchaseOp, keyed_purchase, read_sold};
 use cluster::tmpfs::Tmpfs;
 use cluster::{
     HttpClient, LocalCluster, Process, binary, read_final_state, report_summary, seed_store,
     start_node, start_node_with,
 };
 use hyper::StatusCode;
-use shared::api::{EventBody, PurchaseBody};
 use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
 use tokio::sync::Mutex;
 
 const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
-
-/// Buys with an Idempotency-Key, retrying the same key while the outcome is unknown, as a
-/// careful client would, and records what it saw.
-async fn keyed_purchase(
-    http: &HttpClient,
-    base: &str,
-    event: &str,
-    quantity: u32,
-    key: &str,
-) -> PurchaseOp {
-    let invoked = Instant::now();
-    let mut outcome = Outcome::Unknown("never sent".into());
-    for attempt in 0..8 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        match http.buy(base, event, quantity, Some(key)).await {
-            Ok(answer) if answer.status == StatusCode::CREATED => {
-                if let Ok(body) = serde_json::from_slice::<PurchaseBody>(&answer.body) {
-                    outcome = Outcome::Acknowledged(body);
-                    break;
-                }
-                outcome = Outcome::Unknown("unreadable 201".into());
-            }
-            Ok(answer) if answer.status.is_server_error() => {
-                outcome = Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()));
-            }
-            Ok(answer) => {
-                outcome = Outcome::Refused {
-                    status: answer.status.as_u16(),
-                    code: answer.error_code().unwrap_or_default(),
-                };
-                break;
-            }
-            Err(err) => outcome = Outcome::Unknown(format!("{err:#}")),
-        }
-    }
-    PurchaseOp {
-        invoked,
-        completed: Instant::now(),
-        event: event.to_owned(),
-        quantity,
-        outcome,
-    }
-}
-
-async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
-    let invoked = Instant::now();
-    let answer = http.get(&format!("{base}/events")).await.ok()?;
-    let events: Vec<EventBody> = serde_json::from_slice(&answer.body).ok()?;
-    Some(ReadOp {
-        invoked,
-        completed: Instant::now(),
-        sold: events
-            .into_iter()
-            .map(|e| (e.event, e.sold))
-            .collect::<BTreeMap<_, _>>(),
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_see_no_error() {
