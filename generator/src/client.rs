@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::api::{ErrorBody, NODE_HEADER};
+use shared::api::{ErrorBody, NODE_HEADER, PageBody};
 use thiserror::Error;
 
 /// Why a request produced no usable answer.
@@ -226,6 +226,29 @@ impl ApiClient {
             path: path.to_owned(),
             source,
         })
+    }
+
+    /// Reads a whole listing (`/tickets`, `/purchases`) a page of `limit` at a time,
+    /// following each page's `next` until the last.
+    pub async fn get_all_pages<T, K>(&self, path: &str, limit: usize) -> Result<Vec<T>, ClientError>
+    where
+        T: DeserializeOwned,
+        K: DeserializeOwned + fmt::Display,
+    {
+        let mut items = Vec::new();
+        let mut after: Option<K> = None;
+        loop {
+            let paged = match &after {
+                Some(key) => format!("{path}?limit={limit}&after={key}"),
+                None => format!("{path}?limit={limit}"),
+            };
+            let page: PageBody<T, K> = self.get_json(&paged).await?;
+            items.extend(page.items);
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(items),
+            }
+        }
     }
 
     async fn send(

@@ -8,7 +8,7 @@ use common::{
     stdout,
 };
 use serde_json::Value;
-use shared::api::{EventBody, PurchaseBody, PurchasedTicketBody, TicketBody};
+use shared::api::{EventBody, PurchaseBody, PurchasedTicketBody, TicketBody, TicketStatus};
 
 #[tokio::test]
 async fn load_until_sold_out_stops_when_every_event_sold_out_and_reports_json() {
@@ -146,6 +146,11 @@ fn ticket(id: u64, sold: bool) -> TicketBody {
         event: "concert".into(),
         price_cents: 1_000,
         sold,
+        status: if sold {
+            TicketStatus::Sold
+        } else {
+            TicketStatus::Available
+        },
     }
 }
 
@@ -168,6 +173,36 @@ fn purchase(id: &str, tickets: &[u64]) -> PurchaseBody {
 }
 
 #[tokio::test]
+async fn audit_reads_the_listings_a_page_at_a_time() {
+    // 10,400 tickets: more than one page of 10,000.
+    let fake = FakeServer::start(live_inventory(2_600)).await;
+    let output = generator(&["audit", "--target", &fake.url()]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("10400 tickets"),
+        "{}",
+        stdout(&output)
+    );
+    let ticket_reads: Vec<String> = fake
+        .gets()
+        .into_iter()
+        .filter(|g| g.starts_with("/tickets"))
+        .collect();
+    assert_eq!(
+        ticket_reads,
+        ["/tickets?limit=10000", "/tickets?limit=10000&after=10000"]
+    );
+    assert!(
+        fake.gets()
+            .iter()
+            .filter(|g| g.starts_with("/purchases"))
+            .all(|g| g == "/purchases?limit=10000"),
+        "{:?}",
+        fake.gets()
+    );
+}
+
+#[tokio::test]
 async fn audit_fails_when_a_ticket_is_in_two_purchases() {
     let fake = FakeServer::start(State::Fixed {
         tickets: vec![ticket(1, true), ticket(2, true), ticket(3, false)],
@@ -176,6 +211,7 @@ async fn audit_fails_when_a_ticket_is_in_two_purchases() {
             total: 3,
             available: 1,
             sold: 2,
+            held: 0,
             min_price_cents: 1_000,
             max_price_cents: 1_000,
         }],

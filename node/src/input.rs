@@ -12,6 +12,7 @@ use shared::api::IDEMPOTENCY_HEADER;
 use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
 
 use crate::error::ApiError;
+use crate::paging::{self, Paging};
 
 /// Reads a JSON request body, refusing other content types, bodies over `limit` bytes and
 /// clients slower than `timeout`. A refused body is still read (up to `DRAIN_LIMIT`) so a
@@ -135,6 +136,8 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, Ap
 struct TicketQuery {
     event: Option<String>,
     sold: Option<bool>,
+    after: Option<String>,
+    limit: Option<String>,
 }
 
 /// The query of `GET /purchases`.
@@ -142,6 +145,8 @@ struct TicketQuery {
 #[serde(deny_unknown_fields)]
 struct PurchaseQuery {
     event: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
 }
 
 /// Parses a query string into `T`; unknown, repeated and mistyped parameters are refused.
@@ -151,19 +156,27 @@ fn query<T: for<'de> Deserialize<'de>>(query: Option<&str>) -> Result<T, ApiErro
     })
 }
 
-/// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional.
-pub fn ticket_filter(text: Option<&str>) -> Result<TicketFilter, ApiError> {
+/// Parses the query of `GET /tickets`: `event=E` and `sold=true|false`, both optional, and
+/// the paging parameters `after` and `limit`.
+pub fn ticket_filter(text: Option<&str>) -> Result<(TicketFilter, Option<Paging>), ApiError> {
     let parsed: TicketQuery = query(text)?;
-    Ok(TicketFilter {
+    let filter = TicketFilter {
         event: parsed.event.as_deref().map(event_filter).transpose()?,
         sold: parsed.sold,
-    })
+    };
+    let paging = paging::ticket_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
+    Ok((filter, paging))
 }
 
-/// Parses the query of `GET /purchases`: `event=E`, optional.
-pub fn purchase_filter(text: Option<&str>) -> Result<Option<EventName>, ApiError> {
+/// Parses the query of `GET /purchases`: `event=E`, optional, and the paging parameters
+/// `after` and `limit`.
+pub fn purchase_filter(
+    text: Option<&str>,
+) -> Result<(Option<EventName>, Option<Paging>), ApiError> {
     let parsed: PurchaseQuery = query(text)?;
-    parsed.event.as_deref().map(event_filter).transpose()
+    let event = parsed.event.as_deref().map(event_filter).transpose()?;
+    let paging = paging::purchase_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
+    Ok((event, paging))
 }
 
 fn event_filter(value: &str) -> Result<EventName, ApiError> {
@@ -242,15 +255,24 @@ mod tests {
 
     #[test]
     fn ticket_filters_parse_and_refuse_bad_values() {
-        let f = ticket_filter(Some("event=concert&sold=false")).expect("valid");
+        let (f, paging) = ticket_filter(Some("event=concert&sold=false")).expect("valid");
         assert_eq!(f.event.map(|e| e.to_string()), Some("concert".into()));
         assert_eq!(f.sold, Some(false));
-        assert_eq!(ticket_filter(None).expect("empty"), TicketFilter::default());
+        assert_eq!(paging, None);
+        assert_eq!(
+            ticket_filter(None).expect("empty"),
+            (TicketFilter::default(), None)
+        );
+        let (_, paging) = ticket_filter(Some("sold=true&after=5&limit=2")).expect("valid");
+        assert_eq!(paging.map(|p| (p.after, p.limit)), Some((Some(5), 2)));
         for q in [
             "sold=yes",
             "event=Bad",
             "event=%2F",
             "colour=red",
+            "limit=0",
+            "after=x",
+            "limit=5&limit=6",
             "event=concert&event=theater-show",
         ] {
             assert!(ticket_filter(Some(q)).is_err(), "{q}");

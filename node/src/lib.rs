@@ -5,6 +5,7 @@ mod committer;
 mod error;
 mod input;
 mod metrics;
+mod paging;
 mod route;
 mod routes;
 pub mod settings;

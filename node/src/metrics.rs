@@ -235,6 +235,7 @@ mod tests {
             total,
             available: total - sold,
             sold,
+            held: 0,
             min_price_cents: 100,
             max_price_cents: 200,
         }

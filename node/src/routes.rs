@@ -8,13 +8,14 @@ use hyper::body::Body;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use shared::api::{EventBody, HealthBody, PurchaseBody, TicketBody};
+use shared::api::{EventBody, HealthBody, PageBody, PurchaseBody, TicketBody};
 use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest};
 use store::{PurchaseOrder, TicketStore};
 
 use crate::NodeService;
 use crate::error::ApiError;
 use crate::input;
+use crate::paging::Paging;
 use crate::route::Route;
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -119,12 +120,23 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
 }
 
 async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let filter = input::ticket_filter(query)?;
-    read_json(node, move |inv| {
-        let found = inv.find_tickets(&filter);
-        found.iter().map(TicketBody::from).collect::<Vec<_>>()
-    })
-    .await
+    let (filter, paging) = input::ticket_filter(query)?;
+    match paging {
+        Some(Paging { after, limit }) => {
+            read_json(node, move |inv| {
+                let page = inv.page_tickets(&filter, after, limit);
+                PageBody::from_page(page, |t| TicketBody::from(t))
+            })
+            .await
+        }
+        None => {
+            read_json(node, move |inv| {
+                let found = inv.find_tickets(&filter);
+                found.iter().map(TicketBody::from).collect::<Vec<_>>()
+            })
+            .await
+        }
+    }
 }
 
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -176,12 +188,23 @@ where
 }
 
 async fn purchases(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let event = input::purchase_filter(query)?;
-    read_json(node, move |inv| {
-        let found = inv.find_purchases(event.as_ref());
-        found.iter().map(PurchaseBody::from).collect::<Vec<_>>()
-    })
-    .await
+    let (event, paging) = input::purchase_filter(query)?;
+    match paging {
+        Some(Paging { after, limit }) => {
+            read_json(node, move |inv| {
+                let page = inv.page_purchases(event.as_ref(), after, limit);
+                PageBody::from_page(page, |p| PurchaseBody::from(p))
+            })
+            .await
+        }
+        None => {
+            read_json(node, move |inv| {
+                let found = inv.find_purchases(event.as_ref());
+                found.iter().map(PurchaseBody::from).collect::<Vec<_>>()
+            })
+            .await
+        }
+    }
 }
 
 async fn purchase(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {

@@ -127,13 +127,13 @@ async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
         let ticket = f.get("/tickets/1").await;
         assert_eq!(
             ticket.json(),
-            json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true})
+            json!({"id": 1, "event": "concert", "price_cents": 1500, "sold": true, "status": "sold"})
         );
 
         let event = f.get("/events/concert").await;
         assert_eq!(
             event.json(),
-            json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "min_price_cents": 1500, "max_price_cents": 1500})
+            json!({"event": "concert", "total": 5, "available": 3, "sold": 2, "held": 0, "min_price_cents": 1500, "max_price_cents": 1500})
         );
 
         let events = f.get("/events").await;

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{EventSummary, Purchase, Ticket};
+use crate::inventory::Page;
 
 /// The header every node response carries, naming the node that served it.
 pub const NODE_HEADER: &str = "x-node";
@@ -16,6 +17,33 @@ pub struct TicketBody {
     pub event: String,
     pub price_cents: u64,
     pub sold: bool,
+    pub status: TicketStatus,
+}
+
+/// Whether a ticket can be bought (`held` joins these with holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TicketStatus {
+    Available,
+    Sold,
+}
+
+/// One page of a listing (`GET /tickets`, `GET /purchases` with `after` or `limit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageBody<T, K> {
+    pub items: Vec<T>,
+    /// What to pass as `after` for the next page; null on the last.
+    pub next: Option<K>,
+}
+
+impl<T, K> PageBody<T, K> {
+    /// Converts a page of domain items with `f`.
+    pub fn from_page<D>(page: Page<D, K>, f: impl FnMut(&D) -> T) -> Self {
+        Self {
+            items: page.items.iter().map(f).collect(),
+            next: page.next,
+        }
+    }
 }
 
 impl From<&Ticket> for TicketBody {
@@ -25,6 +53,11 @@ impl From<&Ticket> for TicketBody {
             event: t.event.to_string(),
             price_cents: t.price_cents,
             sold: t.sold,
+            status: if t.sold {
+                TicketStatus::Sold
+            } else {
+                TicketStatus::Available
+            },
         }
     }
 }
@@ -35,6 +68,7 @@ pub struct EventBody {
     pub total: u64,
     pub available: u64,
     pub sold: u64,
+    pub held: u64,
     pub min_price_cents: u64,
     pub max_price_cents: u64,
 }
@@ -46,6 +80,7 @@ impl From<&EventSummary> for EventBody {
             total: s.total,
             available: s.available,
             sold: s.sold,
+            held: s.held,
             min_price_cents: s.min_price_cents,
             max_price_cents: s.max_price_cents,
         }

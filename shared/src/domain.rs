@@ -163,8 +163,11 @@ pub struct Purchase {
 pub struct EventSummary {
     pub event: EventName,
     pub total: u64,
+    /// `total - sold - held`.
     pub available: u64,
     pub sold: u64,
+    /// Tickets held for a buyer (0 until holds exist).
+    pub held: u64,
     pub min_price_cents: u64,
     pub max_price_cents: u64,
 }

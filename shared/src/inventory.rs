@@ -96,6 +96,43 @@ pub struct TicketFilter {
     pub sold: Option<bool>,
 }
 
+/// The most items one page of a listing may hold.
+pub const MAX_PAGE_LIMIT: usize = 10_000;
+
+/// One page of a listing: at most the asked-for number of items after a key, and the key to
+/// page on from (the last item's) when more follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T, K> {
+    pub items: Vec<T>,
+    /// `None` on the last page.
+    pub next: Option<K>,
+}
+
+impl<T, K> Page<T, K> {
+    /// Takes up to `limit` items from `items`, looking one further to learn whether a next
+    /// page exists, so a page costs what its items cost and never copies the whole listing.
+    fn take<'a>(items: impl Iterator<Item = &'a T>, limit: usize, key: impl Fn(&T) -> K) -> Self
+    where
+        T: Clone + 'a,
+    {
+        let mut taken: Vec<T> = items.take(limit.saturating_add(1)).cloned().collect();
+        let next = if taken.len() > limit {
+            taken.truncate(limit);
+            taken.last().map(&key)
+        } else {
+            None
+        };
+        Self { items: taken, next }
+    }
+
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U, K> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
+    }
+}
+
 /// What a purchase attempt produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
@@ -141,6 +178,12 @@ pub struct Inventory {
 struct EventIndex {
     summary: EventSummary,
     available: BTreeSet<u64>,
+    /// Positions in `Inventory::tickets` of this event's tickets, ascending, so a page of
+    /// one event's tickets starts by binary search instead of a scan of every ticket.
+    tickets: Vec<usize>,
+    /// Positions in `Inventory::purchases` of this event's purchases, in commit order, for
+    /// the same reason.
+    purchases: Vec<usize>,
 }
 
 impl Inventory {
@@ -172,6 +215,7 @@ impl Inventory {
             by_key: HashMap::new(),
             events: BTreeMap::new(),
         };
+        inventory.index_events();
         let mut held = HashSet::new();
         // Purchases are stored in commit order, so their numbers rise, and every one is
         // below the number the next sale gets: otherwise a sale would reuse an id.
@@ -224,12 +268,11 @@ impl Inventory {
         {
             return Err(InconsistencyError::SoldWithoutPurchase(orphan.id));
         }
-        inventory.index_events();
         Ok(inventory)
     }
 
     fn index_events(&mut self) {
-        for ticket in &self.tickets {
+        for (position, ticket) in self.tickets.iter().enumerate() {
             let index = self
                 .events
                 .entry(ticket.event.clone())
@@ -239,11 +282,15 @@ impl Inventory {
                         total: 0,
                         available: 0,
                         sold: 0,
+                        held: 0,
                         min_price_cents: ticket.price_cents,
                         max_price_cents: ticket.price_cents,
                     },
                     available: BTreeSet::new(),
+                    tickets: Vec::new(),
+                    purchases: Vec::new(),
                 });
+            index.tickets.push(position);
             let summary = &mut index.summary;
             summary.total += 1;
             if ticket.sold {
@@ -263,6 +310,9 @@ impl Inventory {
             .insert(purchase.purchase_id.clone(), index);
         if let Some(key) = &purchase.idempotency_key {
             self.by_key.insert(key.as_str().to_owned(), index);
+        }
+        if let Some(event) = self.events.get_mut(&purchase.event) {
+            event.purchases.push(index);
         }
         self.purchases.push(purchase);
     }
@@ -392,6 +442,56 @@ impl Inventory {
             .collect()
     }
 
+    /// A page of the tickets matching `filter`, sorted by id, starting after ticket id
+    /// `after`. With an event filter it starts by binary search in that event's tickets.
+    pub fn page_tickets(
+        &self,
+        filter: &TicketFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Page<Ticket, u64> {
+        let after = after.unwrap_or(0);
+        let sold = |t: &&Ticket| filter.sold.is_none_or(|s| t.sold == s);
+        match &filter.event {
+            Some(event) => {
+                let positions = self.events.get(event).map_or(&[][..], |i| &i.tickets);
+                let start = positions.partition_point(|&p| self.tickets[p].id <= after);
+                let found = positions[start..].iter().map(|&p| &self.tickets[p]);
+                Page::take(found.filter(sold), limit, |t| t.id)
+            }
+            None => {
+                let start = self.tickets.partition_point(|t| t.id <= after);
+                Page::take(self.tickets[start..].iter().filter(sold), limit, |t| t.id)
+            }
+        }
+    }
+
+    /// A page of purchases in commit order, optionally of one event, starting after the
+    /// purchase numbered `after` (see [`purchase_number`]); that purchase need not exist.
+    pub fn page_purchases(
+        &self,
+        event: Option<&EventName>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Page<Purchase, String> {
+        let after = after.unwrap_or(0);
+        // Purchases are held in commit order, so their numbers rise along the list.
+        let at_or_before = |p: &Purchase| sequence_of(p).is_ok_and(|seq| seq <= after);
+        let id = |p: &Purchase| p.purchase_id.clone();
+        match event {
+            Some(event) => {
+                let positions = self.events.get(event).map_or(&[][..], |i| &i.purchases);
+                let start = positions.partition_point(|&p| at_or_before(&self.purchases[p]));
+                let found = positions[start..].iter().map(|&p| &self.purchases[p]);
+                Page::take(found, limit, id)
+            }
+            None => {
+                let start = self.purchases.partition_point(at_or_before);
+                Page::take(self.purchases[start..].iter(), limit, id)
+            }
+        }
+    }
+
     /// One summary per event, sorted by event name.
     pub fn events(&self) -> Vec<EventSummary> {
         self.events.values().map(|i| i.summary.clone()).collect()
@@ -482,13 +582,17 @@ fn purchase_id(seq: u64) -> String {
     format!("p-{seq:08}")
 }
 
-/// The number in a purchase's id, `p-<number>`.
-fn sequence_of(purchase: &Purchase) -> Result<u64, InconsistencyError> {
-    purchase
-        .purchase_id
+/// The number in a purchase id of the form `p-<number>`, as paging's `after` takes it.
+pub fn purchase_number(purchase_id: &str) -> Option<u64> {
+    purchase_id
         .strip_prefix("p-")
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|digits| digits.parse().ok())
+}
+
+/// The number in a purchase's id, `p-<number>`.
+fn sequence_of(purchase: &Purchase) -> Result<u64, InconsistencyError> {
+    purchase_number(&purchase.purchase_id)
         .ok_or_else(|| InconsistencyError::UnnumberedPurchase(purchase.purchase_id.clone()))
 }
 
@@ -762,5 +866,188 @@ mod tests {
             matches!(err, Some(InconsistencyError::DuplicatePurchase(_))),
             "{err:?}"
         );
+    }
+
+    /// Reads every page of tickets with `filter`, `limit` at a time, checking each
+    /// page's `next` is its last id.
+    fn all_ticket_pages(inv: &Inventory, filter: &TicketFilter, limit: usize) -> Vec<Vec<u64>> {
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = inv.page_tickets(filter, after, limit);
+            let ids: Vec<u64> = page.items.iter().map(|t| t.id).collect();
+            pages.push(ids.clone());
+            match page.next {
+                Some(next) => {
+                    assert_eq!(Some(&next), ids.last(), "next is the page's last id");
+                    after = Some(next);
+                }
+                None => return pages,
+            }
+        }
+    }
+
+    #[test]
+    fn ticket_pages_follow_each_other_and_the_last_has_no_next() {
+        let inv = sample();
+        let all = TicketFilter::default();
+        assert_eq!(all_ticket_pages(&inv, &all, 3), [vec![1, 2, 3], vec![4]]);
+        assert_eq!(all_ticket_pages(&inv, &all, 2), [vec![1, 2], vec![3, 4]]);
+        assert_eq!(all_ticket_pages(&inv, &all, 10), [vec![1, 2, 3, 4]]);
+        let page = inv.page_tickets(&all, Some(4), 5);
+        assert!(page.items.is_empty());
+        assert_eq!(page.next, None);
+    }
+
+    #[test]
+    fn ticket_pages_apply_the_event_and_sold_filters() {
+        let mut inv = sample();
+        inv.purchase_tickets(&request("concert", 1), None, "n1")
+            .expect("available");
+        let concert = TicketFilter {
+            event: Some(event("concert")),
+            sold: None,
+        };
+        assert_eq!(all_ticket_pages(&inv, &concert, 2), [vec![1, 2], vec![3]]);
+        let unsold_concert = TicketFilter {
+            sold: Some(false),
+            ..concert.clone()
+        };
+        assert_eq!(
+            all_ticket_pages(&inv, &unsold_concert, 1),
+            [vec![2], vec![3]]
+        );
+        let sold = TicketFilter {
+            event: None,
+            sold: Some(true),
+        };
+        assert_eq!(all_ticket_pages(&inv, &sold, 5), [vec![1]]);
+        // An `after` that is no ticket's id starts at the next id above it.
+        let page = inv.page_tickets(&concert, Some(1), 5);
+        assert_eq!(page.items.iter().map(|t| t.id).collect::<Vec<_>>(), [2, 3]);
+        let unknown = TicketFilter {
+            event: Some(event("no-such-event")),
+            sold: None,
+        };
+        assert!(inv.page_tickets(&unknown, None, 5).items.is_empty());
+    }
+
+    #[test]
+    fn purchase_pages_are_in_commit_order_and_filter_by_event() {
+        let mut inv = sample();
+        for name in ["concert", "theater-show", "concert", "concert"] {
+            inv.purchase_tickets(&request(name, 1), None, "n1")
+                .expect("available");
+        }
+        let ids = |page: &Page<Purchase, String>| {
+            page.items
+                .iter()
+                .map(|p| p.purchase_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let first = inv.page_purchases(None, None, 3);
+        assert_eq!(ids(&first), ["p-00000001", "p-00000002", "p-00000003"]);
+        assert_eq!(first.next.as_deref(), Some("p-00000003"));
+        let after = first.next.as_deref().and_then(purchase_number);
+        let second = inv.page_purchases(None, after, 3);
+        assert_eq!(ids(&second), ["p-00000004"]);
+        assert_eq!(second.next, None);
+
+        let concert = event("concert");
+        let page = inv.page_purchases(Some(&concert), Some(1), 1);
+        assert_eq!(ids(&page), ["p-00000003"]);
+        assert_eq!(page.next.as_deref(), Some("p-00000003"));
+        let page = inv.page_purchases(Some(&concert), Some(3), 1);
+        assert_eq!(ids(&page), ["p-00000004"]);
+        assert_eq!(page.next, None);
+    }
+
+    #[test]
+    fn a_purchase_number_is_read_only_from_p_and_digits() {
+        assert_eq!(purchase_number("p-00000042"), Some(42));
+        assert_eq!(purchase_number("p-7"), Some(7));
+        for bad in ["p-", "p-x1", "q-1", "42", "p--1", "p-1 "] {
+            assert_eq!(purchase_number(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn loaded_purchases_are_paged_by_event_like_new_ones() {
+        let mut inv = sample();
+        inv.purchase_tickets(&request("theater-show", 1), None, "n1")
+            .expect("available");
+        inv.purchase_tickets(&request("concert", 2), None, "n1")
+            .expect("available");
+        let loaded = Inventory::from_parts(
+            inv.tickets().to_vec(),
+            inv.purchases().to_vec(),
+            inv.next_purchase_seq(),
+        )
+        .expect("consistent");
+        let concert = event("concert");
+        assert_eq!(
+            loaded.page_purchases(Some(&concert), None, 5),
+            inv.page_purchases(Some(&concert), None, 5)
+        );
+        assert_eq!(loaded.event(&concert), inv.event(&concert));
+    }
+
+    mod pages_property {
+        use super::*;
+        use proptest::prelude::*;
+
+        const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
+
+        proptest! {
+            /// Whatever the inventory, filter and page size, the pages read one after
+            /// another are exactly the whole filtered list, and only the last has no next.
+            #[test]
+            fn pages_put_together_are_the_whole_list(
+                events in proptest::collection::vec(0..3usize, 1..60),
+                buys in proptest::collection::vec((0..3usize, 1..4u32), 0..12),
+                event_filter in proptest::option::of(0..3usize),
+                sold_filter in proptest::option::of(any::<bool>()),
+                limit in 1..8usize,
+            ) {
+                let tickets = events
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &e)| ticket(i as u64 * 3 + 1, EVENTS[e], 100))
+                    .collect();
+                let mut inv = Inventory::from_tickets(tickets).expect("consistent");
+                for (e, quantity) in buys {
+                    let _ = inv.purchase_tickets(&request(EVENTS[e], quantity), None, "n1");
+                }
+                let filter = TicketFilter {
+                    event: event_filter.map(|e| event(EVENTS[e])),
+                    sold: sold_filter,
+                };
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = inv.page_tickets(&filter, after, limit);
+                    prop_assert!(page.items.len() <= limit);
+                    paged.extend(page.items);
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(paged, inv.find_tickets(&filter));
+
+                let event = filter.event.as_ref();
+                let mut paged = Vec::new();
+                let mut after = None;
+                loop {
+                    let page = inv.page_purchases(event, after, limit);
+                    paged.extend(page.items);
+                    match page.next {
+                        Some(next) => after = purchase_number(&next),
+                        None => break,
+                    }
+                }
+                prop_assert_eq!(paged, inv.find_purchases(event));
+            }
+        }
     }
 }

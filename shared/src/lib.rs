@@ -5,10 +5,13 @@
 pub mod api;
 pub mod domain;
 pub mod inventory;
+pub mod secret;
 pub mod settings;
 
 pub use domain::{
     EventName, EventSummary, IdempotencyKey, Purchase, PurchaseRequest, Quantity, SoldTicket,
     Ticket, ValidationError,
 };
-pub use inventory::{Inventory, PurchaseError, PurchaseOutcome, TicketFilter};
+pub use inventory::{
+    Inventory, MAX_PAGE_LIMIT, Page, PurchaseError, PurchaseOutcome, TicketFilter, purchase_number,
+};

@@ -313,7 +313,7 @@ pub async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::api::PurchasedTicketBody;
+    use shared::api::{PurchasedTicketBody, TicketStatus};
 
     fn purchase(id: &str, event: &str, tickets: &[u64]) -> PurchaseBody {
         PurchaseBody {
@@ -339,6 +339,11 @@ mod tests {
                     event: "e".into(),
                     price_cents: 1,
                     sold: sold.contains(&id),
+                    status: if sold.contains(&id) {
+                        TicketStatus::Sold
+                    } else {
+                        TicketStatus::Available
+                    },
                 })
                 .collect(),
             events: vec![EventBody {
@@ -346,6 +351,7 @@ mod tests {
                 total: tickets,
                 available: tickets - sold.len() as u64,
                 sold: sold.len() as u64,
+                held: 0,
                 min_price_cents: 1,
                 max_price_cents: 1,
             }],

@@ -271,7 +271,7 @@ fn check_events<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::api::PurchasedTicketBody;
+    use shared::api::{PurchasedTicketBody, TicketStatus};
 
     fn ticket(id: u64, event: &str, price_cents: u64, sold: bool) -> TicketBody {
         TicketBody {
@@ -279,6 +279,11 @@ mod tests {
             event: event.into(),
             price_cents,
             sold,
+            status: if sold {
+                TicketStatus::Sold
+            } else {
+                TicketStatus::Available
+            },
         }
     }
 
@@ -303,6 +308,7 @@ mod tests {
             total,
             available: total - sold,
             sold,
+            held: 0,
             min_price_cents: min,
             max_price_cents: max,
         }

@@ -1,11 +1,13 @@
-//! `generator audit`: reads the whole inventory and every purchase through the public API
-//! and checks that nothing was sold twice and that every count agrees ([`check`]).
+//! `generator audit`: reads the whole inventory and every purchase through the public API,
+//! a page at a time, and checks that nothing was sold twice and that every count agrees
+//! ([`check`]).
 
 pub mod check;
 
 use std::fmt;
 use std::time::Duration;
 
+use shared::MAX_PAGE_LIMIT;
 use shared::api::{EventBody, PurchaseBody, TicketBody};
 use thiserror::Error;
 use tracing::info;
@@ -104,16 +106,25 @@ pub async fn audit(target: Target, request_timeout: Duration) -> Result<AuditRep
     })
 }
 
+/// Every purchase, read a page at a time so no answer is the whole store.
+async fn purchases(client: &ApiClient) -> Result<Vec<PurchaseBody>, ClientError> {
+    client
+        .get_all_pages::<PurchaseBody, String>("/purchases", MAX_PAGE_LIMIT)
+        .await
+}
+
 type Snapshot = (Vec<TicketBody>, Vec<EventBody>, Vec<PurchaseBody>);
 
 /// Reads tickets, events and purchases so that no purchase was committed in between:
 /// purchases are only ever added, so the same count before and after means none was.
 async fn snapshot(client: &ApiClient) -> Result<Snapshot, AuditError> {
     for attempt in 1..=SNAPSHOT_ATTEMPTS {
-        let before: Vec<PurchaseBody> = client.get_json("/purchases").await?;
-        let tickets: Vec<TicketBody> = client.get_json("/tickets").await?;
+        let before = purchases(client).await?;
+        let tickets = client
+            .get_all_pages::<TicketBody, u64>("/tickets", MAX_PAGE_LIMIT)
+            .await?;
         let events: Vec<EventBody> = client.get_json("/events").await?;
-        let after: Vec<PurchaseBody> = client.get_json("/purchases").await?;
+        let after = purchases(client).await?;
         if before.len() == after.len() {
             return Ok((tickets, events, after));
         }

@@ -47,12 +47,15 @@ struct Fake {
     /// as if the answer were lost on its way back.
     lose_first_answer: bool,
     keys_seen: Arc<Mutex<HashSet<String>>>,
+    /// Every GET's path and query, in order of arrival.
+    gets: Arc<Mutex<Vec<String>>>,
 }
 
 /// A running fake; stops when dropped.
 pub struct FakeServer {
     pub addr: SocketAddr,
     state: Arc<State>,
+    gets: Arc<Mutex<Vec<String>>>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -77,7 +80,9 @@ impl FakeServer {
             answers: Arc::new(AtomicUsize::new(0)),
             lose_first_answer,
             keys_seen: Arc::new(Mutex::new(HashSet::new())),
+            gets: Arc::new(Mutex::new(Vec::new())),
         };
+        let gets = fake.gets.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve::run(
             listener,
@@ -90,8 +95,14 @@ impl FakeServer {
         Self {
             addr,
             state,
+            gets,
             _stop: stop,
         }
+    }
+
+    /// Every GET the fake answered so far: its path and query.
+    pub fn gets(&self) -> Vec<String> {
+        self.gets.lock().expect("lock").clone()
     }
 
     pub fn url(&self) -> String {
@@ -133,6 +144,60 @@ fn json(status: StatusCode, node: &str, body: &impl Serialize) -> Response<Full<
     response
 }
 
+/// A listing as a node answers it: the whole list, or with `after` or `limit` in the query
+/// one page `{"items", "next"}`, items ordered by `key`.
+fn listing<T: Serialize>(
+    node: &str,
+    query: Option<&str>,
+    items: &[T],
+    key: impl Fn(&T) -> Option<u64>,
+    next_of: impl Fn(&T) -> serde_json::Value,
+) -> Response<Full<Bytes>> {
+    let (mut after, mut limit) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after", v)) => after = Some(v.to_owned()),
+            Some(("limit", v)) => limit = v.parse::<usize>().ok(),
+            _ => return error(node, ErrorCode::BadRequest, None),
+        }
+    }
+    if after.is_none() && limit.is_none() {
+        return json(StatusCode::OK, node, &items);
+    }
+    let after = match after.as_deref() {
+        None => 0,
+        Some(text) => match text.parse().ok().or_else(|| shared::purchase_number(text)) {
+            Some(number) => number,
+            None => return error(node, ErrorCode::BadRequest, None),
+        },
+    };
+    let limit = limit.unwrap_or(shared::MAX_PAGE_LIMIT);
+    let mut page: Vec<&T> = items
+        .iter()
+        .filter(|item| key(item).is_some_and(|k| k > after))
+        .take(limit + 1)
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|item| next_of(item))
+    } else {
+        None
+    };
+    json(
+        StatusCode::OK,
+        node,
+        &serde_json::json!({"items": page, "next": next}),
+    )
+}
+
+fn purchase_key(p: &PurchaseBody) -> Option<u64> {
+    shared::purchase_number(&p.purchase_id)
+}
+
+fn purchase_next(p: &PurchaseBody) -> serde_json::Value {
+    p.purchase_id.clone().into()
+}
+
 /// An error answer from the API's table of codes: the status comes with the code.
 fn error(node: &str, code: ErrorCode, available: Option<u64>) -> Response<Full<Bytes>> {
     let mut body = ErrorBody::new(code, code.as_str().replace('_', " "));
@@ -156,6 +221,12 @@ impl serve::Handler for Fake {
         };
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let query = request.uri().query().map(str::to_owned);
+        let query = query.as_deref();
+        if method == Method::GET {
+            let seen = format!("{path}?{}", query.unwrap_or(""));
+            self.gets.lock().expect("lock").push(seen);
+        }
         let key = request
             .headers()
             .get(IDEMPOTENCY_HEADER)
@@ -170,10 +241,10 @@ impl serve::Handler for Fake {
                 json(StatusCode::OK, node, events)
             }
             (State::Fixed { tickets, .. }, &Method::GET, "/tickets") => {
-                json(StatusCode::OK, node, tickets)
+                listing(node, query, tickets, |t| Some(t.id), |t| t.id.into())
             }
             (State::Fixed { purchases, .. }, &Method::GET, "/purchases") => {
-                json(StatusCode::OK, node, purchases)
+                listing(node, query, purchases, purchase_key, purchase_next)
             }
             (State::Live(inv), &Method::GET, "/events") => {
                 let events: Vec<EventBody> = inv
@@ -193,7 +264,7 @@ impl serve::Handler for Fake {
                     .iter()
                     .map(TicketBody::from)
                     .collect();
-                json(StatusCode::OK, node, &tickets)
+                listing(node, query, &tickets, |t| Some(t.id), |t| t.id.into())
             }
             (State::Live(inv), &Method::GET, "/purchases") => {
                 let purchases: Vec<PurchaseBody> = inv
@@ -203,7 +274,7 @@ impl serve::Handler for Fake {
                     .iter()
                     .map(PurchaseBody::from)
                     .collect();
-                json(StatusCode::OK, node, &purchases)
+                listing(node, query, &purchases, purchase_key, purchase_next)
             }
             (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
             _ => error(node, ErrorCode::NotFound, None),

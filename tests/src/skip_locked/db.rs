@@ -97,6 +97,7 @@ pub async fn events(pool: &Pool) -> Result<Vec<EventBody>, BaselineError> {
                 total,
                 available: total - sold,
                 sold,
+                held: 0,
                 min_price_cents: row.get::<_, i64>(3) as u64,
                 max_price_cents: row.get::<_, i64>(4) as u64,
             }
