@@ -5,7 +5,6 @@
 pub mod api;
 pub mod domain;
 pub mod inventory;
-pub mod secret;
 pub mod settings;
 
 pub use domain::{
