@@ -125,20 +125,23 @@ pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, body_len: usize, clie
     append_forwarded_for(headers, client);
 }
 
+/// A header map from name and value pairs, for the balancer's unit tests.
+#[cfg(test)]
+pub(crate) fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
+    use super::header_map as headers;
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
-    }
 
     #[test]
     fn a_buffered_body_gets_a_content_length_and_no_expect() {

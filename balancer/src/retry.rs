@@ -140,18 +140,7 @@ pub async fn keep_decaying(budget: std::sync::Arc<RetryBudget>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::{HeaderName, HeaderValue};
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
-    }
+    use crate::headers::header_map as headers;
 
     #[test]
     fn only_reads_and_keyed_writes_may_be_sent_again() {
