@@ -198,15 +198,7 @@ impl Journal {
                 "the journal could not be started",
             ));
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("opening", path))?;
-        let len = file
-            .metadata()
-            .map_err(StoreError::io("reading", path))?
-            .len();
+        let (file, len) = open_for_writing(path)?;
         if len > offset {
             // Replay refused a tail that could be an acknowledged purchase; what is left
             // is a piece of a batch whose writer died before its sync, never answered.
@@ -286,19 +278,25 @@ impl Journal {
     /// since after a failed sync the kernel may hold them as clean pages that no later sync
     /// writes.
     pub fn settle(path: &Path, from: u64) -> Result<(), StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(StoreError::io("opening", path))?;
-        let len = file
-            .metadata()
-            .map_err(StoreError::io("reading", path))?
-            .len();
+        let (file, len) = open_for_writing(path)?;
         let mut tail = vec![0; len.saturating_sub(from) as usize];
         file.read_exact_at(&mut tail, from)
             .and_then(|()| file.write_all_at(&tail, from))
             .and_then(|()| file.sync_data())
             .map_err(StoreError::io("settling", path))
     }
+}
+
+/// Opens the journal for reading and writing (exclusive lock held), with its length.
+fn open_for_writing(path: &Path) -> Result<(File, u64), StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("opening", path))?;
+    let len = file
+        .metadata()
+        .map_err(StoreError::io("reading", path))?
+        .len();
+    Ok((file, len))
 }
