@@ -175,6 +175,12 @@ impl FileMedium {
 
     fn begin(&self, mode: LockMode) -> Result<FileSession<'_>, StoreError> {
         let guard = lock::acquire(&self.paths.lock, mode, self.lock_timeout)?;
+        self.session_under(guard)
+    }
+
+    /// A session under `guard`: reads the snapshot's stamp and the journal, and proves
+    /// which journal stands beside the snapshot.
+    fn session_under(&self, guard: lock::LockGuard) -> Result<FileSession<'_>, StoreError> {
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let role = self.journal_role(&stamp, &journal)?;
@@ -387,16 +393,7 @@ impl Medium for FileMedium {
         // from a deleted journal later: upgrade first, then look again.
         self.upgrade()?;
         let FileSession { guard, .. } = session;
-        let stamp = self.snapshot_stamp()?;
-        let journal = Journal::open(&self.paths.journal)?;
-        let role = self.journal_role(&stamp, &journal)?;
-        Ok(FileSession {
-            medium: self,
-            guard,
-            stamp,
-            journal,
-            role,
-        })
+        self.session_under(guard)
     }
 
     fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
