@@ -817,6 +817,116 @@ fn check_customer_limits(claims: &[Claim], events: &[Event], verdict: &mut Verdi
     }
 }
 
+/// Sends one box-office request to `url` (a JSON body or none) with the key `key` and, if
+/// given, the secret, repeating it with the same key while the outcome is unknown as a
+/// careful client would, and records what it saw.
+pub async fn box_request(
+    http: &HttpClient,
+    url: &str,
+    action: Action,
+    body: Option<&serde_json::Value>,
+    key: &str,
+    secret: Option<&str>,
+) -> BoxOp {
+    let invoked = Instant::now();
+    let mut headers = vec![(shared::api::IDEMPOTENCY_HEADER, key)];
+    if let Some(secret) = secret {
+        headers.push((generator::wire::SECRET_HEADER, secret));
+    }
+    let mut outcome = BoxOutcome::Unknown("never sent".into());
+    for attempt in 0..8 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        outcome = box_outcome_of(&http.post_with(url, body, &headers).await);
+        if !matches!(outcome, BoxOutcome::Unknown(_)) {
+            break;
+        }
+    }
+    BoxOp {
+        invoked,
+        completed: Instant::now(),
+        action,
+        outcome,
+    }
+}
+
+/// One box-office client's history through `base`: `rounds` times it holds one or two
+/// tickets of `event` for `customer`, then confirms the hold (rounds 0, 3, ...), releases
+/// it (1, 4, ...), or buys instead and cancels the purchase (2, 5, ...), with the keys
+/// `<tag>-<client>-<round>-<step>`.
+pub async fn box_client(
+    http: &HttpClient,
+    base: &str,
+    event: &str,
+    customer: Option<&str>,
+    (client, tag): (u32, &str),
+    rounds: u32,
+) -> Vec<BoxOp> {
+    let mut ops = Vec::new();
+    for round in 0..rounds {
+        let key = |step: &str| format!("{tag}-{client}-{round}-{step}");
+        let mut body = serde_json::json!({"event": event, "quantity": 1 + (client + round) % 2});
+        if let Some(customer) = customer {
+            body["customer"] = customer.into();
+        }
+        let customer = customer.map(str::to_owned);
+        if round % 3 == 2 {
+            let action = Action::Purchase {
+                event: event.to_owned(),
+                customer,
+            };
+            let url = format!("{base}/purchases");
+            let op = box_request(http, &url, action, Some(&body), &key("buy"), None).await;
+            let bought = match &op.outcome {
+                BoxOutcome::Purchase(p) => Some((p.purchase_id.clone(), p.secret.clone())),
+                _ => None,
+            };
+            ops.push(op);
+            if let Some((purchase_id, secret)) = bought {
+                let url = format!("{base}/purchases/{purchase_id}/cancel");
+                let action = Action::Cancel { purchase_id };
+                let key = key("cancel");
+                let op = box_request(http, &url, action, None, &key, secret.as_deref()).await;
+                ops.push(op);
+            }
+            continue;
+        }
+        let action = Action::Hold {
+            event: event.to_owned(),
+            customer,
+        };
+        let (url, key_hold) = (format!("{base}/holds"), key("hold"));
+        let op = box_request(http, &url, action, Some(&body), &key_hold, None).await;
+        let hold = match &op.outcome {
+            BoxOutcome::Hold(h) => Some((h.hold_id.clone(), h.secret.clone())),
+            _ => None,
+        };
+        ops.push(op);
+        let Some((hold_id, secret)) = hold else {
+            continue;
+        };
+        let (verb, action) = if round % 3 == 0 {
+            (
+                "confirm",
+                Action::Confirm {
+                    hold_id: hold_id.clone(),
+                },
+            )
+        } else {
+            (
+                "release",
+                Action::Release {
+                    hold_id: hold_id.clone(),
+                },
+            )
+        };
+        let url = format!("{base}/holds/{hold_id}/{verb}");
+        ops.push(box_request(http, &url, action, None, &key(verb), secret.as_deref()).await);
+    }
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
