@@ -5,6 +5,7 @@
 pub mod api;
 pub mod domain;
 pub mod inventory;
+pub mod secret;
 pub mod settings;
 
 pub use domain::{
