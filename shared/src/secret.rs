@@ -1,6 +1,7 @@
-//! The secret a purchase is created with ("who may change what"): 128 random bits shown
-//! once to the buyer, kept by the store only as a SHA-256 hash, and checked in constant
-//! time, as is the operator's token.
+//! The secret a purchase or hold is created with ("who may change what"): 128 random bits
+//! shown to the buyer, kept by the store only as a SHA-256 hash, and checked in constant
+//! time, as is the operator's token. Also the hashes the store keeps of idempotency keys,
+//! and the salted derivation that lets a keyed repeat answer its secret again.
 
 use std::fmt;
 
@@ -26,6 +27,12 @@ impl Secret {
         Self(to_hex(&bytes))
     }
 
+    /// A secret as a client presented it (`X-Ticket-Secret`), to be checked against a
+    /// stored hash. Its `Debug` hides it as well.
+    pub fn presented(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -44,7 +51,7 @@ impl fmt::Debug for Secret {
 
 /// The SHA-256 hash of a secret: what the store keeps, enough to check a presented secret
 /// and useless to present.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SecretHash([u8; 32]);
 
 /// Why a stored secret hash could not be read.
@@ -88,6 +95,80 @@ impl fmt::Debug for SecretHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretHash({})", self.to_hex())
     }
+}
+
+/// The SHA-256 hash of an idempotency key: what the store indexes keys by, so that neither
+/// a key nor the secret derived from it is in the store in clear.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash([u8; 32]);
+
+impl KeyHash {
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+
+    pub fn from_hex(text: &str) -> Result<Self, BadSecretHash> {
+        SecretHash::from_hex(text).map(|h| Self(h.0))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({})", self.to_hex())
+    }
+}
+
+/// 128 random bits kept beside a keyed purchase or hold, from which with the key its
+/// secret is derived.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Salt([u8; SECRET_BYTES]);
+
+impl Salt {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; SECRET_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    pub fn to_hex(&self) -> String {
+        to_hex(&self.0)
+    }
+
+    /// Reads what [`Salt::to_hex`] wrote: 32 lowercase hex digits.
+    pub fn from_hex(text: &str) -> Result<Self, BadSecretHash> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 2 * SECRET_BYTES {
+            return Err(BadSecretHash);
+        }
+        let mut out = [0u8; SECRET_BYTES];
+        for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            *byte = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Debug for Salt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Salt({})", self.to_hex())
+    }
+}
+
+/// The secret of a purchase or hold made with idempotency key `key`: the first 128 bits
+/// of SHA-256("ticket-secret\0" || salt || key), in hex. Who has the key (and so may repeat
+/// the request and be answered the secret anyway) can compute it; the store, holding only
+/// the salt and the key's hash, cannot.
+pub fn derive_secret(salt: &Salt, key: &str) -> Secret {
+    let mut hasher = Sha256::new();
+    hasher.update(b"ticket-secret\0");
+    hasher.update(salt.0);
+    hasher.update(key.as_bytes());
+    let digest = hasher.finalize();
+    Secret(to_hex(&digest[..SECRET_BYTES]))
 }
 
 /// Whether `presented` is the operator's `token`, compared in constant time (through
@@ -160,6 +241,22 @@ mod tests {
         for presented in ["", "s3cret-toke", "s3cret-token ", "S3CRET-TOKEN"] {
             assert!(!token_matches("s3cret-token", presented), "{presented:?}");
         }
+    }
+
+    #[test]
+    fn a_derived_secret_depends_on_salt_and_key_and_matches_its_hash() {
+        let salt = Salt::generate();
+        let secret = derive_secret(&salt, "key-1");
+        assert_eq!(secret, derive_secret(&salt, "key-1"));
+        assert_eq!(secret.as_str().len(), 32);
+        assert_ne!(secret, derive_secret(&salt, "key-2"));
+        assert_ne!(secret, derive_secret(&Salt::generate(), "key-1"));
+        assert!(secret.hash().matches(secret.as_str()));
+        assert_eq!(Salt::from_hex(&salt.to_hex()), Ok(salt));
+        assert_eq!(Salt::from_hex("00"), Err(BadSecretHash));
+        let key = KeyHash::of("key-1");
+        assert_eq!(KeyHash::from_hex(&key.to_hex()), Ok(key));
+        assert_ne!(key, KeyHash::of("key-2"));
     }
 
     #[test]

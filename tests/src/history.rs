@@ -327,6 +327,10 @@ mod tests {
             total_cents: tickets.len() as u64,
             node: "n".into(),
             created_at: "t".into(),
+            customer: None,
+            hold_id: None,
+            cancelled_at: None,
+            secret: None,
         }
     }
 
@@ -354,6 +358,7 @@ mod tests {
                 held: 0,
                 min_price_cents: 1,
                 max_price_cents: 1,
+                max_per_customer: None,
             }],
             purchases,
         }

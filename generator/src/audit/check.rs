@@ -299,6 +299,10 @@ mod tests {
             total_cents: tickets.iter().map(|t| t.1).sum(),
             node: "n1".into(),
             created_at: "2024-01-01T00:00:00.000Z".into(),
+            customer: None,
+            hold_id: None,
+            cancelled_at: None,
+            secret: None,
         }
     }
 
@@ -311,6 +315,7 @@ mod tests {
             held: 0,
             min_price_cents: min,
             max_price_cents: max,
+            max_per_customer: None,
         }
     }
 

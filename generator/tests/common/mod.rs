@@ -324,9 +324,7 @@ impl Fake {
                 error(node, ErrorCode::SoldOut, Some(available))
             }
             Err(PurchaseError::UnknownEvent(_)) => error(node, ErrorCode::UnknownEvent, None),
-            Err(PurchaseError::KeyReused { .. }) => {
-                error(node, ErrorCode::IdempotencyKeyReused, None)
-            }
+            Err(err) => error(node, err.code(), None),
         }
     }
 }
