@@ -14,6 +14,9 @@ use shared::api::{EventBody, PurchaseBody, TicketBody};
 use crate::{Answer, HttpClient};
 
 /// How a purchase ended, as the client saw it.
+// Most outcomes are acknowledged purchases, so boxing the large variant would box nearly
+// every value.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// 201: the purchase as the cluster acknowledged it.

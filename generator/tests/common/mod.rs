@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// What the fake serves.
+// One value per fake server: the inventory's size is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     /// A working inventory that sells tickets.
     Live(Mutex<Inventory>),
