@@ -66,13 +66,10 @@ impl ApiError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
-            Self::UnknownEvent(_) | Self::Purchase(PurchaseError::UnknownEvent(_)) => {
-                ErrorCode::UnknownEvent
-            }
+            Self::UnknownEvent(_) => ErrorCode::UnknownEvent,
+            Self::Purchase(err) => err.code(),
             Self::UnknownTicket(_) => ErrorCode::UnknownTicket,
             Self::UnknownPurchase(_) => ErrorCode::UnknownPurchase,
-            Self::Purchase(PurchaseError::SoldOut { .. }) => ErrorCode::SoldOut,
-            Self::Purchase(PurchaseError::KeyReused { .. }) => ErrorCode::IdempotencyKeyReused,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::BodyTimeout => ErrorCode::RequestTimeout,
@@ -86,9 +83,7 @@ impl ApiError {
     pub fn to_body(&self) -> ErrorBody {
         let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
-            Self::Purchase(PurchaseError::SoldOut { available, .. }) => {
-                body.available = Some(*available);
-            }
+            Self::Purchase(err) => body = ErrorBody::for_decision(err),
             Self::Store(err) => warn!(cause = %err, "store unavailable"),
             Self::CommitterDown => warn!("a purchase found the commit thread down"),
             Self::Internal(detail) => {

@@ -238,6 +238,7 @@ mod tests {
             held: 0,
             min_price_cents: 100,
             max_price_cents: 200,
+            max_per_customer: None,
         }
     }
 

@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// What the fake serves.
+// One value per fake server: the inventory's size is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     /// A working inventory that sells tickets.
     Live(Mutex<Inventory>),
@@ -328,9 +330,7 @@ impl Fake {
                 error(node, ErrorCode::SoldOut, Some(available))
             }
             Err(PurchaseError::UnknownEvent(_)) => error(node, ErrorCode::UnknownEvent, None),
-            Err(PurchaseError::KeyReused { .. }) => {
-                error(node, ErrorCode::IdempotencyKeyReused, None)
-            }
+            Err(err) => error(node, err.code(), None),
         }
     }
 }

@@ -4,7 +4,7 @@
 //!   the store is created again (so every process drops what it cached of the old one),
 //!   the newest snapshot's `snapshot_seq` and size, and `pruned_through`: log entries up to
 //!   it have been deleted.
-//! - `tickets_log`: the log, one committed purchase per row, `seq` 1, 2, 3... with no gap;
+//! - `tickets_log`: the log, one log entry per row, `seq` 1, 2, 3... with no gap;
 //!   `entry` is the same JSON object the file store's journal line holds.
 //! - `tickets_snapshot`: the inventory as it stood after entry `seq`, in the file store's
 //!   snapshot layout (`crate::format`).
