@@ -71,6 +71,10 @@ struct SeedArgs {
     /// Leave an existing store alone and succeed (for a one-shot seeding container).
     #[arg(long, conflicts_with = "force")]
     keep_existing: bool,
+    /// Limit every event to N tickets per customer (live purchases and holds together);
+    /// purchases and holds must then name a customer.
+    #[arg(long, value_name = "N")]
+    max_per_customer: Option<u32>,
 }
 
 /// The settings flags of `audit` (and of `load`, with `LoadFlags`); named as the settings'
@@ -215,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tickets: args.tickets,
                 seed: args.seed,
                 force: args.force,
+                max_per_customer: args.max_per_customer,
             });
             match seeded {
                 Ok(summary) => print!("{summary}"),

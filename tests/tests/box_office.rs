@@ -2,7 +2,8 @@
 //! different nodes hold, confirm, release, buy and cancel a few contended seats and the
 //! history checker judges what they saw against the final state (read with the operator's
 //! token, customers included); then `generator load` runs the box-office mix through the
-//! balancer and `generator audit` and the checker find the result consistent.
+//! balancer on a store seeded with a per-customer limit, and `generator audit` and the
+//! checker (limits included) find the result consistent.
 
 use std::path::Path;
 
@@ -84,17 +85,27 @@ async fn contended_holds_confirms_releases_and_cancels_across_nodes_keep_every_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() {
     let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[
-            ("concert", 300, 4500),
-            ("sports-game", 300, 2000),
-            ("theater-show", 300, 6000),
-            ("movie-premiere", 300, 1500),
-        ],
-    )
-    .expect("seed");
-    let (nodes, balancer) = start_cluster(dir.path());
+    let data = dir.path().join("data");
+    let (code, stdout, stderr) = run_generator(&[
+        "seed",
+        "--data",
+        &data.to_string_lossy(),
+        "--events",
+        "4",
+        "--tickets",
+        "1200",
+        "--seed",
+        "2",
+        "--max-per-customer",
+        "6",
+    ])
+    .expect("generator runs");
+    assert_eq!(code, 0, "seed failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("at most 6 tickets per customer"),
+        "{stdout}"
+    );
+    let (nodes, balancer) = start_cluster(&data);
     let report_dir = tempfile::tempdir().expect("tempdir");
     let report_path = report_dir.path().join("report.json");
     let target = balancer.url();
@@ -121,7 +132,7 @@ async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() 
         "--cancel-share",
         "0.15",
         "--customers",
-        "50",
+        "20",
         "--hold-ttl",
         "60s",
         "--no-progress",
