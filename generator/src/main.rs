@@ -73,7 +73,7 @@ struct SeedArgs {
     keep_existing: bool,
     /// Limit every event to N tickets per customer (live purchases and holds together);
     /// purchases and holds must then name a customer.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_per_customer: Option<u32>,
 }
 

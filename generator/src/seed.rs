@@ -65,8 +65,8 @@ pub struct SeedOptions {
     pub seed: Option<u64>,
     /// Replace an existing store.
     pub force: bool,
-    /// Every event's limit of tickets per customer (live purchases and holds together);
-    /// `None` for no limit.
+    /// Every event's limit of tickets per customer (live purchases and holds); `None` for
+    /// no limit.
     pub max_per_customer: Option<u32>,
 }
 
@@ -86,14 +86,14 @@ pub enum SeedError {
     TooFewTickets { tickets: u64, events: usize },
     #[error("--tickets must be at most {MAX_TICKETS}, got {0}")]
     TooManyTickets(u64),
+    #[error("--max-per-customer must be at least 1, got 0")]
+    ZeroLimit,
     #[error("generated an inconsistent inventory (a bug): {0}")]
     Inconsistent(#[from] InconsistencyError),
     #[error("generated an invalid event name (a bug): {0}")]
     InvalidName(#[from] ValidationError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("--max-per-customer must be at least 1")]
-    ZeroLimit,
 }
 
 /// One event of the seeded inventory.
@@ -141,7 +141,7 @@ impl fmt::Display for SeedSummary {
             )?;
         }
         if let Some(limit) = self.max_per_customer {
-            writeln!(f, "every event: at most {limit} tickets per customer")?;
+            writeln!(f, "each customer may hold or buy {limit} tickets per event")?;
         }
         if self.seed_was_picked {
             writeln!(f, "repeat this inventory with --seed {}", self.seed)?;
@@ -390,24 +390,27 @@ mod tests {
             store: SeedTarget::Files(dir.path().join("data")),
             events: 5,
             tickets: 50,
-            seed: Some(3),
+            seed: Some(11),
             force: false,
             max_per_customer: Some(4),
         };
         let summary = seed(&options).expect("fresh directory");
         assert!(
-            summary
-                .to_string()
-                .contains("at most 4 tickets per customer")
+            summary.to_string().contains("4 tickets per event"),
+            "{summary}"
         );
         let limits = options
             .store
             .open()
             .expect("a directory")
-            .read(|inv| inv.limits())
+            .read(|inv| {
+                inv.events()
+                    .iter()
+                    .map(|e| e.max_per_customer)
+                    .collect::<Vec<_>>()
+            })
             .expect("readable");
-        assert_eq!(limits.len(), 5);
-        assert!(limits.values().all(|&limit| limit == 4), "{limits:?}");
+        assert_eq!(limits, vec![Some(4); 5]);
         options.max_per_customer = Some(0);
         options.force = true;
         assert!(matches!(seed(&options), Err(SeedError::ZeroLimit)));

@@ -822,6 +822,148 @@ mod tests {
         assert!(decode_journal_entry(b"{\"purchase_id\":").is_err());
     }
 
+    /// A concert of six tickets after every kind of change: a purchase by a customer, a
+    /// cancelled one, holds confirmed, released, expired and still held, keyed requests,
+    /// and a per-customer limit; with the entries that made it.
+    fn box_office() -> (Inventory, Inventory, Vec<LogEntry>) {
+        use shared::{Command, HoldRequest, Order, Proof, SaleRequest, Seats, Selection, Ttl};
+        let tickets = (1..=6)
+            .map(|id| Ticket {
+                id,
+                event: EventName::parse("concert").expect("valid"),
+                price_cents: 100 * id,
+                sold: false,
+            })
+            .collect();
+        let mut start = Inventory::from_tickets(tickets).expect("consistent");
+        let concert = EventName::parse("concert").expect("valid");
+        start.set_max_per_customer(&concert, Some(5));
+        let ann = Some(CustomerId::parse("ann@example.org").expect("valid"));
+        let sale = |selection| SaleRequest {
+            event: concert.clone(),
+            selection,
+            customer: ann.clone(),
+        };
+        let one = || Selection::Quantity(Quantity::new(1).expect("valid"));
+        let hold = |selection| {
+            Command::Hold(HoldRequest {
+                sale: sale(selection),
+                ttl: Ttl::new(10).expect("valid"),
+            })
+        };
+        let key = |k: &str| Some(IdempotencyKey::parse(k).expect("valid"));
+        let orders = [
+            Order::new(Command::Purchase(sale(one()))).with_key(key("a")),
+            Order::new(Command::Purchase(sale(Selection::Seats(
+                Seats::new(vec![5]).expect("valid"),
+            )))),
+            Order::new(hold(one())).with_key(key("b")),
+            Order::new(hold(one())),
+            Order::new(hold(one())),
+            Order::new(Command::Confirm {
+                hold_id: "h-00000001".into(),
+            }),
+            Order::new(Command::Release {
+                hold_id: "h-00000002".into(),
+            })
+            .with_key(key("c")),
+            Order::new(Command::Cancel {
+                purchase_id: "p-00000002".into(),
+            })
+            .with_key(key("d")),
+            // Finds h-00000003 expired.
+            Order::new(hold(one())),
+        ];
+        let mut inventory = start.clone();
+        let mut log = Vec::new();
+        let base =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (i, order) in orders.iter().enumerate() {
+            let order = order.clone().with_proof(Proof::operator());
+            let now = base + std::time::Duration::from_secs(if i == 8 { 60 } else { i as u64 });
+            inventory
+                .decide(&order, "n1", now, &mut log)
+                .expect("decided");
+        }
+        (start, inventory, log)
+    }
+
+    fn assert_same(a: &Inventory, b: &Inventory) {
+        assert_eq!(a.tickets(), b.tickets());
+        assert_eq!(a.purchases(), b.purchases());
+        assert_eq!(a.holds(), b.holds());
+        assert_eq!(a.events(), b.events());
+        assert_eq!(a.limits(), b.limits());
+        assert_eq!(a.log_time(), b.log_time());
+        assert_eq!(a.next_purchase_seq(), b.next_purchase_seq());
+        assert_eq!(a.next_hold_seq(), b.next_hold_seq());
+    }
+
+    #[test]
+    fn every_kind_of_entry_survives_a_journal_line_and_snapshots_carry_all_of_it() {
+        let (start, inventory, log) = box_office();
+        let kinds: std::collections::BTreeSet<&str> = log.iter().map(LogEntry::kind).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["cancel", "confirm", "expire", "hold", "purchase", "release"]
+        );
+        let mut replayed = start;
+        for entry in &log {
+            let mut line = Vec::new();
+            encode_journal_entry(entry, &mut line);
+            let text = String::from_utf8(line.clone()).expect("utf-8");
+            let decoded = decode_journal_entry(line.trim_ascii_end()).expect("decodes");
+            assert_eq!(&decoded, entry, "{text}");
+            // PostgreSQL's jsonb reorders keys and adds spaces: still the same entry.
+            let value: serde_json::Value = serde_json::from_slice(&line).expect("json");
+            let reordered = serde_json::to_string_pretty(&value).expect("json");
+            assert_eq!(
+                decode_journal_entry(reordered.as_bytes()).as_ref(),
+                Ok(entry)
+            );
+            replayed.apply_entry(decoded).expect("fits");
+        }
+        assert_same(&replayed, &inventory);
+
+        let mut bytes = Vec::new();
+        encode(&inventory, 3, &mut bytes).expect("writing to a Vec cannot fail");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(!text.contains("\"idempotency_key\""), "keys are hashed");
+        assert_eq!(
+            decode_snapshot_header(text.lines().next().expect("a line").as_bytes()),
+            Some(SnapshotHeader {
+                generation: 3,
+                lineage: Lineage::Fresh
+            })
+        );
+        let decoded = decode(&bytes).expect("round trip").inventory;
+        assert_same(&decoded, &inventory);
+    }
+
+    #[test]
+    fn a_purchase_line_of_an_earlier_version_reads_with_its_key_hashed() {
+        let line = br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","idempotency_key":"retry-7"}"#;
+        let Ok(LogEntry::Purchase(purchase)) = decode_journal_entry(line) else {
+            panic!("an old purchase line reads");
+        };
+        assert_eq!(purchase.access.key, Some(KeyHash::of("retry-7")));
+        assert_eq!((purchase.access.secret, purchase.access.salt), (None, None));
+        let mut again = Vec::new();
+        encode_journal_entry(&LogEntry::Purchase(purchase), &mut again);
+        assert!(!String::from_utf8_lossy(&again).contains("retry-7"));
+        for bad in [
+            &br#"{"kind":"expire","hold_id":"h-00000001"}"#[..],
+            br#"{"kind":"refund","purchase_id":"p-00000001","at":"2026-01-01T00:00:00.000Z"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"yesterday"}"#,
+        ] {
+            assert!(
+                decode_journal_entry(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
     #[test]
     fn every_earlier_header_is_read_for_what_it_means() {
         let cases = [

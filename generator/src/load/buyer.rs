@@ -15,7 +15,7 @@ use super::mix::Plan;
 use super::purchase::{Written, classify, refusal, write};
 use super::stats::Outcome;
 use crate::client::{ApiClient, ClientError};
-use crate::wire::{Hold, OrderRequest, Purchase, SECRET_HEADER, Ticket, TicketStatus};
+use crate::wire::{Hold, HoldStatus, OrderRequest, Purchase, SECRET_HEADER, Ticket, TicketStatus};
 
 /// How many unsold tickets one seat pick reads to choose from.
 pub const PICK_WINDOW: usize = 64;
@@ -84,9 +84,17 @@ impl Journey {
         self.retries += written.retries;
     }
 
-    /// Counts a later answer: its outcome when expected, its error otherwise.
+    /// Counts a later answer: its outcome when expected, its error otherwise. A release
+    /// of a hold that had already expired answers 200 with the hold `expired`: counted so.
     fn later_answer(&mut self, expected: StatusCode, name: &str, written: &Written) {
         match &written.result {
+            Ok(answer)
+                if answer.status == expected
+                    && serde_json::from_slice::<Hold>(&answer.body)
+                        .is_ok_and(|h| h.status == HoldStatus::Expired) =>
+            {
+                self.later.push("expired".into());
+            }
             Ok(answer) if answer.status == expected => self.later.push(name.to_owned()),
             Ok(answer) => match refusal(answer) {
                 Outcome::Refused { code } if code == "hold_expired" => {
@@ -280,4 +288,57 @@ async fn available_after(
         .filter(|t| t.status() == TicketStatus::Available)
         .map(|t| t.id)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::Answer;
+    use bytes::Bytes;
+
+    fn written(status: u16, body: &str) -> Written {
+        Written {
+            result: Ok(Answer {
+                status: StatusCode::from_u16(status).expect("valid status"),
+                node: Some("n1".into()),
+                body: Bytes::from(body.to_owned()),
+            }),
+            nodes: vec!["n1".into()],
+            retries: 0,
+        }
+    }
+
+    fn hold_body(status: &str) -> String {
+        format!(
+            r#"{{"hold_id":"h-1","event":"e","quantity":1,"tickets":[{{"id":1,"price_cents":5}}],
+            "total_cents":5,"node":"n1","created_at":"t","expires_at":"u","status":"{status}"}}"#
+        )
+    }
+
+    #[test]
+    fn later_answers_are_named_by_what_happened() {
+        let mut journey = Journey::new(Outcome::Held { tickets: 1 });
+        journey.later_answer(
+            StatusCode::OK,
+            "released",
+            &written(200, &hold_body("released")),
+        );
+        // A release that found the hold already expired.
+        journey.later_answer(
+            StatusCode::OK,
+            "released",
+            &written(200, &hold_body("expired")),
+        );
+        let expired = r#"{"error":"hold_expired","message":"m"}"#;
+        journey.later_answer(StatusCode::CREATED, "confirmed", &written(409, expired));
+        let released = r#"{"error":"hold_released","message":"m"}"#;
+        journey.later_answer(StatusCode::CREATED, "confirmed", &written(409, released));
+        let forbidden = r#"{"error":"forbidden","message":"m"}"#;
+        journey.later_answer(StatusCode::OK, "cancelled", &written(403, forbidden));
+        assert_eq!(
+            journey.later,
+            ["released", "expired", "expired", "hold_released"]
+        );
+        assert_eq!(journey.later_errors, ["forbidden"]);
+    }
 }

@@ -64,7 +64,8 @@ pub struct LoadReport {
     pub errors: BTreeMap<String, u64>,
     /// Every outcome by name: `purchased`, `sold_out`, and with the box-office mix
     /// `held`, `confirmed`, `released`, `cancelled`, `abandoned` (holds left to expire),
-    /// `expired` (a confirm answered `hold_expired`), `tickets_unavailable`,
+    /// `expired` (a confirm answered `hold_expired`, or a release found the hold expired),
+    /// `tickets_unavailable`,
     /// `customer_limit`, `no_seats` (a seat pick found none available), ...
     pub outcomes: BTreeMap<String, u64>,
     /// Latency from scheduled send to the final answer of each buyer's first write
