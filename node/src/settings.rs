@@ -1,6 +1,6 @@
 //! The node's settings (section `node`): defaults, `--config` TOML `[node]`,
-//! `TICKETS_NODE__*`, flags. Where the store is, who this node is, and the limits that
-//! protect it from slow or too many clients.
+//! `TICKETS_NODE__*`, flags. Where the store is, who this node is, the operator's token,
+//! and the limits that protect it from slow or too many clients.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,34 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shared::settings::{Section, SettingsError, require_nonzero};
+
+/// The operator's token (`admin_token`): presented as `Authorization: Bearer <token>`, it
+/// may confirm, release and cancel anything and see customers. Its `Debug` hides it, so
+/// logging the settings never shows it; there is no flag for it, since a command line is
+/// visible to every user of the host (`ps`): the environment or the config file give it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// Whether `presented` is this token, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        shared::secret::token_matches(&self.0, presented)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The fewest characters an operator's token may have: a short one could be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +50,9 @@ pub struct NodeSettings {
     /// The PostgreSQL store's URL, `postgres://USER[:PASS]@HOST[:PORT]/DB`, instead of a
     /// data directory, for nodes on more than one host.
     pub database: Option<String>,
+    /// The operator's token; when unset, only a purchase's or hold's own secret may change
+    /// it, and nobody may list by customer.
+    pub admin_token: Option<AdminToken>,
     /// How long an operation waits for the store lock before answering 503.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -48,6 +79,7 @@ impl Default for NodeSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             data: None,
             database: None,
+            admin_token: None,
             lock_timeout: Duration::from_secs(5),
             max_body_bytes: 16 * 1024,
             body_timeout: Duration::from_secs(10),
@@ -98,6 +130,19 @@ impl Section for NodeSettings {
                 "node.data and node.database exclude each other: give the data directory of a \
                  file store or the URL of a PostgreSQL store, not both",
             ));
+        }
+        if let Some(AdminToken(token)) = &self.admin_token {
+            let usable = (MIN_ADMIN_TOKEN_LEN..=256).contains(&token.len())
+                && token.bytes().all(|b| b.is_ascii_graphic());
+            if !usable {
+                return Err(SettingsError::invalid(
+                    "node.admin_token",
+                    format!(
+                        "must be {MIN_ADMIN_TOKEN_LEN} to 256 visible ASCII characters (it is \
+                         sent as `Authorization: Bearer <token>`)"
+                    ),
+                ));
+            }
         }
         require_nonzero(
             "node",
@@ -185,6 +230,24 @@ mod tests {
 
         let err = load(&[("listen", "nowhere")], &[]).expect_err("bad address");
         assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_the_environment_is_checked_and_never_shown() {
+        let s = load(&[("id", "n1")], &[]).expect("valid");
+        assert_eq!(s.admin_token, None);
+        let token = "operator-token-0123456789";
+        let s = load(&[("id", "n1")], &[("TICKETS_NODE__ADMIN_TOKEN", token)]).expect("valid");
+        let parsed = s.admin_token.as_ref().expect("set");
+        assert!(parsed.matches(token));
+        assert!(!parsed.matches("operator-token-012345678"));
+        assert!(!format!("{s:?}").contains(token), "Debug shows the token");
+        for bad in ["", "short", "has a space in it here", &"t".repeat(257)] {
+            let err = load(&[("id", "n1")], &[("TICKETS_NODE__ADMIN_TOKEN", bad)])
+                .expect_err("unusable token");
+            assert!(err.to_string().contains("admin_token"), "{bad:?}: {err}");
+            assert!(bad.is_empty() || !err.to_string().contains(bad), "{err}");
+        }
     }
 
     #[test]
