@@ -70,6 +70,11 @@ pub struct NodeSettings {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Sets this node's clock ahead of the host's by this much (0 by default): for drills
+    /// and tests of nodes whose clocks differ. Decisions stay right whatever the clocks,
+    /// since each uses the later of its node's clock and the latest time in the log.
+    #[serde(with = "humantime_serde")]
+    pub clock_ahead: Duration,
 }
 
 impl Default for NodeSettings {
@@ -86,6 +91,7 @@ impl Default for NodeSettings {
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(20),
+            clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -175,14 +181,20 @@ impl NodeSettings {
         }
     }
 
-    /// Opens a handle on the store the settings name (connects to nothing yet).
+    /// Opens a handle on the store the settings name (connects to nothing yet), on this
+    /// node's clock.
     pub fn open_store(&self) -> Result<store::TicketStore, store::StoreError> {
-        match self.store_location() {
-            StoreLocation::Files(dir) => Ok(store::TicketStore::new(dir, self.lock_timeout)),
+        let store = match self.store_location() {
+            StoreLocation::Files(dir) => store::TicketStore::new(dir, self.lock_timeout),
             StoreLocation::Database(url) => {
-                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout))
+                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout))?
             }
-        }
+        };
+        Ok(if self.clock_ahead.is_zero() {
+            store
+        } else {
+            store.with_clock(store::Clock::ahead(self.clock_ahead))
+        })
     }
 
     pub fn server_limits(&self) -> serve::ServerLimits {
@@ -258,6 +270,9 @@ mod tests {
         ];
         let s = load(&[], &env).expect("valid");
         assert_eq!(s.lock_timeout, Duration::from_millis(300));
+        assert_eq!(s.clock_ahead, Duration::ZERO);
+        let ahead = load(&[("id", "n1")], &[("TICKETS_NODE__CLOCK_AHEAD", "2h")]).expect("valid");
+        assert_eq!(ahead.clock_ahead, Duration::from_secs(7200));
         for key in [
             "LOCK_TIMEOUT",
             "BODY_TIMEOUT",

@@ -33,17 +33,29 @@ impl BoxOffice {
         events: &[(&str, u64, u64)],
         max_per_customer: Option<u32>,
     ) -> Self {
+        Self::with_clocks(kind, &vec![None; nodes], events, max_per_customer)
+    }
+
+    /// As `start`, one node per entry of `clocks`, each with its clock set that far ahead
+    /// (`clock_ahead`) when given.
+    fn with_clocks(
+        kind: MediumKind,
+        clocks: &[Option<&str>],
+        events: &[(&str, u64, u64)],
+        max_per_customer: Option<u32>,
+    ) -> Self {
         let store = TestMedium::new(kind).expect("a place for the store");
         cluster::seed_medium_with_limit(&store.medium, events, max_per_customer).expect("seed");
-        let nodes: Vec<Process> = (1..=nodes)
-            .map(|i| {
-                start_node_on(
-                    &format!("n{i}"),
-                    &store.medium,
-                    "127.0.0.1:0",
-                    &[("TICKETS_NODE__ADMIN_TOKEN", TOKEN)],
-                )
-                .expect("node starts")
+        let nodes: Vec<Process> = clocks
+            .iter()
+            .enumerate()
+            .map(|(i, ahead)| {
+                let mut env = vec![("TICKETS_NODE__ADMIN_TOKEN", TOKEN)];
+                if let Some(ahead) = ahead {
+                    env.push(("TICKETS_NODE__CLOCK_AHEAD", ahead));
+                }
+                start_node_on(&format!("n{}", i + 1), &store.medium, "127.0.0.1:0", &env)
+                    .expect("node starts")
             })
             .collect();
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
@@ -1038,6 +1050,103 @@ async fn holds_expire_strictly_on_every_node_at_their_time_and_confirms_racing_e
         (Some(confirmed), Some(0))
     );
     assert_counts_agree(&office, "sports-game").await;
+}
+
+/// Clocks that differ between nodes, without waiting: n3's clock is two hours ahead, past
+/// any hold's time to live. Before any decision, n3 reads a hold as expired (and counts
+/// its tickets available, with no sweeper) while n1 still reads it held; once n3 has
+/// treated it as expired, by refusing its confirmation or selling one of its tickets, no
+/// node confirms it, and n1's later decisions take the log's time, never going back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_node_whose_clock_is_ahead_treats_a_hold_as_expired_no_node_confirms_it() {
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        let office = BoxOffice::with_clocks(
+            kind,
+            &[None, None, Some("2h")],
+            &[("concert", 10, 1000)],
+            None,
+        );
+        let (n1, n2, ahead) = (office.node(0), office.node(1), office.node(2));
+        let make = |body: Value| {
+            let office = &office;
+            let url = format!("{n1}/holds");
+            async move { expect(&office.call(post(url, Some(body))).await, 201) }
+        };
+        let refused_hold = make(seats_body("concert", &[1, 2])).await;
+        let sold_hold = make(seats_body("concert", &[3])).await;
+        let late_hold = make(hold_body("concert", 1, None, Some(3600))).await;
+        let id = |hold: &Value| text(hold, "hold_id").to_owned();
+
+        // Reads at each node's clock: expired ahead, held here, with no entry logged.
+        let read = |base: &str, hold: &Value| {
+            let url = format!("{base}/holds/{}", id(hold));
+            let office = &office;
+            async move { expect(&office.call(get(url)).await, 200)["status"].clone() }
+        };
+        assert_eq!(read(&ahead, &refused_hold).await, "expired", "{kind:?}");
+        assert_eq!(read(&n1, &refused_hold).await, "held", "{kind:?}");
+        let summary = event(&office, &ahead, "concert").await;
+        assert_eq!(
+            (summary["held"].as_u64(), summary["available"].as_u64()),
+            (Some(0), Some(10))
+        );
+        assert_eq!(statuses(&office, &ahead, "concert").await[&1], "available");
+        assert_eq!(event(&office, &n1, "concert").await["held"], 4, "{kind:?}");
+
+        // Refused as expired ahead: then no node confirms it, with its secret or the token.
+        let confirm =
+            |base: &str, hold: &Value| post(format!("{base}/holds/{}/confirm", id(hold)), None);
+        let secret = text(&refused_hold, "secret");
+        let answer = office
+            .call(confirm(&ahead, &refused_hold).by(As::Secret(secret)))
+            .await;
+        refused(&answer, 409, "hold_expired");
+        for base in [&n1, &n2] {
+            let answer = office
+                .call(confirm(base, &refused_hold).by(As::Secret(secret)))
+                .await;
+            refused(&answer, 409, "hold_expired");
+            let answer = office
+                .call(confirm(base, &refused_hold).by(As::Token(TOKEN)))
+                .await;
+            refused(&answer, 409, "hold_expired");
+            assert_eq!(
+                read(base, &refused_hold).await,
+                "expired",
+                "{kind:?} {base}"
+            );
+        }
+
+        // Its ticket sold ahead to another: the hold is expired everywhere.
+        let bought = office
+            .call(post(
+                format!("{ahead}/purchases"),
+                Some(seats_body("concert", &[3])),
+            ))
+            .await;
+        assert_eq!(ids(&expect(&bought, 201)), [3]);
+        let answer = office
+            .call(confirm(&n1, &sold_hold).by(As::Secret(text(&sold_hold, "secret"))))
+            .await;
+        refused(&answer, 409, "hold_expired");
+        assert_eq!(read(&n2, &sold_hold).await, "expired");
+
+        // n1's clock is two hours behind the log now: its decisions take the log's time,
+        // so the hour-long hold is past its time for it too, and a new hold starts then.
+        let answer = office
+            .call(confirm(&n1, &late_hold).by(As::Token(TOKEN)))
+            .await;
+        refused(&answer, 409, "hold_expired");
+        let fresh = make(hold_body("concert", 1, None, Some(60))).await;
+        let log_time = parse_time(text(&expect(&bought, 201), "created_at"));
+        assert!(
+            parse_time(text(&fresh, "created_at")) >= log_time,
+            "{fresh}"
+        );
+        let confirmed = office.call(confirm(&n2, &fresh).by(As::Token(TOKEN))).await;
+        assert_eq!(expect(&confirmed, 201)["hold_id"], id(&fresh).as_str());
+        assert_counts_agree(&office, "concert").await;
+    }
 }
 
 /// Sends every call at once, each through its own task, and returns the answers in order.
