@@ -290,6 +290,23 @@ mod tests {
             list.contains(id) && list.contains("ada") && !list.contains(secret),
             "{list}"
         );
+        // Each route is measured under its own name; held tickets have their gauge.
+        let (_, metrics) = call(&node, "GET", "/metrics", "").await;
+        for route in [
+            "POST /holds",
+            "GET /holds/{id}",
+            "POST /holds/{id}/confirm",
+            "GET /holds",
+        ] {
+            assert!(
+                metrics.contains(&format!("route=\"{route}\"")),
+                "{route}: {metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("tickets_event_held{node=\"n1\",event=\"concert\"} 0"),
+            "{metrics}"
+        );
     }
 
     #[tokio::test]

@@ -829,6 +829,50 @@ async fn unknown_ids_bad_bodies_wrong_methods_and_reused_keys_are_refused_as_the
         .await;
     refused(&answer, 422, "idempotency_key_reused");
 
+    // A change is keyed too: a repeat answers the same, the key is then taken.
+    let hold = office
+        .call(post(
+            format!("{n1}/holds"),
+            Some(hold_body("concert", 1, Some("cy"), None)),
+        ))
+        .await;
+    let hold = expect(&hold, 201);
+    let confirm = post(
+        format!("{n1}/holds/{}/confirm", text(&hold, "hold_id")),
+        None,
+    )
+    .by(As::Secret(text(&hold, "secret")))
+    .key("confirm-key-1");
+    let purchase = expect(&office.call(confirm.clone()).await, 201);
+    let repeat = expect(
+        &office
+            .call(Call {
+                url: confirm.url.replace(&n1, &lb),
+                ..confirm
+            })
+            .await,
+        201,
+    );
+    assert_eq!(repeat["purchase_id"], purchase["purchase_id"]);
+    let cancel = post(
+        format!("{lb}/purchases/{}/cancel", text(&purchase, "purchase_id")),
+        None,
+    )
+    .by(As::Secret(text(&hold, "secret")))
+    .key("cancel-key-1");
+    let cancelled = expect(&office.call(cancel.clone()).await, 200);
+    assert_eq!(
+        expect(&office.call(cancel).await, 200)["cancelled_at"],
+        cancelled["cancelled_at"]
+    );
+    let reuse = json!({"event": "concert", "quantity": 1, "customer": "cy"});
+    for key in ["confirm-key-1", "cancel-key-1"] {
+        let answer = office
+            .call(post(format!("{n1}/purchases"), Some(reuse.clone())).key(key))
+            .await;
+        refused(&answer, 422, "idempotency_key_reused");
+    }
+
     // On a limited event a purchase or hold names its customer; the limit counts both.
     for path in ["purchases", "holds"] {
         let anonymous = json!({"event": "concert", "quantity": 1});
@@ -913,7 +957,7 @@ async fn holds_expire_strictly_on_every_node_at_their_time_and_confirms_racing_e
     let mut tasks = tokio::task::JoinSet::new();
     for (i, hold) in racing.iter().enumerate() {
         let expires = parse_time(text(hold, "expires_at"));
-        let start = expires - Duration::from_millis(300) + Duration::from_millis(50 * i as u64);
+        let start = expires - Duration::from_millis(1500) + Duration::from_millis(250 * i as u64);
         for lane in 0..2 {
             let http = office.http.clone();
             let url = format!(
@@ -925,7 +969,8 @@ async fn holds_expire_strictly_on_every_node_at_their_time_and_confirms_racing_e
             tasks.spawn(async move {
                 until(start).await;
                 let mut answers = Vec::new();
-                while SystemTime::now() < expires + Duration::from_millis(400) && answers.len() < 50
+                while SystemTime::now() < expires + Duration::from_millis(1500)
+                    && answers.len() < 50
                 {
                     let answer = send(&http, post(url.clone(), None).by(As::Secret(&secret))).await;
                     answers.push((answer.status.as_u16(), answer.json()));
