@@ -49,7 +49,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
     request_seconds: HistogramFamily<RouteLabel>,
-    /// One `TicketStore::purchase_batch` call: lock wait, decision, append and sync.
+    /// One `TicketStore::commit_batch` call: lock wait, decision, append and sync.
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// Time a group commit waited for the store's exclusive lock.
