@@ -70,6 +70,10 @@ struct SeedArgs {
     /// Leave an existing store alone and succeed (for a one-shot seeding container).
     #[arg(long, conflicts_with = "force")]
     keep_existing: bool,
+    /// Limit every event to N tickets per customer (live purchases and holds together);
+    /// purchases and holds must then name a customer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_per_customer: Option<u32>,
 }
 
 /// The settings flags of `audit` (and of `load`, with `LoadFlags`); named as the settings'
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tickets: args.tickets,
                 seed: args.seed,
                 force: args.force,
+                max_per_customer: args.max_per_customer,
             });
             match seeded {
                 Ok(summary) => print!("{summary}"),

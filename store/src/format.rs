@@ -160,17 +160,13 @@ pub struct StoredPurchase {
     /// The key hash of the request that cancelled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_key: Option<String>,
-    #[serde(flatten)]
-    pub access: StoredAccess,
-}
-
-/// A secret's hash, a key's hash and the salt, in hex.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct StoredAccess {
+    /// The hash of its secret, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
 }
@@ -202,8 +198,15 @@ pub struct StoredHold {
     /// With `released`: the key hash of the request that released it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_key: Option<String>,
-    #[serde(flatten)]
-    pub access: StoredAccess,
+    /// The hash of its secret, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
 }
 
 /// A log entry other than a purchase.
@@ -359,23 +362,28 @@ fn stored_tickets(tickets: &[SoldTicket]) -> Vec<StoredSoldTicket> {
         .collect()
 }
 
+/// The secret's hash, the key's hash and the salt, in hex, as stored.
+struct StoredAccess<'a> {
+    secret: Option<&'a str>,
+    key: Option<&'a str>,
+    salt: Option<&'a str>,
+}
+
 /// Reads the hashes; an old purchase's clear key is hashed here.
 fn decode_access(
     what: &str,
-    access: &StoredAccess,
+    access: StoredAccess<'_>,
     clear_key: Option<&str>,
 ) -> Result<Access, String> {
     let secret = access
         .secret
-        .as_deref()
         .map(|h| SecretHash::from_hex(h).map_err(|e| format!("{what}: secret: {e}")))
         .transpose()?;
     let salt = access
         .salt
-        .as_deref()
         .map(|h| Salt::from_hex(h).map_err(|e| format!("{what}: salt: {e}")))
         .transpose()?;
-    let key = match (access.key.as_deref(), clear_key) {
+    let key = match (access.key, clear_key) {
         (Some(_), Some(_)) => return Err(format!("{what}: a key both hashed and in clear")),
         (hashed, None) => key_hash(what, hashed)?,
         (None, Some(clear)) => {
@@ -386,12 +394,13 @@ fn decode_access(
     Ok(Access { secret, key, salt })
 }
 
-fn encode_access(access: &Access) -> StoredAccess {
-    StoredAccess {
-        secret: access.secret.map(|h| h.to_hex()),
-        key: access.key.map(|h| h.to_hex()),
-        salt: access.salt.map(|s| s.to_hex()),
-    }
+/// The secret's hash, the key's hash and the salt as written: hex.
+fn encode_access(access: &Access) -> [Option<String>; 3] {
+    [
+        access.secret.map(|h| h.to_hex()),
+        access.key.map(|h| h.to_hex()),
+        access.salt.map(|s| s.to_hex()),
+    ]
 }
 
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
@@ -408,7 +417,15 @@ fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
     Ok(Purchase {
         event: EventName::parse(&p.event).map_err(context)?,
         quantity: Quantity::new(p.quantity).map_err(context)?,
-        access: decode_access(&what, &p.access, p.idempotency_key.as_deref())?,
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: p.secret.as_deref(),
+                key: p.key.as_deref(),
+                salt: p.salt.as_deref(),
+            },
+            p.idempotency_key.as_deref(),
+        )?,
         tickets: sold_tickets(&p.tickets),
         total_cents: p.total_cents,
         node: p.node,
@@ -454,7 +471,15 @@ fn decode_hold(h: StoredHold) -> Result<Hold, String> {
         expires_at: time(&what, &h.expires_at)?,
         seats: h.seats,
         state,
-        access: decode_access(&what, &h.access, None)?,
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: h.secret.as_deref(),
+                key: h.key.as_deref(),
+                salt: h.salt.as_deref(),
+            },
+            None,
+        )?,
         hold_id: h.hold_id,
     })
 }
@@ -469,6 +494,7 @@ fn encode_ticket(t: &Ticket) -> StoredTicket {
 }
 
 fn encode_purchase(p: &Purchase) -> StoredPurchase {
+    let [secret, key, salt] = encode_access(&p.access);
     StoredPurchase {
         purchase_id: p.purchase_id.clone(),
         event: p.event.as_str().to_owned(),
@@ -483,7 +509,9 @@ fn encode_purchase(p: &Purchase) -> StoredPurchase {
         hold_id: p.hold_id.clone(),
         cancelled_at: p.cancelled.as_ref().map(|c| c.at.to_string()),
         cancel_key: p.cancelled.as_ref().and_then(|c| c.key).map(|k| k.to_hex()),
-        access: encode_access(&p.access),
+        secret,
+        key,
+        salt,
     }
 }
 
@@ -501,6 +529,7 @@ fn encode_hold(h: &Hold) -> StoredHold {
         ),
         HoldState::Expired { at } => (Some("expired"), Some(at), None, None),
     };
+    let [secret, key, salt] = encode_access(&h.access);
     StoredHold {
         hold_id: h.hold_id.clone(),
         event: h.event.as_str().to_owned(),
@@ -515,7 +544,9 @@ fn encode_hold(h: &Hold) -> StoredHold {
         ended_at: ended_at.map(|t| t.to_string()),
         purchase_id,
         release_key,
-        access: encode_access(&h.access),
+        secret,
+        key,
+        salt,
     }
 }
 
@@ -820,6 +851,150 @@ mod tests {
             Ok(LogEntry::Purchase(purchase))
         );
         assert!(decode_journal_entry(b"{\"purchase_id\":").is_err());
+    }
+
+    /// A concert of six tickets after every kind of change: a purchase by a customer, a
+    /// cancelled one, holds confirmed, released, expired and still held, keyed requests,
+    /// and a per-customer limit; with the entries that made it.
+    fn box_office() -> (Inventory, Inventory, Vec<LogEntry>) {
+        use shared::{Command, HoldRequest, Order, Proof, SaleRequest, Seats, Selection, Ttl};
+        let tickets = (1..=6)
+            .map(|id| Ticket {
+                id,
+                event: EventName::parse("concert").expect("valid"),
+                price_cents: 100 * id,
+                sold: false,
+            })
+            .collect();
+        let mut start = Inventory::from_tickets(tickets).expect("consistent");
+        let concert = EventName::parse("concert").expect("valid");
+        start.set_max_per_customer(&concert, Some(5));
+        let ann = Some(CustomerId::parse("ann@example.org").expect("valid"));
+        let sale = |selection| SaleRequest {
+            event: concert.clone(),
+            selection,
+            customer: ann.clone(),
+        };
+        let one = || Selection::Quantity(Quantity::new(1).expect("valid"));
+        let hold = |selection| {
+            Command::Hold(HoldRequest {
+                sale: sale(selection),
+                ttl: Ttl::new(10).expect("valid"),
+            })
+        };
+        let key = |k: &str| Some(IdempotencyKey::parse(k).expect("valid"));
+        let orders = [
+            Order::new(Command::Purchase(sale(one()))).with_key(key("a")),
+            Order::new(Command::Purchase(sale(Selection::Seats(
+                Seats::new(vec![5]).expect("valid"),
+            )))),
+            Order::new(hold(one())).with_key(key("b")),
+            Order::new(hold(one())),
+            Order::new(hold(one())),
+            Order::new(Command::Confirm {
+                hold_id: "h-00000001".into(),
+            }),
+            Order::new(Command::Release {
+                hold_id: "h-00000002".into(),
+            })
+            .with_key(key("c")),
+            Order::new(Command::Cancel {
+                purchase_id: "p-00000002".into(),
+            })
+            .with_key(key("d")),
+            // Finds h-00000003 expired.
+            Order::new(hold(one())),
+        ];
+        let mut inventory = start.clone();
+        let mut log = Vec::new();
+        let base =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (i, order) in orders.iter().enumerate() {
+            let order = order.clone().with_proof(Proof::operator());
+            let now = base + std::time::Duration::from_secs(if i == 8 { 60 } else { i as u64 });
+            inventory
+                .decide(&order, "n1", now, &mut log)
+                .expect("decided");
+        }
+        (start, inventory, log)
+    }
+
+    fn assert_same(a: &Inventory, b: &Inventory) {
+        assert_eq!(a.tickets(), b.tickets());
+        assert_eq!(a.purchases(), b.purchases());
+        assert_eq!(a.holds(), b.holds());
+        assert_eq!(a.events(), b.events());
+        assert_eq!(a.limits(), b.limits());
+        assert_eq!(a.log_time(), b.log_time());
+        assert_eq!(a.next_purchase_seq(), b.next_purchase_seq());
+        assert_eq!(a.next_hold_seq(), b.next_hold_seq());
+    }
+
+    #[test]
+    fn every_kind_of_entry_survives_a_journal_line_and_snapshots_carry_all_of_it() {
+        let (start, inventory, log) = box_office();
+        let kinds: std::collections::BTreeSet<&str> = log.iter().map(LogEntry::kind).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["cancel", "confirm", "expire", "hold", "purchase", "release"]
+        );
+        let mut replayed = start;
+        for entry in &log {
+            let mut line = Vec::new();
+            encode_journal_entry(entry, &mut line);
+            let text = String::from_utf8(line.clone()).expect("utf-8");
+            let decoded = decode_journal_entry(line.trim_ascii_end()).expect("decodes");
+            assert_eq!(&decoded, entry, "{text}");
+            // PostgreSQL's jsonb reorders keys and adds spaces: still the same entry.
+            let value: serde_json::Value = serde_json::from_slice(&line).expect("json");
+            let reordered = serde_json::to_string_pretty(&value).expect("json");
+            assert_eq!(
+                decode_journal_entry(reordered.as_bytes()).as_ref(),
+                Ok(entry)
+            );
+            replayed.apply_entry(decoded).expect("fits");
+        }
+        assert_same(&replayed, &inventory);
+
+        let mut bytes = Vec::new();
+        encode(&inventory, 3, &mut bytes).expect("writing to a Vec cannot fail");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(!text.contains("\"idempotency_key\""), "keys are hashed");
+        assert_eq!(
+            decode_snapshot_header(text.lines().next().expect("a line").as_bytes()),
+            Some(SnapshotHeader {
+                generation: 3,
+                lineage: Lineage::Fresh
+            })
+        );
+        let decoded = decode(&bytes).expect("round trip").inventory;
+        assert_same(&decoded, &inventory);
+    }
+
+    #[test]
+    fn a_purchase_line_of_an_earlier_version_reads_with_its_key_hashed() {
+        let line = br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","idempotency_key":"retry-7"}"#;
+        let Ok(LogEntry::Purchase(purchase)) = decode_journal_entry(line) else {
+            panic!("an old purchase line reads");
+        };
+        assert_eq!(purchase.access.key, Some(KeyHash::of("retry-7")));
+        assert_eq!((purchase.access.secret, purchase.access.salt), (None, None));
+        let mut again = Vec::new();
+        encode_journal_entry(&LogEntry::Purchase(purchase), &mut again);
+        assert!(!String::from_utf8_lossy(&again).contains("retry-7"));
+        for bad in [
+            &br#"{"kind":"expire","hold_id":"h-00000001"}"#[..],
+            br#"{"kind":"refund","purchase_id":"p-00000001","at":"2026-01-01T00:00:00.000Z"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"yesterday"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"2026-01-01T00:00:00.000Z","by":"x"}"#,
+            br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","refunded":true}"#,
+        ] {
+            assert!(
+                decode_journal_entry(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -137,12 +137,12 @@ impl Inventory {
         for hold in holds {
             self.check_hold(&hold)?;
             let seq = hold_sequence(&hold)?;
-            let next = last_seq.map_or(1, |last: u64| last + 1);
+            // As for purchases: numbers rise, and stay below the next hold's.
             if last_seq.is_some_and(|last| seq <= last) || seq >= self.next_hold_seq {
                 return Err(InconsistencyError::HoldOutOfSequence {
                     hold: hold.hold_id,
                     seq,
-                    next: next.max(self.next_hold_seq.min(next)),
+                    next: last_seq.map_or(1, |last: u64| last + 1),
                 });
             }
             last_seq = Some(seq);
@@ -705,4 +705,178 @@ fn confirms(purchase: &Purchase, hold: &Hold) -> Result<(), InconsistencyError> 
         hold: hold.hold_id.clone(),
         what,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::command::{Command, HoldRequest, Order, Proof, SaleRequest};
+    use crate::domain::{Quantity, Selection, Timestamp, Ttl};
+    use crate::inventory::Parts;
+
+    fn concert() -> EventName {
+        EventName::parse("concert").expect("valid")
+    }
+
+    fn inventory() -> Inventory {
+        let tickets = (1..=4)
+            .map(|id| Ticket {
+                id,
+                event: concert(),
+                price_cents: 100,
+                sold: false,
+            })
+            .collect();
+        Inventory::from_tickets(tickets).expect("consistent")
+    }
+
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + seconds)
+    }
+
+    fn sale(n: u32) -> SaleRequest {
+        SaleRequest {
+            event: concert(),
+            selection: Selection::Quantity(Quantity::new(n).expect("valid")),
+            customer: None,
+        }
+    }
+
+    /// Decides `command` (as the operator) at `seconds` and returns what it logged.
+    fn logged(inv: &mut Inventory, command: Command, seconds: u64) -> Vec<LogEntry> {
+        let mut log = Vec::new();
+        let order = Order::new(command).with_proof(Proof::operator());
+        inv.decide(&order, "n1", at(seconds), &mut log)
+            .expect("decided");
+        log
+    }
+
+    fn hold_of(n: u32, ttl: u32) -> Command {
+        Command::Hold(HoldRequest {
+            sale: sale(n),
+            ttl: Ttl::new(ttl).expect("valid"),
+        })
+    }
+
+    #[test]
+    fn entries_that_do_not_fit_are_refused_and_change_nothing() {
+        let mut decided = inventory();
+        let hold = logged(&mut decided, hold_of(2, 10), 0).remove(0);
+        let LogEntry::Hold(h) = hold.clone() else {
+            panic!("a hold entry");
+        };
+        let mut replayed = inventory();
+        replayed.apply_entry(hold.clone()).expect("fits");
+        let expire_early = LogEntry::Expire {
+            hold_id: h.hold_id.clone(),
+            at: Timestamp::from_system(at(9)),
+        };
+        let sell_held = logged(&mut inventory(), Command::Purchase(sale(1)), 1).remove(0);
+        let cases = [
+            (expire_early, "expires at"),
+            (hold.clone(), "appears more than once"),
+            (sell_held, "held by"),
+            (
+                LogEntry::Cancel {
+                    purchase_id: "p-00000001".into(),
+                    at: Timestamp::from_system(at(1)),
+                    key: None,
+                },
+                "names purchase p-00000001",
+            ),
+            (
+                LogEntry::Release {
+                    hold_id: "h-00000002".into(),
+                    at: Timestamp::from_system(at(1)),
+                    key: None,
+                },
+                "names hold h-00000002",
+            ),
+        ];
+        for (entry, expected) in cases {
+            let before = (replayed.tickets().to_vec(), replayed.holds().to_vec());
+            let err = replayed.apply_entry(entry).expect_err("refused");
+            assert!(
+                err.to_string().contains(expected),
+                "{err} lacks {expected:?}"
+            );
+            assert_eq!(
+                before,
+                (replayed.tickets().to_vec(), replayed.holds().to_vec())
+            );
+        }
+        // Released, the hold can be neither released nor confirmed again.
+        let release = logged(
+            &mut decided,
+            Command::Release {
+                hold_id: h.hold_id.clone(),
+            },
+            1,
+        );
+        replayed.apply_entry(release[0].clone()).expect("fits");
+        let err = replayed
+            .apply_entry(release[0].clone())
+            .expect_err("released twice");
+        assert!(err.to_string().contains("released, not held"), "{err}");
+        let purchase = Purchase {
+            purchase_id: "p-00000001".into(),
+            event: concert(),
+            quantity: Quantity::new(2).expect("valid"),
+            tickets: h.tickets.clone(),
+            total_cents: h.total_cents,
+            node: "n1".into(),
+            created_at: Timestamp::from_system(at(2)),
+            customer: None,
+            seats: false,
+            hold_id: Some(h.hold_id.clone()),
+            cancelled: None,
+            access: h.access.clone(),
+        };
+        let err = replayed
+            .apply_entry(LogEntry::Purchase(purchase))
+            .expect_err("a released hold is never confirmed");
+        assert!(err.to_string().contains("released, not held"), "{err}");
+    }
+
+    #[test]
+    fn a_stored_state_with_a_ticket_held_twice_or_a_confirm_without_its_purchase_is_refused() {
+        let mut inv = inventory();
+        logged(&mut inv, hold_of(1, 60), 0);
+        let parts = |inv: &Inventory| Parts {
+            tickets: inv.tickets().to_vec(),
+            purchases: inv.purchases().to_vec(),
+            holds: inv.holds().to_vec(),
+            next_purchase_seq: inv.next_purchase_seq(),
+            next_hold_seq: inv.next_hold_seq(),
+            limits: inv.limits(),
+            log_time: inv.log_time(),
+        };
+        let mut twice = parts(&inv);
+        let mut second = twice.holds[0].clone();
+        second.hold_id = "h-00000002".into();
+        twice.holds.push(second);
+        twice.next_hold_seq = 3;
+        let err = Inventory::restore(twice).expect_err("held twice");
+        assert!(
+            matches!(err, InconsistencyError::HeldTwice { ticket: 1, .. }),
+            "{err}"
+        );
+
+        logged(
+            &mut inv,
+            Command::Confirm {
+                hold_id: "h-00000001".into(),
+            },
+            1,
+        );
+        let restored = Inventory::restore(parts(&inv)).expect("consistent");
+        assert_eq!(restored.holds(), inv.holds());
+        let mut orphan = parts(&inv);
+        orphan.purchases.clear();
+        orphan.tickets.iter_mut().for_each(|t| t.sold = false);
+        let err = Inventory::restore(orphan).expect_err("the confirm's purchase is missing");
+        assert!(err.to_string().contains("p-00000001"), "{err}");
+    }
 }
