@@ -252,6 +252,29 @@ mod tests {
         .await;
         assert_eq!(field(&read, "customer"), "ada");
 
+        // A change reads no body: none, `{}` or anything, with or without a content type.
+        let other = r#"{"event":"concert","quantity":1}"#;
+        let (_, other) = call(&node, "POST", "/holds", other).await;
+        let other_id = field(&other, "hold_id");
+        let release = Request::builder()
+            .method("POST")
+            .uri(format!(
+                "/holds/{}/release",
+                other_id.as_str().expect("an id")
+            ))
+            .header(
+                "x-ticket-secret",
+                field(&other, "secret").as_str().expect("a secret"),
+            )
+            .body(Full::new(Bytes::from_static(b"not json at all")))
+            .expect("request");
+        let (status, released) = send(&node, release).await;
+        assert_eq!(
+            (status, field(&released, "status")),
+            (200, "released".into()),
+            "{released}"
+        );
+
         let confirm = format!("/holds/{id}/confirm");
         let (status, refused) = call(&node, "POST", &confirm, "").await;
         assert_eq!(

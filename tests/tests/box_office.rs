@@ -404,6 +404,51 @@ async fn a_hold_is_made_read_confirmed_and_its_purchase_cancelled_through_differ
         .await;
     assert_eq!(ids(&expect(&resold, 201)), held);
     assert_counts_agree(&office, "concert").await;
+
+    // Holds page as purchases do: pages of two, put together, are the whole list.
+    for _ in 0..4 {
+        let url = format!("{n2}/holds");
+        expect(
+            &office
+                .call(post(url, Some(hold_body("concert", 1, None, None))))
+                .await,
+            201,
+        );
+    }
+    let whole = expect(&office.call(get(format!("{lb}/holds"))).await, 200);
+    let whole: Vec<&str> = whole
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|h| text(h, "hold_id"))
+        .collect();
+    assert_eq!(whole.len(), 5);
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let query = after
+            .as_ref()
+            .map_or(String::new(), |a| format!("&after={a}"));
+        let page = expect(
+            &office.call(get(format!("{lb}/holds?limit=2{query}"))).await,
+            200,
+        );
+        paged.extend(
+            page["items"]
+                .as_array()
+                .expect("items")
+                .iter()
+                .map(|h| text(h, "hold_id").to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, whole);
+    let head = office.call(get(format!("{lb}/holds?limit=2")).head()).await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert!(head.body.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
