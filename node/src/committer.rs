@@ -1,6 +1,7 @@
-//! Group commit: purchases that arrive at this node while a commit is under way wait in a
-//! queue, and the next commit decides all of them in one store lock hold and makes them
-//! durable with one sync, so the sale rate can exceed the disk's sync rate.
+//! Group commit: orders (purchases, holds, confirmations, releases, cancellations) that
+//! arrive at this node while a commit is under way wait in a queue, and the next commit
+//! decides all of them in one store lock hold and makes them durable with one sync, so the
+//! sale rate can exceed the disk's sync rate.
 //!
 //! The commit thread is supervised: if a commit panics, the node reports itself unhealthy
 //! (`running()` is false, so `GET /health` answers 503 and the balancer stops sending it
@@ -11,15 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use shared::{PurchaseError, PurchaseOutcome};
-use store::PurchaseOrder;
+use shared::{DecisionError, Order, Outcome};
 use store::{StoreError, TicketStore};
 use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use crate::metrics::Metrics;
 
-/// The most purchases decided in one commit.
+/// The most orders decided in one commit.
 const MAX_BATCH: usize = 256;
 
 /// How long the node stays unhealthy after its commit thread panicked, before it runs it
@@ -27,11 +27,11 @@ const MAX_BATCH: usize = 256;
 pub const RESTART_DELAY: Duration = Duration::from_secs(2);
 
 /// One order's outcome; the store error is shared by every order of a failed batch.
-pub type CommitResult = Result<Result<PurchaseOutcome, PurchaseError>, Arc<StoreError>>;
+pub type CommitResult = Result<Result<Outcome, DecisionError>, Arc<StoreError>>;
 
 enum Job {
     Order {
-        order: PurchaseOrder,
+        order: Order,
         reply: oneshot::Sender<CommitResult>,
     },
     /// Makes the commit thread panic, as a bug would: for the tests of its supervision.
@@ -87,7 +87,7 @@ impl Committer {
         Ok(Self { queue, health })
     }
 
-    /// Whether purchases are being committed: false from a panic of the commit thread
+    /// Whether orders are being committed: false from a panic of the commit thread
     /// until it runs again.
     pub fn running(&self) -> bool {
         self.health.running.load(Ordering::SeqCst)
@@ -102,7 +102,7 @@ impl Committer {
     /// Queues `order` for the next commit and waits for its outcome. `None` when the
     /// commit thread stopped before answering (it panicked, or the node is stopping): the
     /// order may or may not have been committed.
-    pub async fn commit(&self, order: PurchaseOrder) -> Option<CommitResult> {
+    pub async fn commit(&self, order: Order) -> Option<CommitResult> {
         let (reply, outcome) = oneshot::channel();
         self.queue.send(Job::Order { order, reply }).ok()?;
         outcome.await.ok()
@@ -140,9 +140,9 @@ fn commit_loop(
                 Err(_) => break,
             }
         }
-        let orders: Vec<PurchaseOrder> = batch.iter().map(|(order, _)| order.clone()).collect();
+        let orders: Vec<Order> = batch.iter().map(|(order, _)| order.clone()).collect();
         let started = std::time::Instant::now();
-        let decided = store.purchase_batch(&orders, node);
+        let decided = store.commit_batch(&orders, node);
         metrics.commit_observed(orders.len(), started.elapsed(), decided.is_ok());
         match decided {
             Ok(committed) => {
@@ -161,7 +161,7 @@ fn commit_loop(
     }
 }
 
-fn take(batch: &mut Vec<(PurchaseOrder, oneshot::Sender<CommitResult>)>, job: Job) {
+fn take(batch: &mut Vec<(Order, oneshot::Sender<CommitResult>)>, job: Job) {
     match job {
         Job::Order { order, reply } => batch.push((order, reply)),
         #[cfg(test)]
@@ -172,16 +172,14 @@ fn take(batch: &mut Vec<(PurchaseOrder, oneshot::Sender<CommitResult>)>, job: Jo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::{EventName, PurchaseRequest, Quantity};
+    use shared::{Command, EventName, Quantity, SaleRequest, Selection};
 
-    fn order() -> PurchaseOrder {
-        PurchaseOrder {
-            request: PurchaseRequest::new(
-                EventName::parse("concert").expect("valid"),
-                Quantity::new(1).expect("valid"),
-            ),
-            key: None,
-        }
+    fn order() -> Order {
+        Order::new(Command::Purchase(SaleRequest {
+            event: EventName::parse("concert").expect("valid"),
+            selection: Selection::Quantity(Quantity::new(1).expect("valid")),
+            customer: None,
+        }))
     }
 
     fn committer(dir: &std::path::Path, restart_delay: Duration) -> Committer {

@@ -160,17 +160,13 @@ pub struct StoredPurchase {
     /// The key hash of the request that cancelled it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel_key: Option<String>,
-    #[serde(flatten)]
-    pub access: StoredAccess,
-}
-
-/// A secret's hash, a key's hash and the salt, in hex.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct StoredAccess {
+    /// The hash of its secret, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub salt: Option<String>,
 }
@@ -202,8 +198,15 @@ pub struct StoredHold {
     /// With `released`: the key hash of the request that released it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release_key: Option<String>,
-    #[serde(flatten)]
-    pub access: StoredAccess,
+    /// The hash of its secret, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
 }
 
 /// A log entry other than a purchase.
@@ -359,23 +362,28 @@ fn stored_tickets(tickets: &[SoldTicket]) -> Vec<StoredSoldTicket> {
         .collect()
 }
 
+/// The secret's hash, the key's hash and the salt, in hex, as stored.
+struct StoredAccess<'a> {
+    secret: Option<&'a str>,
+    key: Option<&'a str>,
+    salt: Option<&'a str>,
+}
+
 /// Reads the hashes; an old purchase's clear key is hashed here.
 fn decode_access(
     what: &str,
-    access: &StoredAccess,
+    access: StoredAccess<'_>,
     clear_key: Option<&str>,
 ) -> Result<Access, String> {
     let secret = access
         .secret
-        .as_deref()
         .map(|h| SecretHash::from_hex(h).map_err(|e| format!("{what}: secret: {e}")))
         .transpose()?;
     let salt = access
         .salt
-        .as_deref()
         .map(|h| Salt::from_hex(h).map_err(|e| format!("{what}: salt: {e}")))
         .transpose()?;
-    let key = match (access.key.as_deref(), clear_key) {
+    let key = match (access.key, clear_key) {
         (Some(_), Some(_)) => return Err(format!("{what}: a key both hashed and in clear")),
         (hashed, None) => key_hash(what, hashed)?,
         (None, Some(clear)) => {
@@ -386,12 +394,13 @@ fn decode_access(
     Ok(Access { secret, key, salt })
 }
 
-fn encode_access(access: &Access) -> StoredAccess {
-    StoredAccess {
-        secret: access.secret.map(|h| h.to_hex()),
-        key: access.key.map(|h| h.to_hex()),
-        salt: access.salt.map(|s| s.to_hex()),
-    }
+/// The secret's hash, the key's hash and the salt as written: hex.
+fn encode_access(access: &Access) -> [Option<String>; 3] {
+    [
+        access.secret.map(|h| h.to_hex()),
+        access.key.map(|h| h.to_hex()),
+        access.salt.map(|s| s.to_hex()),
+    ]
 }
 
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
@@ -408,7 +417,15 @@ fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
     Ok(Purchase {
         event: EventName::parse(&p.event).map_err(context)?,
         quantity: Quantity::new(p.quantity).map_err(context)?,
-        access: decode_access(&what, &p.access, p.idempotency_key.as_deref())?,
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: p.secret.as_deref(),
+                key: p.key.as_deref(),
+                salt: p.salt.as_deref(),
+            },
+            p.idempotency_key.as_deref(),
+        )?,
         tickets: sold_tickets(&p.tickets),
         total_cents: p.total_cents,
         node: p.node,
@@ -454,7 +471,15 @@ fn decode_hold(h: StoredHold) -> Result<Hold, String> {
         expires_at: time(&what, &h.expires_at)?,
         seats: h.seats,
         state,
-        access: decode_access(&what, &h.access, None)?,
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: h.secret.as_deref(),
+                key: h.key.as_deref(),
+                salt: h.salt.as_deref(),
+            },
+            None,
+        )?,
         hold_id: h.hold_id,
     })
 }
@@ -469,6 +494,7 @@ fn encode_ticket(t: &Ticket) -> StoredTicket {
 }
 
 fn encode_purchase(p: &Purchase) -> StoredPurchase {
+    let [secret, key, salt] = encode_access(&p.access);
     StoredPurchase {
         purchase_id: p.purchase_id.clone(),
         event: p.event.as_str().to_owned(),
@@ -483,7 +509,9 @@ fn encode_purchase(p: &Purchase) -> StoredPurchase {
         hold_id: p.hold_id.clone(),
         cancelled_at: p.cancelled.as_ref().map(|c| c.at.to_string()),
         cancel_key: p.cancelled.as_ref().and_then(|c| c.key).map(|k| k.to_hex()),
-        access: encode_access(&p.access),
+        secret,
+        key,
+        salt,
     }
 }
 
@@ -501,6 +529,7 @@ fn encode_hold(h: &Hold) -> StoredHold {
         ),
         HoldState::Expired { at } => (Some("expired"), Some(at), None, None),
     };
+    let [secret, key, salt] = encode_access(&h.access);
     StoredHold {
         hold_id: h.hold_id.clone(),
         event: h.event.as_str().to_owned(),
@@ -515,7 +544,9 @@ fn encode_hold(h: &Hold) -> StoredHold {
         ended_at: ended_at.map(|t| t.to_string()),
         purchase_id,
         release_key,
-        access: encode_access(&h.access),
+        secret,
+        key,
+        salt,
     }
 }
 
@@ -955,6 +986,8 @@ mod tests {
             &br#"{"kind":"expire","hold_id":"h-00000001"}"#[..],
             br#"{"kind":"refund","purchase_id":"p-00000001","at":"2026-01-01T00:00:00.000Z"}"#,
             br#"{"kind":"expire","hold_id":"h-00000001","at":"yesterday"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"2026-01-01T00:00:00.000Z","by":"x"}"#,
+            br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","refunded":true}"#,
         ] {
             assert!(
                 decode_journal_entry(bad).is_err(),

@@ -1,11 +1,13 @@
 //! `TicketStore`: the shared, strictly consistent ticket store every node opens, on one of
 //! two media: JSON files in a data directory (the default), or PostgreSQL.
 //!
-//! The store is a log of committed purchases after a snapshot of the inventory. Every
+//! The store is a log of committed changes (`shared::LogEntry`: purchases, holds,
+//! confirms, releases, expiries, cancellations) after a snapshot of the inventory. Every
 //! process keeps its parsed state and reads only the entries it has not seen, so every read
 //! sees every completed write, whichever process made it, while a sale costs the same
-//! whatever the inventory's size. A batch of purchases is decided under one exclusive lock
-//! hold and appended in one step (group commit). The decisions live once, in `front`; what
+//! whatever the inventory's size. A batch of orders is decided under one exclusive lock
+//! hold, at the later of the store's clock and the log's latest time, and its entries are
+//! appended in one step (group commit). The decisions live once, in `front`; what
 //! differs per medium is the small trait in `medium`, implemented by `file` and
 //! `pg`.
 //!

@@ -27,6 +27,16 @@ pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()>
 
 /// As `seed_store`, on either medium.
 pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+    seed_medium_with_limit(medium, events, None)
+}
+
+/// As `seed_medium`, every event limited to `max_per_customer` tickets per customer when
+/// given (as `generator seed --max-per-customer N` does).
+pub fn seed_medium_with_limit(
+    medium: &Medium,
+    events: &[(&str, u64, u64)],
+    max_per_customer: Option<u32>,
+) -> anyhow::Result<()> {
     let mut tickets = Vec::new();
     for &(name, count, price_cents) in events {
         let event = EventName::parse(name)?;
@@ -39,7 +49,12 @@ pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Resu
             });
         }
     }
-    let inventory = Inventory::from_tickets(tickets)?;
+    let mut inventory = Inventory::from_tickets(tickets)?;
+    if let Some(limit) = max_per_customer {
+        for &(name, _, _) in events {
+            inventory.set_max_per_customer(&EventName::parse(name)?, Some(limit));
+        }
+    }
     // The PostgreSQL store's client blocks on a runtime of its own, which cannot run on a
     // thread of the test's runtime: the store is made, used and dropped on a thread apart.
     std::thread::scope(|scope| {

@@ -80,6 +80,49 @@ fn mistakes() -> Vec<(&'static str, String, &'static str, Vec<u8>)> {
     ] {
         cases.push(("GET", path.to_string(), json, Vec::new()));
     }
+    // The box office's bodies: seats, customers, times to live.
+    for body in [
+        "{\"event\":\"concert\",\"quantity\":1,\"tickets\":[1]}",
+        "{\"event\":\"concert\",\"tickets\":[]}",
+        "{\"event\":\"concert\",\"tickets\":[1,1]}",
+        "{\"event\":\"concert\",\"tickets\":[0]}",
+        "{\"event\":\"concert\",\"tickets\":[\"1\"]}",
+        "{\"event\":\"concert\",\"tickets\":[1,2,3,4,5,6,7,8,9,10,11]}",
+        "{\"event\":\"concert\",\"tickets\":[999999]}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"no spaces\"}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"\"}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"a\",\"customer\":\"b\"}",
+    ] {
+        for path in ["/purchases", "/holds"] {
+            cases.push(("POST", path.into(), json, body.as_bytes().to_vec()));
+        }
+    }
+    for body in [
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":9}",
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":3601}",
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":\"60\"}",
+    ] {
+        cases.push(("POST", "/holds".into(), json, body.as_bytes().to_vec()));
+    }
+    cases.push((
+        "POST",
+        "/purchases".into(),
+        json,
+        b"{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":60}".to_vec(),
+    ));
+    for (method, path) in [
+        ("GET", "/holds/h-00000001"),
+        ("GET", "/holds?customer=x"),
+        ("GET", "/holds?after=p-1"),
+        ("GET", "/purchases?customer=x"),
+        ("POST", "/holds/h-00000001/confirm"),
+        ("POST", "/holds/h-00000001/release"),
+        ("POST", "/purchases/p-00000001/cancel"),
+        ("GET", "/holds/h-00000001/confirm"),
+        ("POST", "/holds/h-1/cancel"),
+    ] {
+        cases.push((method, path.to_string(), json, Vec::new()));
+    }
     cases.push(("DELETE", "/tickets/1".into(), json, Vec::new()));
     cases.push(("PUT", "/purchases".into(), json, b"{}".to_vec()));
     cases
@@ -150,7 +193,9 @@ fn random_requests_never_get_a_5xx() {
         prop_oneof!["GET", "POST", "PUT", "DELETE", "PATCH"],
         prop_oneof![
             Just("/purchases".to_string()),
-            "/(events|tickets|purchases)/[a-z0-9%./-]{0,20}",
+            "/(events|tickets|purchases|holds)/[a-z0-9%./-]{0,20}",
+            "/(holds|purchases)/[hp]-[0-9]{0,9}/(confirm|release|cancel)",
+            "/(holds|purchases)\\?(customer|after|limit)=[A-Za-z0-9%-]{0,10}",
             "/tickets\\?(event|sold|x)=[A-Za-z0-9%-]{0,10}",
             "/[a-z]{0,12}",
         ],

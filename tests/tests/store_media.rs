@@ -363,3 +363,138 @@ fn concurrent_reads_see_a_gapless_prefix_holding_every_acknowledged_write() {
         assert!(reads >= 10, "{name}: only {reads} reads");
     }
 }
+
+/// What a handle sees of the box office: every ticket, purchase and hold and the events'
+/// counts, compared whole.
+fn box_office_state(store: &TicketStore) -> String {
+    store
+        .read(|inv| {
+            format!(
+                "{:?}\n{:?}\n{:?}\n{:?}",
+                inv.tickets(),
+                inv.purchases(),
+                inv.holds(),
+                inv.events()
+            )
+        })
+        .expect("readable")
+}
+
+#[test]
+fn every_kind_of_entry_is_seen_by_another_handle_and_survives_compaction() {
+    use shared::{
+        Command, CustomerId, EventName, HoldRequest, HoldState, Order, Outcome, Proof, Quantity,
+        SaleRequest, Selection, Ttl,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::SystemTime;
+
+    for medium in Medium::both() {
+        let name = medium.name();
+        let seconds = Arc::new(AtomicU64::new(0));
+        let clock = {
+            let seconds = Arc::clone(&seconds);
+            store::Clock::from_fn(move || {
+                SystemTime::now() + Duration::from_secs(seconds.load(Ordering::Relaxed))
+            })
+        };
+        let writer = medium.seeded(10).with_clock(clock.clone());
+        let sale = |n| SaleRequest {
+            event: EventName::parse("concert").expect("valid"),
+            selection: Selection::Quantity(Quantity::new(n).expect("valid")),
+            customer: Some(CustomerId::parse("ann").expect("valid")),
+        };
+        let hold = |n, ttl| {
+            Order::new(Command::Hold(HoldRequest {
+                sale: sale(n),
+                ttl: Ttl::new(ttl).expect("valid"),
+            }))
+        };
+        let key = Some(IdempotencyKey::parse("hold-1").expect("valid"));
+        let operator = |command| Order::new(command).with_proof(Proof::operator());
+        let orders = [
+            hold(2, 600).with_key(key.clone()),
+            hold(2, 600),
+            Order::new(Command::Purchase(sale(2))),
+            operator(Command::Confirm {
+                hold_id: "h-00000001".into(),
+            }),
+            operator(Command::Release {
+                hold_id: "h-00000002".into(),
+            }),
+            operator(Command::Cancel {
+                purchase_id: "p-00000001".into(),
+            }),
+            hold(1, 10),
+        ];
+        let batch = writer.commit_batch(&orders, "n1").expect("committed");
+        let first_secret = match &batch.outcomes[0] {
+            Ok(Outcome::Hold(decided)) => decided.secret.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(
+            batch.outcomes.iter().all(Result::is_ok),
+            "{name}: {:?}",
+            batch.outcomes
+        );
+        // The last hold expires; the next decision logs it.
+        seconds.store(11, Ordering::Relaxed);
+        writer
+            .commit(&Order::new(Command::Purchase(sale(1))), "n1")
+            .expect("committed")
+            .expect("available");
+
+        let reader = medium.handle().with_clock(clock.clone());
+        assert_eq!(
+            box_office_state(&reader),
+            box_office_state(&writer),
+            "{name}"
+        );
+        let states: Vec<HoldState> = reader
+            .read(|inv| inv.holds().iter().map(|h| h.state.clone()).collect())
+            .expect("readable");
+        assert!(
+            matches!(
+                states.as_slice(),
+                [
+                    HoldState::Confirmed { .. },
+                    HoldState::Released(_),
+                    HoldState::Expired { .. }
+                ]
+            ),
+            "{name}: {states:?}"
+        );
+        // A keyed repeat on another handle answers the first hold and its secret.
+        let again = reader
+            .commit(&hold(2, 600).with_key(key.clone()), "n2")
+            .expect("committed");
+        match again {
+            Ok(Outcome::Hold(decided)) => {
+                assert!(!decided.changed, "{name}");
+                assert_eq!(decided.item.hold.hold_id, "h-00000001", "{name}");
+                assert_eq!(decided.secret, first_secret, "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+
+        // Folded into a snapshot, it all reads the same.
+        let compacting = medium
+            .handle()
+            .with_clock(clock.clone())
+            .with_compaction_threshold(1);
+        compacting
+            .commit(&Order::new(Command::Purchase(sale(1))), "n3")
+            .expect("committed")
+            .expect("available");
+        assert!(compacting.stats().compactions >= 1, "{name}");
+        let fresh = medium.handle();
+        assert_eq!(
+            box_office_state(&fresh),
+            box_office_state(&compacting),
+            "{name}"
+        );
+        let summary = fresh.check().expect("consistent");
+        assert_eq!((summary.holds, summary.purchases), (3, 4), "{name}");
+    }
+}
