@@ -854,9 +854,10 @@ pub async fn box_request(
 }
 
 /// One box-office client's history through `base`: `rounds` times it holds one or two
-/// tickets of `event` for `customer`, then confirms the hold (rounds 0, 3, ...), releases
-/// it (1, 4, ...), or buys instead and cancels the purchase (2, 5, ...), with the keys
-/// `<tag>-<client>-<round>-<step>`.
+/// tickets of `event` for `customer`, then releases the hold (rounds 0, 3, ...), or buys
+/// instead and cancels the purchase (1, 4, ...), or confirms the hold (2, 5, ...), with the
+/// keys `<tag>-<client>-<round>-<step>`. Sales come last in each three rounds, so a few
+/// seats last long enough for every kind of change.
 pub async fn box_client(
     http: &HttpClient,
     base: &str,
@@ -873,7 +874,7 @@ pub async fn box_client(
             body["customer"] = customer.into();
         }
         let customer = customer.map(str::to_owned);
-        if round % 3 == 2 {
+        if round % 3 == 1 {
             let action = Action::Purchase {
                 event: event.to_owned(),
                 customer,
@@ -908,7 +909,7 @@ pub async fn box_client(
         let Some((hold_id, secret)) = hold else {
             continue;
         };
-        let (verb, action) = if round % 3 == 0 {
+        let (verb, action) = if round % 3 == 2 {
             (
                 "confirm",
                 Action::Confirm {

@@ -66,6 +66,10 @@ async fn contended_holds_confirms_releases_and_cancels_across_nodes_keep_every_p
     let verdict = history::check_box_office(&ops, &state);
     assert!(verdict.is_clean(), "{verdict}");
     assert_eq!(verdict.unknown, 0, "every answer came: {verdict:?}");
+    cluster::report_summary(&format!(
+        "box-office contention: {} requests, {} acknowledged, {} refused, {} unknown, clean",
+        verdict.tried, verdict.acknowledged, verdict.refused, verdict.unknown
+    ));
     let count = |kind: &str| {
         ops.iter()
             .filter(|op| match (&op.action, &op.outcome) {
@@ -141,6 +145,7 @@ async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() 
     ])
     .expect("generator runs");
     assert_eq!(code, 0, "load failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
     let report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
             .expect("report is JSON");
