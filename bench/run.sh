@@ -205,6 +205,10 @@ start_server() {
     local name=$1
     shift
     local out=$TMP/$name.out err=$TMP/$name.err
+    # Emptied here, before the start: the redirection below empties it only once the
+    # background child runs, so a check in between would read the address a server of the
+    # same name printed in an earlier run (or an empty line).
+    : >"$out"
     RUST_LOG=warn "$@" >"$out" 2>"$err" &
     local pid=$!
     PIDS+=("$pid")
