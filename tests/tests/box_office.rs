@@ -734,6 +734,18 @@ async fn unknown_ids_bad_bodies_wrong_methods_and_reused_keys_are_refused_as_the
                 post(format!("{base}/purchases/p-00000099/cancel"), None),
                 "unknown_purchase",
             ),
+            (
+                post(format!("{base}/holds/{}/confirm", "x".repeat(300)), None),
+                "unknown_hold",
+            ),
+            (
+                post(format!("{base}/holds/p-00000001/release"), None),
+                "unknown_hold",
+            ),
+            (
+                post(format!("{base}/purchases/h-00000001/cancel"), None),
+                "unknown_purchase",
+            ),
         ] {
             refused(
                 &office.call(call.clone().by(As::Token(TOKEN))).await,
