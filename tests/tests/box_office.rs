@@ -282,7 +282,13 @@ async fn assert_counts_agree(office: &BoxOffice, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_is_made_read_confirmed_and_its_purchase_cancelled_through_different_nodes() {
-    let office = BoxOffice::start(MediumKind::Files, 2, &[("concert", 10, 2500)], None);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        hold_confirm_cancel(kind).await;
+    }
+}
+
+async fn hold_confirm_cancel(kind: MediumKind) {
+    let office = BoxOffice::start(kind, 2, &[("concert", 10, 2500)], None);
     let (n1, n2, lb) = (office.node(0), office.node(1), office.balancer.url());
 
     let made = office
