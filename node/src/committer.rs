@@ -203,6 +203,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn holds_confirms_releases_and_purchases_queued_together_each_get_their_own_outcome() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let committer = committer(dir.path(), Duration::ZERO);
+        let hold = |seat: u64| {
+            let sale = SaleRequest {
+                event: EventName::parse("concert").expect("valid"),
+                selection: Selection::Seats(shared::Seats::new(vec![seat]).expect("valid")),
+                customer: None,
+            };
+            Order::new(Command::Hold(shared::HoldRequest {
+                sale,
+                ttl: shared::Ttl::default(),
+            }))
+        };
+        let mut held = Vec::new();
+        for seat in 1..=2 {
+            match committer.commit(hold(seat)).await {
+                Some(Ok(Ok(Outcome::Hold(decided)))) => held.push(decided.item.hold.hold_id),
+                other => panic!("{other:?}"),
+            }
+        }
+        // In flight at once: confirm one hold, release the other, buy two more seats, and
+        // hold a seat that is held already.
+        let operator = shared::Proof::operator();
+        let confirm = Order::new(Command::Confirm {
+            hold_id: held[0].clone(),
+        })
+        .with_proof(operator.clone());
+        let release = Order::new(Command::Release {
+            hold_id: held[1].clone(),
+        })
+        .with_proof(operator);
+        let (a, b, c, d, e) = tokio::join!(
+            committer.commit(confirm),
+            committer.commit(release),
+            committer.commit(order()),
+            committer.commit(order()),
+            committer.commit(hold(1)),
+        );
+        let mut answers = [a, b, c, d, e]
+            .into_iter()
+            .map(|a| a.expect("answered").expect("committed"));
+        match answers.next() {
+            Some(Ok(Outcome::Purchase(p))) => assert_eq!(p.item.hold_id.as_ref(), Some(&held[0])),
+            other => panic!("confirm: {other:?}"),
+        }
+        match answers.next() {
+            Some(Ok(Outcome::Hold(h))) => assert_eq!(h.item.status.as_str(), "released"),
+            other => panic!("release: {other:?}"),
+        }
+        for _ in 0..2 {
+            assert!(matches!(answers.next(), Some(Ok(Outcome::Purchase(_)))));
+        }
+        assert!(
+            matches!(
+                answers.next(),
+                Some(Err(DecisionError::TicketsUnavailable { .. }))
+            ),
+            "seat 1 is sold by the confirmation"
+        );
+    }
+
+    #[tokio::test]
     async fn a_commit_thread_waiting_to_restart_reports_not_running() {
         let dir = tempfile::tempdir().expect("tempdir");
         let committer = committer(dir.path(), Duration::from_secs(3600));
