@@ -498,3 +498,54 @@ fn every_kind_of_entry_is_seen_by_another_handle_and_survives_compaction() {
         assert_eq!((summary.holds, summary.purchases), (3, 4), "{name}");
     }
 }
+
+#[test]
+fn a_hold_one_handle_found_expired_is_confirmed_by_no_handle_whatever_its_clock() {
+    use shared::{
+        Command, DecisionError, EventName, HoldRequest, Order, Proof, Quantity, SaleRequest,
+        Selection, Ttl,
+    };
+    use store::Clock;
+
+    for medium in Medium::both() {
+        let name = medium.name();
+        let behind = medium.seeded(4);
+        let ahead = medium
+            .handle()
+            .with_clock(Clock::ahead(Duration::from_secs(60)));
+        let hold = Order::new(Command::Hold(HoldRequest {
+            sale: SaleRequest {
+                event: EventName::parse("concert").expect("valid"),
+                selection: Selection::Quantity(Quantity::new(2).expect("valid")),
+                customer: None,
+            },
+            ttl: Ttl::new(10).expect("valid"),
+        }));
+        behind
+            .commit(&hold, "slow")
+            .expect("committed")
+            .expect("held");
+        let confirm = Order::new(Command::Confirm {
+            hold_id: "h-00000001".into(),
+        })
+        .with_proof(Proof::operator());
+        let expired = Err(DecisionError::HoldExpired("h-00000001".into()));
+        let refused = ahead.commit_batch(std::slice::from_ref(&confirm), "fast");
+        let refused = refused.expect("committed");
+        assert_eq!(refused.outcomes, [expired.clone()], "{name}");
+        assert!(
+            refused.append_and_sync > Duration::ZERO,
+            "{name}: the expiry was logged"
+        );
+        // The slow handle's clock says the hold has 10 s left; the log says otherwise.
+        assert_eq!(
+            behind.commit(&confirm, "slow").expect("committed"),
+            expired,
+            "{name}"
+        );
+        let available = behind
+            .read(|inv| inv.events_at(std::time::SystemTime::now())[0].available)
+            .expect("readable");
+        assert_eq!(available, 4, "{name}");
+    }
+}
