@@ -1409,7 +1409,9 @@ async fn one_customer_buying_and_holding_in_parallel_through_every_node_stops_at
             (0..n)
                 .map(|i| {
                     let url = &urls[i % urls.len()];
-                    let seat = offset + i as u64 + 1;
+                    // Seats from the top: the counted orders take the lowest free ones, so
+                    // a seat order is refused for the limit, never for its seat.
+                    let seat = 60 - offset - i as u64;
                     let mut seats = seats_body("concert", &[seat]);
                     seats["customer"] = json!("scalper");
                     match i % 3 {
