@@ -532,7 +532,7 @@ fn a_hold_one_handle_found_expired_is_confirmed_by_no_handle_whatever_its_clock(
         let expired = Err(DecisionError::HoldExpired("h-00000001".into()));
         let refused = ahead.commit_batch(std::slice::from_ref(&confirm), "fast");
         let refused = refused.expect("committed");
-        assert_eq!(refused.outcomes, [expired.clone()], "{name}");
+        assert_eq!(refused.outcomes, std::slice::from_ref(&expired), "{name}");
         assert!(
             refused.append_and_sync > Duration::ZERO,
             "{name}: the expiry was logged"
