@@ -179,23 +179,35 @@ pub fn start_node_on(
     Process::start_with_env(id, "node", &args, env)
 }
 
-/// Reads every ticket, event and purchase through the API at `base`.
+/// Reads every ticket, event, purchase and hold through the API at `base`.
 pub async fn read_final_state(
     http: &HttpClient,
     base: &str,
 ) -> anyhow::Result<history::FinalState> {
+    read_final_state_as(http, base, None).await
+}
+
+/// As `read_final_state`, with the operator's token when given, so purchases and holds
+/// show their customers.
+pub async fn read_final_state_as(
+    http: &HttpClient,
+    base: &str,
+    admin_token: Option<&str>,
+) -> anyhow::Result<history::FinalState> {
     async fn get<T: serde::de::DeserializeOwned>(
         http: &HttpClient,
         url: String,
+        admin_token: Option<&str>,
     ) -> anyhow::Result<T> {
-        let answer = http.get(&url).await?;
+        let answer = http.get_as(&url, admin_token).await?;
         anyhow::ensure!(answer.status == 200, "GET {url} answered {}", answer.status);
         Ok(serde_json::from_slice(&answer.body)?)
     }
     Ok(history::FinalState {
-        tickets: get(http, format!("{base}/tickets")).await?,
-        events: get(http, format!("{base}/events")).await?,
-        purchases: get(http, format!("{base}/purchases")).await?,
+        tickets: get(http, format!("{base}/tickets"), admin_token).await?,
+        events: get(http, format!("{base}/events"), admin_token).await?,
+        purchases: get(http, format!("{base}/purchases"), admin_token).await?,
+        holds: get(http, format!("{base}/holds"), admin_token).await?,
     })
 }
 
