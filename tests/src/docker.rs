@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
+use crate::process::output_of;
 use crate::{HttpClient, binary, report_summary, run_generator};
 
 /// The repository's root, where the compose and stack files are.
@@ -28,16 +29,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Runs `docker` with `args` and returns its standard output; fails, with its standard
 /// error, when it exits non-zero.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running docker")?;
-    ensure!(
-        output.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    output_of(
+        Command::new("docker").args(args),
+        &format!("docker {args:?}"),
+    )
 }
 
 /// The non-empty lines of a command's output, e.g. the container ids of `docker ps -q`.
