@@ -122,9 +122,14 @@ impl<M: Medium> Front<M> {
     /// `CommitUnknown`, that the medium cannot tell; the batch's outcomes are each order's
     /// own. A panic while committing is caught and answered as an error of the same kind,
     /// with the cached state dropped, never left half applied.
+    ///
+    /// `joining` is called once the lock is held and the state caught up: the orders it
+    /// returns are decided after `orders`, in the same commit (orders that arrived while
+    /// this one waited for the lock), and their outcomes follow those of `orders`.
     pub fn purchase_batch(
         &self,
         orders: &[PurchaseOrder],
+        joining: &mut dyn FnMut() -> Vec<PurchaseOrder>,
         node: &str,
         compact_min_bytes: u64,
     ) -> Result<CommittedBatch, StoreError> {
@@ -143,7 +148,7 @@ impl<M: Medium> Front<M> {
             self.commit(
                 &mut session,
                 guard.cache,
-                orders,
+                Orders { orders, joining },
                 node,
                 compact_min_bytes,
                 &mut appending_from,
@@ -203,22 +208,24 @@ impl<M: Medium> Front<M> {
         })
     }
 
-    /// Catches up, decides every order, appends the new purchases and compacts when due.
+    /// Catches up, decides every order (then those `joining` adds), appends the new purchases and compacts when due.
     /// Returns the outcomes and the time spent appending. `appending_from` is set to the
     /// log position just before the append starts.
     fn commit<S: WriteSession<Position = M::Position>>(
         &self,
         session: &mut S,
         cache: &mut Option<Cache<M::Position>>,
-        orders: &[PurchaseOrder],
+        Orders { orders, joining }: Orders<'_>,
         node: &str,
         compact_min_bytes: u64,
         appending_from: &mut Option<M::Position>,
     ) -> Result<(Outcomes, Duration), StoreError> {
         let current = catch_up(session, cache, &self.counters)?;
+        let joined = joining();
         let mut created: Vec<Purchase> = Vec::new();
         let outcomes: Outcomes = orders
             .iter()
+            .chain(&joined)
             .map(|order| {
                 let outcome =
                     current
@@ -307,6 +314,13 @@ impl<M: Medium> Front<M> {
             cache
         })
     }
+}
+
+/// The orders of one commit: those it was given, then those `joining` returns once the
+/// lock is held.
+struct Orders<'o> {
+    orders: &'o [PurchaseOrder],
+    joining: &'o mut dyn FnMut() -> Vec<PurchaseOrder>,
 }
 
 /// Empties the cached state when dropped, unless `keep` was called: an error or a panic
@@ -423,12 +437,12 @@ mod tests {
         let front = Front::new(FileMedium::new(dir.path().into(), Duration::from_secs(5)));
         front.create(&inventory(6), false).expect("created");
         front
-            .purchase_batch(&[order(1)], "n", u64::MAX)
+            .purchase_batch(&[order(1)], &mut Vec::new, "n", u64::MAX)
             .expect("committed");
 
         front.panic_after_decide.store(true, Ordering::Relaxed);
         let panicked = catch_unwind(AssertUnwindSafe(|| {
-            front.purchase_batch(&[order(2)], "n", u64::MAX)
+            front.purchase_batch(&[order(2)], &mut Vec::new, "n", u64::MAX)
         }));
         assert!(
             matches!(panicked, Ok(Err(StoreError::Unstable(_)))),
@@ -436,7 +450,7 @@ mod tests {
         );
         assert_eq!(sold(&front), 1, "the undecided batch shows in the state");
         front
-            .purchase_batch(&[order(2)], "n", u64::MAX)
+            .purchase_batch(&[order(2)], &mut Vec::new, "n", u64::MAX)
             .expect("the next commit works");
         assert_eq!(sold(&front), 3);
     }

@@ -231,7 +231,20 @@ impl TicketStore {
         orders: &[PurchaseOrder],
         node: &str,
     ) -> Result<CommittedBatch, StoreError> {
-        on_medium!(&*self.backing, front => front.purchase_batch(orders, node, self.compact_min_bytes))
+        self.purchase_batch_joining(orders, &mut Vec::new, node)
+    }
+
+    /// `purchase_batch`, and then the orders `joining` returns, in the same commit:
+    /// `joining` is called once the exclusive lock is held, so orders that arrived while
+    /// the commit waited for it are decided in it rather than waiting for the next one.
+    /// Their outcomes follow those of `orders`.
+    pub fn purchase_batch_joining(
+        &self,
+        orders: &[PurchaseOrder],
+        joining: &mut dyn FnMut() -> Vec<PurchaseOrder>,
+        node: &str,
+    ) -> Result<CommittedBatch, StoreError> {
+        on_medium!(&*self.backing, front => front.purchase_batch(orders, joining, node, self.compact_min_bytes))
     }
 
     /// One purchase: `purchase_batch` of one.

@@ -178,6 +178,49 @@ fn a_batch_is_decided_in_order_with_idempotency_and_committed_in_one_step() {
 }
 
 #[test]
+fn orders_joining_a_batch_under_the_lock_are_decided_after_it_in_the_same_commit() {
+    for medium in Medium::both() {
+        let store = medium.seeded(4);
+        let other = medium.handle();
+        let order = |quantity| PurchaseOrder {
+            request: request(quantity),
+            key: None,
+        };
+        let mut calls = 0;
+        let committed = store
+            .purchase_batch_joining(
+                &[order(2)],
+                &mut || {
+                    calls += 1;
+                    vec![order(2), order(1)]
+                },
+                "n1",
+            )
+            .expect("store works");
+        let name = medium.name();
+        assert_eq!(calls, 1, "{name}");
+        let outcomes = committed.outcomes;
+        assert_eq!(outcomes.len(), 3, "{name}");
+        assert!(
+            matches!(outcomes[0], Ok(PurchaseOutcome::Created(_))),
+            "{name}"
+        );
+        assert!(
+            matches!(outcomes[1], Ok(PurchaseOutcome::Created(_))),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                outcomes[2],
+                Err(PurchaseError::SoldOut { available: 0, .. })
+            ),
+            "{name}"
+        );
+        assert_eq!(sold_count(&other), 4, "{name}: another handle sees both");
+    }
+}
+
+#[test]
 fn a_key_retried_on_another_handle_returns_the_first_outcome() {
     for medium in Medium::both() {
         let first = medium.seeded(10);
