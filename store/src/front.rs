@@ -208,9 +208,9 @@ impl<M: Medium> Front<M> {
         })
     }
 
-    /// Catches up, decides every order (then those `joining` adds), appends the new purchases and compacts when due.
-    /// Returns the outcomes and the time spent appending. `appending_from` is set to the
-    /// log position just before the append starts.
+    /// Catches up, decides every order (then those `joining` adds), appends the new
+    /// purchases and compacts when due. Returns the outcomes and the time spent appending.
+    /// `appending_from` is set to the log position just before the append starts.
     fn commit<S: WriteSession<Position = M::Position>>(
         &self,
         session: &mut S,
