@@ -114,6 +114,36 @@ fn seed_without_a_seed_prints_the_one_it_picked() {
 }
 
 #[test]
+fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let seeded = seed(&data, &["--max-per-customer", "3"]);
+    assert!(seeded.status.success(), "{}", stderr(&seeded));
+    assert!(
+        stdout(&seeded).contains("3 tickets per event"),
+        "{}",
+        stdout(&seeded)
+    );
+    let limits = store::TicketStore::new(&data, Duration::from_secs(5))
+        .read(|inv| {
+            inv.events()
+                .iter()
+                .map(|e| e.max_per_customer)
+                .collect::<Vec<_>>()
+        })
+        .expect("readable");
+    assert_eq!(limits, vec![Some(3); 6]);
+
+    let zero = seed(&data, &["--max-per-customer", "0", "--force"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(
+        stderr(&zero).contains("--max-per-customer"),
+        "{}",
+        stderr(&zero)
+    );
+}
+
+#[test]
 fn seed_refuses_too_few_events_or_tickets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_string_lossy().into_owned();

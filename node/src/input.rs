@@ -1,5 +1,6 @@
-//! Turns raw request parts into validated domain input: the purchase body, the
-//! `Idempotency-Key` header, query filters and path ids. Every refusal says what was wrong.
+//! Turns raw request parts into validated domain input: the purchase and hold bodies (count
+//! or seats, customer, time to live), the `Idempotency-Key` header, query filters (event,
+//! customer, paging) and path ids. Every refusal says what was wrong.
 
 use std::time::Duration;
 

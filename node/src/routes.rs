@@ -4,20 +4,23 @@
 //!
 //! Who sees what ("who may change what"): a `secret` only in the answer that created a
 //! purchase or hold (and an idempotent repeat of it); a `customer` in that answer, in the
-//! answer to a change (which needed the secret or the operator's token), and on a read or
-//! listing that carries the item's secret or the operator's token. Filtering by customer
-//! needs the token.
+//! answer to a change (which needed the secret or the operator's token), on a read of one
+//! item that carries its secret or the operator's token, and in listings for the token
+//! only. Filtering by customer needs the token.
+
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Body;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use std::time::SystemTime;
-
 use serde::Serialize;
 use shared::api::{EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, TicketBody};
-use shared::{Command, EventName, HoldView, Inventory, Order, Outcome, Proof, Purchase};
+use shared::{
+    Command, EventName, HoldView, Inventory, Order, Outcome, Proof, Purchase, hold_number,
+    purchase_number,
+};
 use store::TicketStore;
 
 use crate::NodeService;
@@ -53,7 +56,7 @@ where
         Route::Purchase(id) => purchase(node, &id, proof()?).await,
         Route::CancelPurchase(id) => {
             let command = Command::Cancel {
-                purchase_id: decode(&id),
+                purchase_id: purchase_id(&id)?,
             };
             change(node, request, command, StatusCode::OK).await
         }
@@ -62,13 +65,13 @@ where
         Route::Hold(id) => hold(node, &id, proof()?).await,
         Route::ConfirmHold(id) => {
             let command = Command::Confirm {
-                hold_id: decode(&id),
+                hold_id: hold_id(&id)?,
             };
             change(node, request, command, StatusCode::CREATED).await
         }
         Route::ReleaseHold(id) => {
             let command = Command::Release {
-                hold_id: decode(&id),
+                hold_id: hold_id(&id)?,
             };
             change(node, request, command, StatusCode::OK).await
         }
@@ -82,6 +85,25 @@ pub fn shorten(path: &str) -> String {
 /// A path parameter, percent-decoded (kept as sent when that is not UTF-8).
 fn decode(segment: &str) -> String {
     input::decode_segment(segment).unwrap_or_else(|| segment.to_owned())
+}
+
+/// The `{id}` of `/holds/{id}/...`: one that is not of the form `h-<number>` names no hold,
+/// so it is answered at once, without queueing a change.
+fn hold_id(segment: &str) -> Result<String, ApiError> {
+    let id = decode(segment);
+    match hold_number(&id) {
+        Some(_) => Ok(id),
+        None => Err(ApiError::UnknownHold(shorten(&id))),
+    }
+}
+
+/// The `{id}` of `/purchases/{id}/cancel`, as `hold_id` does for holds.
+fn purchase_id(segment: &str) -> Result<String, ApiError> {
+    let id = decode(segment);
+    match purchase_number(&id) {
+        Some(_) => Ok(id),
+        None => Err(ApiError::UnknownPurchase(shorten(&id))),
+    }
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
@@ -410,7 +432,7 @@ async fn holds(
 }
 
 async fn hold(node: &NodeService, segment: &str, proof: Proof) -> Result<HttpResponse, ApiError> {
-    let id = decode(segment);
+    let id = hold_id(segment)?;
     let found = with_store(node, move |store| {
         read_at(store, |inv, now| {
             inv.hold(&id, now).map(|view| hold_body(&view, &proof))

@@ -81,7 +81,7 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts `nodes` nodes (ids `n1`, `n2`, ...) on `data`, and a balancer over them.
     pub fn start(nodes: usize, data: &Path) -> anyhow::Result<Self> {
-        Self::start_with(nodes, data, "127.0.0.1:0", &[])
+        Self::start_on(nodes, &Medium::Files(data.to_owned()))
     }
 
     /// Seeds a store in a new temporary directory (see `seed_store`) and starts `nodes`
@@ -101,18 +101,7 @@ impl LocalCluster {
         Self::start_on_with(nodes, medium, "127.0.0.1:0", &[])
     }
 
-    /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
-    pub fn start_with(
-        nodes: usize,
-        data: &Path,
-        balancer_listen: &str,
-        balancer_flags: &[&str],
-    ) -> anyhow::Result<Self> {
-        let medium = Medium::Files(data.to_owned());
-        Self::start_on_with(nodes, &medium, balancer_listen, balancer_flags)
-    }
-
-    /// As `start_with`, on either medium.
+    /// As `start_on`, with the balancer on `balancer_listen` and extra balancer flags.
     pub fn start_on_with(
         nodes: usize,
         medium: &Medium,
@@ -148,17 +137,7 @@ impl LocalCluster {
 
 /// Starts one node with id `id` on a free loopback port, serving `data`.
 pub fn start_node(id: &str, data: &Path) -> anyhow::Result<Process> {
-    start_node_with(id, data, "127.0.0.1:0", &[])
-}
-
-/// Starts one node listening on `listen`, with extra environment variables.
-pub fn start_node_with(
-    id: &str,
-    data: &Path,
-    listen: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<Process> {
-    start_node_on(id, &Medium::Files(data.to_owned()), listen, env)
+    start_node_on(id, &Medium::Files(data.to_owned()), "127.0.0.1:0", &[])
 }
 
 /// Starts one node on either medium, listening on `listen`, with extra environment

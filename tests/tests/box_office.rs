@@ -282,7 +282,13 @@ async fn assert_counts_agree(office: &BoxOffice, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_is_made_read_confirmed_and_its_purchase_cancelled_through_different_nodes() {
-    let office = BoxOffice::start(MediumKind::Files, 2, &[("concert", 10, 2500)], None);
+    for kind in [MediumKind::Files, MediumKind::Postgres] {
+        hold_confirm_cancel(kind).await;
+    }
+}
+
+async fn hold_confirm_cancel(kind: MediumKind) {
+    let office = BoxOffice::start(kind, 2, &[("concert", 10, 2500)], None);
     let (n1, n2, lb) = (office.node(0), office.node(1), office.balancer.url());
 
     let made = office
@@ -732,6 +738,18 @@ async fn unknown_ids_bad_bodies_wrong_methods_and_reused_keys_are_refused_as_the
             ),
             (
                 post(format!("{base}/purchases/p-00000099/cancel"), None),
+                "unknown_purchase",
+            ),
+            (
+                post(format!("{base}/holds/{}/confirm", "x".repeat(300)), None),
+                "unknown_hold",
+            ),
+            (
+                post(format!("{base}/holds/p-00000001/release"), None),
+                "unknown_hold",
+            ),
+            (
+                post(format!("{base}/purchases/h-00000001/cancel"), None),
                 "unknown_purchase",
             ),
         ] {
@@ -1391,7 +1409,9 @@ async fn one_customer_buying_and_holding_in_parallel_through_every_node_stops_at
             (0..n)
                 .map(|i| {
                     let url = &urls[i % urls.len()];
-                    let seat = offset + i as u64 + 1;
+                    // Seats from the top: the counted orders take the lowest free ones, so
+                    // a seat order is refused for the limit, never for its seat.
+                    let seat = 60 - offset - i as u64;
                     let mut seats = seats_body("concert", &[seat]);
                     seats["customer"] = json!("scalper");
                     match i % 3 {
@@ -1473,5 +1493,150 @@ async fn one_customer_buying_and_holding_in_parallel_through_every_node_stops_at
             "{summary}"
         );
         assert_counts_agree(&office, "concert").await;
+    }
+}
+
+/// A program started with its log at `trace` going to a file, killed when dropped.
+struct Logged {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Logged {
+    fn start(program: &str, args: &[&str], env: &[(&str, &str)], log: &std::path::Path) -> Self {
+        use std::io::BufRead;
+        let file = std::fs::File::create(log).expect("a log file");
+        let mut child = std::process::Command::new(cluster::binary(program).expect("built"))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "trace")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(file)
+            .spawn()
+            .expect("starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        std::thread::spawn(move || lines.for_each(drop));
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{program} printed {first:?}"))
+            .trim()
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+        }
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// "Never logged": with every log at `trace`, a node and the balancer in front of it take
+/// secrets and tokens, right and wrong, in every route that reads them, and neither log
+/// shows any of them, nor the idempotency keys (a keyed repeat's secret is derived from
+/// its key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_tokens_never_appear_in_the_node_or_balancer_log_even_at_trace() {
+    let store = TestMedium::new(MediumKind::Files).expect("a place for the store");
+    cluster::seed_medium(&store.medium, &[("concert", 10, 1000)]).expect("seed");
+    let logs = tempfile::tempdir().expect("a log directory");
+    let (node_log, balancer_log) = (logs.path().join("node.log"), logs.path().join("lb.log"));
+    let medium = store.medium.node_args();
+    let node = Logged::start(
+        "node",
+        &[
+            "--id",
+            "n1",
+            "--listen",
+            "127.0.0.1:0",
+            &medium[0],
+            &medium[1],
+        ],
+        &[("TICKETS_NODE__ADMIN_TOKEN", TOKEN)],
+        &node_log,
+    );
+    let node_addr = node.url.trim_start_matches("http://").to_owned();
+    let balancer = Logged::start(
+        "balancer",
+        &["--listen", "127.0.0.1:0", "--nodes", &node_addr],
+        &[],
+        &balancer_log,
+    );
+    let http = HttpClient::new();
+    let wrong_token = "not-the-operator-token-but-long";
+    let wrong_secret = "ffffffffffffffffffffffffffffffff";
+    let mut secrets = Vec::new();
+    for base in [&node.url, &balancer.url] {
+        for path in ["purchases", "holds"] {
+            let made = send(
+                &http,
+                post(
+                    format!("{base}/{path}"),
+                    Some(hold_body("concert", 1, Some("ada"), None)),
+                )
+                .key(&format!("log-key-{path}-{}", secrets.len())),
+            )
+            .await;
+            let made = expect(&made, 201);
+            let id = made["hold_id"]
+                .as_str()
+                .or(made["purchase_id"].as_str())
+                .expect("an id")
+                .to_owned();
+            let secret = text(&made, "secret").to_owned();
+            let change = match path {
+                "holds" => format!("{base}/holds/{id}/confirm"),
+                _ => format!("{base}/purchases/{id}/cancel"),
+            };
+            for who in [As::Secret(wrong_secret), As::Token(wrong_token)] {
+                refused(
+                    &send(&http, post(change.clone(), None).by(who)).await,
+                    403,
+                    "forbidden",
+                );
+            }
+            let read = format!("{base}/{path}/{id}");
+            expect(
+                &send(&http, get(read.clone()).by(As::Secret(&secret))).await,
+                200,
+            );
+            expect(&send(&http, get(read).by(As::Token(TOKEN))).await, 200);
+            let list = format!("{base}/{path}?customer=ada");
+            expect(
+                &send(&http, get(list.clone()).by(As::Token(TOKEN))).await,
+                200,
+            );
+            refused(
+                &send(&http, get(list).by(As::Token(wrong_token))).await,
+                403,
+                "forbidden",
+            );
+            expect(
+                &send(&http, post(change, None).by(As::Secret(&secret))).await,
+                if path == "holds" { 201 } else { 200 },
+            );
+            secrets.push(secret);
+        }
+    }
+    drop(balancer);
+    drop(node);
+    for log in [&node_log, &balancer_log] {
+        let text = std::fs::read_to_string(log).expect("the log");
+        assert!(text.lines().count() > 10, "trace logs something: {text}");
+        for needle in
+            secrets
+                .iter()
+                .map(String::as_str)
+                .chain([TOKEN, wrong_token, wrong_secret, "log-key-"])
+        {
+            assert!(!text.contains(needle), "{} shows {needle:?}", log.display());
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use cluster::history::{self, BoxOutcome};
 use cluster::{
-    HttpClient, Process, read_final_state_as, run_generator, seed_store, start_node_with,
+    HttpClient, Medium, Process, read_final_state_as, run_generator, seed_store, start_node_on,
 };
 
 /// The operator's token of the test cluster's nodes.
@@ -19,9 +19,9 @@ const ADMIN_TOKEN: &str = "box-office-test-operator-token";
 fn start_cluster(data: &Path) -> (Vec<Process>, Process) {
     let nodes: Vec<Process> = (1..=3)
         .map(|i| {
-            start_node_with(
+            start_node_on(
                 &format!("n{i}"),
-                data,
+                &Medium::Files(data.into()),
                 "127.0.0.1:0",
                 &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
             )

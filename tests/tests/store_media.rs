@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
+use shared::{DecisionError, IdempotencyKey, Inventory, Outcome, PurchaseError, PurchaseOutcome};
 use store::testing::{buy, inventory, racing_buyers, request, sold_count};
 use store::{PgOptions, PurchaseOrder, StoreError, TicketStore};
 
@@ -174,6 +174,51 @@ fn a_batch_is_decided_in_order_with_idempotency_and_committed_in_one_step() {
             (4, 2, 2),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn orders_joining_a_batch_under_the_lock_are_decided_after_it_in_the_same_commit() {
+    for medium in Medium::both() {
+        let store = medium.seeded(4);
+        let other = medium.handle();
+        let order = |quantity| {
+            PurchaseOrder {
+                request: request(quantity),
+                key: None,
+            }
+            .to_order()
+        };
+        let mut calls = 0;
+        let committed = store
+            .commit_batch_joining(
+                &[order(2)],
+                &mut || {
+                    calls += 1;
+                    vec![order(2), order(1)]
+                },
+                "n1",
+            )
+            .expect("store works");
+        let name = medium.name();
+        assert_eq!(calls, 1, "{name}");
+        let outcomes = committed.outcomes;
+        assert_eq!(outcomes.len(), 3, "{name}");
+        for sold in &outcomes[..2] {
+            assert!(
+                matches!(sold, Ok(Outcome::Purchase(d)) if d.changed),
+                "{name}: {sold:?}"
+            );
+        }
+        assert!(
+            matches!(
+                outcomes[2],
+                Err(DecisionError::SoldOut { available: 0, .. })
+            ),
+            "{name}: {:?}",
+            outcomes[2]
+        );
+        assert_eq!(sold_count(&other), 4, "{name}: another handle sees both");
     }
 }
 
@@ -496,5 +541,56 @@ fn every_kind_of_entry_is_seen_by_another_handle_and_survives_compaction() {
         );
         let summary = fresh.check().expect("consistent");
         assert_eq!((summary.holds, summary.purchases), (3, 4), "{name}");
+    }
+}
+
+#[test]
+fn a_hold_one_handle_found_expired_is_confirmed_by_no_handle_whatever_its_clock() {
+    use shared::{
+        Command, DecisionError, EventName, HoldRequest, Order, Proof, Quantity, SaleRequest,
+        Selection, Ttl,
+    };
+    use store::Clock;
+
+    for medium in Medium::both() {
+        let name = medium.name();
+        let behind = medium.seeded(4);
+        let ahead = medium
+            .handle()
+            .with_clock(Clock::ahead(Duration::from_secs(60)));
+        let hold = Order::new(Command::Hold(HoldRequest {
+            sale: SaleRequest {
+                event: EventName::parse("concert").expect("valid"),
+                selection: Selection::Quantity(Quantity::new(2).expect("valid")),
+                customer: None,
+            },
+            ttl: Ttl::new(10).expect("valid"),
+        }));
+        behind
+            .commit(&hold, "slow")
+            .expect("committed")
+            .expect("held");
+        let confirm = Order::new(Command::Confirm {
+            hold_id: "h-00000001".into(),
+        })
+        .with_proof(Proof::operator());
+        let expired = Err(DecisionError::HoldExpired("h-00000001".into()));
+        let refused = ahead.commit_batch(std::slice::from_ref(&confirm), "fast");
+        let refused = refused.expect("committed");
+        assert_eq!(refused.outcomes, std::slice::from_ref(&expired), "{name}");
+        assert!(
+            refused.append_and_sync > Duration::ZERO,
+            "{name}: the expiry was logged"
+        );
+        // The slow handle's clock says the hold has 10 s left; the log says otherwise.
+        assert_eq!(
+            behind.commit(&confirm, "slow").expect("committed"),
+            expired,
+            "{name}"
+        );
+        let available = behind
+            .read(|inv| inv.events_at(std::time::SystemTime::now())[0].available)
+            .expect("readable");
+        assert_eq!(available, 4, "{name}");
     }
 }

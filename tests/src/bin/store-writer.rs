@@ -61,10 +61,14 @@ fn main() -> anyhow::Result<()> {
     let event = EventName::parse(&cli.event)?;
     let quantity = Quantity::new(cli.quantity)?;
     let mut stdout = std::io::stdout().lock();
-    if cli.box_office {
-        return box_office(store, event, quantity, cli.purchases, &mut stdout);
-    }
-    for i in 0..cli.purchases {
+    // With --box-office its rounds take the place of the purchases.
+    let purchases = if cli.box_office {
+        box_office(&store, &event, quantity, cli.purchases, &mut stdout)?;
+        0
+    } else {
+        cli.purchases
+    };
+    for i in 0..purchases {
         let key = cli
             .keys
             .as_ref()
@@ -120,8 +124,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The rounds of `--box-office`: `orders` orders, one commit each.
 fn box_office(
-    store: TicketStore,
-    event: EventName,
+    store: &TicketStore,
+    event: &EventName,
     quantity: Quantity,
     orders: usize,
     out: &mut impl Write,
@@ -137,7 +141,8 @@ fn box_office(
     let clock = Clock::from_fn(move || {
         start + Duration::from_secs(4 * commits.fetch_add(1, Ordering::Relaxed))
     });
-    let store = store.with_clock(clock);
+    // A clone shares the handle's cache and medium, with its own clock.
+    let store = store.clone().with_clock(clock);
     let sale = |i: usize| SaleRequest {
         event: event.clone(),
         selection: Selection::Quantity(quantity),
