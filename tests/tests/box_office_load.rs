@@ -3,9 +3,11 @@
 //! history checker judges what they saw against the final state (read with the operator's
 //! token, customers included); then `generator load` runs the box-office mix through the
 //! balancer on a store seeded with a per-customer limit, and `generator audit` and the
-//! checker (limits included) find the result consistent.
+//! checker (limits included) find the result consistent; and box-office clients through
+//! the balancer while nodes are killed and restarted leave a history the checker passes.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use cluster::history::{self, BoxOutcome};
 use cluster::{
@@ -194,6 +196,77 @@ async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() 
     assert!(!state.holds.is_empty(), "the load made no holds");
     let verdict = history::check_box_office(&[], &state);
     assert!(verdict.is_clean(), "{verdict}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_or_cancel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(
+        dir.path(),
+        &[("concert", 400, 4500), ("sports-game", 400, 2000)],
+    )
+    .expect("seed");
+    let (nodes, balancer) = start_cluster(dir.path());
+    let base = balancer.url();
+    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let nodes = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
+    let http = HttpClient::new();
+    let run_for = Duration::from_secs(6);
+    let started = Instant::now();
+    let (client_http, client_base) = (http.clone(), base.clone());
+    let clients = (0..4u32).map(move |client| {
+        let (http, base) = (client_http.clone(), client_base.clone());
+        let event = ["concert", "sports-game"][client as usize % 2];
+        async move {
+            let mut ops = Vec::new();
+            let mut batch = 0;
+            while started.elapsed() < run_for {
+                let tag = format!("kill{batch}");
+                ops.extend(history::box_client(&http, &base, event, None, (client, &tag), 3).await);
+                batch += 1;
+            }
+            ops
+        }
+    });
+    let clients = tokio::spawn(futures_join(clients.collect::<Vec<_>>()));
+    // Kill a node every 1.2 s and bring it back on the same port half a second later.
+    let mut kills = 0;
+    while started.elapsed() < run_for - Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let victim = kills % 3;
+        nodes.lock().await[victim].kill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let restarted = start_node_on(
+            &format!("n{}", victim + 1),
+            &Medium::Files(dir.path().into()),
+            &addresses[victim],
+            &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
+        )
+        .expect("node restarts");
+        nodes.lock().await[victim] = restarted;
+    }
+    let ops: Vec<history::BoxOp> = clients
+        .await
+        .expect("clients")
+        .into_iter()
+        .flatten()
+        .collect();
+    let state = read_final_state_as(&http, &base, Some(ADMIN_TOKEN))
+        .await
+        .expect("final state");
+    let verdict = history::check_box_office(&ops, &state);
+    cluster::report_summary(&format!(
+        "box-office under node kills: {kills} kills, {} requests, {} acknowledged, {} refused, {} unknown, {} violations",
+        verdict.tried,
+        verdict.acknowledged,
+        verdict.refused,
+        verdict.unknown,
+        verdict.violations.len()
+    ));
+    assert!(verdict.is_clean(), "{verdict}");
+    assert!(kills >= 3, "only {kills} kills");
+    assert!(verdict.acknowledged > 20, "{verdict:?}");
 }
 
 /// Runs the futures at once and returns their results in order.
