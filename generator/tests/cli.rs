@@ -267,3 +267,43 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
         "seeding wrote a snapshot beside a journal it did not write"
     );
 }
+
+#[test]
+fn box_office_shares_out_of_range_or_past_one_and_short_holds_are_refused() {
+    // Refused before any request: the target is never reached.
+    let target = "http://127.0.0.1:9";
+    for (flags, expected) in [
+        (
+            &["--cancel-share", "1.5"][..],
+            "--cancel-share must be a fraction from 0 to 1",
+        ),
+        (
+            &["--hold-confirm-share", "0.6", "--hold-abandon-share", "0.6"][..],
+            "add up to 1.2",
+        ),
+        (&["--hold-ttl", "5s"][..], "--hold-ttl must be from 10 s"),
+    ] {
+        let mut args = vec![
+            "load",
+            "--target",
+            target,
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+        ];
+        args.extend_from_slice(flags);
+        let output = generator(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cluster::{HttpClient, LocalCluster, report_summary, seed_store, start_node_with};
+use cluster::{HttpClient, LocalCluster, Medium, report_summary, seed_store, start_node_on};
 use hyper::StatusCode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -185,7 +185,8 @@ async fn every_client_mistake_gets_a_4xx_json_error_from_a_node_and_through_the_
 fn random_requests_never_get_a_5xx() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(dir.path(), &[("concert", 50, 1000)]).expect("seed");
-    let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &[]).expect("node starts");
+    let node = start_node_on("n1", &Medium::Files(dir.path().into()), "127.0.0.1:0", &[])
+        .expect("node starts");
     let base = node.url();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = HttpClient::new();
@@ -262,7 +263,8 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
         ("TICKETS_NODE__BODY_TIMEOUT", "500ms"),
         ("TICKETS_NODE__MAX_CONNECTIONS", "8"),
     ];
-    let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &env).expect("node starts");
+    let node = start_node_on("n1", &Medium::Files(dir.path().into()), "127.0.0.1:0", &env)
+        .expect("node starts");
     let addr = node.addr;
     let http = HttpClient::new();
 
