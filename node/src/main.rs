@@ -105,12 +105,14 @@ fn check_store(data: Option<&std::path::Path>, database: Option<&str>) -> ExitCo
     match store.check() {
         Ok(summary) => {
             println!(
-                "store at {} is sound: {snapshot} {}, {} tickets, {} sold, {} purchases ({} {log})",
+                "store at {} is sound: {snapshot} {}, {} tickets, {} sold, {} purchases, {} holds \
+                 ({} log entries {log})",
                 store.location(),
                 summary.generation,
                 summary.tickets,
                 summary.sold,
                 summary.purchases,
+                summary.holds,
                 summary.journal_entries
             );
             ExitCode::SUCCESS
