@@ -1,7 +1,8 @@
 //! Group commit: orders (purchases, holds, confirmations, releases, cancellations) that
 //! arrive at this node while a commit is under way wait in a queue, and the next commit
 //! decides all of them in one store lock hold and makes them durable with one sync, so the
-//! sale rate can exceed the disk's sync rate.
+//! sale rate can exceed the disk's sync rate. Those that arrive while that commit waits for
+//! the store's lock (other nodes' commits) join it once the lock is held.
 //!
 //! The commit thread is supervised: if a commit panics, the node reports itself unhealthy
 //! (`running()` is false, so `GET /health` answers 503 and the balancer stops sending it
@@ -131,41 +132,74 @@ fn commit_loop(
     metrics: &Metrics,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.blocking_recv() {
-        take(&mut batch, first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => take(&mut batch, job),
-                Err(_) => break,
+        let mut killed = false;
+        let mut orders = Vec::new();
+        take(&mut batch, &mut orders, &mut killed, first);
+        orders.extend(drain(&mut batch, jobs, &mut killed));
+        if !batch.is_empty() {
+            let started = std::time::Instant::now();
+            // Orders that arrive while the commit waits for the store's lock (other nodes'
+            // commits) join it once the lock is held, rather than waiting for the next.
+            let decided = store.commit_batch_joining(
+                &orders,
+                &mut || drain(&mut batch, jobs, &mut killed),
+                node,
+            );
+            metrics.commit_observed(batch.len(), started.elapsed(), decided.is_ok());
+            match decided {
+                Ok(committed) => {
+                    metrics.store_timings(committed.lock_wait, committed.append_and_sync);
+                    for ((_, reply), outcome) in batch.drain(..).zip(committed.outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(err) => {
+                    let err = Arc::new(err);
+                    for (_, reply) in batch.drain(..) {
+                        let _ = reply.send(Err(Arc::clone(&err)));
+                    }
+                }
             }
         }
-        let orders: Vec<Order> = batch.iter().map(|(order, _)| order.clone()).collect();
-        let started = std::time::Instant::now();
-        let decided = store.commit_batch(&orders, node);
-        metrics.commit_observed(orders.len(), started.elapsed(), decided.is_ok());
-        match decided {
-            Ok(committed) => {
-                metrics.store_timings(committed.lock_wait, committed.append_and_sync);
-                for ((_, reply), outcome) in batch.drain(..).zip(committed.outcomes) {
-                    let _ = reply.send(Ok(outcome));
-                }
-            }
-            Err(err) => {
-                let err = Arc::new(err);
-                for (_, reply) in batch.drain(..) {
-                    let _ = reply.send(Err(Arc::clone(&err)));
-                }
-            }
+        // Outside the store call, which would catch it: the supervisor must see it.
+        if killed {
+            panic!("commit thread killed by a test");
         }
     }
 }
 
-fn take(batch: &mut Vec<(Order, oneshot::Sender<CommitResult>)>, job: Job) {
+/// An order waiting for its commit, and where its outcome goes.
+type Pending = (Order, oneshot::Sender<CommitResult>);
+
+/// Moves queued orders into `batch` until it holds `MAX_BATCH` or the queue is empty (or a
+/// test's kill job comes), and returns them.
+fn drain(
+    batch: &mut Vec<Pending>,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    killed: &mut bool,
+) -> Vec<Order> {
+    let mut orders = Vec::new();
+    while batch.len() < MAX_BATCH && !*killed {
+        match jobs.try_recv() {
+            Ok(job) => take(batch, &mut orders, killed, job),
+            Err(_) => break,
+        }
+    }
+    orders
+}
+
+/// Adds an order to the batch; a test's kill job sets `killed` instead.
+#[cfg_attr(not(test), allow(unused_variables))]
+fn take(batch: &mut Vec<Pending>, orders: &mut Vec<Order>, killed: &mut bool, job: Job) {
     match job {
-        Job::Order { order, reply } => batch.push((order, reply)),
+        Job::Order { order, reply } => {
+            orders.push(order.clone());
+            batch.push((order, reply));
+        }
         #[cfg(test)]
-        Job::Panic => panic!("commit thread killed by a test"),
+        Job::Panic => *killed = true,
     }
 }
 

@@ -123,9 +123,14 @@ impl<M: Medium> Front<M> {
     /// the batch's outcomes are each order's own. A panic while committing is caught and
     /// answered as an error of the same kind, with the cached state dropped, never left
     /// half applied.
+    ///
+    /// `joining` is called once the lock is held and the state caught up: the orders it
+    /// returns are decided after `orders`, in the same commit (orders that arrived while
+    /// this one waited for the lock), and their outcomes follow those of `orders`.
     pub fn commit_batch(
         &self,
         orders: &[Order],
+        joining: &mut dyn FnMut() -> Vec<Order>,
         node: &str,
         clock: &Clock,
         compact_min_bytes: u64,
@@ -145,7 +150,8 @@ impl<M: Medium> Front<M> {
             self.commit(
                 &mut session,
                 guard.cache,
-                (orders, node, clock),
+                Orders { orders, joining },
+                (node, clock),
                 compact_min_bytes,
                 &mut appending_from,
             )
@@ -205,14 +211,15 @@ impl<M: Medium> Front<M> {
         })
     }
 
-    /// Catches up, decides every order, appends the entries they produced and compacts
-    /// when due. Returns the outcomes and the time spent appending. `appending_from` is set
+    /// Catches up, decides every order (then those `joining` adds), appends the entries
+    /// they produced and compacts when due. Returns the outcomes and the time spent appending. `appending_from` is set
     /// to the log position just before the append starts.
     fn commit<S: WriteSession<Position = M::Position>>(
         &self,
         session: &mut S,
         cache: &mut Option<Cache<M::Position>>,
-        (orders, node, clock): (&[Order], &str, &Clock),
+        Orders { orders, joining }: Orders<'_>,
+        (node, clock): (&str, &Clock),
         compact_min_bytes: u64,
         appending_from: &mut Option<M::Position>,
     ) -> Result<(Vec<Decision>, Duration), StoreError> {
@@ -220,9 +227,11 @@ impl<M: Medium> Front<M> {
         // The clock is read with the lock held and the log read, so no entry decided
         // before this batch is missing from the time it is decided at.
         let now = clock.now();
+        let joined = joining();
         let mut created: Vec<LogEntry> = Vec::new();
         let outcomes: Vec<Decision> = orders
             .iter()
+            .chain(&joined)
             .map(|order| current.inventory.decide(order, node, now, &mut created))
             .collect();
         #[cfg(test)]
@@ -302,6 +311,13 @@ impl<M: Medium> Front<M> {
             cache
         })
     }
+}
+
+/// The orders of one commit: those it was given, then those `joining` returns once the
+/// lock is held.
+struct Orders<'o> {
+    orders: &'o [Order],
+    joining: &'o mut dyn FnMut() -> Vec<Order>,
 }
 
 /// Empties the cached state when dropped, unless `keep` was called: an error or a panic
@@ -409,12 +425,12 @@ mod tests {
         let front = Front::new(FileMedium::new(dir.path().into(), Duration::from_secs(5)));
         front.create(&inventory(6), false).expect("created");
         front
-            .commit_batch(&[order(1)], "n", &Clock::system(), u64::MAX)
+            .commit_batch(&[order(1)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
             .expect("committed");
 
         front.panic_after_decide.store(true, Ordering::Relaxed);
         let panicked = catch_unwind(AssertUnwindSafe(|| {
-            front.commit_batch(&[order(2)], "n", &Clock::system(), u64::MAX)
+            front.commit_batch(&[order(2)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
         }));
         assert!(
             matches!(panicked, Ok(Err(StoreError::Unstable(_)))),
@@ -422,7 +438,7 @@ mod tests {
         );
         assert_eq!(sold(&front), 1, "the undecided batch shows in the state");
         front
-            .commit_batch(&[order(2)], "n", &Clock::system(), u64::MAX)
+            .commit_batch(&[order(2)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
             .expect("the next commit works");
         assert_eq!(sold(&front), 3);
     }

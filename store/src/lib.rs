@@ -320,7 +320,20 @@ impl TicketStore {
         orders: &[Order],
         node: &str,
     ) -> Result<CommittedBatch<Decision>, StoreError> {
-        on_medium!(&*self.backing, front => front.commit_batch(orders, node, &self.clock, self.compact_min_bytes))
+        self.commit_batch_joining(orders, &mut Vec::new, node)
+    }
+
+    /// `commit_batch`, and then the orders `joining` returns, in the same commit:
+    /// `joining` is called once the exclusive lock is held, so orders that arrived while
+    /// the commit waited for it are decided in it rather than waiting for the next one.
+    /// Their outcomes follow those of `orders`.
+    pub fn commit_batch_joining(
+        &self,
+        orders: &[Order],
+        joining: &mut dyn FnMut() -> Vec<Order>,
+        node: &str,
+    ) -> Result<CommittedBatch<Decision>, StoreError> {
+        on_medium!(&*self.backing, front => front.commit_batch(orders, joining, node, &self.clock, self.compact_min_bytes))
     }
 
     /// One order: `commit_batch` of one.

@@ -448,7 +448,7 @@ async fn read_or_buy_is_refused_within(
     limit: Duration,
 ) -> cluster::Answer {
     let started = Instant::now();
-    let answer = if request % 2 == 0 {
+    let answer = if request.is_multiple_of(2) {
         http.get(&format!("{base}/events")).await
     } else {
         let key = format!("{key_prefix}-{request}");

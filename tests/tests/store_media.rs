@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
+use shared::{DecisionError, IdempotencyKey, Inventory, Outcome, PurchaseError, PurchaseOutcome};
 use store::testing::{buy, inventory, racing_buyers, request, sold_count};
 use store::{PgOptions, PurchaseOrder, StoreError, TicketStore};
 
@@ -174,6 +174,51 @@ fn a_batch_is_decided_in_order_with_idempotency_and_committed_in_one_step() {
             (4, 2, 2),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn orders_joining_a_batch_under_the_lock_are_decided_after_it_in_the_same_commit() {
+    for medium in Medium::both() {
+        let store = medium.seeded(4);
+        let other = medium.handle();
+        let order = |quantity| {
+            PurchaseOrder {
+                request: request(quantity),
+                key: None,
+            }
+            .to_order()
+        };
+        let mut calls = 0;
+        let committed = store
+            .commit_batch_joining(
+                &[order(2)],
+                &mut || {
+                    calls += 1;
+                    vec![order(2), order(1)]
+                },
+                "n1",
+            )
+            .expect("store works");
+        let name = medium.name();
+        assert_eq!(calls, 1, "{name}");
+        let outcomes = committed.outcomes;
+        assert_eq!(outcomes.len(), 3, "{name}");
+        for sold in &outcomes[..2] {
+            assert!(
+                matches!(sold, Ok(Outcome::Purchase(d)) if d.changed),
+                "{name}: {sold:?}"
+            );
+        }
+        assert!(
+            matches!(
+                outcomes[2],
+                Err(DecisionError::SoldOut { available: 0, .. })
+            ),
+            "{name}: {:?}",
+            outcomes[2]
+        );
+        assert_eq!(sold_count(&other), 4, "{name}: another handle sees both");
     }
 }
 
