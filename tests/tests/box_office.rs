@@ -280,6 +280,15 @@ async fn assert_counts_agree(office: &BoxOffice, name: &str) {
     }
 }
 
+/// Runs `generator audit` through the balancer: the whole
+/// state checked from outside against the contract's invariants.
+fn audit(office: &BoxOffice) {
+    let target = office.balancer.url();
+    let (code, stdout, stderr) =
+        cluster::run_generator(&["audit", "--target", &target]).expect("audit runs");
+    assert_eq!(code, 0, "audit failed:\n{stdout}\n{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_is_made_read_confirmed_and_its_purchase_cancelled_through_different_nodes() {
     for kind in [MediumKind::Files, MediumKind::Postgres] {
@@ -455,6 +464,7 @@ async fn hold_confirm_cancel(kind: MediumKind) {
     let head = office.call(get(format!("{lb}/holds?limit=2")).head()).await;
     assert_eq!(head.status, StatusCode::OK);
     assert!(head.body.is_empty());
+    audit(&office);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1158,6 +1168,7 @@ async fn holds_expire_strictly_on_every_node_at_their_time_and_confirms_racing_e
         (Some(confirmed), Some(0))
     );
     assert_counts_agree(&office, "sports-game").await;
+    audit(&office);
 }
 
 /// Clocks that differ between nodes, without waiting: n3's clock is two hours ahead, past
@@ -1254,6 +1265,7 @@ async fn once_a_node_whose_clock_is_ahead_treats_a_hold_as_expired_no_node_confi
         let confirmed = office.call(confirm(&n2, &fresh).by(As::Token(TOKEN))).await;
         assert_eq!(expect(&confirmed, 201)["hold_id"], id(&fresh).as_str());
         assert_counts_agree(&office, "concert").await;
+        audit(&office);
     }
 }
 
@@ -1335,6 +1347,7 @@ async fn confirm_and_release_of_one_hold_racing_through_different_nodes_have_one
         let purchases = expect(&office.call(get(format!("{base}/purchases"))).await, 200);
         assert_eq!(purchases.as_array().map(Vec::len), Some(sold), "{kind:?}");
         assert_counts_agree(&office, "concert").await;
+        audit(&office);
     }
 }
 
@@ -1396,6 +1409,7 @@ async fn many_holds_and_seat_purchases_on_few_seats_through_every_node_sell_each
         );
         assert!(gone.len() >= 7, "{kind:?}: the seats sell out: {status:?}");
         assert_counts_agree(&office, "concert").await;
+        audit(&office);
     }
 }
 
@@ -1493,6 +1507,7 @@ async fn one_customer_buying_and_holding_in_parallel_through_every_node_stops_at
             "{summary}"
         );
         assert_counts_agree(&office, "concert").await;
+        audit(&office);
     }
 }
 
