@@ -13,16 +13,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{CONTENT_LENGTH, HeaderMap};
-use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::header::CONTENT_LENGTH;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ResponseBody;
 use crate::error::Error;
+use crate::h1::Wire;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::node::{InFlight, Node};
@@ -48,12 +49,12 @@ pub struct Proxy {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// The parts of a client request kept to send it, possibly more than once.
+/// A client request as it is sent, possibly more than once.
 struct Outgoing {
-    method: Method,
-    path_and_query: PathAndQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    /// Encoded once, head and body, for every attempt.
+    wire: Wire,
+    /// Whether it may be sent again after a node may have acted on it.
+    resend: bool,
 }
 
 /// One attempt under way.
@@ -126,7 +127,7 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let outgoing = self.prepare(request, peer).await?;
-        let resend = may_resend(&outgoing.method, &outgoing.headers);
+        let resend = outgoing.resend;
         self.budget.deposit();
         let nodes = upstreams.nodes();
         let mut order = selector.order(&nodes);
@@ -359,16 +360,11 @@ impl Proxy {
         };
         let mut headers = parts.headers;
         headers::prepare_request(&mut headers, &parts.uri, body.len(), peer.ip());
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let root = PathAndQuery::from_static("/");
+        let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
         Ok(Outgoing {
-            method: parts.method,
-            path_and_query,
-            headers,
-            body,
+            wire: Wire::encode(&parts.method, path_and_query, &headers, &body),
+            resend: may_resend(&parts.method, &headers),
         })
     }
 
@@ -380,27 +376,8 @@ impl Proxy {
         slot: InFlight,
         outgoing: &Outgoing,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(node.authority().clone());
-        uri.path_and_query = Some(outgoing.path_and_query.clone());
-        let uri = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(err) => {
-                // Scheme, authority and path are each valid already, so this cannot really
-                // happen; counting it as a refused connection moves the request along.
-                warn!(cause = %err, node = %node.address, "cannot build the node's URI");
-                return Err(Failure::Connect);
-            }
-        };
-        let mut request = Request::new(Full::new(outgoing.body.clone()));
-        *request.method_mut() = outgoing.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = outgoing.headers.clone();
-
         let sent = std::time::Instant::now();
-        match pool::send(node.address, self.settings.connect_timeout, request).await {
+        match pool::send(node.address, self.settings.connect_timeout, &outgoing.wire).await {
             Ok(response) => {
                 if let Some(metrics) = &self.metrics {
                     metrics.upstream_answered(&node, sent.elapsed());
@@ -417,13 +394,7 @@ impl Proxy {
                 headers::strip_hop_by_hop(&mut parts.headers);
                 // The slot travels with the body, so the request counts as in flight until
                 // its response has been streamed back (or the client went away).
-                let body = body
-                    .map_frame(move |frame| {
-                        let _ = &slot;
-                        frame
-                    })
-                    .boxed_unsync();
-                Ok(Response::from_parts(parts, body))
+                Ok(Response::from_parts(parts, body.holding(slot)))
             }
             Err(SendError::Connect(reason)) => {
                 if node.mark_down(reason.clone()) {
@@ -456,6 +427,7 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
 
     fn proxy(max_body_bytes: usize) -> Proxy {
         let settings = Settings {
