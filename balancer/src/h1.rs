@@ -565,3 +565,147 @@ impl Body for BodyStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A node that answers each request it reads (up to its blank line) with the next of
+    /// `answers`, written in pieces split at `|` so bodies arrive across reads.
+    async fn node(answers: Vec<&'static str>) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut seen = Vec::new();
+            for answer in answers {
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.clear();
+                for piece in answer.split('|') {
+                    if stream.write_all(piece.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = stream.flush().await;
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        address
+    }
+
+    fn wire(method: Method) -> Wire {
+        Wire::encode(
+            &method,
+            &PathAndQuery::from_static("/events?x=1"),
+            &HeaderMap::new(),
+            b"",
+        )
+    }
+
+    async fn ask(address: std::net::SocketAddr, method: Method) -> (u16, HeaderMap, Bytes) {
+        let response = pool::send(address, std::time::Duration::from_secs(1), &wire(method))
+            .await
+            .expect("an answer");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("whole body").to_bytes();
+        (parts.status.as_u16(), parts.headers, body)
+    }
+
+    #[test]
+    fn a_request_is_encoded_once_with_its_headers_and_body() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("2"));
+        headers.insert("x-node", HeaderValue::from_static("n1"));
+        let wire = Wire::encode(
+            &Method::POST,
+            &PathAndQuery::from_static("/purchases"),
+            &headers,
+            b"{}",
+        );
+        assert_eq!(
+            wire.bytes(),
+            b"POST /purchases HTTP/1.1\r\ncontent-length: 2\r\nx-node: n1\r\n\r\n{}"
+        );
+        assert!(
+            !wire.head
+                && Wire::encode(
+                    &Method::HEAD,
+                    &PathAndQuery::from_static("/"),
+                    &HeaderMap::new(),
+                    b""
+                )
+                .head
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_of_every_framing_arrive_whole_and_the_connection_is_reused() {
+        let address = node(vec![
+            "HTTP/1.1 100 Continue\r\n\r\n|HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Node: n1\r\n\r\nhe|llo",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc|\r\n2;ext=1\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil| the end",
+        ])
+        .await;
+        let (status, headers, body) = ask(address, Method::GET).await;
+        assert_eq!(
+            (status, &body[..]),
+            (200, &b"hello"[..]),
+            "the 100 is skipped"
+        );
+        assert_eq!(headers["x-node"], "n1");
+        assert_eq!(pool::pooled(address), 1, "back in the pool at its end");
+        let (status, _, body) = ask(address, Method::GET).await;
+        assert_eq!((status, &body[..]), (200, &b"abcde"[..]), "chunked");
+        let (status, _, body) = ask(address, Method::GET).await;
+        assert_eq!((status, body.len()), (204, 0));
+        let (status, headers, body) = ask(address, Method::HEAD).await;
+        assert_eq!((status, body.len()), (200, 0), "no body after HEAD");
+        assert_eq!(headers[CONTENT_LENGTH], "7");
+        let (status, _, body) = ask(address, Method::GET).await;
+        assert_eq!((status, &body[..]), (200, &b"until the end"[..]));
+        assert_eq!(pool::pooled(address), 0, "a closed connection is not kept");
+        pool::forget(address);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_and_its_connection_is_dropped() {
+        let address = node(vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"]).await;
+        let response = pool::send(
+            address,
+            std::time::Duration::from_secs(1),
+            &wire(Method::GET),
+        )
+        .await
+        .expect("a head");
+        assert!(response.into_body().collect().await.is_err());
+        assert_eq!(pool::pooled(address), 0);
+    }
+
+    #[tokio::test]
+    async fn garbage_or_silence_is_a_failed_send() {
+        for answer in ["NOT HTTP AT ALL\r\n\r\n", ""] {
+            let address = node(vec![answer]).await;
+            let err = pool::send(
+                address,
+                std::time::Duration::from_secs(1),
+                &wire(Method::GET),
+            )
+            .await
+            .expect_err("no response");
+            assert!(matches!(err, pool::SendError::Sent(_)), "{err}");
+        }
+    }
+}
