@@ -244,16 +244,39 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
         return Ok(Parsed::Interim);
     }
     let mut headers = HeaderMap::with_capacity(count);
+    // The framing headers, noted on the way so the usual answer needs no lookups after.
+    let mut seen = Seen::default();
     for [name_start, name_end, value_start, value_end] in places.into_iter().take(count) {
         let name = HeaderName::from_bytes(&head[name_start..name_end])
             .map_err(|_| ReadError::Broken(bad("bad header name in the response")))?;
         // Shares the head's bytes rather than copying them.
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
             .map_err(|_| ReadError::Broken(bad("bad header value in the response")))?;
+        if name == CONTENT_LENGTH {
+            let length = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| ReadError::Broken(bad("bad Content-Length in the response")))?;
+            if seen.length.is_some_and(|l| l != length) {
+                return Err(ReadError::Broken(bad(
+                    "conflicting Content-Length in the response",
+                )));
+            }
+            seen.length = Some(length);
+        } else if name == hyper::header::TRANSFER_ENCODING {
+            seen.transfer_encoding = true;
+        } else if name == CONNECTION {
+            seen.connection = true;
+        }
         headers.append(name, value);
     }
-    let framing = framing(&headers, status, head_request).map_err(ReadError::Broken)?;
-    let keep_alive = keeps_alive(&headers, version) && framing != Framing::Close;
+    let framing = framing(&headers, &seen, status, head_request);
+    let keep_alive = (if seen.connection {
+        keeps_alive(&headers, version)
+    } else {
+        version == Version::HTTP_11
+    }) && framing != Framing::Close;
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -261,41 +284,42 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     Ok(Parsed::Head(response, framing, keep_alive))
 }
 
+/// What the header loop noted of a response's framing headers.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Its `Content-Length` (every one of them agreeing).
+    length: Option<u64>,
+    transfer_encoding: bool,
+    connection: bool,
+}
+
 /// How the body of a response with `headers` and `status` is delimited (RFC 9112 § 6.3).
-fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> io::Result<Framing> {
+fn framing(headers: &HeaderMap, seen: &Seen, status: StatusCode, head_request: bool) -> Framing {
     if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Framing::Length(0));
+        return Framing::Length(0);
     }
-    let codings = headers.get_all(hyper::header::TRANSFER_ENCODING);
-    if let Some(last) = codings.iter().next_back() {
+    if seen.transfer_encoding
+        && let Some(last) = headers
+            .get_all(hyper::header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+    {
         let chunked = last
             .to_str()
             .ok()
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
+        return if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
             Framing::Close
-        });
+        };
     }
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let parsed = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .ok_or_else(|| bad("bad Content-Length in the response"))?;
-        if length.is_some_and(|l| l != parsed) {
-            return Err(bad("conflicting Content-Length in the response"));
-        }
-        length = Some(parsed);
-    }
-    Ok(length.map_or(Framing::Close, Framing::Length))
+    seen.length.map_or(Framing::Close, Framing::Length)
 }
 
 /// Whether the node lets the connection be used again after this response.
@@ -696,7 +720,12 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_or_silence_is_a_failed_send() {
-        for answer in ["NOT HTTP AT ALL\r\n\r\n", ""] {
+        for answer in [
+            "NOT HTTP AT ALL\r\n\r\n",
+            "",
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nab",
+            "HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nab",
+        ] {
             let address = node(vec![answer]).await;
             let err = pool::send(
                 address,
