@@ -63,22 +63,22 @@ type Attempt<'a> =
 
 /// An attempt and the node it went to.
 struct Running<'a> {
-    node: Arc<Node>,
+    node: &'a Arc<Node>,
     /// The node's count of times marked down when the attempt started.
     downs: u64,
     attempt: Attempt<'a>,
 }
 
 /// Completes with the first of the running attempts to finish, taking it out.
-async fn first_finished(
-    running: &mut [Option<Running<'_>>; 2],
-) -> (Arc<Node>, Result<Response<ResponseBody>, Failure>) {
+async fn first_finished<'a>(
+    running: &mut [Option<Running<'a>>; 2],
+) -> (&'a Arc<Node>, Result<Response<ResponseBody>, Failure>) {
     poll_fn(|cx| {
         for slot in running.iter_mut() {
             if let Some(run) = slot
                 && let Poll::Ready(result) = run.attempt.as_mut().poll(cx)
             {
-                let node = Arc::clone(&run.node);
+                let node = run.node;
                 *slot = None;
                 return Poll::Ready((node, result));
             }
@@ -129,7 +129,7 @@ impl Proxy {
         let outgoing = self.prepare(request, peer).await?;
         let resend = outgoing.resend;
         self.budget.deposit();
-        let nodes = upstreams.nodes();
+        let nodes = upstreams.local_nodes();
         let mut order = selector.order(&nodes);
         if order.is_empty() {
             return Err(Error::NoHealthyNodes);
@@ -142,7 +142,7 @@ impl Proxy {
         let mut running: [Option<Running<'_>>; 2] = [
             Some(Running {
                 downs: node.downs(),
-                node: Arc::clone(&node),
+                node,
                 attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
             }),
             None,
@@ -164,7 +164,7 @@ impl Proxy {
                         Ok(response) => {
                             // A hedged-over attempt still running was too slow: say so.
                             for other in running.iter_mut().filter_map(Option::take) {
-                                self.failed(upstreams, &other.node, "slower than a hedged attempt elsewhere".into());
+                                self.failed(upstreams, other.node, "slower than a hedged attempt elsewhere".into());
                             }
                             return Ok(response);
                         }
@@ -195,7 +195,7 @@ impl Proxy {
                     let (node, slot) = self.claim(&mut order, &mut next, true).await?;
                     running[0] = Some(Running {
                         downs: node.downs(),
-                        node: Arc::clone(&node),
+                        node,
                         attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                     });
                     if resend {
@@ -215,7 +215,7 @@ impl Proxy {
                         for other in running.iter_mut().filter_map(Option::take) {
                             let reason = format!("no response within {timeout:?}");
                             warn!(node = %other.node.address, cause = %reason, "node too slow");
-                            self.failed(upstreams, &other.node, reason);
+                            self.failed(upstreams, other.node, reason);
                         }
                         return Err(give_up(Failure::Timeout, resend, timeout));
                     }
@@ -250,7 +250,7 @@ impl Proxy {
                         let free = if running[0].is_none() { 0 } else { 1 };
                         running[free] = Some(Running {
                             downs: node.downs(),
-                            node: Arc::clone(&node),
+                            node,
                             attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                         });
                     }
@@ -268,22 +268,22 @@ impl Proxy {
     /// Takes an in-flight slot on the first node of `order[*next..]` that has one free,
     /// moving it to `order[*next]`; with every node full, waits in the first one's queue
     /// (when `queue`), or fails with a fast 503.
-    async fn claim(
+    async fn claim<'a>(
         &self,
-        order: &mut [Arc<Node>],
+        order: &mut [&'a Arc<Node>],
         next: &mut usize,
         queue: bool,
-    ) -> Result<(Arc<Node>, InFlight), Error> {
+    ) -> Result<(&'a Arc<Node>, InFlight), Error> {
         let limit = self.settings.max_in_flight;
         for i in *next..order.len() {
             if let Some(slot) = order[i].try_start_request(limit) {
                 order.swap(i, *next);
-                let node = Arc::clone(&order[*next]);
+                let node = order[*next];
                 *next += 1;
                 return Ok((node, slot));
             }
         }
-        let Some(node) = order.get(*next).cloned() else {
+        let Some(node) = order.get(*next).copied() else {
             return Err(Error::NodesBusy);
         };
         *next += 1;
@@ -372,7 +372,7 @@ impl Proxy {
     async fn attempt(
         &self,
         upstreams: &Upstreams,
-        node: Arc<Node>,
+        node: &Node,
         slot: InFlight,
         outgoing: &Outgoing,
     ) -> Result<Response<ResponseBody>, Failure> {
@@ -380,14 +380,14 @@ impl Proxy {
         match pool::send(node.address, self.settings.connect_timeout, &outgoing.wire).await {
             Ok(response) => {
                 if let Some(metrics) = &self.metrics {
-                    metrics.upstream_answered(&node, sent.elapsed());
+                    metrics.upstream_answered(node, sent.elapsed());
                 }
                 let (mut parts, body) = response.into_parts();
                 // A 503 is the node saying it cannot serve now (the shared store, most
                 // likely), which its health check reports; other 5xx are its own failure.
                 if parts.status.is_server_error() && parts.status != StatusCode::SERVICE_UNAVAILABLE
                 {
-                    self.failed(upstreams, &node, format!("answered {}", parts.status));
+                    self.failed(upstreams, node, format!("answered {}", parts.status));
                 } else {
                     node.record_success();
                 }
@@ -400,12 +400,12 @@ impl Proxy {
                 if node.mark_down(reason.clone()) {
                     warn!(node = %node.address, cause = %reason, "node down: cannot connect");
                 }
-                self.failed(upstreams, &node, reason);
+                self.failed(upstreams, node, reason);
                 Err(Failure::Connect)
             }
             Err(SendError::Sent(reason)) => {
                 warn!(node = %node.address, cause = %reason, "node failed during a request");
-                self.failed(upstreams, &node, reason);
+                self.failed(upstreams, node, reason);
                 Err(Failure::Sent)
             }
         }
