@@ -39,6 +39,8 @@ struct NodeBody {
     failures: u64,
     last_error: Option<String>,
     ejected: bool,
+    /// The node answers its health checks but says the shared store is slow.
+    store_slow: bool,
     weight: f64,
     queued: u64,
     retries: u64,
@@ -57,6 +59,7 @@ impl From<NodeSnapshot> for NodeBody {
             failures: s.failures,
             last_error: s.last_error,
             ejected: s.ejected,
+            store_slow: s.store_slow,
             weight: s.weight,
             queued: s.queued,
             retries: s.retries,
@@ -156,11 +159,11 @@ mod tests {
             body,
             serde_json::json!([
                 {"address": "127.0.0.1:1", "up": true, "in_flight": 0, "requests": 0,
-                 "failures": 0, "last_error": null, "ejected": false, "weight": 1.0,
-                 "queued": 0, "retries": 0, "hedges": 0, "ejections": 0, "rejected": 0},
+                 "failures": 0, "last_error": null, "ejected": false, "store_slow": false,
+                 "weight": 1.0, "queued": 0, "retries": 0, "hedges": 0, "ejections": 0, "rejected": 0},
                 {"address": "127.0.0.1:2", "up": false, "in_flight": 0, "requests": 0,
                  "failures": 0, "last_error": "connection refused", "ejected": false,
-                 "weight": 1.0, "queued": 0, "retries": 0, "hedges": 0, "ejections": 0,
+                 "store_slow": false, "weight": 1.0, "queued": 0, "retries": 0, "hedges": 0, "ejections": 0,
                  "rejected": 0},
             ])
         );

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+
 #[cfg(test)]
 use hyper::header::CONTENT_TYPE;
 use hyper::header::{ALLOW, HeaderValue, RETRY_AFTER};
@@ -95,15 +95,12 @@ impl Error {
 /// A JSON response with `status` (a 500 JSON error if `value` cannot be serialised), in
 /// the balancer's body type.
 pub fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<ResponseBody> {
-    serve::json::response(status, value)
-        .map(|body| body.map_err(|never| match never {}).boxed_unsync())
+    serve::json::response(status, value).map(ResponseBody::own)
 }
 
 /// A complete in-memory body in the balancer's response body type.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    ResponseBody::whole(bytes)
 }
 
 fn humanize(d: Duration) -> String {

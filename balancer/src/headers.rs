@@ -73,8 +73,26 @@ fn ipv4_text(ip: std::net::Ipv4Addr, out: &mut [u8; 15]) -> &[u8] {
     &out[..len]
 }
 
+thread_local! {
+    /// The last client address this thread wrote as a header value, and the value: a
+    /// connection's requests all come from one address, so most requests reuse it.
+    static LAST_CLIENT: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The client's address as a header value (an IPv4-mapped IPv6 address as IPv4).
 fn client_value(client: IpAddr) -> HeaderValue {
+    LAST_CLIENT.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == client => value.clone(),
+        _ => {
+            let value = client_text(client);
+            *last = Some((client, value.clone()));
+            value
+        }
+    })
+}
+
+fn client_text(client: IpAddr) -> HeaderValue {
     let text = match client.to_canonical() {
         IpAddr::V4(ip) => HeaderValue::from_bytes(ipv4_text(ip, &mut [0; 15])),
         IpAddr::V6(ip) => HeaderValue::from_str(&ip.to_string()),

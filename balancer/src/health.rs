@@ -1,6 +1,12 @@
 //! Active health checks: every interval each known node is asked `GET /health`; `rise`
 //! passes (a 2xx) in a row bring a down node back, `fall` failures in a row take an up
 //! node down. Each round also ends the ejections whose time is up.
+//!
+//! A node that answers 200 with `"store":"slow"` passes: it can serve, and its store reads
+//! wait because the store they all share is busy (another process holds its lock), which
+//! taking it out of rotation would not cure. The balancer notes it (`store_slow` in
+//! `/balancer/nodes`, `balancer_node_store_slow`, the status page) and keeps routing to it;
+//! only a node that cannot read the store at all answers 503 and fails.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +23,8 @@ use tracing::{info, warn};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use shared::api::{HealthBody, StoreHealth};
 
 use crate::proxy::describe;
 use crate::upstreams::Upstreams;
@@ -44,12 +52,28 @@ pub struct RiseFall {
     pub fall: u32,
 }
 
+/// A passed health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Passed {
+    /// The node said the shared store is slow (`"store":"slow"` in its 200 body).
+    pub store_slow: bool,
+}
+
+/// What a 2xx health answer's body says of the store: slow only when it says so in the
+/// nodes' own terms (any other body, or none, is a plain pass).
+fn passed(body: &[u8]) -> Passed {
+    let said = serde_json::from_slice::<HealthBody>(body).ok();
+    Passed {
+        store_slow: said.and_then(|body| body.store) == Some(StoreHealth::Slow),
+    }
+}
+
 /// Asks one node `GET /health` within `timeout`; Ok on a 2xx answer.
 pub async fn check_http(
     client: NodeClient,
     address: SocketAddr,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Passed, String> {
     let uri: Uri = format!("http://{address}/health")
         .parse()
         .map_err(|err| format!("bad health URI: {err}"))?;
@@ -62,9 +86,9 @@ pub async fn check_http(
             .map_err(|err| format!("health check failed: {}", describe(&err)))?;
         let status = response.status();
         // Reading the (small) body lets the connection go back to the pool.
-        let _ = response.into_body().collect().await;
+        let body = response.into_body().collect().await;
         if status.is_success() {
-            Ok(())
+            Ok(body.map(|b| passed(&b.to_bytes())).unwrap_or_default())
         } else {
             Err(format!("health check answered {status}"))
         }
@@ -78,7 +102,7 @@ pub async fn check_http(
 pub async fn check_all<C, F>(upstreams: &Upstreams, check: &C, counts: RiseFall)
 where
     C: Fn(SocketAddr) -> F,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<Passed, String>> + Send + 'static,
 {
     let now = tokio::time::Instant::now();
     for node in upstreams.nodes().iter() {
@@ -97,6 +121,15 @@ where
             // A check task only ends early if it panicked; the next round checks again.
             continue;
         };
+        if let Ok(pass) = &outcome
+            && node.set_store_slow(pass.store_slow)
+        {
+            if pass.store_slow {
+                warn!(node = %node.address, "node says the shared store is slow: kept in rotation");
+            } else {
+                info!(node = %node.address, "node says the shared store answers again");
+            }
+        }
         let passed = outcome.is_ok();
         let change = node.health_checked(passed, counts.rise, counts.fall);
         match (change, outcome) {
@@ -120,7 +153,7 @@ pub async fn keep_checking<C, F>(
     check: C,
 ) where
     C: Fn(SocketAddr) -> F,
-    F: Future<Output = Result<(), String>> + Send + 'static,
+    F: Future<Output = Result<Passed, String>> + Send + 'static,
 {
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -178,7 +211,7 @@ mod tests {
                     if fails {
                         Err("health check answered 503".to_owned())
                     } else {
-                        Ok(())
+                        Ok(Passed::default())
                     }
                 }
             }
@@ -204,7 +237,7 @@ mod tests {
             let rounds = Arc::clone(&rounds);
             move |_: SocketAddr| {
                 rounds.fetch_add(1, Ordering::SeqCst);
-                async { Err::<(), _>("refused".to_owned()) }
+                async { Err::<Passed, _>("refused".to_owned()) }
             }
         };
         let task = tokio::spawn(keep_checking(
@@ -233,7 +266,7 @@ mod tests {
                     if fails {
                         Err("timed out".to_owned())
                     } else {
-                        Ok(())
+                        Ok(Passed::default())
                     }
                 }
             }
@@ -263,12 +296,40 @@ mod tests {
         let upstreams = resolved(&[1, 2]).await;
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
         assert!(upstreams.nodes()[0].eject(until));
-        let pass = |_: SocketAddr| async { Ok::<(), String>(()) };
+        let pass = |_: SocketAddr| async { Ok::<Passed, String>(Passed::default()) };
         check_all(&upstreams, &pass, ONCE).await;
         assert_eq!(up_ports(&upstreams), [2]);
         tokio::time::advance(Duration::from_secs(5)).await;
         check_all(&upstreams, &pass, ONCE).await;
         assert_eq!(up_ports(&upstreams), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_node_saying_its_store_is_slow_passes_and_is_noted() {
+        let upstreams = resolved(&[1, 2]).await;
+        let slow = |address: SocketAddr| async move {
+            Ok::<Passed, String>(Passed {
+                store_slow: address.port() == 2,
+            })
+        };
+        check_all(&upstreams, &slow, ONCE).await;
+        assert_eq!(up_ports(&upstreams), [1, 2], "both stay in rotation");
+        let said: Vec<bool> = upstreams.nodes().iter().map(|n| n.store_slow()).collect();
+        assert_eq!(said, [false, true]);
+        let pass = |_: SocketAddr| async { Ok::<Passed, String>(Passed::default()) };
+        check_all(&upstreams, &pass, ONCE).await;
+        assert!(
+            !upstreams.nodes()[1].store_slow(),
+            "cleared by a plain pass"
+        );
+    }
+
+    #[test]
+    fn only_the_nodes_own_words_say_the_store_is_slow() {
+        assert!(passed(br#"{"status":"ok","node":"n1","store":"slow"}"#).store_slow);
+        assert!(!passed(br#"{"status":"ok","node":"n1"}"#).store_slow);
+        assert!(!passed(b"OK").store_slow);
+        assert!(!passed(b"").store_slow);
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod health;
 pub mod metrics;
@@ -38,8 +39,8 @@ use retry::RetryBudget;
 use selection::Selector;
 use upstreams::Upstreams;
 
-/// Every response body the balancer sends: a node's streamed body or one of its own.
-pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
+/// Every response body the balancer sends: a node's (whole or streamed) or one of its own.
+pub type ResponseBody = h1::BodyStream;
 
 /// The whole body of an in-memory response: a helper for the unit tests.
 #[cfg(test)]

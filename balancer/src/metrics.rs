@@ -175,7 +175,7 @@ type Field = fn(&NodeSnapshot) -> u64;
 
 /// Per-node gauges: name, help (with its full stop: a collector's help is written as
 /// given), value.
-const NODE_GAUGES: [(&str, &str, Field); 4] = [
+const NODE_GAUGES: [(&str, &str, Field); 5] = [
     (
         "balancer_node_up",
         "Whether the node passes its health checks (1) or is down (0), after rise/fall.",
@@ -185,6 +185,12 @@ const NODE_GAUGES: [(&str, &str, Field); 4] = [
         "balancer_node_ejected",
         "Whether the node is out of rotation after failing repeatedly (1) or not (0).",
         |s| u64::from(s.ejected),
+    ),
+    (
+        "balancer_node_store_slow",
+        "Whether the node answers its health checks but says the shared store is slow (1): \
+         kept in rotation, since that is every node's trouble, not this one's.",
+        |s| u64::from(s.store_slow),
     ),
     (
         "balancer_node_in_flight",

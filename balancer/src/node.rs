@@ -27,6 +27,9 @@ pub struct Node {
     up: AtomicBool,
     /// Consecutive health checks that passed (positive) or failed (negative).
     streak: Mutex<i32>,
+    /// Whether the node's last passed health check said the shared store is slow: the
+    /// node answers, and stays in rotation, but its store reads wait (as every node's do).
+    store_slow: AtomicBool,
     /// Bumped each time the node is marked down, so requests in flight here can be sent
     /// elsewhere at once.
     down_signal: watch::Sender<u64>,
@@ -71,6 +74,8 @@ pub struct NodeSnapshot {
     pub address: String,
     pub up: bool,
     pub ejected: bool,
+    /// The node's last passed health check said the shared store is slow.
+    pub store_slow: bool,
     /// The share of a full turn the node gets now: below 1 during slow start.
     pub weight: f64,
     pub in_flight: u64,
@@ -106,6 +111,7 @@ impl Node {
             upstream_seconds: OnceLock::new(),
             up: AtomicBool::new(true),
             streak: Mutex::new(0),
+            store_slow: AtomicBool::new(false),
             down_signal: watch::Sender::new(0),
             downs: AtomicU64::new(0),
             warming: AtomicBool::new(false),
@@ -184,6 +190,17 @@ impl Node {
             return Some(false);
         }
         None
+    }
+
+    /// Records what the node's passed health check said of the shared store; true when
+    /// that changed.
+    pub fn set_store_slow(&self, slow: bool) -> bool {
+        self.store_slow.swap(slow, Ordering::Relaxed) != slow
+    }
+
+    /// Whether the node's last passed health check said the shared store is slow.
+    pub fn store_slow(&self) -> bool {
+        self.store_slow.load(Ordering::Relaxed)
     }
 
     /// Marks the node up (and starts its slow start); true when it was down before.
@@ -353,6 +370,7 @@ impl Node {
             address: self.address.to_string(),
             up: self.is_up(),
             ejected: self.is_ejected(),
+            store_slow: self.store_slow(),
             weight: self.weight(slow_start),
             in_flight: self.in_flight.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),

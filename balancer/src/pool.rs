@@ -1,25 +1,19 @@
 //! Connections to the nodes, pooled per worker thread: each thread keeps, per node address,
-//! the HTTP/1.1 connections it opened (hyper's `SendRequest` handles, whose connection
-//! tasks run on the same thread), so a forwarded request takes no lock and crosses no
-//! thread. A connection goes back to its pool as soon as the response headers arrive and
-//! is taken again once it is ready (its last response read to the end).
+//! the idle HTTP/1.1 connections it opened, and the task forwarding a request takes one,
+//! speaks HTTP/1.1 on it itself (see [`crate::h1`]) and puts it back once the response has
+//! been read to its end, so a forwarded request takes no lock, crosses no thread and
+//! wakes no other task. The most recently returned connection is reused first.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::debug;
 
-/// A connection to a node that takes whole in-memory request bodies.
-type Sender = SendRequest<Full<Bytes>>;
+use crate::h1::{self, BodyStream, Conn, ReadError, Wire};
 
 /// At most this many connections per node are kept by one thread; more are closed after
 /// their request.
@@ -30,15 +24,15 @@ const MAX_POOLED: usize = 512;
 /// written into a connection the node is closing at that moment.
 const MAX_IDLE: Duration = Duration::from_secs(4);
 
-/// A pooled connection and when it was last handed back.
+/// An idle connection and when it was handed back.
 struct Pooled {
-    sender: Sender,
+    conn: Conn,
     returned: Instant,
 }
 
 thread_local! {
-    /// This thread's connections, by node address.
-    static POOLS: RefCell<HashMap<SocketAddr, Vec<Pooled>>> = RefCell::new(HashMap::new());
+    /// This thread's idle connections, by node address (a handful of nodes: a list).
+    static POOLS: RefCell<Vec<(SocketAddr, Vec<Pooled>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// How sending a request failed.
@@ -52,35 +46,47 @@ pub enum SendError {
     Sent(String),
 }
 
-/// A ready pooled connection to `address`, dropping closed ones on the way.
-fn checkout(address: SocketAddr) -> Option<Sender> {
+/// Whether an idle connection has something to read: the node closed it (or, against the
+/// protocol, sent something unasked). Asks the runtime's readiness, not the socket: the
+/// last read of a response leaves the socket drained and its readiness cleared.
+fn has_news(conn: &Conn) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    matches!(conn.stream.poll_read_ready(&mut cx), Poll::Ready(_))
+}
+
+/// An idle connection to `address`, most recently returned first, dropping on the way
+/// those that are closed or have been idle too long.
+fn checkout(address: SocketAddr) -> Option<Conn> {
     POOLS.with_borrow_mut(|pools| {
-        let pool = pools.get_mut(&address)?;
+        let (_, pool) = pools.iter_mut().find(|(a, _)| *a == address)?;
         let now = Instant::now();
-        // The most recently returned connections are at the end, and the likeliest to be
-        // still busy streaming their last response, so look from the front.
-        let mut i = 0;
-        while i < pool.len() {
-            let pooled = &pool[i];
-            if pooled.sender.is_closed() || now.duration_since(pooled.returned) > MAX_IDLE {
-                pool.swap_remove(i);
-            } else if pooled.sender.is_ready() {
-                return Some(pool.swap_remove(i).sender);
-            } else {
-                i += 1;
+        while let Some(pooled) = pool.pop() {
+            if now.duration_since(pooled.returned) > MAX_IDLE {
+                // The rest were returned earlier still.
+                pool.clear();
+                return None;
+            }
+            if !has_news(&pooled.conn) {
+                return Some(pooled.conn);
             }
         }
         None
     })
 }
 
-/// Returns a connection to its pool.
-fn checkin(address: SocketAddr, sender: Sender) {
+/// Returns an idle connection (its last response read to the end) to its pool.
+pub(crate) fn checkin(address: SocketAddr, conn: Conn) {
     POOLS.with_borrow_mut(|pools| {
-        let pool = pools.entry(address).or_default();
+        let pool = match pools.iter().position(|(a, _)| *a == address) {
+            Some(i) => &mut pools[i].1,
+            None => {
+                pools.push((address, Vec::new()));
+                &mut pools.last_mut().expect("just pushed").1
+            }
+        };
         if pool.len() < MAX_POOLED {
             pool.push(Pooled {
-                sender,
+                conn,
                 returned: Instant::now(),
             });
         }
@@ -89,15 +95,20 @@ fn checkin(address: SocketAddr, sender: Sender) {
 
 /// Forgets this thread's connections to `address` (a node that went away).
 pub fn forget(address: SocketAddr) {
-    POOLS.with_borrow_mut(|pools| pools.remove(&address));
+    POOLS.with_borrow_mut(|pools| pools.retain(|(a, _)| *a != address));
 }
 
 /// Connections to `address` this thread keeps now.
 pub fn pooled(address: SocketAddr) -> usize {
-    POOLS.with_borrow(|pools| pools.get(&address).map_or(0, Vec::len))
+    POOLS.with_borrow(|pools| {
+        pools
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map_or(0, |(_, pool)| pool.len())
+    })
 }
 
-async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, SendError> {
+async fn connect(address: SocketAddr, timeout: Duration) -> Result<Conn, SendError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => return Err(SendError::Connect(err.to_string())),
@@ -108,45 +119,36 @@ async fn connect(address: SocketAddr, timeout: Duration) -> Result<Sender, SendE
         }
     };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|err| SendError::Connect(crate::proxy::describe(&err)))?;
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            debug!(cause = %err, node = %address, "node connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Conn::new(stream))
 }
 
-/// Sends `request` to `address` on a pooled connection or a new one. A pooled connection
-/// that turns out to be closed before the request left is replaced by a new one.
+/// Sends `wire` to `address` on a pooled connection or a new one, and reads the response
+/// head. A pooled connection that turns out to be closed (the write fails, or it closes
+/// without a byte of answer before the request could have been read) is replaced by a new
+/// one once.
 pub async fn send(
     address: SocketAddr,
     connect_timeout: Duration,
-    mut request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, SendError> {
+    wire: &Wire,
+) -> Result<Response<BodyStream>, SendError> {
     let mut reused = checkout(address);
     loop {
         let fresh = reused.is_none();
-        let mut sender = match reused.take() {
-            Some(sender) => sender,
+        let mut conn = match reused.take() {
+            Some(conn) => conn,
             None => connect(address, connect_timeout).await?,
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => {
-                checkin(address, sender);
-                return Ok(response);
+        if let Err(err) = conn.stream.write_all(wire.bytes()).await {
+            // Refused before the node could read a whole request: nothing was acted on.
+            if fresh {
+                return Err(SendError::Connect(err.to_string()));
             }
-            Err(mut err) => {
-                let error = crate::proxy::describe(err.error());
-                match err.take_message() {
-                    // Not sent: a pooled connection the node had closed. Once more on a
-                    // new connection; a new one failing this way is the node's fault.
-                    Some(unsent) if !fresh => request = unsent,
-                    Some(_) => return Err(SendError::Connect(error)),
-                    None => return Err(SendError::Sent(error)),
-                }
+            continue;
+        }
+        match h1::read_response(conn, address, wire).await {
+            Ok(response) => return Ok(response),
+            Err(err @ (ReadError::Nothing(_) | ReadError::Broken(_))) => {
+                return Err(SendError::Sent(err.to_string()));
             }
         }
     }
@@ -155,7 +157,10 @@ pub async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::Response;
+    use hyper_util::rt::TokioIo;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -185,23 +190,24 @@ mod tests {
         (address, accepted)
     }
 
-    fn get() -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = "/".parse().expect("uri");
-        request
+    fn get() -> Wire {
+        Wire::encode(
+            &hyper::Method::GET,
+            &hyper::http::uri::PathAndQuery::from_static("/"),
+            &hyper::HeaderMap::new(),
+            b"",
+        )
     }
 
     #[tokio::test]
     async fn requests_in_a_row_reuse_one_connection() {
         let (address, accepted) = server().await;
         for _ in 0..5 {
-            let response = send(address, Duration::from_secs(1), get())
+            let response = send(address, Duration::from_secs(1), &get())
                 .await
                 .expect("answer");
             let body = response.into_body().collect().await.expect("body");
             assert_eq!(body.to_bytes(), "ok");
-            // Let the connection task see the end of the response.
-            tokio::task::yield_now().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(pooled(address), 1);
@@ -216,7 +222,7 @@ mod tests {
             listener.local_addr().expect("addr").port()
         };
         let address = SocketAddr::from(([127, 0, 0, 1], port));
-        let err = send(address, Duration::from_secs(1), get())
+        let err = send(address, Duration::from_secs(1), &get())
             .await
             .expect_err("refused");
         assert!(matches!(err, SendError::Connect(_)), "{err}");

@@ -13,16 +13,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Body;
-use hyper::header::{CONTENT_LENGTH, HeaderMap};
-use hyper::http::uri::{PathAndQuery, Scheme};
-use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::header::CONTENT_LENGTH;
+use hyper::http::uri::PathAndQuery;
+use hyper::{Request, Response, StatusCode};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::ResponseBody;
 use crate::error::Error;
+use crate::h1::Wire;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::node::{InFlight, Node};
@@ -48,12 +49,12 @@ pub struct Proxy {
     metrics: Option<Arc<Metrics>>,
 }
 
-/// The parts of a client request kept to send it, possibly more than once.
+/// A client request as it is sent, possibly more than once.
 struct Outgoing {
-    method: Method,
-    path_and_query: PathAndQuery,
-    headers: HeaderMap,
-    body: Bytes,
+    /// Encoded once, head and body, for every attempt.
+    wire: Wire,
+    /// Whether it may be sent again after a node may have acted on it.
+    resend: bool,
 }
 
 /// One attempt under way.
@@ -62,22 +63,22 @@ type Attempt<'a> =
 
 /// An attempt and the node it went to.
 struct Running<'a> {
-    node: Arc<Node>,
+    node: &'a Arc<Node>,
     /// The node's count of times marked down when the attempt started.
     downs: u64,
     attempt: Attempt<'a>,
 }
 
 /// Completes with the first of the running attempts to finish, taking it out.
-async fn first_finished(
-    running: &mut [Option<Running<'_>>; 2],
-) -> (Arc<Node>, Result<Response<ResponseBody>, Failure>) {
+async fn first_finished<'a>(
+    running: &mut [Option<Running<'a>>; 2],
+) -> (&'a Arc<Node>, Result<Response<ResponseBody>, Failure>) {
     poll_fn(|cx| {
         for slot in running.iter_mut() {
             if let Some(run) = slot
                 && let Poll::Ready(result) = run.attempt.as_mut().poll(cx)
             {
-                let node = Arc::clone(&run.node);
+                let node = run.node;
                 *slot = None;
                 return Poll::Ready((node, result));
             }
@@ -126,9 +127,9 @@ impl Proxy {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let outgoing = self.prepare(request, peer).await?;
-        let resend = may_resend(&outgoing.method, &outgoing.headers);
+        let resend = outgoing.resend;
         self.budget.deposit();
-        let nodes = upstreams.nodes();
+        let nodes = upstreams.local_nodes();
         let mut order = selector.order(&nodes);
         if order.is_empty() {
             return Err(Error::NoHealthyNodes);
@@ -141,7 +142,7 @@ impl Proxy {
         let mut running: [Option<Running<'_>>; 2] = [
             Some(Running {
                 downs: node.downs(),
-                node: Arc::clone(&node),
+                node,
                 attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
             }),
             None,
@@ -163,7 +164,7 @@ impl Proxy {
                         Ok(response) => {
                             // A hedged-over attempt still running was too slow: say so.
                             for other in running.iter_mut().filter_map(Option::take) {
-                                self.failed(upstreams, &other.node, "slower than a hedged attempt elsewhere".into());
+                                self.failed(upstreams, other.node, "slower than a hedged attempt elsewhere".into());
                             }
                             return Ok(response);
                         }
@@ -194,7 +195,7 @@ impl Proxy {
                     let (node, slot) = self.claim(&mut order, &mut next, true).await?;
                     running[0] = Some(Running {
                         downs: node.downs(),
-                        node: Arc::clone(&node),
+                        node,
                         attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                     });
                     if resend {
@@ -214,7 +215,7 @@ impl Proxy {
                         for other in running.iter_mut().filter_map(Option::take) {
                             let reason = format!("no response within {timeout:?}");
                             warn!(node = %other.node.address, cause = %reason, "node too slow");
-                            self.failed(upstreams, &other.node, reason);
+                            self.failed(upstreams, other.node, reason);
                         }
                         return Err(give_up(Failure::Timeout, resend, timeout));
                     }
@@ -249,7 +250,7 @@ impl Proxy {
                         let free = if running[0].is_none() { 0 } else { 1 };
                         running[free] = Some(Running {
                             downs: node.downs(),
-                            node: Arc::clone(&node),
+                            node,
                             attempt: Box::pin(self.attempt(upstreams, node, slot, &outgoing)),
                         });
                     }
@@ -267,22 +268,22 @@ impl Proxy {
     /// Takes an in-flight slot on the first node of `order[*next..]` that has one free,
     /// moving it to `order[*next]`; with every node full, waits in the first one's queue
     /// (when `queue`), or fails with a fast 503.
-    async fn claim(
+    async fn claim<'a>(
         &self,
-        order: &mut [Arc<Node>],
+        order: &mut [&'a Arc<Node>],
         next: &mut usize,
         queue: bool,
-    ) -> Result<(Arc<Node>, InFlight), Error> {
+    ) -> Result<(&'a Arc<Node>, InFlight), Error> {
         let limit = self.settings.max_in_flight;
         for i in *next..order.len() {
             if let Some(slot) = order[i].try_start_request(limit) {
                 order.swap(i, *next);
-                let node = Arc::clone(&order[*next]);
+                let node = order[*next];
                 *next += 1;
                 return Ok((node, slot));
             }
         }
-        let Some(node) = order.get(*next).cloned() else {
+        let Some(node) = order.get(*next).copied() else {
             return Err(Error::NodesBusy);
         };
         *next += 1;
@@ -359,16 +360,11 @@ impl Proxy {
         };
         let mut headers = parts.headers;
         headers::prepare_request(&mut headers, &parts.uri, body.len(), peer.ip());
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let root = PathAndQuery::from_static("/");
+        let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
         Ok(Outgoing {
-            method: parts.method,
-            path_and_query,
-            headers,
-            body,
+            wire: Wire::encode(&parts.method, path_and_query, &headers, &body),
+            resend: may_resend(&parts.method, &headers),
         })
     }
 
@@ -376,65 +372,40 @@ impl Proxy {
     async fn attempt(
         &self,
         upstreams: &Upstreams,
-        node: Arc<Node>,
+        node: &Node,
         slot: InFlight,
         outgoing: &Outgoing,
     ) -> Result<Response<ResponseBody>, Failure> {
-        let mut uri = hyper::http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(node.authority().clone());
-        uri.path_and_query = Some(outgoing.path_and_query.clone());
-        let uri = match Uri::from_parts(uri) {
-            Ok(uri) => uri,
-            Err(err) => {
-                // Scheme, authority and path are each valid already, so this cannot really
-                // happen; counting it as a refused connection moves the request along.
-                warn!(cause = %err, node = %node.address, "cannot build the node's URI");
-                return Err(Failure::Connect);
-            }
-        };
-        let mut request = Request::new(Full::new(outgoing.body.clone()));
-        *request.method_mut() = outgoing.method.clone();
-        *request.uri_mut() = uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = outgoing.headers.clone();
-
         let sent = std::time::Instant::now();
-        match pool::send(node.address, self.settings.connect_timeout, request).await {
+        match pool::send(node.address, self.settings.connect_timeout, &outgoing.wire).await {
             Ok(response) => {
                 if let Some(metrics) = &self.metrics {
-                    metrics.upstream_answered(&node, sent.elapsed());
+                    metrics.upstream_answered(node, sent.elapsed());
                 }
                 let (mut parts, body) = response.into_parts();
                 // A 503 is the node saying it cannot serve now (the shared store, most
                 // likely), which its health check reports; other 5xx are its own failure.
                 if parts.status.is_server_error() && parts.status != StatusCode::SERVICE_UNAVAILABLE
                 {
-                    self.failed(upstreams, &node, format!("answered {}", parts.status));
+                    self.failed(upstreams, node, format!("answered {}", parts.status));
                 } else {
                     node.record_success();
                 }
                 headers::strip_hop_by_hop(&mut parts.headers);
                 // The slot travels with the body, so the request counts as in flight until
                 // its response has been streamed back (or the client went away).
-                let body = body
-                    .map_frame(move |frame| {
-                        let _ = &slot;
-                        frame
-                    })
-                    .boxed_unsync();
-                Ok(Response::from_parts(parts, body))
+                Ok(Response::from_parts(parts, body.holding(slot)))
             }
             Err(SendError::Connect(reason)) => {
                 if node.mark_down(reason.clone()) {
                     warn!(node = %node.address, cause = %reason, "node down: cannot connect");
                 }
-                self.failed(upstreams, &node, reason);
+                self.failed(upstreams, node, reason);
                 Err(Failure::Connect)
             }
             Err(SendError::Sent(reason)) => {
                 warn!(node = %node.address, cause = %reason, "node failed during a request");
-                self.failed(upstreams, &node, reason);
+                self.failed(upstreams, node, reason);
                 Err(Failure::Sent)
             }
         }
@@ -456,6 +427,7 @@ pub(crate) fn describe(err: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Full;
 
     fn proxy(max_body_bytes: usize) -> Proxy {
         let settings = Settings {

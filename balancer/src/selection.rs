@@ -71,7 +71,7 @@ impl Selector {
     /// The order in which one request tries `nodes`: the nodes in rotation (or all of
     /// them when panicking), starting at the next round-robin position; a warming node
     /// that sits out this turn goes to the end.
-    pub fn order(&self, nodes: &[Arc<Node>]) -> Vec<Arc<Node>> {
+    pub fn order<'a>(&self, nodes: &'a [Arc<Node>]) -> Vec<&'a Arc<Node>> {
         let healthy = nodes.iter().filter(|n| n.is_healthy()).count();
         let panic = panicking(healthy, nodes.len());
         let candidates = if panic { nodes.len() } else { healthy };
@@ -87,8 +87,7 @@ impl Selector {
                 .filter(|n| panic || n.is_healthy())
                 .cycle()
                 .skip(start)
-                .take(candidates)
-                .cloned(),
+                .take(candidates),
         );
         let weight = order[0].weight(self.slow_start);
         if weight < 1.0 && turn_fraction(turn) >= weight {

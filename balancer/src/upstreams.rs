@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +25,26 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Upstreams {
     names: Vec<NodeName>,
     current: RwLock<Current>,
+    /// Tells this set apart from any other in the threads' copies of the node list.
+    id: u64,
+    /// Bumped each time the node list changes, so each thread's copy knows it is stale.
+    generation: AtomicU64,
+}
+
+/// The next `Upstreams::id`.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// The most sets whose node list one thread keeps a copy of (one in the program; the
+/// tests make many).
+const LOCAL_COPIES: usize = 4;
+
+/// One thread's copy of one set's node list: set id, generation, and the list.
+type LocalCopy = (u64, u64, Arc<[Arc<Node>]>);
+
+thread_local! {
+    /// This thread's copies of node lists, each a copy of its own, so taking one on every
+    /// request writes no cache line another thread reads.
+    static LOCAL: std::cell::RefCell<Vec<LocalCopy>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 #[derive(Debug, Default)]
@@ -48,7 +69,32 @@ impl Upstreams {
                 known,
                 resolved_before: false,
             }),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Every known node, as [`Upstreams::nodes`], from this thread's copy of the list:
+    /// the per-request path takes no lock and shares no reference count with other
+    /// threads, only reading the generation to see whether the copy is still current.
+    pub fn local_nodes(&self) -> Arc<[Arc<Node>]> {
+        let generation = self.generation.load(Ordering::Acquire);
+        LOCAL.with_borrow_mut(|copies| {
+            if let Some((_, _, nodes)) = copies
+                .iter()
+                .find(|(id, seen, _)| *id == self.id && *seen == generation)
+            {
+                return Arc::clone(nodes);
+            }
+            // Read before the list: a change after this is seen by the next request.
+            let nodes: Arc<[Arc<Node>]> = self.nodes().to_vec().into();
+            copies.retain(|(id, _, _)| *id != self.id);
+            if copies.len() >= LOCAL_COPIES {
+                copies.remove(0);
+            }
+            copies.push((self.id, generation, Arc::clone(&nodes)));
+            nodes
+        })
     }
 
     /// Every known node, ordered by address.
@@ -130,6 +176,7 @@ impl Upstreams {
             info!(node = %address, "node removed");
         }
         current.nodes = next.into_values().collect();
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Current> {
@@ -233,6 +280,33 @@ mod tests {
             Some(vec![addr("10.0.0.9:9000")]),
         ]);
         assert_eq!(addresses(&upstreams), ["10.0.0.2:8000", "10.0.0.9:9000"]);
+    }
+
+    #[test]
+    fn each_threads_copy_of_the_list_follows_every_change_of_its_own_set() {
+        let local = |upstreams: &Upstreams| -> Vec<String> {
+            let nodes = upstreams.local_nodes();
+            nodes.iter().map(|n| n.address.to_string()).collect()
+        };
+        let upstreams = Upstreams::new(vec![name("a:8000")]);
+        let other = Upstreams::new(vec![name("b:8000")]);
+        assert!(local(&upstreams).is_empty());
+        upstreams.apply(vec![Some(vec![addr("10.0.0.1:8000")])]);
+        other.apply(vec![Some(vec![addr("10.0.0.7:8000")])]);
+        assert_eq!(local(&upstreams), ["10.0.0.1:8000"]);
+        assert_eq!(
+            local(&other),
+            ["10.0.0.7:8000"],
+            "another set, another copy"
+        );
+        upstreams.apply(vec![Some(vec![
+            addr("10.0.0.1:8000"),
+            addr("10.0.0.2:8000"),
+        ])]);
+        assert_eq!(local(&upstreams), ["10.0.0.1:8000", "10.0.0.2:8000"]);
+        // The copy shares the nodes themselves, and so their state.
+        upstreams.nodes()[1].mark_down("refused");
+        assert!(!upstreams.local_nodes()[1].is_up());
     }
 
     #[tokio::test(start_paused = true)]

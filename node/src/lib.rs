@@ -4,6 +4,7 @@
 mod auth;
 mod committer;
 mod error;
+mod health;
 mod input;
 mod metrics;
 mod paging;
@@ -42,6 +43,8 @@ pub struct NodeService {
     committer: committer::Committer,
     settings: Arc<NodeSettings>,
     metrics: Arc<metrics::Metrics>,
+    /// `GET /health`'s store read, one at a time.
+    store_probe: Arc<health::StoreProbe>,
 }
 
 impl NodeService {
@@ -76,6 +79,7 @@ impl NodeService {
             store,
             settings: Arc::new(settings),
             metrics,
+            store_probe: Arc::default(),
         })
     }
 
@@ -347,6 +351,58 @@ mod tests {
         );
         // HEAD says the same.
         assert_eq!(call(&node, "HEAD", "/health", "").await.0, 503);
+    }
+
+    /// `GET /health` as JSON.
+    async fn health(node: &NodeService) -> (u16, serde_json::Value) {
+        let (status, body) = call(node, "GET", "/health", "").await;
+        (status, serde_json::from_str(&body).expect("JSON"))
+    }
+
+    #[tokio::test]
+    async fn a_store_locked_elsewhere_is_slow_not_broken_and_an_unreadable_one_is_503() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let node = service(dir.path(), Duration::from_secs(3600));
+        assert_eq!(
+            health(&node).await,
+            (200, serde_json::json!({"status": "ok", "node": "n1"}))
+        );
+        // Another process frozen while holding the store's lock (its lock wait is 5 s).
+        let holder = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join(store::LOCK_FILE))
+            .expect("lock file");
+        holder.lock().expect("lock taken");
+        let slow = serde_json::json!({"status": "ok", "node": "n1", "store": "slow"});
+        for _ in 0..3 {
+            // The first check's read still waits: later ones answer without another.
+            let started = Instant::now();
+            assert_eq!(health(&node).await, (200, slow.clone()));
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+        holder.unlock().expect("unlock");
+        // The waiting read goes through now; the checks say so once it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while health(&node).await.1 == slow {
+            assert!(
+                Instant::now() < deadline,
+                "still slow after the lock was released"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(health(&node).await.0, 200);
+        // A store that cannot be read at all is this node's failure to serve: 503.
+        std::fs::write(dir.path().join(store::DATA_FILE), b"not a store").expect("corrupt");
+        let (status, body) = health(&node).await;
+        assert_eq!(
+            (status, &body["error"]),
+            (503, &serde_json::json!("store_unavailable"))
+        );
     }
 
     #[tokio::test]

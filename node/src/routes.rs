@@ -16,7 +16,9 @@ use hyper::body::Body;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use shared::api::{EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, TicketBody};
+use shared::api::{
+    EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, StoreHealth, TicketBody,
+};
 use shared::{
     Command, EventName, HoldView, Inventory, Order, Outcome, Proof, Purchase, hold_number,
     purchase_number,
@@ -26,6 +28,7 @@ use store::TicketStore;
 use crate::NodeService;
 use crate::auth;
 use crate::error::ApiError;
+use crate::health::StoreState;
 use crate::input;
 use crate::paging::Paging;
 use crate::route::Route;
@@ -122,15 +125,21 @@ async fn with_store<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
 }
 
-/// Healthy when the store can be read and purchases are being committed.
+/// 200 when the node can serve: with `"store":"slow"` when the shared store did not answer
+/// within the short wait (busy elsewhere, every node's trouble, not this one's); 503 when
+/// the store cannot be read at all or purchases are not being committed (see `health`).
 async fn health(node: &NodeService) -> Result<HttpResponse, ApiError> {
-    with_store(node, |store| Ok(store.read(|_| ())?)).await?;
+    let store = node
+        .store_probe
+        .check(&node.store, crate::health::STORE_WAIT)
+        .await?;
     if !node.committer.running() {
         return Err(ApiError::CommitterDown);
     }
     let body = HealthBody {
         status: "ok".into(),
         node: node.id.to_string(),
+        store: (store == StoreState::Slow).then_some(StoreHealth::Slow),
     };
     Ok(json(StatusCode::OK, &body))
 }

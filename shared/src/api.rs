@@ -273,10 +273,24 @@ pub struct OrderBody {
     pub ttl_seconds: Option<u32>,
 }
 
+/// The body of a node's `GET /health` 200: `{"status":"ok","node":ID}`, with
+/// `"store":"slow"` added when the node itself is fine but the shared store did not answer
+/// it in time (another process holds the store's lock, say): a balancer keeps such a node
+/// in rotation, since every node shares that trouble.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthBody {
     pub status: String,
     pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreHealth>,
+}
+
+/// The shared store as one node's health check found it, when not simply readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreHealth {
+    /// Not read within the health check's short wait: busy elsewhere, not broken here.
+    Slow,
 }
 
 /// Defines `ErrorCode` from one table of variant, wire code and HTTP status.

@@ -73,6 +73,7 @@ impl Baseline {
                     &HealthBody {
                         status: "ok".into(),
                         node: self.node.to_string(),
+                        store: None,
                     },
                 ))
             }
