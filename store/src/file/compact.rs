@@ -45,7 +45,7 @@
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -285,14 +285,18 @@ pub(super) fn compact(medium: &FileMedium, from: &FilePosition) -> Result<Compac
 
     // 3. The switch, under the exclusive lock.
     let guard = lock::acquire(&paths.lock, LockMode::Exclusive, medium.lock_timeout)?;
-    let mut session = medium.session_under(guard)?;
+    let mut session = medium.session_under(guard, LockMode::Exclusive)?;
     if session.stamp != from.stamp
         || session.role != JournalRole::Own
         || session.journal_generation() != generation
     {
         return Ok(Compacted::Superseded);
     }
-    if !session.guard.still_at(&paths.lock) {
+    if !session
+        .guard
+        .as_ref()
+        .is_some_and(|g| g.still_at(&paths.lock))
+    {
         return Err(StoreError::Unstable(format!(
             "{} was deleted or replaced during a compaction; nothing was switched",
             paths.lock.display()
@@ -356,10 +360,7 @@ fn state_at(
         .metadata()
         .map_err(StoreError::io("reading", &paths.snapshot))?;
     let stamp = &from.stamp;
-    if metadata.ino() != stamp.inode
-        || metadata.len() != stamp.len
-        || metadata.modified().ok() != stamp.modified
-    {
+    if !stamp.describes(&metadata) {
         return Ok(None);
     }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);

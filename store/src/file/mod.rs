@@ -56,6 +56,13 @@ struct SnapshotStamp {
 }
 
 impl SnapshotStamp {
+    /// Whether `metadata` is that of the file this stamp was taken from, unchanged.
+    fn describes(&self, metadata: &fs::Metadata) -> bool {
+        metadata.ino() == self.inode
+            && metadata.len() == self.len
+            && metadata.modified().ok() == self.modified
+    }
+
     /// Matches no file: a position holding it is reloaded on its next use.
     const STALE: Self = Self {
         generation: u64::MAX,
@@ -117,6 +124,10 @@ pub struct FileMedium {
     compactor: Arc<compact::Compactor>,
 }
 
+/// Snapshots at least this large are parsed with the lock released
+/// (`FileSession::load_unlocked`); smaller ones under it, in one lock hold.
+const UNLOCKED_LOAD_BYTES: u64 = 1024 * 1024;
+
 /// Tells apart the temporary files of one process's threads.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -125,7 +136,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileSession<'m> {
     medium: &'m FileMedium,
-    guard: LockGuard,
+    /// `None` only while a large snapshot is read with the lock released.
+    guard: Option<LockGuard>,
+    /// Which lock the session holds, to take it again after such a read.
+    mode: LockMode,
     stamp: SnapshotStamp,
     journal: Journal,
     role: JournalRole,
@@ -188,18 +202,23 @@ impl FileMedium {
 
     fn begin(&self, mode: LockMode) -> Result<FileSession<'_>, StoreError> {
         let guard = lock::acquire(&self.paths.lock, mode, self.lock_timeout)?;
-        self.session_under(guard)
+        self.session_under(guard, mode)
     }
 
     /// A session under `guard`: reads the snapshot's stamp and the journal, and proves
     /// which journal stands beside the snapshot.
-    fn session_under(&self, guard: lock::LockGuard) -> Result<FileSession<'_>, StoreError> {
+    fn session_under(
+        &self,
+        guard: lock::LockGuard,
+        mode: LockMode,
+    ) -> Result<FileSession<'_>, StoreError> {
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let role = self.journal_role(&stamp, &journal)?;
         Ok(FileSession {
             medium: self,
-            guard,
+            guard: Some(guard),
+            mode,
             stamp,
             journal,
             role,
@@ -300,6 +319,26 @@ impl FileMedium {
             }
             Err(e) => return Err(StoreError::io("reading", path)(e)),
         };
+        format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
+    }
+
+    /// Reads and decodes the snapshot file opened as `file`, which `stamp` describes.
+    fn decode_opened(
+        &self,
+        mut file: File,
+        stamp: &SnapshotStamp,
+    ) -> Result<format::Snapshot, StoreError> {
+        let path = &self.paths.snapshot;
+        let mut bytes = Vec::with_capacity(stamp.len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(StoreError::io("reading", path))?;
+        let after = file.metadata().map_err(StoreError::io("reading", path))?;
+        if !stamp.describes(&after) {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot was changed in place while it was read",
+            ));
+        }
         format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
     }
 
@@ -410,8 +449,10 @@ impl Medium for FileMedium {
             JournalRole::Folded { from } => session.start_own_journal(from)?,
             JournalRole::Own | JournalRole::FoldedUnrecorded => return Ok(session),
         }
-        let FileSession { guard, .. } = session;
-        self.session_under(guard)
+        let Some(guard) = session.guard.take() else {
+            return self.begin_write();
+        };
+        self.session_under(guard, LockMode::Exclusive)
     }
 
     fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
@@ -469,6 +510,9 @@ impl ReadSession for FileSession<'_> {
     type Position = FilePosition;
 
     fn load_snapshot(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
+        if self.stamp.len >= UNLOCKED_LOAD_BYTES && self.role != JournalRole::FoldedUnrecorded {
+            return self.load_unlocked();
+        }
         let snapshot = self.medium.load_snapshot()?;
         if snapshot.generation != self.stamp.generation || snapshot.lineage != self.stamp.lineage {
             return Err(StoreError::corrupt(
@@ -533,7 +577,7 @@ impl WriteSession for FileSession<'_> {
         let paths = &self.medium.paths;
         // A lock file deleted or replaced since this session locked it no longer keeps
         // others out: write nothing.
-        if !self.guard.still_at(&paths.lock) {
+        if !self.guard.as_ref().is_some_and(|g| g.still_at(&paths.lock)) {
             return Err(StoreError::Unstable(format!(
                 "{} was deleted or replaced while this writer held it; nothing was written",
                 paths.lock.display()
@@ -627,6 +671,54 @@ impl WriteSession for FileSession<'_> {
 }
 
 impl FileSession<'_> {
+    /// Loads a large snapshot with the lock released, so no other process waits while it
+    /// is parsed: the file is opened under the lock (it is then the one the session found,
+    /// and a snapshot is only ever replaced by a rename, never changed in place), read
+    /// without it, and the lock is taken again, with a fresh look at the store. If the store
+    /// moved on meanwhile, the position returned is the loaded snapshot's, and the next
+    /// `read_since` hands it over or sends the caller back to the snapshot.
+    fn load_unlocked(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
+        let medium = self.medium;
+        let path = &medium.paths.snapshot;
+        let file = File::open(path).map_err(StoreError::io("opening", path))?;
+        let opened = file.metadata().map_err(StoreError::io("reading", path))?;
+        let stamp = self.stamp;
+        if !stamp.describes(&opened) {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot changed while the lock was held",
+            ));
+        }
+        let (role, journal_generation) = (self.role, self.journal_generation());
+        // Released: the other processes read and write while this one parses.
+        self.guard = None;
+        let loaded = medium.decode_opened(file, &stamp);
+        *self = match self.mode {
+            LockMode::Exclusive => medium.begin_write()?,
+            LockMode::Shared => medium.begin_read()?,
+        };
+        let snapshot = loaded?;
+        if snapshot.generation != stamp.generation || snapshot.lineage != stamp.lineage {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot's header changed while it was read",
+            ));
+        }
+        let journal = match role {
+            JournalRole::Folded { from } => JournalState::At {
+                offset: from,
+                entries: 0,
+            },
+            _ => JournalState::Unread,
+        };
+        let position = FilePosition {
+            stamp,
+            journal,
+            journal_generation,
+        };
+        Ok((snapshot.inventory, position))
+    }
+
     /// The generation the journal beside the snapshot names (the snapshot's when there is
     /// no journal).
     fn journal_generation(&self) -> u64 {

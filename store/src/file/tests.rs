@@ -466,3 +466,26 @@ fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
         journal
     );
 }
+
+#[test]
+fn a_large_snapshot_is_loaded_with_the_lock_released_and_the_state_is_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Over `UNLOCKED_LOAD_BYTES`.
+    let store = seeded(dir.path(), 20_000).with_compaction_threshold(u64::MAX);
+    assert!(
+        fs::metadata(dir.path().join(DATA_FILE))
+            .expect("snapshot")
+            .len()
+            >= super::UNLOCKED_LOAD_BYTES
+    );
+    buy(&store, 3).expect("available");
+    let reader = handle(dir.path());
+    assert_eq!(sold_count(&reader), 3);
+    let writer = handle(dir.path());
+    buy(&writer, 2).expect("available");
+    assert_eq!(sold_count(&store), 5);
+    assert_eq!(sold_count(&reader), 5);
+    // The writer loaded under its exclusive lock's second hold, and decided on the whole state.
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!((summary.sold, summary.purchases), (5, 2));
+}
