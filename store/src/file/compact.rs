@@ -50,7 +50,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::journal::{Journal, JournalState};
 use super::lock::{self, LockMode};
@@ -80,7 +80,13 @@ pub struct Compactor {
 struct State {
     running: bool,
     ended: Vec<CompactionEnd>,
+    /// After a job found the compaction taken by another process (or done), no new one
+    /// starts before this: the commits meanwhile would each start a thread for nothing.
+    quiet_until: Option<Instant>,
 }
+
+/// How long a process leaves compaction alone after finding another one at it.
+const QUIET_AFTER_SUPERSEDED: Duration = Duration::from_millis(250);
 
 impl Compactor {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -107,6 +113,9 @@ impl Compactor {
     fn end(&self, from: &FilePosition, outcome: Result<Compacted, StoreError>) {
         let mut state = self.state();
         state.running = false;
+        if let Ok(Compacted::Superseded) = outcome {
+            state.quiet_until = Some(Instant::now() + QUIET_AFTER_SUPERSEDED);
+        }
         state.ended.push(CompactionEnd {
             generation: from.generation(),
             log_bytes: from.log_bytes(),
@@ -120,7 +129,7 @@ impl Compactor {
 pub fn start(medium: &FileMedium, from: FilePosition) {
     {
         let mut state = medium.compactor.state();
-        if state.running {
+        if state.running || state.quiet_until.is_some_and(|t| Instant::now() < t) {
             return;
         }
         state.running = true;
