@@ -11,6 +11,7 @@
 //!
 //! These calls block on I/O and on the lock: async callers run them on the blocking pool.
 
+mod compaction;
 pub mod fault;
 pub mod file;
 pub mod format;

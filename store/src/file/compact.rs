@@ -44,19 +44,15 @@
 //! new one, loads the snapshot.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io;
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
 
 use super::journal::{Journal, JournalState};
 use super::lock::{self, LockMode};
-use super::{FileMedium, FilePosition, JournalRole, TEMP_COUNTER, sync_dir, write_temp};
+use super::{FileMedium, FilePosition, JournalRole, TEMP_COUNTER, sync_dir};
 use crate::format::{self, Follows, JournalHeader};
-use crate::medium::{Compacted, CompactionEnd, LogPosition};
+use crate::medium::{Compacted, LogPosition};
 use crate::{StoreError, fault};
 
 /// The file a compaction holds locked while it runs, in every process. It holds no data.
@@ -68,95 +64,14 @@ const SHORT_TAIL: u64 = 256 * 1024;
 /// At most this many rounds of copying before the switch.
 const COPY_ROUNDS: usize = 4;
 
-/// This process's background compaction: whether one runs, and how those that ended did.
-#[derive(Debug, Default)]
-pub struct Compactor {
-    state: Mutex<State>,
-    /// Signalled when a job ends.
-    idle: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    running: bool,
-    ended: Vec<CompactionEnd>,
-    /// After a job found the compaction taken by another process (or done), no new one
-    /// starts before this: the commits meanwhile would each start a thread for nothing.
-    quiet_until: Option<Instant>,
-}
-
-/// How long a process leaves compaction alone after finding another one at it.
-const QUIET_AFTER_SUPERSEDED: Duration = Duration::from_millis(250);
-
-impl Compactor {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The jobs that ended since the last call.
-    pub fn take_ended(&self) -> Vec<CompactionEnd> {
-        let mut state = self.state();
-        if state.ended.is_empty() {
-            return Vec::new();
-        }
-        std::mem::take(&mut state.ended)
-    }
-
-    /// Waits until no job of this process runs.
-    pub fn wait(&self) {
-        let mut state = self.state();
-        while state.running {
-            state = self.idle.wait(state).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    fn end(&self, from: &FilePosition, outcome: Result<Compacted, StoreError>) {
-        let mut state = self.state();
-        state.running = false;
-        if let Ok(Compacted::Superseded) = outcome {
-            state.quiet_until = Some(Instant::now() + QUIET_AFTER_SUPERSEDED);
-        }
-        state.ended.push(CompactionEnd {
-            generation: from.generation(),
-            log_bytes: from.log_bytes(),
-            outcome,
-        });
-        self.idle.notify_all();
-    }
-}
-
 /// Starts a job folding the journal up to `from` unless one of this process runs.
 pub fn start(medium: &FileMedium, from: FilePosition) {
-    {
-        let mut state = medium.compactor.state();
-        if state.running || state.quiet_until.is_some_and(|t| Instant::now() < t) {
-            return;
-        }
-        state.running = true;
-    }
     let job = medium.clone();
-    let spawned = thread::Builder::new()
-        .name("store-compaction".into())
-        .spawn(move || {
-            let started = Instant::now();
-            let outcome = catch_unwind(AssertUnwindSafe(|| compact(&job, &from)))
-                .unwrap_or_else(|_| Err(StoreError::Unstable("the compaction panicked".into())));
-            if let Ok(Compacted::Switched) = outcome {
-                tracing::info!(
-                    generation = from.generation() + 1,
-                    folded_bytes = from.log_bytes(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "compacted the journal into a new snapshot in the background"
-                );
-            }
-            job.compactor.end(&from, outcome);
+    medium
+        .compactor
+        .start(from.generation(), from.log_bytes(), move || {
+            compact(&job, &from)
         });
-    if let Err(err) = spawned {
-        medium.compactor.end(
-            &from,
-            Err(StoreError::io("starting", &medium.paths.dir)(err)),
-        );
-    }
 }
 
 /// The compaction lock, held for the whole job; `None` when another job holds it.
@@ -247,7 +162,7 @@ pub(super) fn compact(medium: &FileMedium, from: &FilePosition) -> Result<Compac
         generation,
         journal_len: fold_at,
     };
-    write_temp(&temps.snapshot, |out| {
+    write_synced_as_it_goes(&temps.snapshot, |out| {
         format::encode_folded(&inventory, next, follows, out)
     })?;
     drop(inventory);
@@ -406,4 +321,52 @@ fn state_at(
         ));
     }
     Ok(Some((inventory, journal)))
+}
+
+/// Dirty data a compaction lets pile up before it syncs: the snapshot is written to disk
+/// as it goes, rather than all at once by its final sync (or by the kernel at a moment of
+/// its choosing), so the journal's syncs never queue behind tens of megabytes.
+const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+
+/// A file that syncs its data every `SYNC_EVERY` bytes written.
+struct SyncingFile {
+    file: File,
+    unsynced: u64,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.unsynced += written as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.file.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Creates `path`, fills it through `fill`, syncing as it goes and at the end.
+fn write_synced_as_it_goes(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<SyncingFile>) -> io::Result<()>,
+) -> Result<(), StoreError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(StoreError::io("creating", path))?;
+    let mut out = BufWriter::with_capacity(256 * 1024, SyncingFile { file, unsynced: 0 });
+    fill(&mut out).map_err(StoreError::io("writing", path))?;
+    let syncing = out
+        .into_inner()
+        .map_err(|e| StoreError::io("writing", path)(e.into_error()))?;
+    syncing
+        .file
+        .sync_all()
+        .map_err(StoreError::io("syncing", path))
 }

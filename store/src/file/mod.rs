@@ -121,7 +121,7 @@ pub struct FileMedium {
     /// How long an operation waits for the lock before failing with `LockTimeout`.
     lock_timeout: Duration,
     /// This process's background compaction.
-    compactor: Arc<compact::Compactor>,
+    compactor: Arc<crate::compaction::Compactor>,
 }
 
 /// Snapshots at least this large are parsed with the lock released
