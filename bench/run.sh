@@ -223,6 +223,9 @@ start_server() {
     local name=$1
     shift
     local out=$TMP/$name.out err=$TMP/$name.err
+    # A server of the same name may have run before: its output must not be read as this
+    # one's before the redirection below truncates the file (in the child, later).
+    rm -f "$out" "$err"
     RUST_LOG=warn "$@" >"$out" 2>"$err" &
     local pid=$!
     PIDS+=("$pid")
@@ -595,7 +598,9 @@ measure_purchases() {
 
 # The snapshot generation of the store in DIR (it goes up by one per compaction).
 snapshot_generation() {
-    head -c 200 "$1/tickets.json" | sed -n 's/.*"generation":\([0-9]*\).*/\1/p' | head -n 1
+    # The first "generation" of the header line (a compacted snapshot's "follows" names
+    # another).
+    head -n 1 "$1/tickets.json" | sed -n 's/^{"format":[0-9]*,"generation":\([0-9]*\),.*/\1/p'
 }
 
 # One stall run: 3 nodes and a balancer on a fresh copy of SEED, the generator's load, and
