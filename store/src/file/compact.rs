@@ -193,10 +193,14 @@ pub(super) fn compact(medium: &FileMedium, from: &FilePosition) -> Result<Compac
         };
         let tail = journal.read_range(copied, durable)?;
         let whole = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        new_journal
-            .write_all_at(&tail[..whole], written)
-            .map_err(StoreError::io("writing", &temps.journal))?;
-        written += whole as u64;
+        // In pieces synced one by one, as the snapshot was written.
+        for piece in tail[..whole].chunks(SYNC_EVERY as usize) {
+            new_journal
+                .write_all_at(piece, written)
+                .and_then(|()| new_journal.sync_data())
+                .map_err(StoreError::io("writing", &temps.journal))?;
+            written += piece.len() as u64;
+        }
         copied += whole as u64;
         if (whole as u64) < SHORT_TAIL {
             break;
@@ -326,7 +330,7 @@ fn state_at(
 /// Dirty data a compaction lets pile up before it syncs: the snapshot is written to disk
 /// as it goes, rather than all at once by its final sync (or by the kernel at a moment of
 /// its choosing), so the journal's syncs never queue behind tens of megabytes.
-const SYNC_EVERY: u64 = 8 * 1024 * 1024;
+const SYNC_EVERY: u64 = 1024 * 1024;
 
 /// A file that syncs its data every `SYNC_EVERY` bytes written.
 struct SyncingFile {
