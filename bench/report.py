@@ -32,6 +32,13 @@ PG_DESIGNS = {
     "postgres": "PostgreSQL store (node --database)",
     "skip-locked": "SKIP LOCKED baseline (one transaction per purchase)",
 }
+# The runs of a --box-office run: what every buyer does (generator load's mix flags).
+BOX_PHASES = {
+    "buy": "buy (the original mix)",
+    "hold": "hold and walk away (--hold-abandon-share 1)",
+    "confirm": "hold, then confirm (--hold-confirm-share 1)",
+    "cancel": "buy, then cancel (--cancel-share 1)",
+}
 
 
 def append(path: str, record: dict) -> None:
@@ -150,6 +157,13 @@ def cmd_load(args) -> None:
         record["seconds_p99_over_50ms"] = sum(1 for p in seconds if p["p99_ms"] > 50)
     if args.compactions is not None:
         record["compactions"] = args.compactions
+    # The box office's outcomes (generator reports before it have none): committed holds,
+    # confirms and cancels per second over the whole run, as purchases are.
+    outcomes = r.get("outcomes", {})
+    for name in ("held", "confirmed", "cancelled", "released"):
+        record[f"{name}_per_s"] = outcomes.get(name, 0) / elapsed if elapsed > 0 else 0.0
+    record["outcomes"] = outcomes
+    record["step_p99_ms"] = {k: v["p99"] for k, v in r.get("step_latency_ms", {}).items()}
     append(args.out, record)
 
 
@@ -294,7 +308,7 @@ def cmd_table(args) -> None:
     loads = [r for r in records if r["kind"] == "load" and r["phase"] not in STALL_PHASES]
     stores = [s for s in ("before", "after") if any(r["store"] == s for r in loads)]
     sizes = sorted({r["tickets"] for r in loads})
-    if loads:
+    if stores:
         out += ["## 3. Committed purchases/s: generator -> balancer -> 3 nodes on one store", ""]
         rows = []
         for store in stores:
@@ -439,6 +453,51 @@ def cmd_table(args) -> None:
                         [[r["store"], r["how"], fmt(r["seconds"], 2)] for r in starts])
         out.append("")
 
+    box = [r for r in loads if r["store"] == "box"]
+    if box:
+        out += ["## 3. Box office: committed writes/s, generator -> balancer -> 3 nodes on one "
+                "file store", ""]
+        box_rows = []
+        for n in sorted({r["tickets"] for r in box}):
+            for phase, name in BOX_PHASES.items():
+                r = find(box, tickets=n, phase=phase)
+                if not r:
+                    continue
+                steps = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["step_p99_ms"].items()))
+                box_rows.append([f"{n:,}", name, fmt(r["committed_per_s"]), fmt(r["held_per_s"]),
+                                 fmt(r["confirmed_per_s"]), fmt(r["cancelled_per_s"]),
+                                 fmt(r["p99_ms"], 2), steps or "-",
+                                 f"{r['stopped']} {r['elapsed_seconds']:.1f}s", errors_text(r)])
+        out += markdown(["tickets", "every buyer", "purchases/s", "holds/s", "confirms/s",
+                         "cancels/s", "first write p99 ms", "later step p99 ms", "ended", "errors"],
+                        box_rows)
+        out += ["", "Saturated open loop as in section 3, each run on a fresh copy of the seeded "
+                "store. purchases/s counts 201 purchases, confirms included; a hold-then-confirm "
+                "buyer makes two writes, a buy-then-cancel buyer two.", ""]
+        for n in sorted({r["tickets"] for r in box}):
+            buy = find(box, tickets=n, phase="buy")
+            hold = find(box, tickets=n, phase="hold")
+            confirm = find(box, tickets=n, phase="confirm")
+            cancel = find(box, tickets=n, phase="cancel")
+            for label, value in [
+                ("holds/s / purchases/s", ratio(hold and hold["held_per_s"], buy and buy["committed_per_s"])),
+                ("confirms/s / purchases/s",
+                 ratio(confirm and confirm["confirmed_per_s"], buy and buy["committed_per_s"])),
+                ("cancels/s / purchases/s",
+                 ratio(cancel and cancel["cancelled_per_s"], buy and buy["committed_per_s"])),
+            ]:
+                if value is not None:
+                    rows.append([f"{label} at {n:,} tickets (box office)", fmt(value, 2), "-", "-"])
+        sizes_box = sorted({r["tickets"] for r in box})
+        if 50000 in sizes_box and 500000 in sizes_box:
+            for phase, key, name in (("buy", "committed_per_s", "purchases/s"),
+                                     ("hold", "held_per_s", "holds/s"),
+                                     ("confirm", "confirmed_per_s", "confirms/s")):
+                big, small = find(box, tickets=500000, phase=phase), find(box, tickets=50000, phase=phase)
+                r = ratio(big and big[key], small and small[key])
+                if r is not None:
+                    rows.append([f"{name} at 500,000 / at 50,000 tickets (box office)", fmt(r, 2),
+                                 "-", "-"])
     if rows:
         out += ["## 4. Ratios", ""]
         out += markdown(["ratio", "value", "target", "verdict"], rows)
@@ -472,9 +531,10 @@ def main() -> int:
 
     p = sub.add_parser("load")
     p.add_argument("--out", required=True)
-    p.add_argument("--store", required=True, choices=["before", "after", *PG_DESIGNS])
+    p.add_argument("--store", required=True, choices=["before", "after", "box", *PG_DESIGNS])
     p.add_argument("--tickets", type=int, required=True)
-    p.add_argument("--phase", required=True, choices=["capacity", "latency", *STALL_PHASES])
+    p.add_argument("--phase", required=True,
+                   choices=["capacity", "latency", *BOX_PHASES, *STALL_PHASES])
     p.add_argument("--compactions", type=int, help="snapshot generations the run went through")
     p.add_argument("file")
     p.set_defaults(run=cmd_load)

@@ -6,6 +6,8 @@
 # ratios against the issue's targets and saves it as bench/results/latest.md. With --pg:
 # purchases/s with the store on PostgreSQL, beside the file store and beside the plain
 # SELECT ... FOR UPDATE SKIP LOCKED design, on a throwaway PostgreSQL server it starts.
+# With --box-office: holds/s, confirms/s and cancels/s beside purchases/s at 50,000 and
+# 500,000 tickets, with the generator's box-office mix.
 #
 # Every figure is relative to baselines measured in the same run, because the machine
 # (2 cores, shared) is noisy. wrk and the load generator share the cores with the
@@ -14,8 +16,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--before | --pg | --stalls] [--events-only] [--rev REV]
-                    [--build-only]
+usage: bench/run.sh [--quick] [--before | --pg | --box-office | --stalls] [--events-only]
+                    [--rev REV] [--build-only]
 
   (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, HAProxy,
               with 1 and 3 nodes; committed purchases/s through the balancer with 3
@@ -30,6 +32,11 @@ usage: bench/run.sh [--quick] [--before | --pg | --stalls] [--events-only] [--re
               (skip-locked, one transaction per purchase), with the same generator and
               one PostgreSQL 15 server started for the run (initdb in a temporary
               directory, as the postgres user, 127.0.0.1 and a free port). No wrk runs.
+  --box-office  disk sync rate; at 50,000 and 500,000 tickets, committed writes/s through
+              the balancer with 3 nodes when every buyer buys (purchases/s, the baseline),
+              holds and walks away (holds/s), holds then confirms (confirms/s), or buys then
+              cancels (cancels/s): generator load's --hold-abandon-share,
+              --hold-confirm-share and --cancel-share set to 1. No wrk runs.
   --stalls    stalls through compaction, for the build of $BENCH_STALLS_BEFORE (default
               main) and REV, one after the other on the same seeds: 300,000 tickets, 32
               clients as fast as they can (generator --arrivals closed) for 25 s (p99,
@@ -62,6 +69,7 @@ BEFORE=0
 PG=0
 STALLS=0
 BUILD_ONLY=0
+BOX=0
 REV=HEAD
 while (($#)); do
     case $1 in
@@ -71,6 +79,7 @@ while (($#)); do
         --pg) PG=1 ;;
         --stalls) STALLS=1 ;;
         --build-only) BUILD_ONLY=1 ;;
+        --box-office) BOX=1 ;;
         --rev)
             [[ $# -ge 2 ]] || { usage >&2; exit 2; }
             REV=$2
@@ -81,7 +90,7 @@ while (($#)); do
     esac
     shift
 done
-((BEFORE + PG + STALLS <= 1)) || { echo "--before, --pg and --stalls are separate runs" >&2; exit 2; }
+((BEFORE + PG + BOX + STALLS <= 1)) || { echo "--before, --pg, --box-office and --stalls are separate runs" >&2; exit 2; }
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
@@ -128,6 +137,8 @@ else
     STALLS_SAT_SECONDS=25
     STALLS_PACED_SECONDS=60
 fi
+# The box office is measured where the issue asks for it.
+BOX_SIZES=(50000 500000)
 WRK_CONNECTIONS=16
 EVENTS=6
 MAX_QUANTITY=1
@@ -564,14 +575,18 @@ load_run() {
     rm -rf "$data"
 }
 
+# Extra flags of the generator's load (the box-office mix), empty for the purchase runs.
+LOAD_EXTRA=()
+
 # The generator's open-loop load against TARGET, recorded as STORE / TICKETS / PHASE.
 drive_load() {
     local bin=$1 store=$2 tickets=$3 phase=$4 rate=$5 concurrency=$6 seconds=$7 target=$8
     local report=$TMP/load-$store-$tickets-$phase.json
-    log "purchases ($store store, $tickets tickets, $phase): rate $rate/s, concurrency $concurrency, ${seconds}s"
+    log "purchases ($store store, $tickets tickets, $phase): rate $rate/s, concurrency $concurrency, ${seconds}s ${LOAD_EXTRA[*]}"
     run_child "$bin/generator" load --target "$target" --rate "$rate" --duration "${seconds}s" \
         --concurrency "$concurrency" --max-quantity "$MAX_QUANTITY" --seed 7 \
         --timeout "$REQUEST_TIMEOUT" --report "$report" --no-progress \
+        ${LOAD_EXTRA[@]+"${LOAD_EXTRA[@]}"} \
         >"$TMP/load-$store-$tickets-$phase.txt" 2>&1 ||
         die "generator load failed: $(tail -n 5 "$TMP/load-$store-$tickets-$phase.txt")"
     python3 "$REPORT" load --out "$RECORDS" --store "$store" --tickets "$tickets" --phase "$phase" "$report"
@@ -594,6 +609,29 @@ measure_purchases() {
             --fraction "$PACED_FRACTION" --min 0.5)
         load_run "$store" "$bin" "$tickets" latency "$paced" "$concurrency" "$seconds"
         rm -rf "$TMP/seed-$store-$tickets"
+    done
+}
+
+# The box office: for each size, one saturated run per buyer kind, each on a fresh copy
+# of the same seeded store, in the same order (the baseline first).
+measure_box_office() {
+    local bin=$1 tickets phase
+    for tickets in "${BOX_SIZES[@]}"; do
+        log "seeding $tickets tickets for the box office"
+        "$bin/generator" seed --data "$TMP/seed-box-$tickets" --events "$EVENTS" \
+            --tickets "$tickets" --seed 1 >/dev/null
+        for phase in buy hold confirm cancel; do
+            case $phase in
+                buy) LOAD_EXTRA=() ;;
+                # Holds left for the whole run and its audit: none expires while measured.
+                hold) LOAD_EXTRA=(--hold-abandon-share 1 --hold-ttl 600s) ;;
+                confirm) LOAD_EXTRA=(--hold-confirm-share 1) ;;
+                cancel) LOAD_EXTRA=(--cancel-share 1) ;;
+            esac
+            load_run box "$bin" "$tickets" "$phase" "$AFTER_RATE" "$AFTER_CONCURRENCY" "$LOAD_SECONDS"
+        done
+        LOAD_EXTRA=()
+        rm -rf "$TMP/seed-box-$tickets"
     done
 }
 
@@ -807,13 +845,14 @@ main() {
     command -v cargo >/dev/null || die "cargo is needed"
     command -v python3 >/dev/null || die "python3 is needed"
     command -v curl >/dev/null || die "curl is needed"
-    if ((!BEFORE && !PG && !STALLS)); then
+    if ((!BEFORE && !PG && !BOX && !STALLS)); then
         ensure_tools wrk nginx haproxy
     fi
     local started=$SECONDS mode=after
     ((BEFORE)) && mode=before
     ((PG)) && mode=postgres
     ((STALLS)) && mode=stalls
+    ((BOX)) && mode=box-office
     ((QUICK)) && mode+=" (quick)"
 
     # The revision is resolved once: others may commit while the run goes on.
@@ -852,6 +891,8 @@ main() {
         uptime >&2
         measure_stalls "$before_bin" "$after_bin"
         uptime >&2
+    elif ((BOX)); then
+        measure_box_office "$after_bin"
     else
         measure_events "$after_bin"
         ((EVENTS_ONLY)) || measure_purchases after "$after_bin"
@@ -874,7 +915,10 @@ main() {
     if ((PG)); then
         meta+=(--meta "postgres=PostgreSQL $("$PG_BIN/postgres" --version | awk '{ print $NF }') with its default settings (fsync on), one server for the run on 127.0.0.1, data in ${BENCH_TMPDIR:-${TMPDIR:-/tmp}}; $PG_TICKETS tickets; SKIP LOCKED: 3 skip-locked servers with $SKIP_LOCKED_POOL connections each")
     fi
-    if ((!BEFORE && !PG)); then
+    if ((BOX)); then
+        meta+=(--meta "box office=$(IFS=,; echo "${BOX_SIZES[*]}") tickets; every run --rate $AFTER_RATE --concurrency $AFTER_CONCURRENCY for ${LOAD_SECONDS}s; holds use --hold-ttl 600s")
+    fi
+    if ((!BEFORE && !PG && !BOX)); then
         meta+=(--meta "wrk=-t1 -c$WRK_CONNECTIONS -d${WRK_SECONDS}s --latency, after a 1 s warm-up, $WRK_ROUNDS round(s) in alternating order; 10,000 tickets, $EVENTS events")
     fi
     if ((BEFORE)); then

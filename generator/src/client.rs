@@ -204,6 +204,16 @@ impl ApiClient {
             .await
     }
 
+    /// POSTs with no body (a confirm, a release, a cancel) with extra `headers`, and
+    /// returns the answer whatever its status.
+    pub async fn post_empty(
+        &self,
+        path: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Answer, ClientError> {
+        self.send(Method::POST, path, None, headers).await
+    }
+
     /// GETs `path`, requires a 2xx, and decodes the JSON body.
     pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let answer = self.get(path).await?;

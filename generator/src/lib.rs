@@ -7,3 +7,4 @@ pub mod client;
 pub mod load;
 pub mod seed;
 pub mod settings;
+pub mod wire;

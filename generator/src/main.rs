@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use generator::client::Target;
-use generator::load::{Arrivals, LoadOptions, ProgressMode, StopWhen};
+use generator::load::{Arrivals, LoadOptions, Mix, ProgressMode, StopWhen};
 use generator::seed::{SeedError, SeedOptions, SeedTarget};
 use generator::settings::Settings;
 use serde::Serialize;
@@ -35,7 +35,8 @@ struct Cli {
 enum Command {
     /// Write a fresh random inventory into a data directory or a PostgreSQL database.
     Seed(SeedArgs),
-    /// Send an open-loop stream of random purchases and report what happened.
+    /// Send an open-loop stream of random buyers (purchases, or the box-office mix) and
+    /// report what happened.
     Load(LoadArgs),
     /// Read everything through the API and check nothing was sold twice.
     Audit(AuditArgs),
@@ -70,6 +71,10 @@ struct SeedArgs {
     /// Leave an existing store alone and succeed (for a one-shot seeding container).
     #[arg(long, conflicts_with = "force")]
     keep_existing: bool,
+    /// Limit every event to N tickets per customer (live purchases and holds together);
+    /// purchases and holds must then name a customer.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_per_customer: Option<u32>,
 }
 
 /// The settings flags of `audit` (and of `load`, with `LoadFlags`); named as the settings'
@@ -131,6 +136,50 @@ struct LoadArgs {
     /// Show no progress while running.
     #[arg(long)]
     no_progress: bool,
+    #[command(flatten)]
+    mix: MixArgs,
+}
+
+/// The box-office mix of `load`: shares of buyers, fractions from 0 to 1 (all 0: every
+/// buyer buys a count of tickets and keeps them).
+#[derive(Debug, Args)]
+struct MixArgs {
+    /// Share of buyers who pick their seats (from GET /tickets?sold=false) instead of a count.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    seats_share: f64,
+    /// Share of buyers who hold, then confirm the hold.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    hold_confirm_share: f64,
+    /// Share of buyers who hold and walk away (the hold is left to expire).
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    hold_abandon_share: f64,
+    /// Share of buyers who hold, then release the hold.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    hold_release_share: f64,
+    /// Share of buyers who cancel their purchase after buying.
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    cancel_share: f64,
+    /// Time to live of every hold, 10s to 3600s [default: the node's, 600s].
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    hold_ttl: Option<Duration>,
+    /// Buyers are drawn from N customers (c00000, c00001, ...); needed on events with a
+    /// per-customer limit. 0 sends no customer.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    customers: u32,
+}
+
+impl From<MixArgs> for Mix {
+    fn from(a: MixArgs) -> Self {
+        Mix {
+            seats: a.seats_share,
+            hold_confirm: a.hold_confirm_share,
+            hold_abandon: a.hold_abandon_share,
+            hold_release: a.hold_release_share,
+            cancel: a.cancel_share,
+            hold_ttl: a.hold_ttl,
+            customers: a.customers,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tickets: args.tickets,
                 seed: args.seed,
                 force: args.force,
+                max_per_customer: args.max_per_customer,
             });
             match seeded {
                 Ok(summary) => print!("{summary}"),
@@ -232,6 +282,7 @@ fn load(config: Option<PathBuf>, args: LoadArgs) -> anyhow::Result<ExitCode> {
         } else {
             ProgressMode::Auto
         },
+        mix: args.mix.into(),
     };
     let report = runtime()?.block_on(generator::load::run_until(
         options,

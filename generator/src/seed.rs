@@ -65,6 +65,9 @@ pub struct SeedOptions {
     pub seed: Option<u64>,
     /// Replace an existing store.
     pub force: bool,
+    /// Every event's limit of tickets per customer (live purchases and holds); `None` for
+    /// no limit.
+    pub max_per_customer: Option<u32>,
 }
 
 /// Why nothing was seeded.
@@ -83,6 +86,8 @@ pub enum SeedError {
     TooFewTickets { tickets: u64, events: usize },
     #[error("--tickets must be at most {MAX_TICKETS}, got {0}")]
     TooManyTickets(u64),
+    #[error("--max-per-customer must be at least 1, got 0")]
+    ZeroLimit,
     #[error("generated an inconsistent inventory (a bug): {0}")]
     Inconsistent(#[from] InconsistencyError),
     #[error("generated an invalid event name (a bug): {0}")]
@@ -111,6 +116,8 @@ pub struct SeedSummary {
     pub tickets: u64,
     /// Sorted by event name.
     pub events: Vec<SeededEvent>,
+    /// Every event's per-customer limit, if any.
+    pub max_per_customer: Option<u32>,
 }
 
 impl fmt::Display for SeedSummary {
@@ -133,6 +140,9 @@ impl fmt::Display for SeedSummary {
                 dollars(e.max_price_cents)
             )?;
         }
+        if let Some(limit) = self.max_per_customer {
+            writeln!(f, "each customer may hold or buy {limit} tickets per event")?;
+        }
         if self.seed_was_picked {
             writeln!(f, "repeat this inventory with --seed {}", self.seed)?;
         }
@@ -147,13 +157,20 @@ fn dollars(cents: u64) -> String {
 /// Checks the options, generates the inventory and writes it as a fresh store.
 pub fn seed(options: &SeedOptions) -> Result<SeedSummary, SeedError> {
     validate(options.events, options.tickets)?;
+    if options.max_per_customer == Some(0) {
+        return Err(SeedError::ZeroLimit);
+    }
     let (seed, seed_was_picked) = match options.seed {
         Some(seed) => (seed, false),
         None => (rand::rng().random(), true),
     };
     let tickets = generate(options.events, options.tickets, seed)?;
     let events = summarise(&tickets);
-    let inventory = Inventory::from_tickets(tickets)?;
+    let mut inventory = Inventory::from_tickets(tickets)?;
+    for event in &events {
+        let name = EventName::parse(&event.event)?;
+        inventory.set_max_per_customer(&name, options.max_per_customer);
+    }
     let store = options.store.open()?;
     store.create(&inventory, options.force)?;
     Ok(SeedSummary {
@@ -162,6 +179,7 @@ pub fn seed(options: &SeedOptions) -> Result<SeedSummary, SeedError> {
         seed_was_picked,
         tickets: options.tickets,
         events,
+        max_per_customer: options.max_per_customer,
     })
 }
 
@@ -344,6 +362,7 @@ mod tests {
             tickets: 50,
             seed: Some(11),
             force: false,
+            max_per_customer: None,
         };
         let summary = seed(&options).expect("fresh directory");
         assert_eq!(summary.tickets, 50);
@@ -362,5 +381,38 @@ mod tests {
             .read(|inv| inv.tickets().to_vec())
             .expect("readable");
         assert_eq!(stored, generated(5, 50, 11));
+    }
+
+    #[test]
+    fn a_per_customer_limit_is_stored_for_every_event() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = SeedOptions {
+            store: SeedTarget::Files(dir.path().join("data")),
+            events: 5,
+            tickets: 50,
+            seed: Some(11),
+            force: false,
+            max_per_customer: Some(4),
+        };
+        let summary = seed(&options).expect("fresh directory");
+        assert!(
+            summary.to_string().contains("4 tickets per event"),
+            "{summary}"
+        );
+        let limits = options
+            .store
+            .open()
+            .expect("a directory")
+            .read(|inv| {
+                inv.events()
+                    .iter()
+                    .map(|e| e.max_per_customer)
+                    .collect::<Vec<_>>()
+            })
+            .expect("readable");
+        assert_eq!(limits, vec![Some(4); 5]);
+        options.max_per_customer = Some(0);
+        options.force = true;
+        assert!(matches!(seed(&options), Err(SeedError::ZeroLimit)));
     }
 }

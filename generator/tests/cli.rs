@@ -114,6 +114,36 @@ fn seed_without_a_seed_prints_the_one_it_picked() {
 }
 
 #[test]
+fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let seeded = seed(&data, &["--max-per-customer", "3"]);
+    assert!(seeded.status.success(), "{}", stderr(&seeded));
+    assert!(
+        stdout(&seeded).contains("3 tickets per event"),
+        "{}",
+        stdout(&seeded)
+    );
+    let limits = store::TicketStore::new(&data, Duration::from_secs(5))
+        .read(|inv| {
+            inv.events()
+                .iter()
+                .map(|e| e.max_per_customer)
+                .collect::<Vec<_>>()
+        })
+        .expect("readable");
+    assert_eq!(limits, vec![Some(3); 6]);
+
+    let zero = seed(&data, &["--max-per-customer", "0", "--force"]);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    assert!(
+        stderr(&zero).contains("--max-per-customer"),
+        "{}",
+        stderr(&zero)
+    );
+}
+
+#[test]
 fn seed_refuses_too_few_events_or_tickets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_string_lossy().into_owned();
@@ -236,4 +266,44 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
         !data.join(store::DATA_FILE).exists(),
         "seeding wrote a snapshot beside a journal it did not write"
     );
+}
+
+#[test]
+fn box_office_shares_out_of_range_or_past_one_and_short_holds_are_refused() {
+    // Refused before any request: the target is never reached.
+    let target = "http://127.0.0.1:9";
+    for (flags, expected) in [
+        (
+            &["--cancel-share", "1.5"][..],
+            "--cancel-share must be a fraction from 0 to 1",
+        ),
+        (
+            &["--hold-confirm-share", "0.6", "--hold-abandon-share", "0.6"][..],
+            "add up to 1.2",
+        ),
+        (&["--hold-ttl", "5s"][..], "--hold-ttl must be from 10 s"),
+    ] {
+        let mut args = vec![
+            "load",
+            "--target",
+            target,
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+        ];
+        args.extend_from_slice(flags);
+        let output = generator(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+    }
 }

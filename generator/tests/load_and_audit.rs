@@ -169,6 +169,10 @@ fn purchase(id: &str, tickets: &[u64]) -> PurchaseBody {
         total_cents: 1_000 * tickets.len() as u64,
         node: "fake-a".into(),
         created_at: "2024-01-01T00:00:00.000Z".into(),
+        customer: None,
+        hold_id: None,
+        cancelled_at: None,
+        secret: None,
     }
 }
 
@@ -214,6 +218,7 @@ async fn audit_fails_when_a_ticket_is_in_two_purchases() {
             held: 0,
             min_price_cents: 1_000,
             max_price_cents: 1_000,
+            max_per_customer: None,
         }],
         purchases: vec![purchase("p-1", &[1, 2]), purchase("p-2", &[2])],
     })

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Response;
 use hyper::header::{ALLOW, HeaderValue};
-use shared::PurchaseError;
+use shared::DecisionError;
 use shared::api::{ErrorBody, ErrorCode};
 use store::StoreError;
 use thiserror::Error;
@@ -31,8 +31,14 @@ pub enum ApiError {
     UnknownTicket(u64),
     #[error("no purchase with id {0:?}")]
     UnknownPurchase(String),
+    /// The store refused an order (sold out, taken seats, the customer's limit, a hold's
+    /// state, a missing credential, a reused key, ...).
     #[error(transparent)]
-    Purchase(#[from] PurchaseError),
+    Decision(#[from] DecisionError),
+    #[error("no hold with id {0:?}")]
+    UnknownHold(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("the request body must be JSON (Content-Type: application/json)")]
@@ -66,13 +72,12 @@ impl ApiError {
             Self::BadRequest(_) => ErrorCode::BadRequest,
             Self::NotFound { .. } => ErrorCode::NotFound,
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
-            Self::UnknownEvent(_) | Self::Purchase(PurchaseError::UnknownEvent(_)) => {
-                ErrorCode::UnknownEvent
-            }
+            Self::UnknownEvent(_) => ErrorCode::UnknownEvent,
             Self::UnknownTicket(_) => ErrorCode::UnknownTicket,
             Self::UnknownPurchase(_) => ErrorCode::UnknownPurchase,
-            Self::Purchase(PurchaseError::SoldOut { .. }) => ErrorCode::SoldOut,
-            Self::Purchase(PurchaseError::KeyReused { .. }) => ErrorCode::IdempotencyKeyReused,
+            Self::Decision(err) => err.code(),
+            Self::UnknownHold(_) => ErrorCode::UnknownHold,
+            Self::Forbidden(_) => ErrorCode::Forbidden,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             Self::BodyTimeout => ErrorCode::RequestTimeout,
@@ -86,9 +91,7 @@ impl ApiError {
     pub fn to_body(&self) -> ErrorBody {
         let mut body = ErrorBody::new(self.code(), self.to_string());
         match self {
-            Self::Purchase(PurchaseError::SoldOut { available, .. }) => {
-                body.available = Some(*available);
-            }
+            Self::Decision(err) => body = ErrorBody::for_decision(err),
             Self::Store(err) => warn!(cause = %err, "store unavailable"),
             Self::CommitterDown => warn!("a purchase found the commit thread down"),
             Self::Internal(detail) => {
@@ -117,10 +120,14 @@ mod tests {
     use super::*;
     use shared::EventName;
 
+    fn concert() -> EventName {
+        EventName::parse("concert").expect("valid")
+    }
+
     #[test]
     fn sold_out_carries_the_available_count() {
-        let err = ApiError::Purchase(PurchaseError::SoldOut {
-            event: EventName::parse("concert").expect("valid"),
+        let err = ApiError::Decision(DecisionError::SoldOut {
+            event: concert(),
             requested: 4,
             available: 3,
         });
@@ -128,6 +135,45 @@ mod tests {
         let body = err.to_body();
         assert_eq!(body.error, "sold_out");
         assert_eq!(body.available, Some(3));
+    }
+
+    #[test]
+    fn box_office_refusals_carry_their_codes_and_extra_fields() {
+        let taken = ApiError::Decision(DecisionError::TicketsUnavailable {
+            event: concert(),
+            unavailable: vec![3, 4],
+        });
+        let body = taken.to_body();
+        assert_eq!(
+            (body.error.as_str(), body.unavailable),
+            ("tickets_unavailable", Some(vec![3, 4]))
+        );
+        let limit = ApiError::Decision(DecisionError::CustomerLimit {
+            event: concert(),
+            limit: 4,
+            allowed: 1,
+        });
+        assert_eq!(limit.code().status(), 409);
+        assert_eq!(limit.to_body().allowed, Some(1));
+        for (err, status) in [
+            (ApiError::Decision(DecisionError::Forbidden), 403),
+            (
+                ApiError::Forbidden("listing by customer needs the operator's token"),
+                403,
+            ),
+            (ApiError::UnknownHold("h-1".into()), 404),
+            (
+                ApiError::Decision(DecisionError::HoldExpired("h-1".into())),
+                409,
+            ),
+            (
+                ApiError::Decision(DecisionError::CustomerRequired { event: concert() }),
+                400,
+            ),
+        ] {
+            assert_eq!(err.code().status(), status, "{err}");
+            assert_eq!(err.into_response().status().as_u16(), status);
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Turns raw request parts into validated domain input: the purchase body, the
-//! `Idempotency-Key` header, query filters and path ids. Every refusal says what was wrong.
+//! Turns raw request parts into validated domain input: the purchase and hold bodies (count
+//! or seats, customer, time to live), the `Idempotency-Key` header, query filters (event,
+//! customer, paging) and path ids. Every refusal says what was wrong.
 
 use std::time::Duration;
 
@@ -9,7 +10,10 @@ use hyper::body::Body;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 use shared::api::IDEMPOTENCY_HEADER;
-use shared::{EventName, IdempotencyKey, Quantity, TicketFilter};
+use shared::{
+    CustomerId, EventName, HoldFilter, HoldRequest, IdempotencyKey, PurchaseFilter, Quantity,
+    SaleRequest, Seats, Selection, TicketFilter, Ttl, ValidationError,
+};
 
 use crate::error::ApiError;
 use crate::paging::{self, Paging};
@@ -70,41 +74,114 @@ where
     let _ = tokio::time::timeout(timeout, Limited::new(body, DRAIN_LIMIT).collect()).await;
 }
 
-/// A purchase as the client asked for it, before the node stamps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PurchaseInput {
-    pub event: EventName,
-    pub quantity: Quantity,
-}
-
 /// A purchase body as JSON has it. serde refuses missing, unknown, mistyped and
 /// repeated fields; the values are checked against the domain's rules after.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurchaseJson {
     event: String,
-    quantity: serde_json::Number,
+    quantity: Option<serde_json::Number>,
+    tickets: Option<Vec<serde_json::Number>>,
+    customer: Option<String>,
 }
 
-/// Parses `{"event": "...", "quantity": n}` strictly: no missing, extra, mistyped or
-/// repeated fields (a filter in front that reads the first of two `quantity` fields must
-/// not see a different purchase from the node's).
-pub fn parse_purchase(body: &[u8]) -> Result<PurchaseInput, ApiError> {
-    let json: PurchaseJson = serde_json::from_slice(body).map_err(|e| {
+/// A hold body: a purchase's fields and `ttl_seconds`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldJson {
+    event: String,
+    quantity: Option<serde_json::Number>,
+    tickets: Option<Vec<serde_json::Number>>,
+    customer: Option<String>,
+    ttl_seconds: Option<serde_json::Number>,
+}
+
+/// Parses `{"event": "...", "quantity": n}` or `{"event": "...", "tickets": [ids]}`, with
+/// an optional `customer`, strictly: no missing, extra, mistyped or repeated fields (a
+/// filter in front that reads the first of two `quantity` fields must not see a different
+/// purchase from the node's).
+pub fn parse_purchase(body: &[u8]) -> Result<SaleRequest, ApiError> {
+    const SHAPE: &str = "a purchase {\"event\": NAME, \"quantity\": 1 to 10 | \"tickets\": [ids], \"customer\": optional}";
+    let json: PurchaseJson = from_json(body, SHAPE)?;
+    sale(json.event, json.quantity, json.tickets, json.customer)
+}
+
+/// Parses a hold: a purchase's body and an optional `ttl_seconds` (10 to 3600, 600 when
+/// absent).
+pub fn parse_hold(body: &[u8]) -> Result<HoldRequest, ApiError> {
+    const SHAPE: &str = "a hold {\"event\": NAME, \"quantity\": 1 to 10 | \"tickets\": [ids], \"customer\": optional, \"ttl_seconds\": optional}";
+    let json: HoldJson = from_json(body, SHAPE)?;
+    let sale = sale(json.event, json.quantity, json.tickets, json.customer)?;
+    let ttl = match json.ttl_seconds {
+        None => Ttl::default(),
+        Some(n) => Ttl::from_json(&n).map_err(bad)?,
+    };
+    Ok(HoldRequest { sale, ttl })
+}
+
+fn bad(err: ValidationError) -> ApiError {
+    ApiError::BadRequest(err.to_string())
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
         use serde_json::error::Category;
         ApiError::BadRequest(match e.classify() {
             Category::Syntax | Category::Eof | Category::Io => {
                 format!("the body is not valid JSON: {e}")
             }
-            Category::Data => format!(
-                "the body is not a purchase {{\"event\": NAME, \"quantity\": 1 to 10}}: {e}"
-            ),
+            Category::Data => format!("the body is not {shape}: {e}"),
         })
-    })?;
-    let event = EventName::parse(&json.event).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let quantity =
-        Quantity::from_json(&json.quantity).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    Ok(PurchaseInput { event, quantity })
+    })
+}
+
+fn sale(
+    event: String,
+    quantity: Option<serde_json::Number>,
+    tickets: Option<Vec<serde_json::Number>>,
+    customer: Option<String>,
+) -> Result<SaleRequest, ApiError> {
+    let event = EventName::parse(&event).map_err(bad)?;
+    let selection = match (quantity, tickets) {
+        (Some(quantity), None) => Selection::Quantity(Quantity::from_json(&quantity).map_err(bad)?),
+        (None, Some(ids)) => Selection::Seats(Seats::new(ticket_ids(&ids)?).map_err(bad)?),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "give quantity or tickets, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "give quantity (1 to 10) or tickets (1 to 10 ticket ids)".into(),
+            ));
+        }
+    };
+    let customer = customer.map(|c| parse_customer(&c)).transpose()?;
+    Ok(SaleRequest {
+        event,
+        selection,
+        customer,
+    })
+}
+
+/// Reads the `tickets` of a body as ticket ids: positive integers that fit in 64 bits
+/// (how many, and whether distinct, is `Seats::new`'s check).
+fn ticket_ids(ids: &[serde_json::Number]) -> Result<Vec<u64>, ApiError> {
+    ids.iter()
+        .map(|id| {
+            id.as_u64().filter(|&v| v > 0).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "a ticket id is a positive integer, got {}",
+                    truncate(&id.to_string())
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A customer: 1 to 64 characters from `[A-Za-z0-9._@-]`.
+pub fn parse_customer(text: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(text).map_err(bad)
 }
 
 fn truncate(s: &str) -> String {
@@ -145,6 +222,17 @@ struct TicketQuery {
 #[serde(deny_unknown_fields)]
 struct PurchaseQuery {
     event: Option<String>,
+    customer: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// The query of `GET /holds`: as for purchases.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldQuery {
+    event: Option<String>,
+    customer: Option<String>,
     after: Option<String>,
     limit: Option<String>,
 }
@@ -168,15 +256,28 @@ pub fn ticket_filter(text: Option<&str>) -> Result<(TicketFilter, Option<Paging>
     Ok((filter, paging))
 }
 
-/// Parses the query of `GET /purchases`: `event=E`, optional, and the paging parameters
-/// `after` and `limit`.
-pub fn purchase_filter(
-    text: Option<&str>,
-) -> Result<(Option<EventName>, Option<Paging>), ApiError> {
+/// Parses the query of `GET /purchases`: `event=E` and `customer=C`, both optional, and
+/// the paging parameters `after` and `limit`. (Who may filter by customer is the route's
+/// check.)
+pub fn purchase_filter(text: Option<&str>) -> Result<(PurchaseFilter, Option<Paging>), ApiError> {
     let parsed: PurchaseQuery = query(text)?;
-    let event = parsed.event.as_deref().map(event_filter).transpose()?;
+    let filter = PurchaseFilter {
+        event: parsed.event.as_deref().map(event_filter).transpose()?,
+        customer: parsed.customer.as_deref().map(parse_customer).transpose()?,
+    };
     let paging = paging::purchase_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
-    Ok((event, paging))
+    Ok((filter, paging))
+}
+
+/// Parses the query of `GET /holds`: as `purchase_filter`, `after` a hold id.
+pub fn hold_filter(text: Option<&str>) -> Result<(HoldFilter, Option<Paging>), ApiError> {
+    let parsed: HoldQuery = query(text)?;
+    let filter = HoldFilter {
+        event: parsed.event.as_deref().map(event_filter).transpose()?,
+        customer: parsed.customer.as_deref().map(parse_customer).transpose()?,
+    };
+    let paging = paging::hold_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
+    Ok((filter, paging))
 }
 
 fn event_filter(value: &str) -> Result<EventName, ApiError> {
@@ -223,7 +324,100 @@ mod tests {
     fn a_well_formed_purchase_parses() {
         let input = parse_purchase(br#"{"event":"concert","quantity":2}"#).expect("valid");
         assert_eq!(input.event.as_str(), "concert");
-        assert_eq!(input.quantity.get(), 2);
+        assert_eq!(
+            input.selection,
+            Selection::Quantity(Quantity::new(2).expect("valid"))
+        );
+        assert_eq!(input.customer, None);
+        let input =
+            parse_purchase(br#"{"event":"concert","tickets":[18,17],"customer":"a.b@c-d_E9"}"#)
+                .expect("valid");
+        assert_eq!(input.selection.quantity().get(), 2);
+        let Selection::Seats(seats) = &input.selection else {
+            panic!("{input:?}");
+        };
+        assert_eq!(seats.ids(), [17, 18]);
+        assert_eq!(
+            input.customer.as_ref().map(CustomerId::as_str),
+            Some("a.b@c-d_E9")
+        );
+    }
+
+    #[test]
+    fn seats_are_one_to_ten_distinct_positive_ids_and_exclude_a_quantity() {
+        for (tickets, says) in [
+            ("[]", "1 to 10 distinct ticket ids"),
+            ("[1,2,3,4,5,6,7,8,9,10,11]", "1 to 10 distinct ticket ids"),
+            ("[1,1]", "1 to 10 distinct ticket ids"),
+            ("[0]", "positive integer"),
+            ("[-3]", "positive integer"),
+            ("[1.5]", "positive integer"),
+            ("[99999999999999999999999]", "positive integer"),
+            (r#"["1"]"#, "invalid type"),
+            ("1", "invalid type"),
+        ] {
+            let body = format!(r#"{{"event":"concert","tickets":{tickets}}}"#);
+            assert!(bad(&body).contains(says), "{tickets}: {}", bad(&body));
+        }
+        assert!(bad(r#"{"event":"concert","quantity":1,"tickets":[1]}"#).contains("not both"));
+        assert!(bad(r#"{"event":"concert"}"#).contains("give quantity"));
+        let ten = parse_purchase(br#"{"event":"concert","tickets":[1,2,3,4,5,6,7,8,9,10]}"#);
+        assert!(ten.is_ok(), "{ten:?}");
+    }
+
+    #[test]
+    fn customers_are_one_to_sixty_four_of_the_allowed_characters() {
+        assert!(parse_customer(&"c".repeat(64)).is_ok());
+        for customer in [
+            "",
+            "has space",
+            "a/b",
+            "caf\u{e9}",
+            "a+b",
+            "quote'",
+            &"c".repeat(65),
+        ] {
+            let body = format!(r#"{{"event":"concert","quantity":1,"customer":"{customer}"}}"#);
+            assert!(
+                bad(&body).contains("customer must be"),
+                "{customer:?}: {}",
+                bad(&body)
+            );
+        }
+        assert!(bad(r#"{"event":"concert","quantity":1,"customer":7}"#).contains("invalid type"));
+    }
+
+    #[test]
+    fn holds_take_a_purchase_body_and_a_ttl_of_ten_seconds_to_an_hour() {
+        let hold = parse_hold(br#"{"event":"concert","quantity":1}"#).expect("valid");
+        assert_eq!(hold.ttl.seconds(), 600);
+        let hold =
+            parse_hold(br#"{"event":"concert","tickets":[3],"ttl_seconds":10}"#).expect("valid");
+        assert_eq!(hold.ttl.seconds(), 10);
+        assert!(matches!(&hold.sale.selection, Selection::Seats(s) if s.ids() == [3]));
+        assert_eq!(
+            parse_hold(br#"{"event":"concert","quantity":1,"ttl_seconds":3600}"#)
+                .map(|h| h.ttl.seconds())
+                .ok(),
+            Some(3600)
+        );
+        for ttl in ["9", "3601", "0", "-10", "10.5", "1e3", r#""60""#] {
+            let body = format!(r#"{{"event":"concert","quantity":1,"ttl_seconds":{ttl}}}"#);
+            match parse_hold(body.as_bytes()) {
+                Err(ApiError::BadRequest(message)) => {
+                    assert!(message.contains("ttl_seconds"), "{ttl}: {message}")
+                }
+                other => panic!("{ttl}: {other:?}"),
+            }
+        }
+        // A purchase has no time to live.
+        assert!(
+            bad(r#"{"event":"concert","quantity":1,"ttl_seconds":60}"#).contains("unknown field")
+        );
+        let twice = br#"{"event":"concert","quantity":1,"ttl_seconds":60,"ttl_seconds":70}"#;
+        assert!(
+            matches!(parse_hold(twice), Err(ApiError::BadRequest(m)) if m.contains("duplicate field"))
+        );
     }
 
     #[test]
@@ -231,7 +425,7 @@ mod tests {
         assert!(bad("{").contains("not valid JSON"));
         assert!(bad("[]").contains("not a purchase"));
         assert!(bad(r#"{"quantity":1}"#).contains("missing field `event`"));
-        assert!(bad(r#"{"event":"concert"}"#).contains("missing field `quantity`"));
+        assert!(bad(r#"{"event":"concert"}"#).contains("give quantity"));
         assert!(bad(r#"{"event":1,"quantity":1}"#).contains("invalid type: integer `1`"));
         assert!(bad(r#"{"event":"concert","quantity":"1"}"#).contains("invalid type: string"));
         assert!(bad(r#"{"event":"concert","quantity":1,"x":1}"#).contains("unknown field `x`"));
@@ -309,6 +503,7 @@ mod tests {
             #[test]
             fn any_bytes_are_parsed_or_refused_without_panicking(body in proptest::collection::vec(any::<u8>(), 0..256)) {
                 let _ = parse_purchase(&body);
+                let _ = parse_hold(&body);
             }
 
             #[test]
@@ -324,7 +519,10 @@ mod tests {
                 let body = serde_json::to_vec(&object).expect("serialisable");
                 match parse_purchase(&body) {
                     Ok(input) => {
-                        prop_assert!((1..=10).contains(&input.quantity.get()));
+                        let Selection::Quantity(quantity) = input.selection else {
+                            panic!("a body with a quantity gave seats");
+                        };
+                        prop_assert!((1..=10).contains(&quantity.get()));
                         prop_assert!(input.event.as_str().bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
                         prop_assert!((1..=64).contains(&input.event.as_str().len()));
                     }
@@ -337,6 +535,7 @@ mod tests {
             fn any_query_or_id_is_parsed_or_refused_without_panicking(text in "\\PC{0,80}") {
                 let _ = ticket_filter(Some(&text));
                 let _ = purchase_filter(Some(&text));
+                let _ = hold_filter(Some(&text));
                 let _ = ticket_id(&text);
                 let _ = decode_segment(&text);
             }

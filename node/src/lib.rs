@@ -1,6 +1,7 @@
 //! A ticket-selling node: the ticket API over HTTP, on the shared JSON store. Every node is
 //! complete on its own; any number of them may serve the same data directory.
 
+mod auth;
 mod committer;
 mod error;
 mod input;
@@ -187,7 +188,11 @@ mod tests {
     }
 
     async fn call(node: &NodeService, method: &str, path: &str, body: &str) -> (u16, String) {
-        let response = node.call(request(method, path, body)).await;
+        send(node, request(method, path, body)).await
+    }
+
+    async fn send(node: &NodeService, request: Request<Full<Bytes>>) -> (u16, String) {
+        let response = node.call(request).await;
         let status = response.status().as_u16();
         let body = response.into_body().collect().await.expect("body");
         (
@@ -197,6 +202,135 @@ mod tests {
     }
 
     const BUY: &str = r#"{"event":"concert","quantity":1}"#;
+
+    const TOKEN: &str = "unit-test-operator-token";
+
+    fn with_header(
+        mut request: Request<Full<Bytes>>,
+        name: &'static str,
+        value: &str,
+    ) -> Request<Full<Bytes>> {
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(value).expect("header value"));
+        request
+    }
+
+    fn field(body: &str, name: &str) -> serde_json::Value {
+        let value: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        value[name].clone()
+    }
+
+    #[tokio::test]
+    async fn a_hold_answers_its_secret_once_and_changes_only_with_it_or_the_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        cluster::seed_store(dir.path(), &[("concert", 5, 100)]).expect("seed");
+        let settings = NodeSettings {
+            id: "n1".into(),
+            data: Some(dir.path().to_path_buf()),
+            admin_token: Some(settings::AdminToken::new(TOKEN)),
+            ..NodeSettings::default()
+        };
+        let node = NodeService::new(settings).expect("service");
+        let hold = r#"{"event":"concert","tickets":[2,3],"customer":"ada","ttl_seconds":60}"#;
+        let (status, made) = call(&node, "POST", "/holds", hold).await;
+        assert_eq!(status, 201, "{made}");
+        let id = field(&made, "hold_id");
+        let id = id.as_str().expect("an id");
+        let secret = field(&made, "secret");
+        let secret = secret.as_str().expect("a secret");
+        assert_eq!(field(&made, "customer"), "ada");
+
+        let path = format!("/holds/{id}");
+        let (status, read) = call(&node, "GET", &path, "").await;
+        assert_eq!(status, 200);
+        assert!(!read.contains(secret) && !read.contains("ada"), "{read}");
+        let (_, read) = send(
+            &node,
+            with_header(request("GET", &path, ""), "x-ticket-secret", secret),
+        )
+        .await;
+        assert_eq!(field(&read, "customer"), "ada");
+
+        // A change reads no body: none, `{}` or anything, with or without a content type.
+        let other = r#"{"event":"concert","quantity":1}"#;
+        let (_, other) = call(&node, "POST", "/holds", other).await;
+        let other_id = field(&other, "hold_id");
+        let release = Request::builder()
+            .method("POST")
+            .uri(format!(
+                "/holds/{}/release",
+                other_id.as_str().expect("an id")
+            ))
+            .header(
+                "x-ticket-secret",
+                field(&other, "secret").as_str().expect("a secret"),
+            )
+            .body(Full::new(Bytes::from_static(b"not json at all")))
+            .expect("request");
+        let (status, released) = send(&node, release).await;
+        assert_eq!(
+            (status, field(&released, "status")),
+            (200, "released".into()),
+            "{released}"
+        );
+
+        let confirm = format!("/holds/{id}/confirm");
+        let (status, refused) = call(&node, "POST", &confirm, "").await;
+        assert_eq!(
+            (status, field(&refused, "error")),
+            (403, "forbidden".into())
+        );
+        let wrong = with_header(
+            request("POST", &confirm, ""),
+            "authorization",
+            "Bearer nope",
+        );
+        assert_eq!(send(&node, wrong).await.0, 403);
+        let (_, tickets) = call(&node, "GET", "/tickets/2", "").await;
+        assert_eq!(field(&tickets, "status"), "held");
+
+        let bearer = format!("Bearer {TOKEN}");
+        let right = with_header(request("POST", &confirm, ""), "authorization", &bearer);
+        let (status, purchase) = send(&node, right).await;
+        assert_eq!(status, 201, "{purchase}");
+        assert_eq!(field(&purchase, "hold_id"), id);
+        let (_, events) = call(&node, "GET", "/events/concert", "").await;
+        assert_eq!(
+            (field(&events, "sold"), field(&events, "held")),
+            (2.into(), 0.into())
+        );
+        let (_, list) = call(&node, "GET", "/holds?customer=ada", "").await;
+        assert_eq!(field(&list, "error"), "forbidden");
+        let listed = with_header(
+            request("GET", "/holds?customer=ada", ""),
+            "authorization",
+            &bearer,
+        );
+        let (status, list) = send(&node, listed).await;
+        assert_eq!(status, 200, "{list}");
+        assert!(
+            list.contains(id) && list.contains("ada") && !list.contains(secret),
+            "{list}"
+        );
+        // Each route is measured under its own name; held tickets have their gauge.
+        let (_, metrics) = call(&node, "GET", "/metrics", "").await;
+        for route in [
+            "POST /holds",
+            "GET /holds/{id}",
+            "POST /holds/{id}/confirm",
+            "GET /holds",
+        ] {
+            assert!(
+                metrics.contains(&format!("route=\"{route}\"")),
+                "{route}: {metrics}"
+            );
+        }
+        assert!(
+            metrics.contains("tickets_event_held{node=\"n1\",event=\"concert\"} 0"),
+            "{metrics}"
+        );
+    }
 
     #[tokio::test]
     async fn a_node_whose_commit_thread_died_answers_503_on_health_until_it_restarts() {
@@ -236,6 +370,10 @@ mod tests {
             "/tickets/1",
             "/tickets/x",
             "/purchases",
+            "/holds",
+            "/holds?limit=1",
+            "/holds/h-00000001",
+            "/holds?customer=x",
         ] {
             let get = node.call(request("GET", path, "")).await;
             let head = node.call(request("HEAD", path, "")).await;

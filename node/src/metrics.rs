@@ -49,7 +49,7 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RouteStatus, Counter>,
     request_seconds: HistogramFamily<RouteLabel>,
-    /// One `TicketStore::purchase_batch` call: lock wait, decision, append and sync.
+    /// One `TicketStore::commit_batch` call: lock wait, decision, append and sync.
     commit_seconds: Histogram,
     commit_batch_size: Histogram,
     /// Time a group commit waited for the store's exclusive lock.
@@ -61,6 +61,8 @@ pub struct Metrics {
     tickets_sold: Counter,
     event_available: Family<EventLabel, Gauge>,
     event_sold: Family<EventLabel, Gauge>,
+    /// Tickets of the event in live holds.
+    event_held: Family<EventLabel, Gauge>,
     event_total: Family<EventLabel, Gauge>,
     /// Serialises scrapes, so one scrape's refresh of the event gauges is not mixed with
     /// another's.
@@ -90,6 +92,7 @@ impl Metrics {
             tickets_sold: Counter::default(),
             event_available: Family::default(),
             event_sold: Family::default(),
+            event_held: Family::default(),
             event_total: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -151,6 +154,11 @@ impl Metrics {
             metrics.event_sold.clone(),
         );
         registry.register(
+            "tickets_event_held",
+            "Tickets of the event in live holds, read at scrape time",
+            metrics.event_held.clone(),
+        );
+        registry.register(
             "tickets_event_total",
             "Tickets of the event in the inventory",
             metrics.event_total.clone(),
@@ -201,7 +209,12 @@ impl Metrics {
             .scrape
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for family in [&self.event_available, &self.event_sold, &self.event_total] {
+        for family in [
+            &self.event_available,
+            &self.event_sold,
+            &self.event_held,
+            &self.event_total,
+        ] {
             family.clear();
         }
         for summary in events.unwrap_or_default() {
@@ -215,6 +228,7 @@ impl Metrics {
             };
             gauge(&self.event_available, summary.available);
             gauge(&self.event_sold, summary.sold);
+            gauge(&self.event_held, summary.held);
             gauge(&self.event_total, summary.total);
         }
         let mut text = String::new();
@@ -238,6 +252,7 @@ mod tests {
             held: 0,
             min_price_cents: 100,
             max_price_cents: 200,
+            max_per_customer: None,
         }
     }
 
@@ -290,9 +305,16 @@ mod tests {
     #[test]
     fn event_gauges_follow_the_store_at_each_scrape() {
         let m = Metrics::new("n1");
-        let text = m.render(Some(&[summary("concert", 10, 3), summary("opera", 5, 0)]));
+        let mut held = summary("concert", 10, 3);
+        held.held = 2;
+        held.available = 5;
+        let text = m.render(Some(&[held, summary("opera", 5, 0)]));
         assert!(
-            text.contains("tickets_event_available{node=\"n1\",event=\"concert\"} 7"),
+            text.contains("tickets_event_held{node=\"n1\",event=\"concert\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tickets_event_available{node=\"n1\",event=\"concert\"} 5"),
             "{text}"
         );
         assert!(

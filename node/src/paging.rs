@@ -1,14 +1,15 @@
 //! The `after` and `limit` query parameters of the paged listings (`GET /tickets`,
-//! `GET /purchases`): when either is given the answer is one page, else the whole list.
+//! `GET /purchases`, `GET /holds`): when either is given the answer is one page, else the
+//! whole list.
 
-use shared::{MAX_PAGE_LIMIT, purchase_number};
+use shared::{MAX_PAGE_LIMIT, hold_number, purchase_number};
 
 use crate::error::ApiError;
 
 /// Where a page starts and how many items it holds at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paging {
-    /// The key of the item the page follows: a ticket id, or a purchase's number.
+    /// The key of the item the page follows: a ticket id, or a purchase's or hold's number.
     pub after: Option<u64>,
     pub limit: usize,
 }
@@ -36,6 +37,14 @@ pub fn purchase_paging(
                 short(text)
             ))
         })
+    })
+}
+
+/// Reads `after` and `limit` of `GET /holds`: `after` a hold id (`h-<number>`).
+pub fn hold_paging(after: Option<&str>, limit: Option<&str>) -> Result<Option<Paging>, ApiError> {
+    paging(after, limit, |text| {
+        hold_number(text)
+            .ok_or_else(|| bad(format!("after must be a hold id, got {:?}", short(text))))
     })
 }
 
@@ -126,11 +135,19 @@ mod tests {
                 "ticket after {after}"
             );
         }
-        for after in ["", "17", "p-", "p-x", "q-1"] {
+        for after in ["", "17", "p-", "p-x", "q-1", "h-1"] {
             assert!(
                 purchase_paging(Some(after), None).is_err(),
                 "purchase after {after}"
             );
         }
+        for after in ["", "17", "h-", "h-x", "p-1"] {
+            assert!(
+                hold_paging(Some(after), None).is_err(),
+                "hold after {after}"
+            );
+        }
+        let page = hold_paging(Some("h-00000003"), Some("2")).expect("valid");
+        assert_eq!(page.map(|p| (p.after, p.limit)), Some((Some(3), 2)));
     }
 }

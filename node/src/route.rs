@@ -16,6 +16,12 @@ pub enum Route {
     ListPurchases,
     CreatePurchase,
     Purchase(String),
+    CancelPurchase(String),
+    ListHolds,
+    CreateHold,
+    Hold(String),
+    ConfirmHold(String),
+    ReleaseHold(String),
 }
 
 /// Why a request matched no route it may use.
@@ -32,6 +38,7 @@ pub enum Unrouted {
 
 const GET: &str = "GET, HEAD";
 const GET_POST: &str = "GET, HEAD, POST";
+const POST: &str = "POST";
 
 impl Route {
     /// Parses `method` and `path`; `HEAD` routes as `GET` does.
@@ -41,22 +48,34 @@ impl Route {
         let mut segments = path.strip_prefix('/').unwrap_or(path).split('/');
         let first = segments.next().unwrap_or("");
         let second = segments.next();
+        let third = segments.next();
         if segments.next().is_some() {
             return Err(Unrouted::NotFound);
         }
-        let (route, allowed) = match (first, second) {
-            ("health", None) => (Self::Health, GET),
-            ("metrics", None) => (Self::Metrics, GET),
-            ("events", None) => (Self::Events, GET),
-            ("events", Some(name)) => (Self::Event(name.to_owned()), GET),
-            ("tickets", None) => (Self::Tickets, GET),
-            ("tickets", Some(id)) => (Self::Ticket(id.to_owned()), GET),
-            ("purchases", None) if post => (Self::CreatePurchase, GET_POST),
-            ("purchases", None) => (Self::ListPurchases, GET_POST),
-            ("purchases", Some(id)) => (Self::Purchase(id.to_owned()), GET),
+        let (route, allowed) = match (first, second, third) {
+            ("health", None, None) => (Self::Health, GET),
+            ("metrics", None, None) => (Self::Metrics, GET),
+            ("events", None, None) => (Self::Events, GET),
+            ("events", Some(name), None) => (Self::Event(name.to_owned()), GET),
+            ("tickets", None, None) => (Self::Tickets, GET),
+            ("tickets", Some(id), None) => (Self::Ticket(id.to_owned()), GET),
+            ("purchases", None, None) if post => (Self::CreatePurchase, GET_POST),
+            ("purchases", None, None) => (Self::ListPurchases, GET_POST),
+            ("purchases", Some(id), None) => (Self::Purchase(id.to_owned()), GET),
+            ("purchases", Some(id), Some("cancel")) => (Self::CancelPurchase(id.to_owned()), POST),
+            ("holds", None, None) if post => (Self::CreateHold, GET_POST),
+            ("holds", None, None) => (Self::ListHolds, GET_POST),
+            ("holds", Some(id), None) => (Self::Hold(id.to_owned()), GET),
+            ("holds", Some(id), Some("confirm")) => (Self::ConfirmHold(id.to_owned()), POST),
+            ("holds", Some(id), Some("release")) => (Self::ReleaseHold(id.to_owned()), POST),
             _ => return Err(Unrouted::NotFound),
         };
-        if read || (post && route == Self::CreatePurchase) {
+        let may = if allowed == POST {
+            post
+        } else {
+            read || (post && allowed == GET_POST)
+        };
+        if may {
             Ok(route)
         } else {
             Err(Unrouted::MethodNotAllowed {
@@ -78,6 +97,12 @@ impl Route {
             Self::ListPurchases => "GET /purchases",
             Self::CreatePurchase => "POST /purchases",
             Self::Purchase(_) => "GET /purchases/{id}",
+            Self::CancelPurchase(_) => "POST /purchases/{id}/cancel",
+            Self::ListHolds => "GET /holds",
+            Self::CreateHold => "POST /holds",
+            Self::Hold(_) => "GET /holds/{id}",
+            Self::ConfirmHold(_) => "POST /holds/{id}/confirm",
+            Self::ReleaseHold(_) => "POST /holds/{id}/release",
         }
     }
 }
@@ -103,11 +128,86 @@ mod tests {
             Route::parse(&Method::POST, "/purchases"),
             Ok(Route::CreatePurchase)
         );
+        for method in [Method::GET, Method::HEAD] {
+            assert_eq!(Route::parse(&method, "/holds"), Ok(Route::ListHolds));
+            assert_eq!(
+                Route::parse(&method, "/holds/h-00000001"),
+                Ok(Route::Hold("h-00000001".into()))
+            );
+        }
+        let post = |path| Route::parse(&Method::POST, path);
+        assert_eq!(post("/holds"), Ok(Route::CreateHold));
+        assert_eq!(
+            post("/holds/h-1/confirm"),
+            Ok(Route::ConfirmHold("h-1".into()))
+        );
+        assert_eq!(
+            post("/holds/h-1/release"),
+            Ok(Route::ReleaseHold("h-1".into()))
+        );
+        assert_eq!(
+            post("/purchases/p-1/cancel"),
+            Ok(Route::CancelPurchase("p-1".into()))
+        );
+    }
+
+    #[test]
+    fn changes_of_holds_and_purchases_are_post_only_and_say_so() {
+        for (path, name) in [
+            ("/holds/h-1/confirm", "POST /holds/{id}/confirm"),
+            ("/holds/h-1/release", "POST /holds/{id}/release"),
+            ("/purchases/p-1/cancel", "POST /purchases/{id}/cancel"),
+        ] {
+            for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
+                assert_eq!(
+                    Route::parse(&method, path),
+                    Err(Unrouted::MethodNotAllowed {
+                        name,
+                        allowed: "POST"
+                    }),
+                    "{method} {path}"
+                );
+            }
+        }
+        assert_eq!(
+            Route::parse(&Method::POST, "/holds/h-1"),
+            Err(Unrouted::MethodNotAllowed {
+                name: "GET /holds/{id}",
+                allowed: "GET, HEAD"
+            })
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/holds"),
+            Err(Unrouted::MethodNotAllowed {
+                name: "GET /holds",
+                allowed: "GET, HEAD, POST"
+            })
+        );
+        for path in [
+            "/holds/h-1/cancel",
+            "/purchases/p-1/confirm",
+            "/holds/h-1/confirm/x",
+            "/events/concert/x",
+            "/holds/h-1/",
+        ] {
+            assert_eq!(
+                Route::parse(&Method::POST, path),
+                Err(Unrouted::NotFound),
+                "{path}"
+            );
+        }
     }
 
     #[test]
     fn unknown_paths_are_not_found_and_wrong_methods_say_what_is_allowed() {
-        for path in ["/", "/nowhere", "/events/a/b", "//events", "/tickets/1/"] {
+        for path in [
+            "/",
+            "/nowhere",
+            "/events/a/b",
+            "//events",
+            "/tickets/1/",
+            "/tickets/1/x/y",
+        ] {
             assert_eq!(
                 Route::parse(&Method::GET, path),
                 Err(Unrouted::NotFound),

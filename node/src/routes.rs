@@ -1,6 +1,14 @@
 //! The ticket API's handlers: each validates its input, runs the store operation on the
-//! blocking pool and shapes the JSON answer. `dispatch` sends a parsed `Route` to its one
-//! handler.
+//! blocking pool (reads) or queues it for the group commit (changes) and shapes the JSON
+//! answer. `dispatch` sends a parsed `Route` to its one handler.
+//!
+//! Who sees what ("who may change what"): a `secret` only in the answer that created a
+//! purchase or hold (and an idempotent repeat of it); a `customer` in that answer, in the
+//! answer to a change (which needed the secret or the operator's token), on a read of one
+//! item that carries its secret or the operator's token, and in listings for the token
+//! only. Filtering by customer needs the token.
+
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -8,11 +16,15 @@ use hyper::body::Body;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use shared::api::{EventBody, HealthBody, PageBody, PurchaseBody, TicketBody};
-use shared::{EventName, Inventory, PurchaseOutcome, PurchaseRequest};
-use store::{PurchaseOrder, TicketStore};
+use shared::api::{EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, TicketBody};
+use shared::{
+    Command, EventName, HoldView, Inventory, Order, Outcome, Proof, Purchase, hold_number,
+    purchase_number,
+};
+use store::TicketStore;
 
 use crate::NodeService;
+use crate::auth;
 use crate::error::ApiError;
 use crate::input;
 use crate::paging::Paging;
@@ -31,6 +43,7 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let query = request.uri().query().map(str::to_owned);
+    let proof = || auth::proof(request.headers(), node.settings.admin_token.as_ref());
     match route {
         Route::Health => health(node).await,
         Route::Metrics => Ok(metrics(node).await),
@@ -38,14 +51,59 @@ where
         Route::Event(name) => event(node, &name).await,
         Route::Tickets => tickets(node, query.as_deref()).await,
         Route::Ticket(id) => ticket(node, &id).await,
-        Route::CreatePurchase => create_purchase(node, request).await,
-        Route::ListPurchases => purchases(node, query.as_deref()).await,
-        Route::Purchase(id) => purchase(node, &id).await,
+        Route::CreatePurchase => create(node, request, Kind::Purchase).await,
+        Route::ListPurchases => purchases(node, query.as_deref(), proof()?).await,
+        Route::Purchase(id) => purchase(node, &id, proof()?).await,
+        Route::CancelPurchase(id) => {
+            let command = Command::Cancel {
+                purchase_id: purchase_id(&id)?,
+            };
+            change(node, request, command, StatusCode::OK).await
+        }
+        Route::CreateHold => create(node, request, Kind::Hold).await,
+        Route::ListHolds => holds(node, query.as_deref(), proof()?).await,
+        Route::Hold(id) => hold(node, &id, proof()?).await,
+        Route::ConfirmHold(id) => {
+            let command = Command::Confirm {
+                hold_id: hold_id(&id)?,
+            };
+            change(node, request, command, StatusCode::CREATED).await
+        }
+        Route::ReleaseHold(id) => {
+            let command = Command::Release {
+                hold_id: hold_id(&id)?,
+            };
+            change(node, request, command, StatusCode::OK).await
+        }
     }
 }
 
 pub fn shorten(path: &str) -> String {
     path.chars().take(100).collect()
+}
+
+/// A path parameter, percent-decoded (kept as sent when that is not UTF-8).
+fn decode(segment: &str) -> String {
+    input::decode_segment(segment).unwrap_or_else(|| segment.to_owned())
+}
+
+/// The `{id}` of `/holds/{id}/...`: one that is not of the form `h-<number>` names no hold,
+/// so it is answered at once, without queueing a change.
+fn hold_id(segment: &str) -> Result<String, ApiError> {
+    let id = decode(segment);
+    match hold_number(&id) {
+        Some(_) => Ok(id),
+        None => Err(ApiError::UnknownHold(shorten(&id))),
+    }
+}
+
+/// The `{id}` of `/purchases/{id}/cancel`, as `hold_id` does for holds.
+fn purchase_id(segment: &str) -> Result<String, ApiError> {
+    let id = decode(segment);
+    match purchase_number(&id) {
+        Some(_) => Ok(id),
+        None => Err(ApiError::UnknownPurchase(shorten(&id))),
+    }
 }
 
 fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
@@ -80,7 +138,7 @@ async fn health(node: &NodeService) -> Result<HttpResponse, ApiError> {
 /// The metrics, with the per-event stock read from the store's state now (O(events)); a
 /// store that cannot be read leaves those gauges out rather than failing the scrape.
 async fn metrics(node: &NodeService) -> HttpResponse {
-    let events = with_store(node, |store| Ok(store.read(|inv| inv.events())?)).await;
+    let events = with_store(node, |store| read_at(store, |inv, now| inv.events_at(now))).await;
     let text = node.metrics.render(events.as_deref().ok());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
@@ -90,9 +148,14 @@ async fn metrics(node: &NodeService) -> HttpResponse {
     response
 }
 
+/// The events' counts at this moment: holds past their expiry count as available,
+/// whether or not the log says so yet.
 async fn events(node: &NodeService) -> Result<HttpResponse, ApiError> {
-    read_json(node, |inv| {
-        inv.events().iter().map(EventBody::from).collect::<Vec<_>>()
+    read_json(node, |inv, now| {
+        inv.events_at(now)
+            .iter()
+            .map(EventBody::from)
+            .collect::<Vec<_>>()
     })
     .await
 }
@@ -100,10 +163,20 @@ async fn events(node: &NodeService) -> Result<HttpResponse, ApiError> {
 /// Answers 200 with what `op` reads from the inventory, as JSON.
 async fn read_json<T: Serialize + Send + 'static>(
     node: &NodeService,
-    op: impl FnOnce(&Inventory) -> T + Send + 'static,
+    op: impl FnOnce(&Inventory, SystemTime) -> T + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
-    let value = with_store(node, move |store| Ok(store.read(op)?)).await?;
+    let value = with_store(node, move |store| read_at(store, op)).await?;
     Ok(json(StatusCode::OK, &value))
+}
+
+/// Runs `op` on the current state with the store's clock: holds past their expiry at that
+/// time read as expired, whether or not the log says so yet (no sweeper is needed).
+fn read_at<T>(
+    store: &TicketStore,
+    op: impl FnOnce(&Inventory, SystemTime) -> T,
+) -> Result<T, ApiError> {
+    let now = store.now();
+    Ok(store.read(|inv| op(inv, now))?)
 }
 
 async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -111,8 +184,7 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
     // A name that cannot be valid names no event: 404, as for any unknown event.
     let name = EventName::parse(&raw).map_err(|_| ApiError::UnknownEvent(shorten(&raw)))?;
     let summary = with_store(node, move |store| {
-        store
-            .read(|inv| inv.event(&name))?
+        read_at(store, |inv, now| inv.event_at(&name, now))?
             .ok_or_else(|| ApiError::UnknownEvent(name.to_string()))
     })
     .await?;
@@ -123,16 +195,21 @@ async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse
     let (filter, paging) = input::ticket_filter(query)?;
     match paging {
         Some(Paging { after, limit }) => {
-            read_json(node, move |inv| {
+            read_json(node, move |inv, now| {
                 let page = inv.page_tickets(&filter, after, limit);
-                PageBody::from_page(page, |t| TicketBody::from(t))
+                PageBody::from_page(page, |t| {
+                    TicketBody::with_status(t, inv.ticket_status(t, now))
+                })
             })
             .await
         }
         None => {
-            read_json(node, move |inv| {
+            read_json(node, move |inv, now| {
                 let found = inv.find_tickets(&filter);
-                found.iter().map(TicketBody::from).collect::<Vec<_>>()
+                found
+                    .iter()
+                    .map(|t| TicketBody::with_status(t, inv.ticket_status(t, now)))
+                    .collect::<Vec<_>>()
             })
             .await
         }
@@ -142,19 +219,31 @@ async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
     let id = input::ticket_id(segment)?;
     let ticket = with_store(node, move |store| {
-        store
-            .read(|inv| inv.ticket(id).map(TicketBody::from))?
-            .ok_or(ApiError::UnknownTicket(id))
+        read_at(store, |inv, now| {
+            inv.ticket(id)
+                .map(|t| TicketBody::with_status(t, inv.ticket_status(t, now)))
+        })?
+        .ok_or(ApiError::UnknownTicket(id))
     })
     .await?;
     Ok(json(StatusCode::OK, &ticket))
 }
 
-/// `POST /purchases`: reads and checks the body, queues the purchase for the next group
-/// commit (`Committer::commit`) and answers its outcome.
-async fn create_purchase<B>(
+/// What `POST /purchases` and `POST /holds` create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Purchase,
+    Hold,
+}
+
+/// `POST /purchases` and `POST /holds`: reads and checks the body, queues the order for
+/// the next group commit (`Committer::commit`) and answers 201 with what it created (or,
+/// for a repeat with the same `Idempotency-Key`, created before), its secret and customer
+/// included.
+async fn create<B>(
     node: &NodeService,
     request: Request<B>,
+    kind: Kind,
 ) -> Result<HttpResponse, ApiError>
 where
     B: Body<Data = Bytes>,
@@ -169,50 +258,186 @@ where
         node.settings.body_timeout,
     )
     .await?;
-    let input = input::parse_purchase(&bytes)?;
-    let order = PurchaseOrder {
-        request: PurchaseRequest::new(input.event, input.quantity),
-        key,
+    let command = match kind {
+        Kind::Purchase => Command::Purchase(input::parse_purchase(&bytes)?),
+        Kind::Hold => Command::Hold(input::parse_hold(&bytes)?),
     };
+    let outcome = decide(node, Order::new(command).with_key(key)).await?;
+    Ok(answer(StatusCode::CREATED, &outcome))
+}
+
+/// `POST /holds/{id}/confirm`, `POST /holds/{id}/release`, `POST /purchases/{id}/cancel`:
+/// queues the change with the request's proof (the store checks a secret against the
+/// hash it keeps) and answers `status` with the purchase or hold as it now is. The body,
+/// if any, is not read: these take none.
+async fn change<B>(
+    node: &NodeService,
+    request: Request<B>,
+    command: Command,
+    status: StatusCode,
+) -> Result<HttpResponse, ApiError> {
+    let headers = request.headers();
+    let key = input::idempotency_key(headers)?;
+    let proof = auth::proof(headers, node.settings.admin_token.as_ref())?;
+    let order = Order::new(command).with_key(key).with_proof(proof);
+    let outcome = decide(node, order).await?;
+    Ok(answer(status, &outcome))
+}
+
+/// Has the commit thread decide `order`, and counts the sales this node made.
+async fn decide(node: &NodeService, order: Order) -> Result<Outcome, ApiError> {
     let committed =
         node.committer.commit(order).await.ok_or_else(|| {
             ApiError::Internal("the commit thread stopped before answering".into())
         })?;
-    // First the store's failure, then the purchase's own refusal.
+    // First the store's failure, then the order's own refusal.
     let outcome = committed??;
-    if let PurchaseOutcome::Created(purchase) = &outcome {
-        node.metrics.purchase_committed(purchase.tickets.len());
+    if let Outcome::Purchase(decided) = &outcome
+        && decided.changed
+        && decided.item.is_live()
+    {
+        node.metrics.purchase_committed(decided.item.tickets.len());
     }
-    let body = PurchaseBody::from(outcome.purchase());
-    Ok(json(StatusCode::CREATED, &body))
+    Ok(outcome)
 }
 
-async fn purchases(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
-    let (event, paging) = input::purchase_filter(query)?;
+/// The answer to a decided order: the purchase or hold with its customer (the asker made
+/// it, or proved the right to change it) and the secret the decision answers, if any.
+fn answer(status: StatusCode, outcome: &Outcome) -> HttpResponse {
+    match outcome {
+        Outcome::Purchase(decided) => {
+            let body = PurchaseBody::from(&decided.item)
+                .with_customer(&decided.item)
+                .with_secret(decided.secret.as_ref());
+            json(status, &body)
+        }
+        Outcome::Hold(decided) => {
+            let body = HoldBody::from(&decided.item)
+                .with_customer(&decided.item.hold)
+                .with_secret(decided.secret.as_ref());
+            json(status, &body)
+        }
+    }
+}
+
+/// A purchase as a reader sees it: with its customer only for its secret's or the
+/// operator's holder.
+fn purchase_body(purchase: &Purchase, proof: &Proof) -> PurchaseBody {
+    let body = PurchaseBody::from(purchase);
+    if proof.allows(purchase.access.secret.as_ref()) {
+        body.with_customer(purchase)
+    } else {
+        body
+    }
+}
+
+/// A hold as a reader sees it, as for a purchase.
+fn hold_body(view: &HoldView, proof: &Proof) -> HoldBody {
+    let body = HoldBody::from(view);
+    if proof.allows(view.hold.access.secret.as_ref()) {
+        body.with_customer(&view.hold)
+    } else {
+        body
+    }
+}
+
+/// Refuses a filter by customer unless the operator's token came with it.
+fn may_filter_by_customer(filtered: bool, proof: &Proof) -> Result<(), ApiError> {
+    if filtered && !proof.operator {
+        return Err(ApiError::Forbidden(
+            "listing by customer needs the operator's token (Authorization: Bearer <token>)",
+        ));
+    }
+    Ok(())
+}
+
+async fn purchases(
+    node: &NodeService,
+    query: Option<&str>,
+    proof: Proof,
+) -> Result<HttpResponse, ApiError> {
+    let (filter, paging) = input::purchase_filter(query)?;
+    may_filter_by_customer(filter.customer.is_some(), &proof)?;
+    // In a listing only the operator sees customers: a secret is one item's.
+    let proof = Proof {
+        secret: None,
+        operator: proof.operator,
+    };
     match paging {
         Some(Paging { after, limit }) => {
-            read_json(node, move |inv| {
-                let page = inv.page_purchases(event.as_ref(), after, limit);
-                PageBody::from_page(page, |p| PurchaseBody::from(p))
+            read_json(node, move |inv, _| {
+                let page = inv.page_purchases_by(&filter, after, limit);
+                PageBody::from_page(page, |p| purchase_body(p, &proof))
             })
             .await
         }
         None => {
-            read_json(node, move |inv| {
-                let found = inv.find_purchases(event.as_ref());
-                found.iter().map(PurchaseBody::from).collect::<Vec<_>>()
+            read_json(node, move |inv, _| {
+                let found = inv.find_purchases_by(&filter);
+                found
+                    .iter()
+                    .map(|p| purchase_body(p, &proof))
+                    .collect::<Vec<_>>()
             })
             .await
         }
     }
 }
 
-async fn purchase(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
-    let id = input::decode_segment(segment).unwrap_or_else(|| segment.to_owned());
+async fn purchase(
+    node: &NodeService,
+    segment: &str,
+    proof: Proof,
+) -> Result<HttpResponse, ApiError> {
+    let id = decode(segment);
     let found = with_store(node, move |store| {
         store
-            .read(|inv| inv.purchase(&id).map(PurchaseBody::from))?
+            .read(|inv| inv.purchase(&id).map(|p| purchase_body(p, &proof)))?
             .ok_or_else(|| ApiError::UnknownPurchase(shorten(&id)))
+    })
+    .await?;
+    Ok(json(StatusCode::OK, &found))
+}
+
+async fn holds(
+    node: &NodeService,
+    query: Option<&str>,
+    proof: Proof,
+) -> Result<HttpResponse, ApiError> {
+    let (filter, paging) = input::hold_filter(query)?;
+    may_filter_by_customer(filter.customer.is_some(), &proof)?;
+    let proof = Proof {
+        secret: None,
+        operator: proof.operator,
+    };
+    match paging {
+        Some(Paging { after, limit }) => {
+            read_json(node, move |inv, now| {
+                let page = inv.page_holds(&filter, after, limit, now);
+                PageBody::from_page(page, |h| hold_body(h, &proof))
+            })
+            .await
+        }
+        None => {
+            read_json(node, move |inv, now| {
+                let found = inv.find_holds(&filter, now);
+                found
+                    .iter()
+                    .map(|h| hold_body(h, &proof))
+                    .collect::<Vec<_>>()
+            })
+            .await
+        }
+    }
+}
+
+async fn hold(node: &NodeService, segment: &str, proof: Proof) -> Result<HttpResponse, ApiError> {
+    let id = hold_id(segment)?;
+    let found = with_store(node, move |store| {
+        read_at(store, |inv, now| {
+            inv.hold(&id, now).map(|view| hold_body(&view, &proof))
+        })?
+        .ok_or_else(|| ApiError::UnknownHold(shorten(&id)))
     })
     .await?;
     Ok(json(StatusCode::OK, &found))

@@ -1,6 +1,6 @@
 //! The node's settings (section `node`): defaults, `--config` TOML `[node]`,
-//! `TICKETS_NODE__*`, flags. Where the store is, who this node is, and the limits that
-//! protect it from slow or too many clients.
+//! `TICKETS_NODE__*`, flags. Where the store is, who this node is, the operator's token,
+//! and the limits that protect it from slow or too many clients.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,34 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use shared::settings::{Section, SettingsError, require_nonzero};
+
+/// The operator's token (`admin_token`): presented as `Authorization: Bearer <token>`, it
+/// may confirm, release and cancel anything and see customers. Its `Debug` hides it, so
+/// logging the settings never shows it; there is no flag for it, since a command line is
+/// visible to every user of the host (`ps`): the environment or the config file give it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// Whether `presented` is this token, compared in constant time.
+    pub fn matches(&self, presented: &str) -> bool {
+        shared::secret::token_matches(&self.0, presented)
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+/// The fewest characters an operator's token may have: a short one could be guessed.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -22,6 +50,9 @@ pub struct NodeSettings {
     /// The PostgreSQL store's URL, `postgres://USER[:PASS]@HOST[:PORT]/DB`, instead of a
     /// data directory, for nodes on more than one host.
     pub database: Option<String>,
+    /// The operator's token; when unset, only a purchase's or hold's own secret may change
+    /// it, and nobody may list by customer.
+    pub admin_token: Option<AdminToken>,
     /// How long an operation waits for the store lock before answering 503.
     #[serde(with = "humantime_serde")]
     pub lock_timeout: Duration,
@@ -39,6 +70,11 @@ pub struct NodeSettings {
     /// How long shutdown waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// Sets this node's clock ahead of the host's by this much (0 by default): for drills
+    /// and tests of nodes whose clocks differ. Decisions stay right whatever the clocks,
+    /// since each uses the later of its node's clock and the latest time in the log.
+    #[serde(with = "humantime_serde")]
+    pub clock_ahead: Duration,
 }
 
 impl Default for NodeSettings {
@@ -48,12 +84,14 @@ impl Default for NodeSettings {
             listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
             data: None,
             database: None,
+            admin_token: None,
             lock_timeout: Duration::from_secs(5),
             max_body_bytes: 16 * 1024,
             body_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             max_connections: 1024,
             drain_timeout: Duration::from_secs(20),
+            clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -99,6 +137,19 @@ impl Section for NodeSettings {
                  file store or the URL of a PostgreSQL store, not both",
             ));
         }
+        if let Some(AdminToken(token)) = &self.admin_token {
+            let usable = (MIN_ADMIN_TOKEN_LEN..=256).contains(&token.len())
+                && token.bytes().all(|b| b.is_ascii_graphic());
+            if !usable {
+                return Err(SettingsError::invalid(
+                    "node.admin_token",
+                    format!(
+                        "must be {MIN_ADMIN_TOKEN_LEN} to 256 visible ASCII characters (it is \
+                         sent as `Authorization: Bearer <token>`)"
+                    ),
+                ));
+            }
+        }
         require_nonzero(
             "node",
             &[
@@ -130,14 +181,20 @@ impl NodeSettings {
         }
     }
 
-    /// Opens a handle on the store the settings name (connects to nothing yet).
+    /// Opens a handle on the store the settings name (connects to nothing yet), on this
+    /// node's clock.
     pub fn open_store(&self) -> Result<store::TicketStore, store::StoreError> {
-        match self.store_location() {
-            StoreLocation::Files(dir) => Ok(store::TicketStore::new(dir, self.lock_timeout)),
+        let store = match self.store_location() {
+            StoreLocation::Files(dir) => store::TicketStore::new(dir, self.lock_timeout),
             StoreLocation::Database(url) => {
-                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout))
+                store::TicketStore::postgres(&url, store::PgOptions::new(self.lock_timeout))?
             }
-        }
+        };
+        Ok(if self.clock_ahead.is_zero() {
+            store
+        } else {
+            store.with_clock(store::Clock::ahead(self.clock_ahead))
+        })
     }
 
     pub fn server_limits(&self) -> serve::ServerLimits {
@@ -188,6 +245,24 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_token_comes_from_the_environment_is_checked_and_never_shown() {
+        let s = load(&[("id", "n1")], &[]).expect("valid");
+        assert_eq!(s.admin_token, None);
+        let token = "operator-token-0123456789";
+        let s = load(&[("id", "n1")], &[("TICKETS_NODE__ADMIN_TOKEN", token)]).expect("valid");
+        let parsed = s.admin_token.as_ref().expect("set");
+        assert!(parsed.matches(token));
+        assert!(!parsed.matches("operator-token-012345678"));
+        assert!(!format!("{s:?}").contains(token), "Debug shows the token");
+        for bad in ["", "short", "has a space in it here", &"t".repeat(257)] {
+            let err = load(&[("id", "n1")], &[("TICKETS_NODE__ADMIN_TOKEN", bad)])
+                .expect_err("unusable token");
+            assert!(err.to_string().contains("admin_token"), "{bad:?}: {err}");
+            assert!(bad.is_empty() || !err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
     fn durations_are_humantime_and_zero_is_refused() {
         let env = [
             ("TICKETS_NODE__LOCK_TIMEOUT", "300ms"),
@@ -195,6 +270,9 @@ mod tests {
         ];
         let s = load(&[], &env).expect("valid");
         assert_eq!(s.lock_timeout, Duration::from_millis(300));
+        assert_eq!(s.clock_ahead, Duration::ZERO);
+        let ahead = load(&[("id", "n1")], &[("TICKETS_NODE__CLOCK_AHEAD", "2h")]).expect("valid");
+        assert_eq!(ahead.clock_ahead, Duration::from_secs(7200));
         for key in [
             "LOCK_TIMEOUT",
             "BODY_TIMEOUT",

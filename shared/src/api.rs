@@ -3,13 +3,17 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{EventSummary, Purchase, Ticket};
+use crate::command::DecisionError;
+use crate::domain::{self, EventSummary, Hold, HoldStatus, HoldView, Purchase, SoldTicket, Ticket};
 use crate::inventory::Page;
+use crate::secret::Secret;
 
 /// The header every node response carries, naming the node that served it.
 pub const NODE_HEADER: &str = "x-node";
 /// The header that makes `POST /purchases` safe to retry.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+/// The header a buyer presents their purchase's or hold's secret in.
+pub const SECRET_HEADER: &str = "x-ticket-secret";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TicketBody {
@@ -20,12 +24,23 @@ pub struct TicketBody {
     pub status: TicketStatus,
 }
 
-/// Whether a ticket can be bought (`held` joins these with holds).
+/// Whether a ticket can be bought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketStatus {
     Available,
+    Held,
     Sold,
+}
+
+impl From<domain::TicketStatus> for TicketStatus {
+    fn from(status: domain::TicketStatus) -> Self {
+        match status {
+            domain::TicketStatus::Available => Self::Available,
+            domain::TicketStatus::Held => Self::Held,
+            domain::TicketStatus::Sold => Self::Sold,
+        }
+    }
 }
 
 /// One page of a listing (`GET /tickets`, `GET /purchases` with `after` or `limit`).
@@ -46,19 +61,29 @@ impl<T, K> PageBody<T, K> {
     }
 }
 
-impl From<&Ticket> for TicketBody {
-    fn from(t: &Ticket) -> Self {
+impl TicketBody {
+    /// A ticket with its status at the time of reading (`Inventory::ticket_status`).
+    pub fn with_status(t: &Ticket, status: domain::TicketStatus) -> Self {
         Self {
             id: t.id,
             event: t.event.to_string(),
             price_cents: t.price_cents,
             sold: t.sold,
-            status: if t.sold {
-                TicketStatus::Sold
-            } else {
-                TicketStatus::Available
-            },
+            status: status.into(),
         }
+    }
+}
+
+/// A ticket as if no hold existed (`sold` or `available`); use
+/// [`TicketBody::with_status`] to show holds.
+impl From<&Ticket> for TicketBody {
+    fn from(t: &Ticket) -> Self {
+        let status = if t.sold {
+            domain::TicketStatus::Sold
+        } else {
+            domain::TicketStatus::Available
+        };
+        Self::with_status(t, status)
     }
 }
 
@@ -71,6 +96,9 @@ pub struct EventBody {
     pub held: u64,
     pub min_price_cents: u64,
     pub max_price_cents: u64,
+    /// The per-customer limit; absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_customer: Option<u32>,
 }
 
 impl From<&EventSummary> for EventBody {
@@ -83,6 +111,7 @@ impl From<&EventSummary> for EventBody {
             held: s.held,
             min_price_cents: s.min_price_cents,
             max_price_cents: s.max_price_cents,
+            max_per_customer: s.max_per_customer,
         }
     }
 }
@@ -93,6 +122,8 @@ pub struct PurchasedTicketBody {
     pub price_cents: u64,
 }
 
+/// A purchase as the API shows it. `customer` and `secret` are filled only where the
+/// contract allows (see [`PurchaseBody::with_customer`], [`PurchaseBody::with_secret`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseBody {
     pub purchase_id: String,
@@ -102,26 +133,120 @@ pub struct PurchaseBody {
     pub total_cents: u64,
     pub node: String,
     pub created_at: String,
+    /// Personal data: only in the 201 answer and its repeats, and for its secret's or the
+    /// operator's holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    /// The hold it confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
+    /// Only in the 201 answer and an idempotent repeat of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
+fn ticket_bodies(tickets: &[SoldTicket]) -> Vec<PurchasedTicketBody> {
+    tickets
+        .iter()
+        .map(|t| PurchasedTicketBody {
+            id: t.id,
+            price_cents: t.price_cents,
+        })
+        .collect()
+}
+
+/// The public view: no customer, no secret.
 impl From<&Purchase> for PurchaseBody {
     fn from(p: &Purchase) -> Self {
         Self {
             purchase_id: p.purchase_id.clone(),
             event: p.event.to_string(),
             quantity: p.quantity.get(),
-            tickets: p
-                .tickets
-                .iter()
-                .map(|t| PurchasedTicketBody {
-                    id: t.id,
-                    price_cents: t.price_cents,
-                })
-                .collect(),
+            tickets: ticket_bodies(&p.tickets),
             total_cents: p.total_cents,
             node: p.node.clone(),
-            created_at: p.created_at.clone(),
+            created_at: p.created_at.to_string(),
+            customer: None,
+            hold_id: p.hold_id.clone(),
+            cancelled_at: p.cancelled.as_ref().map(|c| c.at.to_string()),
+            secret: None,
         }
+    }
+}
+
+impl PurchaseBody {
+    /// Adds the purchase's customer, for an answer that may show it.
+    pub fn with_customer(mut self, p: &Purchase) -> Self {
+        self.customer = p.customer.as_ref().map(|c| c.to_string());
+        self
+    }
+
+    /// Adds the secret to answer (a creation and its repeats).
+    pub fn with_secret(mut self, secret: Option<&Secret>) -> Self {
+        self.secret = secret.map(|s| s.as_str().to_owned());
+        self
+    }
+}
+
+/// A hold as the API shows it; `customer` and `secret` as for a purchase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldBody {
+    pub hold_id: String,
+    pub event: String,
+    pub quantity: u32,
+    pub tickets: Vec<PurchasedTicketBody>,
+    pub total_cents: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    pub node: String,
+    pub created_at: String,
+    pub expires_at: String,
+    /// `held`, `confirmed`, `released` or `expired`.
+    pub status: String,
+    /// With `confirmed`: the purchase it became.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+/// The public view: no customer, no secret.
+impl From<&HoldView> for HoldBody {
+    fn from(view: &HoldView) -> Self {
+        let h = &view.hold;
+        Self {
+            hold_id: h.hold_id.clone(),
+            event: h.event.to_string(),
+            quantity: h.tickets.len() as u32,
+            tickets: ticket_bodies(&h.tickets),
+            total_cents: h.total_cents,
+            customer: None,
+            node: h.node.clone(),
+            created_at: h.created_at.to_string(),
+            expires_at: h.expires_at.to_string(),
+            status: view.status.as_str().to_owned(),
+            purchase_id: match &view.status {
+                HoldStatus::Confirmed { purchase_id } => Some(purchase_id.clone()),
+                _ => None,
+            },
+            secret: None,
+        }
+    }
+}
+
+impl HoldBody {
+    /// Adds the hold's customer, for an answer that may show it.
+    pub fn with_customer(mut self, h: &Hold) -> Self {
+        self.customer = h.customer.as_ref().map(|c| c.to_string());
+        self
+    }
+
+    /// Adds the secret to answer (a creation and its repeats).
+    pub fn with_secret(mut self, secret: Option<&Secret>) -> Self {
+        self.secret = secret.map(|s| s.as_str().to_owned());
+        self
     }
 }
 
@@ -130,6 +255,22 @@ impl From<&Purchase> for PurchaseBody {
 pub struct PurchaseRequestBody {
     pub event: String,
     pub quantity: u32,
+}
+
+/// The body of `POST /purchases` or `POST /holds` with every optional field of the box
+/// office: `quantity` or `tickets`, `customer`, and for a hold `ttl_seconds`. Absent
+/// fields are left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderBody {
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantity: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tickets: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,6 +323,13 @@ error_codes! {
     UnknownPurchase => "unknown_purchase", 404;
     SoldOut => "sold_out", 409;
     IdempotencyKeyReused => "idempotency_key_reused", 422;
+    TicketsUnavailable => "tickets_unavailable", 409;
+    CustomerLimit => "customer_limit", 409;
+    UnknownHold => "unknown_hold", 404;
+    HoldExpired => "hold_expired", 409;
+    HoldReleased => "hold_released", 409;
+    HoldConfirmed => "hold_confirmed", 409;
+    Forbidden => "forbidden", 403;
     StoreUnavailable => "store_unavailable", 503;
     NoHealthyNodes => "no_healthy_nodes", 503;
     NodesBusy => "nodes_busy", 503;
@@ -211,6 +359,12 @@ pub struct ErrorBody {
     /// With `sold_out`: how many tickets of the event are left.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available: Option<u64>,
+    /// With `tickets_unavailable`: the asked-for tickets that are sold or held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<Vec<u64>>,
+    /// With `customer_limit`: how many more tickets the customer may take.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<u64>,
 }
 
 impl ErrorBody {
@@ -219,7 +373,24 @@ impl ErrorBody {
             error: code.as_str().to_owned(),
             message: message.into(),
             available: None,
+            unavailable: None,
+            allowed: None,
         }
+    }
+
+    /// The body of a refused order: its code, its message and the extra field its code
+    /// carries (`available`, `unavailable` or `allowed`).
+    pub fn for_decision(err: &DecisionError) -> Self {
+        let mut body = Self::new(err.code(), err.to_string());
+        match err {
+            DecisionError::SoldOut { available, .. } => body.available = Some(*available),
+            DecisionError::TicketsUnavailable { unavailable, .. } => {
+                body.unavailable = Some(unavailable.clone());
+            }
+            DecisionError::CustomerLimit { allowed, .. } => body.allowed = Some(*allowed),
+            _ => {}
+        }
+        body
     }
 }
 

@@ -1,31 +1,32 @@
-//! The inventory as one consistent state: tickets, committed purchases, the queries the API
-//! answers and the all-or-nothing purchase decision. Pure logic, no I/O.
+//! The inventory as one consistent state: tickets, committed purchases and holds, the
+//! queries the API answers, and (in `decide`) the all-or-nothing decisions of every order
+//! and the replay of the log entries they produce. Pure logic, no I/O.
+//!
+//! Time: the state is the log's, up to the latest time in it (`log_time`). A hold still
+//! held past its expiry at that time is expired by the next decision, which logs it; reads
+//! meanwhile show it expired as of `max(now, log_time)` without changing anything, so counts
+//! are right the moment a hold expires with no sweeper.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+mod apply;
+mod decide;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::SystemTime;
 
 use thiserror::Error;
 
+use crate::command::DecisionError;
 use crate::domain::{
-    EventName, EventSummary, IdempotencyKey, Purchase, PurchaseRequest, SoldTicket, Ticket,
-    format_timestamp,
+    CustomerId, EventName, EventSummary, Hold, HoldState, HoldStatus, HoldView, Purchase, Ticket,
+    TicketStatus, Timestamp,
 };
+use crate::secret::KeyHash;
 
-/// Why a purchase was refused. None of these changes the inventory.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PurchaseError {
-    #[error("no event named {0}")]
-    UnknownEvent(EventName),
-    #[error("{event} has {available} tickets left, fewer than the {requested} asked for")]
-    SoldOut {
-        event: EventName,
-        requested: u32,
-        available: u64,
-    },
-    #[error("Idempotency-Key was already used for a different purchase ({event} x {quantity})")]
-    KeyReused { event: EventName, quantity: u32 },
-}
+/// Why a purchase was refused: the refusals of every order ([`DecisionError`]), under the
+/// name the purchase-only callers know.
+pub type PurchaseError = DecisionError;
 
-/// Why a stored state is not a valid inventory.
+/// Why a stored state or a log entry is not a valid inventory.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InconsistencyError {
     #[error("ticket id {0} appears more than once")]
@@ -87,6 +88,53 @@ pub enum InconsistencyError {
         total: u64,
         sum: u64,
     },
+    #[error("ticket {ticket} is held by {hold} and also sold or held by another")]
+    HeldTwice { hold: String, ticket: u64 },
+    #[error("hold id {0} appears more than once")]
+    DuplicateHold(String),
+    #[error("hold id {0:?} is not of the form h-<number>")]
+    UnnumberedHold(String),
+    #[error(
+        "hold {hold} is numbered {seq}, but the next number is {next}: a hold is missing, repeated or out of order, or next_hold_seq is wrong"
+    )]
+    HoldOutOfSequence { hold: String, seq: u64, next: u64 },
+    #[error("hold {hold} holds {tickets} tickets; a hold holds 1 to 10")]
+    HoldSize { hold: String, tickets: usize },
+    #[error("hold {hold} expires at {expires_at}, not after it was made at {created_at}")]
+    HoldTimes {
+        hold: String,
+        created_at: Timestamp,
+        expires_at: Timestamp,
+    },
+    #[error("a log entry ({entry}) names hold {hold}, which is not in the inventory")]
+    UnknownHold { entry: &'static str, hold: String },
+    #[error("a log entry ({entry}) names purchase {purchase}, which is not in the inventory")]
+    UnknownPurchase {
+        entry: &'static str,
+        purchase: String,
+    },
+    #[error("a log entry ({entry}) changes hold {hold}, which is {state}, not held")]
+    HoldNotHeld {
+        entry: &'static str,
+        hold: String,
+        state: &'static str,
+    },
+    #[error("hold {hold} expires at {expires_at}; the log expires it earlier, at {at}")]
+    ExpiredEarly {
+        hold: String,
+        expires_at: Timestamp,
+        at: Timestamp,
+    },
+    #[error("purchase {purchase} confirms hold {hold} but differs from it ({what})")]
+    ConfirmMismatch {
+        purchase: String,
+        hold: String,
+        what: &'static str,
+    },
+    #[error("purchase {0} is cancelled already, or was logged cancelled")]
+    AlreadyCancelled(String),
+    #[error("a per-customer limit names {0}, which is no event of the inventory")]
+    LimitOfUnknownEvent(EventName),
 }
 
 /// Filters of `GET /tickets`.
@@ -94,6 +142,20 @@ pub enum InconsistencyError {
 pub struct TicketFilter {
     pub event: Option<EventName>,
     pub sold: Option<bool>,
+}
+
+/// Filters of `GET /purchases`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurchaseFilter {
+    pub event: Option<EventName>,
+    pub customer: Option<CustomerId>,
+}
+
+/// Filters of `GET /holds`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HoldFilter {
+    pub event: Option<EventName>,
+    pub customer: Option<CustomerId>,
 }
 
 /// The most items one page of a listing may hold.
@@ -133,7 +195,8 @@ impl<T, K> Page<T, K> {
     }
 }
 
-/// What a purchase attempt produced.
+/// What a purchase attempt produced (the purchase-only calls; orders answer
+/// [`crate::Outcome`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PurchaseOutcome {
     /// A new sale: the inventory changed and must be saved.
@@ -156,27 +219,60 @@ impl PurchaseOutcome {
     }
 }
 
-/// Every ticket and every committed purchase, checked consistent when built.
+/// Everything a snapshot holds, to build an inventory from ([`Inventory::restore`]).
+#[derive(Debug, Clone, Default)]
+pub struct Parts {
+    pub tickets: Vec<Ticket>,
+    /// In log order.
+    pub purchases: Vec<Purchase>,
+    /// In log order.
+    pub holds: Vec<Hold>,
+    pub next_purchase_seq: u64,
+    pub next_hold_seq: u64,
+    /// Per-customer limits by event.
+    pub limits: BTreeMap<EventName, u32>,
+    /// The latest time in the log the snapshot was folded from (entries' own times count
+    /// too, so an older snapshot without it loses nothing).
+    pub log_time: Timestamp,
+}
+
+/// Every ticket, purchase and hold, checked consistent when built and kept consistent by
+/// every change.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     /// Sorted by id, so listings come out in order without sorting per request.
     tickets: Vec<Ticket>,
     /// In commit order, which is the order `GET /purchases` returns.
     purchases: Vec<Purchase>,
+    /// In commit order, which is the order `GET /holds` returns.
+    holds: Vec<Hold>,
     /// The sequence number the next purchase id is made from.
     next_purchase_seq: u64,
+    /// The sequence number the next hold id is made from.
+    next_hold_seq: u64,
     /// Purchase id to its index in `purchases`.
     by_purchase_id: HashMap<String, usize>,
-    /// Idempotency key to the index of the purchase it produced.
-    by_key: HashMap<String, usize>,
-    /// Per event, its running summary and its unsold ticket ids, so a sale and the event
-    /// listing cost the same whatever the inventory's size.
+    /// Hold id to its index in `holds`.
+    by_hold_id: HashMap<String, usize>,
+    /// The hash of each idempotency key to what it did.
+    by_key: HashMap<KeyHash, KeyUse>,
+    /// Per event, its running summary and its available ticket ids, so a sale and the
+    /// event listing cost the same whatever the inventory's size.
     events: BTreeMap<EventName, EventIndex>,
+    /// Ticket id to the index of the live hold holding it.
+    held_by: HashMap<u64, usize>,
+    /// Live holds by expiry, so the due ones are found without a scan.
+    expiring: BTreeSet<(Timestamp, usize)>,
+    /// Per customer: their purchases and holds, and their live tickets per event.
+    customers: HashMap<CustomerId, CustomerIndex>,
+    /// The latest time in the log.
+    log_time: Timestamp,
 }
 
 #[derive(Debug, Clone)]
 struct EventIndex {
     summary: EventSummary,
+    /// Ticket ids neither sold nor held.
     available: BTreeSet<u64>,
     /// Positions in `Inventory::tickets` of this event's tickets, ascending, so a page of
     /// one event's tickets starts by binary search instead of a scan of every ticket.
@@ -184,6 +280,31 @@ struct EventIndex {
     /// Positions in `Inventory::purchases` of this event's purchases, in commit order, for
     /// the same reason.
     purchases: Vec<usize>,
+    /// Positions in `Inventory::holds` of this event's holds, in commit order.
+    holds: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct CustomerIndex {
+    /// Positions in `Inventory::purchases`, in commit order.
+    purchases: Vec<usize>,
+    /// Positions in `Inventory::holds`, in commit order.
+    holds: Vec<usize>,
+    /// Tickets in live purchases and live holds, per event: what the limit counts.
+    live: HashMap<EventName, u64>,
+}
+
+/// What an idempotency key did, to answer a repeat or refuse a reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyUse {
+    /// Made the purchase at this index (a sale, or a confirm when it has a `hold_id`).
+    Purchase(usize),
+    /// Made the hold at this index.
+    Hold(usize),
+    /// Released the hold at this index.
+    Release(usize),
+    /// Cancelled the purchase at this index.
+    Cancel(usize),
 }
 
 impl Inventory {
@@ -192,244 +313,94 @@ impl Inventory {
         Self::from_parts(tickets, Vec::new(), 1)
     }
 
-    /// Builds an inventory from stored parts, refusing any state that breaks an invariant.
+    /// Builds an inventory from the parts of a store written before holds, refusing any
+    /// state that breaks an invariant.
     pub fn from_parts(
-        mut tickets: Vec<Ticket>,
+        tickets: Vec<Ticket>,
         purchases: Vec<Purchase>,
         next_purchase_seq: u64,
     ) -> Result<Self, InconsistencyError> {
-        tickets.sort_by_key(|t| t.id);
-        for pair in tickets.windows(2) {
-            if pair[0].id == pair[1].id {
-                return Err(InconsistencyError::DuplicateTicket(pair[0].id));
-            }
-        }
-        if tickets.first().is_some_and(|t| t.id == 0) {
-            return Err(InconsistencyError::ZeroTicketId);
-        }
-        let mut inventory = Self {
+        Self::restore(Parts {
             tickets,
-            purchases: Vec::with_capacity(purchases.len()),
+            purchases,
             next_purchase_seq,
-            by_purchase_id: HashMap::with_capacity(purchases.len()),
-            by_key: HashMap::new(),
-            events: BTreeMap::new(),
-        };
-        inventory.index_events();
-        let mut held = HashSet::new();
-        // Purchases are stored in commit order, so their numbers rise, and every one is
-        // below the number the next sale gets: otherwise a sale would reuse an id.
-        let mut last_seq = None;
-        for purchase in purchases {
-            for sold in &purchase.tickets {
-                let ticket =
-                    inventory
-                        .ticket(sold.id)
-                        .ok_or_else(|| InconsistencyError::UnknownTicket {
-                            purchase: purchase.purchase_id.clone(),
-                            ticket: sold.id,
-                        })?;
-                if !ticket.sold {
-                    return Err(InconsistencyError::SoldFlagMissing {
-                        purchase: purchase.purchase_id.clone(),
-                        ticket: sold.id,
-                    });
-                }
-                if !held.insert(sold.id) {
-                    return Err(InconsistencyError::SoldTwice(sold.id));
-                }
-            }
-            inventory.check_purchase(&purchase)?;
-            let seq = sequence_of(&purchase)?;
-            if let Some(last) = last_seq.filter(|&last| seq <= last) {
-                return Err(InconsistencyError::OutOfSequence {
-                    purchase: purchase.purchase_id,
-                    seq,
-                    next: last + 1,
-                });
-            }
-            if seq >= next_purchase_seq {
-                return Err(InconsistencyError::NextSeqTooLow {
-                    purchase: purchase.purchase_id,
-                    seq,
-                    next: next_purchase_seq,
-                });
-            }
-            last_seq = Some(seq);
-            if inventory.by_purchase_id.contains_key(&purchase.purchase_id) {
-                return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
-            }
-            inventory.index_purchase(purchase);
-        }
-        if let Some(orphan) = inventory
-            .tickets
-            .iter()
-            .find(|t| t.sold && !held.contains(&t.id))
-        {
-            return Err(InconsistencyError::SoldWithoutPurchase(orphan.id));
-        }
-        Ok(inventory)
+            next_hold_seq: 1,
+            ..Parts::default()
+        })
     }
 
-    fn index_events(&mut self) {
-        for (position, ticket) in self.tickets.iter().enumerate() {
-            let index = self
-                .events
-                .entry(ticket.event.clone())
-                .or_insert_with(|| EventIndex {
-                    summary: EventSummary {
-                        event: ticket.event.clone(),
-                        total: 0,
-                        available: 0,
-                        sold: 0,
-                        held: 0,
-                        min_price_cents: ticket.price_cents,
-                        max_price_cents: ticket.price_cents,
-                    },
-                    available: BTreeSet::new(),
-                    tickets: Vec::new(),
-                    purchases: Vec::new(),
-                });
-            index.tickets.push(position);
-            let summary = &mut index.summary;
-            summary.total += 1;
-            if ticket.sold {
-                summary.sold += 1;
-            } else {
-                summary.available += 1;
-                index.available.insert(ticket.id);
+    /// Sets the per-customer limit of `event` (`None` removes it); false when there is no
+    /// such event. For seeding: a limit is part of the snapshot, not of the log.
+    pub fn set_max_per_customer(&mut self, event: &EventName, limit: Option<u32>) -> bool {
+        match self.events.get_mut(event) {
+            Some(index) => {
+                index.summary.max_per_customer = limit;
+                true
             }
-            summary.min_price_cents = summary.min_price_cents.min(ticket.price_cents);
-            summary.max_price_cents = summary.max_price_cents.max(ticket.price_cents);
+            None => false,
         }
-    }
-
-    fn index_purchase(&mut self, purchase: Purchase) {
-        let index = self.purchases.len();
-        self.by_purchase_id
-            .insert(purchase.purchase_id.clone(), index);
-        if let Some(key) = &purchase.idempotency_key {
-            self.by_key.insert(key.as_str().to_owned(), index);
-        }
-        if let Some(event) = self.events.get_mut(&purchase.event) {
-            event.purchases.push(index);
-        }
-        self.purchases.push(purchase);
-    }
-
-    /// Marks one ticket sold, keeping the event index in step.
-    fn mark_sold(&mut self, position: usize) {
-        let ticket = &mut self.tickets[position];
-        ticket.sold = true;
-        if let Some(index) = self.events.get_mut(&ticket.event) {
-            index.available.remove(&ticket.id);
-            index.summary.available -= 1;
-            index.summary.sold += 1;
-        }
-    }
-
-    /// Replays a purchase committed elsewhere (read back from the store's journal),
-    /// refusing one that conflicts with this state.
-    pub fn apply_committed(&mut self, purchase: Purchase) -> Result<(), InconsistencyError> {
-        if self.by_purchase_id.contains_key(&purchase.purchase_id) {
-            return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
-        }
-        self.check_purchase(&purchase)?;
-        // Each sale takes the next number, so the log holds them with no gap or repeat.
-        let seq = sequence_of(&purchase)?;
-        if seq != self.next_purchase_seq {
-            return Err(InconsistencyError::OutOfSequence {
-                purchase: purchase.purchase_id,
-                seq,
-                next: self.next_purchase_seq,
-            });
-        }
-        let mut positions = Vec::with_capacity(purchase.tickets.len());
-        for sold in &purchase.tickets {
-            let position = self
-                .tickets
-                .binary_search_by_key(&sold.id, |t| t.id)
-                .map_err(|_| InconsistencyError::UnknownTicket {
-                    purchase: purchase.purchase_id.clone(),
-                    ticket: sold.id,
-                })?;
-            if self.tickets[position].sold || positions.contains(&position) {
-                return Err(InconsistencyError::SoldTwice(sold.id));
-            }
-            positions.push(position);
-        }
-        for position in positions {
-            self.mark_sold(position);
-        }
-        self.next_purchase_seq += 1;
-        self.index_purchase(purchase);
-        Ok(())
-    }
-
-    /// Checks what a purchase says of itself against the tickets it names: as many
-    /// tickets as its quantity, all of its event, each at the ticket's price, and a total
-    /// that is their sum. Whether the tickets are free to sell is the caller's check.
-    fn check_purchase(&self, purchase: &Purchase) -> Result<(), InconsistencyError> {
-        let id = || purchase.purchase_id.clone();
-        if purchase.tickets.len() != purchase.quantity.get() as usize {
-            return Err(InconsistencyError::QuantityMismatch {
-                purchase: id(),
-                quantity: purchase.quantity.get(),
-                tickets: purchase.tickets.len(),
-            });
-        }
-        let mut sum: u64 = 0;
-        for sold in &purchase.tickets {
-            let ticket = self
-                .ticket(sold.id)
-                .ok_or_else(|| InconsistencyError::UnknownTicket {
-                    purchase: id(),
-                    ticket: sold.id,
-                })?;
-            if ticket.event != purchase.event {
-                return Err(InconsistencyError::WrongEvent {
-                    purchase: id(),
-                    event: purchase.event.clone(),
-                    ticket: sold.id,
-                });
-            }
-            if ticket.price_cents != sold.price_cents {
-                return Err(InconsistencyError::PriceMismatch {
-                    purchase: id(),
-                    ticket: sold.id,
-                    recorded: sold.price_cents,
-                    price: ticket.price_cents,
-                });
-            }
-            sum = sum.saturating_add(sold.price_cents);
-        }
-        if sum != purchase.total_cents {
-            return Err(InconsistencyError::TotalMismatch {
-                purchase: id(),
-                total: purchase.total_cents,
-                sum,
-            });
-        }
-        Ok(())
     }
 
     pub fn tickets(&self) -> &[Ticket] {
         &self.tickets
     }
 
+    /// Every purchase, cancelled ones included, in commit order.
     pub fn purchases(&self) -> &[Purchase] {
         &self.purchases
+    }
+
+    /// Every hold, whatever became of it, in commit order (states as the log says; see
+    /// [`Inventory::hold`] for the status at a time).
+    pub fn holds(&self) -> &[Hold] {
+        &self.holds
     }
 
     pub fn next_purchase_seq(&self) -> u64 {
         self.next_purchase_seq
     }
 
+    pub fn next_hold_seq(&self) -> u64 {
+        self.next_hold_seq
+    }
+
+    /// The latest time in the log: no decision is made at an earlier time.
+    pub fn log_time(&self) -> Timestamp {
+        self.log_time
+    }
+
+    /// The per-customer limits, by event.
+    pub fn limits(&self) -> BTreeMap<EventName, u32> {
+        self.events
+            .iter()
+            .filter_map(|(name, i)| i.summary.max_per_customer.map(|l| (name.clone(), l)))
+            .collect()
+    }
+
+    /// The time a decision or read at the node's `now` is made at: the later of `now` and
+    /// the latest time in the log, so it never goes back along the log.
+    pub fn effective_time(&self, now: SystemTime) -> Timestamp {
+        Timestamp::from_system(now).max(self.log_time)
+    }
+
     pub fn ticket(&self, id: u64) -> Option<&Ticket> {
-        self.tickets
-            .binary_search_by_key(&id, |t| t.id)
-            .ok()
-            .map(|i| &self.tickets[i])
+        self.position(id).map(|i| &self.tickets[i])
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        self.tickets.binary_search_by_key(&id, |t| t.id).ok()
+    }
+
+    /// A ticket's status at `now`: held only by a hold not yet expired then.
+    pub fn ticket_status(&self, ticket: &Ticket, now: SystemTime) -> TicketStatus {
+        if ticket.sold {
+            return TicketStatus::Sold;
+        }
+        let at = self.effective_time(now);
+        match self.held_by.get(&ticket.id) {
+            Some(&hold) if self.holds[hold].expires_at > at => TicketStatus::Held,
+            _ => TicketStatus::Available,
+        }
     }
 
     /// The tickets matching `filter`, sorted by id.
@@ -474,31 +445,79 @@ impl Inventory {
         after: Option<u64>,
         limit: usize,
     ) -> Page<Purchase, String> {
-        let after = after.unwrap_or(0);
-        // Purchases are held in commit order, so their numbers rise along the list.
-        let at_or_before = |p: &Purchase| sequence_of(p).is_ok_and(|seq| seq <= after);
-        let id = |p: &Purchase| p.purchase_id.clone();
-        match event {
-            Some(event) => {
-                let positions = self.events.get(event).map_or(&[][..], |i| &i.purchases);
-                let start = positions.partition_point(|&p| at_or_before(&self.purchases[p]));
-                let found = positions[start..].iter().map(|&p| &self.purchases[p]);
-                Page::take(found, limit, id)
-            }
-            None => {
-                let start = self.purchases.partition_point(at_or_before);
-                Page::take(self.purchases[start..].iter(), limit, id)
-            }
-        }
+        let filter = PurchaseFilter {
+            event: event.cloned(),
+            customer: None,
+        };
+        self.page_purchases_by(&filter, after, limit)
     }
 
-    /// One summary per event, sorted by event name.
+    /// A page of the purchases matching `filter`, in commit order, after the purchase
+    /// numbered `after`. With a customer it walks that customer's purchases only.
+    pub fn page_purchases_by(
+        &self,
+        filter: &PurchaseFilter,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Page<Purchase, String> {
+        let after = after.unwrap_or(0);
+        // Purchases are held in commit order, so their numbers rise along every list.
+        let at_or_before = |p: &Purchase| sequence_of(p).is_ok_and(|seq| seq <= after);
+        let id = |p: &Purchase| p.purchase_id.clone();
+        let of_event = |p: &&Purchase| filter.event.as_ref().is_none_or(|e| &p.event == e);
+        let positions = match (&filter.customer, &filter.event) {
+            (Some(customer), _) => self
+                .customers
+                .get(customer)
+                .map_or(&[][..], |c| &c.purchases),
+            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.purchases),
+            (None, None) => {
+                let start = self.purchases.partition_point(at_or_before);
+                return Page::take(self.purchases[start..].iter(), limit, id);
+            }
+        };
+        let start = positions.partition_point(|&p| at_or_before(&self.purchases[p]));
+        let found = positions[start..].iter().map(|&p| &self.purchases[p]);
+        Page::take(found.filter(of_event), limit, id)
+    }
+
+    /// One summary per event, sorted by event name, as of the latest time in the log (see
+    /// [`Inventory::events_at`] for the counts at a node's clock).
     pub fn events(&self) -> Vec<EventSummary> {
         self.events.values().map(|i| i.summary.clone()).collect()
     }
 
     pub fn event(&self, event: &EventName) -> Option<EventSummary> {
         self.events.get(event).map(|i| i.summary.clone())
+    }
+
+    /// One summary per event at `now`: holds expired by then count as available. Costs
+    /// the number of events, plus the holds that expired since the last decision.
+    pub fn events_at(&self, now: SystemTime) -> Vec<EventSummary> {
+        let mut summaries = self.events();
+        for hold in self.due(now) {
+            if let Ok(i) = summaries.binary_search_by(|s| s.event.cmp(&hold.event)) {
+                release_counts(&mut summaries[i], hold.tickets.len() as u64);
+            }
+        }
+        summaries
+    }
+
+    /// One event's summary at `now` (see [`Inventory::events_at`]).
+    pub fn event_at(&self, event: &EventName, now: SystemTime) -> Option<EventSummary> {
+        let mut summary = self.event(event)?;
+        for hold in self.due(now).filter(|h| &h.event == event) {
+            release_counts(&mut summary, hold.tickets.len() as u64);
+        }
+        Some(summary)
+    }
+
+    /// Live holds (as the log says) that have expired by `now`.
+    fn due(&self, now: SystemTime) -> impl Iterator<Item = &Hold> {
+        let at = self.effective_time(now);
+        self.expiring
+            .range(..=(at, usize::MAX))
+            .map(|&(_, i)| &self.holds[i])
     }
 
     pub fn purchase(&self, purchase_id: &str) -> Option<&Purchase> {
@@ -516,64 +535,122 @@ impl Inventory {
             .collect()
     }
 
-    /// Sells `request.quantity` tickets of the event, all or none, or replays the earlier
-    /// outcome of the same idempotency key. Takes the lowest-numbered available tickets.
-    pub fn purchase_tickets(
-        &mut self,
-        request: &PurchaseRequest,
-        key: Option<&IdempotencyKey>,
-        node: &str,
-    ) -> Result<PurchaseOutcome, PurchaseError> {
-        if let Some(key) = key
-            && let Some(&index) = self.by_key.get(key.as_str())
-        {
-            let earlier = &self.purchases[index];
-            if earlier.event == request.event && earlier.quantity == request.quantity {
-                return Ok(PurchaseOutcome::Replayed(earlier.clone()));
+    /// The purchases matching `filter`, in commit order.
+    pub fn find_purchases_by(&self, filter: &PurchaseFilter) -> Vec<Purchase> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.page_purchases_by(filter, after, MAX_PAGE_LIMIT);
+            all.extend(page.items);
+            match page.next.as_deref().and_then(purchase_number) {
+                Some(next) => after = Some(next),
+                None => return all,
             }
-            return Err(PurchaseError::KeyReused {
-                event: earlier.event.clone(),
-                quantity: earlier.quantity.get(),
-            });
         }
-        let wanted = request.quantity.get() as usize;
-        let index = self
-            .events
-            .get(&request.event)
-            .ok_or_else(|| PurchaseError::UnknownEvent(request.event.clone()))?;
-        if index.available.len() < wanted {
-            return Err(PurchaseError::SoldOut {
-                event: request.event.clone(),
-                requested: request.quantity.get(),
-                available: index.available.len() as u64,
-            });
-        }
-        let chosen: Vec<u64> = index.available.iter().take(wanted).copied().collect();
-        let mut tickets = Vec::with_capacity(wanted);
-        for id in chosen {
-            let position = self
-                .tickets
-                .binary_search_by_key(&id, |t| t.id)
-                .expect("the event index only holds ids of tickets in the inventory");
-            tickets.push(SoldTicket {
-                id,
-                price_cents: self.tickets[position].price_cents,
-            });
-            self.mark_sold(position);
-        }
-        let purchase = Purchase {
-            purchase_id: purchase_id(self.next_purchase_seq),
-            event: request.event.clone(),
-            quantity: request.quantity,
-            total_cents: tickets.iter().map(|t| t.price_cents).sum(),
-            tickets,
-            node: node.to_owned(),
-            created_at: format_timestamp(request.requested_at),
-            idempotency_key: key.cloned(),
+    }
+
+    /// A hold with its status at `now`: still held past its expiry, it shows expired.
+    pub fn hold(&self, hold_id: &str, now: SystemTime) -> Option<HoldView> {
+        let at = self.effective_time(now);
+        self.by_hold_id
+            .get(hold_id)
+            .map(|&i| view_of(&self.holds[i], at))
+    }
+
+    /// A page of the holds matching `filter` with their status at `now`, in commit order,
+    /// after the hold numbered `after` (see [`hold_number`]).
+    pub fn page_holds(
+        &self,
+        filter: &HoldFilter,
+        after: Option<u64>,
+        limit: usize,
+        now: SystemTime,
+    ) -> Page<HoldView, String> {
+        let at = self.effective_time(now);
+        let after = after.unwrap_or(0);
+        let at_or_before = |h: &Hold| hold_sequence(h).is_ok_and(|seq| seq <= after);
+        let id = |h: &Hold| h.hold_id.clone();
+        let of_event = |h: &&Hold| filter.event.as_ref().is_none_or(|e| &h.event == e);
+        let positions = match (&filter.customer, &filter.event) {
+            (Some(customer), _) => self.customers.get(customer).map_or(&[][..], |c| &c.holds),
+            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.holds),
+            (None, None) => {
+                let start = self.holds.partition_point(at_or_before);
+                return Page::take(self.holds[start..].iter(), limit, id).map(|h| view_of(&h, at));
+            }
         };
-        self.next_purchase_seq += 1;
-        self.index_purchase(purchase.clone());
-        Ok(PurchaseOutcome::Created(purchase))
+        let start = positions.partition_point(|&p| at_or_before(&self.holds[p]));
+        let found = positions[start..].iter().map(|&p| &self.holds[p]);
+        Page::take(found.filter(of_event), limit, id).map(|h| view_of(&h, at))
+    }
+
+    /// The holds matching `filter` with their status at `now`, in commit order.
+    pub fn find_holds(&self, filter: &HoldFilter, now: SystemTime) -> Vec<HoldView> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.page_holds(filter, after, MAX_PAGE_LIMIT, now);
+            all.extend(page.items);
+            match page.next.as_deref().and_then(hold_number) {
+                Some(next) => after = Some(next),
+                None => return all,
+            }
+        }
+    }
+
+    /// How many tickets of `event` the customer has in live purchases and holds at `now`
+    /// (what the per-customer limit counts).
+    pub fn customer_tickets(
+        &self,
+        event: &EventName,
+        customer: &CustomerId,
+        now: SystemTime,
+    ) -> u64 {
+        let live = self
+            .customers
+            .get(customer)
+            .and_then(|c| c.live.get(event))
+            .copied()
+            .unwrap_or(0);
+        let expired: u64 = self
+            .due(now)
+            .filter(|h| &h.event == event && h.customer.as_ref() == Some(customer))
+            .map(|h| h.tickets.len() as u64)
+            .sum();
+        live - expired.min(live)
+    }
+}
+
+/// Moves `count` held tickets back to available in a summary.
+fn release_counts(summary: &mut EventSummary, count: u64) {
+    summary.held = summary.held.saturating_sub(count);
+    summary.available += count;
+}
+
+/// A hold with its status at `at`.
+fn view_of(hold: &Hold, at: Timestamp) -> HoldView {
+    let status = match &hold.state {
+        HoldState::Held if hold.expires_at <= at => HoldStatus::Expired,
+        HoldState::Held => HoldStatus::Held,
+        HoldState::Confirmed { purchase_id, .. } => HoldStatus::Confirmed {
+            purchase_id: purchase_id.clone(),
+        },
+        HoldState::Released(_) => HoldStatus::Released,
+        HoldState::Expired { .. } => HoldStatus::Expired,
+    };
+    HoldView {
+        hold: hold.clone(),
+        status,
+    }
+}
+
+/// A state's name, for messages.
+fn state_name(state: &HoldState) -> &'static str {
+    match state {
+        HoldState::Held => "held",
+        HoldState::Confirmed { .. } => "confirmed",
+        HoldState::Released(_) => "released",
+        HoldState::Expired { .. } => "expired",
     }
 }
 
@@ -582,10 +659,23 @@ fn purchase_id(seq: u64) -> String {
     format!("p-{seq:08}")
 }
 
+/// The id of the hold numbered `seq`.
+fn hold_id(seq: u64) -> String {
+    format!("h-{seq:08}")
+}
+
 /// The number in a purchase id of the form `p-<number>`, as paging's `after` takes it.
 pub fn purchase_number(purchase_id: &str) -> Option<u64> {
-    purchase_id
-        .strip_prefix("p-")
+    number_after(purchase_id, "p-")
+}
+
+/// The number in a hold id of the form `h-<number>`, as paging's `after` takes it.
+pub fn hold_number(hold_id: &str) -> Option<u64> {
+    number_after(hold_id, "h-")
+}
+
+fn number_after(id: &str, prefix: &str) -> Option<u64> {
+    id.strip_prefix(prefix)
         .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|digits| digits.parse().ok())
 }
@@ -596,10 +686,16 @@ fn sequence_of(purchase: &Purchase) -> Result<u64, InconsistencyError> {
         .ok_or_else(|| InconsistencyError::UnnumberedPurchase(purchase.purchase_id.clone()))
 }
 
+/// The number in a hold's id, `h-<number>`.
+fn hold_sequence(hold: &Hold) -> Result<u64, InconsistencyError> {
+    hold_number(&hold.hold_id)
+        .ok_or_else(|| InconsistencyError::UnnumberedHold(hold.hold_id.clone()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Quantity;
+    use crate::domain::{IdempotencyKey, PurchaseRequest, Quantity, SoldTicket};
 
     fn event(name: &str) -> EventName {
         EventName::parse(name).expect("test event names are valid")
@@ -703,7 +799,10 @@ mod tests {
         let err = inv
             .purchase_tickets(&request("concert", 2), Some(&key), "n1")
             .expect_err("different quantity");
-        assert!(matches!(err, PurchaseError::KeyReused { quantity: 1, .. }));
+        assert!(
+            matches!(&err, PurchaseError::KeyReused { earlier } if earlier == "purchase of concert x 1"),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -3,14 +3,23 @@
 //! opens the store (that is the `store` crate).
 
 pub mod api;
+pub mod command;
 pub mod domain;
 pub mod inventory;
+pub mod log;
+pub mod secret;
 pub mod settings;
 
+pub use command::{
+    Command, Decided, DecisionError, HoldRequest, Order, Outcome, Proof, SaleRequest,
+};
 pub use domain::{
-    EventName, EventSummary, IdempotencyKey, Purchase, PurchaseRequest, Quantity, SoldTicket,
-    Ticket, ValidationError,
+    Access, Change, CustomerId, EventName, EventSummary, Hold, HoldState, HoldStatus, HoldView,
+    IdempotencyKey, Purchase, PurchaseRequest, Quantity, Seats, Selection, SoldTicket, Ticket,
+    TicketStatus, Timestamp, Ttl, ValidationError,
 };
 pub use inventory::{
-    Inventory, MAX_PAGE_LIMIT, Page, PurchaseError, PurchaseOutcome, TicketFilter, purchase_number,
+    HoldFilter, Inventory, MAX_PAGE_LIMIT, Page, Parts, PurchaseError, PurchaseFilter,
+    PurchaseOutcome, TicketFilter, hold_number, purchase_number,
 };
+pub use log::LogEntry;

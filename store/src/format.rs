@@ -1,17 +1,31 @@
 //! The on-disk JSON layouts of the store, kept apart from the domain types so either can
 //! change without the other: the snapshot (`tickets.json`, one JSON document with one
-//! ticket or purchase per line, so a person can read it and `grep` or `diff` it) and the
-//! journal (`tickets.journal`, JSON lines: a header, then one committed purchase a line).
+//! ticket, purchase or hold per line, so a person can read it and `grep` or `diff` it) and
+//! the log entries (`tickets.journal`, JSON lines: a header, then one entry a line; the
+//! PostgreSQL log's `entry` column holds the same objects).
+//!
+//! A log entry is a purchase object as earlier versions wrote it (no `kind`; a confirm is
+//! a purchase with a `hold_id`), or an object with a `kind` of `hold`, `release`, `expire`
+//! or `cancel`. Secrets and idempotency keys are stored as SHA-256 hashes only; a purchase
+//! written before that keeps its key in clear (`idempotency_key`), hashed when read, and
+//! written hashed into the next snapshot.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-use shared::Inventory;
-use shared::domain::{EventName, IdempotencyKey, Purchase, Quantity, SoldTicket, Ticket};
+use shared::domain::{
+    Access, Change, CustomerId, EventName, Hold, HoldState, IdempotencyKey, Purchase, Quantity,
+    SoldTicket, Ticket, Timestamp,
+};
+use shared::secret::{KeyHash, Salt, SecretHash};
+use shared::{Inventory, LogEntry, Parts};
 
 /// The layout version this code writes. It reads every earlier one (see [`Lineage`]).
-pub const FORMAT_VERSION: u32 = 2;
+/// Format 3 adds holds, cancellations, customers, per-customer limits and hashed secrets
+/// and keys.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The journal a snapshot was folded from, recorded in it so that the one legitimate
 /// mismatch, a crash between compaction's snapshot rename and its new journal, can be
@@ -51,8 +65,20 @@ pub struct StoredDatabase {
     #[serde(default)]
     pub follows: Option<Follows>,
     pub next_purchase_seq: u64,
+    /// Format 3: the number of the next hold.
+    #[serde(default)]
+    pub next_hold_seq: Option<u64>,
+    /// Format 3: the latest time in the log the snapshot folds.
+    #[serde(default)]
+    pub log_time: Option<String>,
+    /// Format 3: per-customer limits by event.
+    #[serde(default)]
+    pub limits: BTreeMap<String, u32>,
     pub tickets: Vec<StoredTicket>,
     pub purchases: Vec<StoredPurchase>,
+    /// Format 3: every hold, in log order.
+    #[serde(default)]
+    pub holds: Vec<StoredHold>,
 }
 
 /// What a snapshot's header says, in any format.
@@ -72,9 +98,9 @@ fn header(
     let lineage = match (format, generation, follows) {
         (1, None, None) => Lineage::Unjournaled,
         (1, Some(_), None) => Lineage::Unrecorded,
-        (2, Some(_), None) => Lineage::Fresh,
-        (2, Some(_), Some(follows)) => Lineage::Compacted(follows),
-        (1 | 2, _, _) => {
+        (2 | 3, Some(_), None) => Lineage::Fresh,
+        (2 | 3, Some(_), Some(follows)) => Lineage::Compacted(follows),
+        (1..=3, _, _) => {
             return Err(format!(
                 "a format {format} header with generation {generation:?} and follows {follows:?} is not a layout any version wrote"
             ));
@@ -107,7 +133,8 @@ pub struct StoredSoldTicket {
     pub price_cents: u64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A purchase, in a snapshot or as a log entry.
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoredPurchase {
     pub purchase_id: String,
@@ -117,8 +144,99 @@ pub struct StoredPurchase {
     pub total_cents: u64,
     pub node: String,
     pub created_at: String,
+    /// The key in clear, as versions before hashed keys wrote it; never written now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    /// Whether the buyer named the tickets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seats: bool,
+    /// The hold it confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<String>,
+    /// The key hash of the request that cancelled it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_key: Option<String>,
+    /// The hash of its secret, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+}
+
+/// A hold, in a snapshot (with what became of it) or as a log entry (held).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredHold {
+    pub hold_id: String,
+    pub event: String,
+    pub tickets: Vec<StoredSoldTicket>,
+    pub total_cents: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer: Option<String>,
+    pub node: String,
+    pub created_at: String,
+    pub expires_at: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seats: bool,
+    /// `confirmed`, `released` or `expired`; absent while held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// When it stopped being held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// With `confirmed`: its purchase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purchase_id: Option<String>,
+    /// With `released`: the key hash of the request that released it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_key: Option<String>,
+    /// The hash of its secret, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The hash of the key that made it, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// With a key: the salt its secret was derived from, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub salt: Option<String>,
+}
+
+/// A log entry other than a purchase.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum StoredEntry {
+    Hold(Box<StoredHold>),
+    Release {
+        hold_id: String,
+        at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    Expire {
+        hold_id: String,
+        at: String,
+    },
+    Cancel {
+        purchase_id: String,
+        at: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+}
+
+/// Only the `kind` of a log line, to tell a purchase from the other entries.
+#[derive(Deserialize)]
+struct Kind {
+    #[serde(default)]
+    kind: Option<serde::de::IgnoredAny>,
 }
 
 /// The first line of a snapshot as written, read on every operation to learn its
@@ -173,8 +291,36 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
         .into_iter()
         .map(decode_purchase)
         .collect::<Result<Vec<_>, String>>()?;
-    let inventory = Inventory::from_parts(tickets, purchases, stored.next_purchase_seq)
-        .map_err(|e| e.to_string())?;
+    let holds = stored
+        .holds
+        .into_iter()
+        .map(decode_hold)
+        .collect::<Result<Vec<_>, String>>()?;
+    let limits = stored
+        .limits
+        .iter()
+        .map(|(event, &limit)| {
+            EventName::parse(event)
+                .map(|e| (e, limit))
+                .map_err(|e| format!("limits: {e}"))
+        })
+        .collect::<Result<BTreeMap<_, _>, String>>()?;
+    let log_time = stored
+        .log_time
+        .as_deref()
+        .map(|t| Timestamp::parse(t).map_err(|e| format!("log_time: {e}")))
+        .transpose()?
+        .unwrap_or_default();
+    let inventory = Inventory::restore(Parts {
+        tickets,
+        purchases,
+        holds,
+        next_purchase_seq: stored.next_purchase_seq,
+        next_hold_seq: stored.next_hold_seq.unwrap_or(1),
+        limits,
+        log_time,
+    })
+    .map_err(|e| e.to_string())?;
     Ok(Snapshot {
         generation: header.generation,
         lineage: header.lineage,
@@ -182,29 +328,159 @@ pub fn decode(bytes: &[u8]) -> Result<Snapshot, String> {
     })
 }
 
+fn time(what: &str, text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(text).map_err(|e| format!("{what}: {e}"))
+}
+
+fn key_hash(what: &str, hex: Option<&str>) -> Result<Option<KeyHash>, String> {
+    hex.map(|h| KeyHash::from_hex(h).map_err(|e| format!("{what}: {e}")))
+        .transpose()
+}
+
+fn customer(what: &str, text: Option<&str>) -> Result<Option<CustomerId>, String> {
+    text.map(|c| CustomerId::parse(c).map_err(|e| format!("{what}: {e}")))
+        .transpose()
+}
+
+fn sold_tickets(tickets: &[StoredSoldTicket]) -> Vec<SoldTicket> {
+    tickets
+        .iter()
+        .map(|t| SoldTicket {
+            id: t.id,
+            price_cents: t.price_cents,
+        })
+        .collect()
+}
+
+fn stored_tickets(tickets: &[SoldTicket]) -> Vec<StoredSoldTicket> {
+    tickets
+        .iter()
+        .map(|t| StoredSoldTicket {
+            id: t.id,
+            price_cents: t.price_cents,
+        })
+        .collect()
+}
+
+/// The secret's hash, the key's hash and the salt, in hex, as stored.
+struct StoredAccess<'a> {
+    secret: Option<&'a str>,
+    key: Option<&'a str>,
+    salt: Option<&'a str>,
+}
+
+/// Reads the hashes; an old purchase's clear key is hashed here.
+fn decode_access(
+    what: &str,
+    access: StoredAccess<'_>,
+    clear_key: Option<&str>,
+) -> Result<Access, String> {
+    let secret = access
+        .secret
+        .map(|h| SecretHash::from_hex(h).map_err(|e| format!("{what}: secret: {e}")))
+        .transpose()?;
+    let salt = access
+        .salt
+        .map(|h| Salt::from_hex(h).map_err(|e| format!("{what}: salt: {e}")))
+        .transpose()?;
+    let key = match (access.key, clear_key) {
+        (Some(_), Some(_)) => return Err(format!("{what}: a key both hashed and in clear")),
+        (hashed, None) => key_hash(what, hashed)?,
+        (None, Some(clear)) => {
+            let key = IdempotencyKey::parse(clear).map_err(|e| format!("{what}: {e}"))?;
+            Some(KeyHash::of(key.as_str()))
+        }
+    };
+    Ok(Access { secret, key, salt })
+}
+
+/// The secret's hash, the key's hash and the salt as written: hex.
+fn encode_access(access: &Access) -> [Option<String>; 3] {
+    [
+        access.secret.map(|h| h.to_hex()),
+        access.key.map(|h| h.to_hex()),
+        access.salt.map(|s| s.to_hex()),
+    ]
+}
+
 fn decode_purchase(p: StoredPurchase) -> Result<Purchase, String> {
-    let context = |e: shared::domain::ValidationError| format!("purchase {}: {e}", p.purchase_id);
+    let what = format!("purchase {}", p.purchase_id);
+    let context = |e: shared::domain::ValidationError| format!("{what}: {e}");
+    let cancelled = match (&p.cancelled_at, &p.cancel_key) {
+        (Some(at), key) => Some(Change {
+            at: time(&what, at)?,
+            key: key_hash(&what, key.as_deref())?,
+        }),
+        (None, Some(_)) => return Err(format!("{what}: a cancel key without cancelled_at")),
+        (None, None) => None,
+    };
     Ok(Purchase {
         event: EventName::parse(&p.event).map_err(context)?,
         quantity: Quantity::new(p.quantity).map_err(context)?,
-        idempotency_key: p
-            .idempotency_key
-            .as_deref()
-            .map(IdempotencyKey::parse)
-            .transpose()
-            .map_err(context)?,
-        tickets: p
-            .tickets
-            .iter()
-            .map(|t| SoldTicket {
-                id: t.id,
-                price_cents: t.price_cents,
-            })
-            .collect(),
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: p.secret.as_deref(),
+                key: p.key.as_deref(),
+                salt: p.salt.as_deref(),
+            },
+            p.idempotency_key.as_deref(),
+        )?,
+        tickets: sold_tickets(&p.tickets),
         total_cents: p.total_cents,
         node: p.node,
-        created_at: p.created_at,
+        created_at: time(&what, &p.created_at)?,
+        customer: customer(&what, p.customer.as_deref())?,
+        seats: p.seats,
+        hold_id: p.hold_id,
+        cancelled,
         purchase_id: p.purchase_id,
+    })
+}
+
+fn decode_hold(h: StoredHold) -> Result<Hold, String> {
+    let what = format!("hold {}", h.hold_id);
+    let ended_at = || match &h.ended_at {
+        Some(at) => time(&what, at),
+        None => Err(format!("{what}: no ended_at for its status")),
+    };
+    let state = match (h.status.as_deref(), &h.purchase_id) {
+        (None, None) => HoldState::Held,
+        (Some("confirmed"), Some(purchase_id)) => HoldState::Confirmed {
+            purchase_id: purchase_id.clone(),
+            at: ended_at()?,
+        },
+        (Some("released"), None) => HoldState::Released(Change {
+            at: ended_at()?,
+            key: key_hash(&what, h.release_key.as_deref())?,
+        }),
+        (Some("expired"), None) => HoldState::Expired { at: ended_at()? },
+        (status, purchase_id) => {
+            return Err(format!(
+                "{what}: status {status:?} with purchase {purchase_id:?} is no state of a hold"
+            ));
+        }
+    };
+    Ok(Hold {
+        event: EventName::parse(&h.event).map_err(|e| format!("{what}: {e}"))?,
+        tickets: sold_tickets(&h.tickets),
+        total_cents: h.total_cents,
+        customer: customer(&what, h.customer.as_deref())?,
+        node: h.node.clone(),
+        created_at: time(&what, &h.created_at)?,
+        expires_at: time(&what, &h.expires_at)?,
+        seats: h.seats,
+        state,
+        access: decode_access(
+            &what,
+            StoredAccess {
+                secret: h.secret.as_deref(),
+                key: h.key.as_deref(),
+                salt: h.salt.as_deref(),
+            },
+            None,
+        )?,
+        hold_id: h.hold_id,
     })
 }
 
@@ -218,22 +494,59 @@ fn encode_ticket(t: &Ticket) -> StoredTicket {
 }
 
 fn encode_purchase(p: &Purchase) -> StoredPurchase {
+    let [secret, key, salt] = encode_access(&p.access);
     StoredPurchase {
         purchase_id: p.purchase_id.clone(),
         event: p.event.as_str().to_owned(),
         quantity: p.quantity.get(),
-        tickets: p
-            .tickets
-            .iter()
-            .map(|t| StoredSoldTicket {
-                id: t.id,
-                price_cents: t.price_cents,
-            })
-            .collect(),
+        tickets: stored_tickets(&p.tickets),
         total_cents: p.total_cents,
         node: p.node.clone(),
-        created_at: p.created_at.clone(),
-        idempotency_key: p.idempotency_key.as_ref().map(|k| k.as_str().to_owned()),
+        created_at: p.created_at.to_string(),
+        idempotency_key: None,
+        customer: p.customer.as_ref().map(|c| c.as_str().to_owned()),
+        seats: p.seats,
+        hold_id: p.hold_id.clone(),
+        cancelled_at: p.cancelled.as_ref().map(|c| c.at.to_string()),
+        cancel_key: p.cancelled.as_ref().and_then(|c| c.key).map(|k| k.to_hex()),
+        secret,
+        key,
+        salt,
+    }
+}
+
+fn encode_hold(h: &Hold) -> StoredHold {
+    let (status, ended_at, purchase_id, release_key) = match &h.state {
+        HoldState::Held => (None, None, None, None),
+        HoldState::Confirmed { purchase_id, at } => {
+            (Some("confirmed"), Some(at), Some(purchase_id.clone()), None)
+        }
+        HoldState::Released(change) => (
+            Some("released"),
+            Some(&change.at),
+            None,
+            change.key.map(|k| k.to_hex()),
+        ),
+        HoldState::Expired { at } => (Some("expired"), Some(at), None, None),
+    };
+    let [secret, key, salt] = encode_access(&h.access);
+    StoredHold {
+        hold_id: h.hold_id.clone(),
+        event: h.event.as_str().to_owned(),
+        tickets: stored_tickets(&h.tickets),
+        total_cents: h.total_cents,
+        customer: h.customer.as_ref().map(|c| c.as_str().to_owned()),
+        node: h.node.clone(),
+        created_at: h.created_at.to_string(),
+        expires_at: h.expires_at.to_string(),
+        seats: h.seats,
+        status: status.map(str::to_owned),
+        ended_at: ended_at.map(|t| t.to_string()),
+        purchase_id,
+        release_key,
+        secret,
+        key,
+        salt,
     }
 }
 
@@ -269,12 +582,23 @@ fn encode_with(
     };
     write!(
         out,
-        "{{\"format\":{FORMAT_VERSION},\"generation\":{generation},\"follows\":{follows},\"next_purchase_seq\":{},\n\"tickets\":[",
-        inventory.next_purchase_seq()
+        "{{\"format\":{FORMAT_VERSION},\"generation\":{generation},\"follows\":{follows},\"next_purchase_seq\":{},\n\"next_hold_seq\":{},\"log_time\":\"{}\",\"limits\":",
+        inventory.next_purchase_seq(),
+        inventory.next_hold_seq(),
+        inventory.log_time(),
     )?;
+    let limits: BTreeMap<String, u32> = inventory
+        .limits()
+        .into_iter()
+        .map(|(event, limit)| (event.as_str().to_owned(), limit))
+        .collect();
+    serde_json::to_writer(&mut *out, &limits)?;
+    out.write_all(b",\n\"tickets\":[")?;
     write_lines(out, inventory.tickets().iter().map(encode_ticket))?;
     out.write_all(b"],\n\"purchases\":[")?;
     write_lines(out, inventory.purchases().iter().map(encode_purchase))?;
+    out.write_all(b"],\n\"holds\":[")?;
+    write_lines(out, inventory.holds().iter().map(encode_hold))?;
     out.write_all(b"]}\n")
 }
 
@@ -340,17 +664,87 @@ pub fn decode_journal_header(line: &[u8]) -> Result<JournalHeader, String> {
     })
 }
 
-/// Appends one committed purchase as a journal line.
-pub fn encode_journal_entry(purchase: &Purchase, out: &mut Vec<u8>) {
+/// Appends one log entry as a journal line (the same object is a PostgreSQL log row).
+pub fn encode_journal_entry(entry: &LogEntry, out: &mut Vec<u8>) {
     // Serialising a plain struct into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, &encode_purchase(purchase));
+    let _ = match entry {
+        LogEntry::Purchase(purchase) => {
+            serde_json::to_writer(&mut *out, &encode_purchase(purchase))
+        }
+        LogEntry::Hold(hold) => {
+            serde_json::to_writer(&mut *out, &StoredEntry::Hold(Box::new(encode_hold(hold))))
+        }
+        LogEntry::Release { hold_id, at, key } => serde_json::to_writer(
+            &mut *out,
+            &StoredEntry::Release {
+                hold_id: hold_id.clone(),
+                at: at.to_string(),
+                key: key.map(|k| k.to_hex()),
+            },
+        ),
+        LogEntry::Expire { hold_id, at } => serde_json::to_writer(
+            &mut *out,
+            &StoredEntry::Expire {
+                hold_id: hold_id.clone(),
+                at: at.to_string(),
+            },
+        ),
+        LogEntry::Cancel {
+            purchase_id,
+            at,
+            key,
+        } => serde_json::to_writer(
+            &mut *out,
+            &StoredEntry::Cancel {
+                purchase_id: purchase_id.clone(),
+                at: at.to_string(),
+                key: key.map(|k| k.to_hex()),
+            },
+        ),
+    };
     out.push(b'\n');
 }
 
-/// Parses one journal line (without its newline).
-pub fn decode_journal_entry(line: &[u8]) -> Result<Purchase, String> {
-    let stored: StoredPurchase = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    decode_purchase(stored)
+/// Parses one journal line (without its newline) or PostgreSQL log row: a purchase, as
+/// every version wrote it, or an entry with a `kind`.
+pub fn decode_journal_entry(line: &[u8]) -> Result<LogEntry, String> {
+    // Purchases are most of the log: read as one first, and only a line that is not one
+    // is looked at for its kind.
+    let as_purchase = match serde_json::from_slice::<StoredPurchase>(line) {
+        Ok(stored) => return decode_purchase(stored).map(LogEntry::Purchase),
+        Err(err) => err,
+    };
+    match serde_json::from_slice::<Kind>(line) {
+        Ok(Kind { kind: Some(_) }) => {}
+        _ => return Err(as_purchase.to_string()),
+    }
+    let stored: StoredEntry = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    Ok(match stored {
+        StoredEntry::Hold(hold) => {
+            if hold.status.is_some() {
+                return Err(format!("hold {}: a hold entry is held", hold.hold_id));
+            }
+            LogEntry::Hold(decode_hold(*hold)?)
+        }
+        StoredEntry::Release { hold_id, at, key } => LogEntry::Release {
+            at: time(&hold_id, &at)?,
+            key: key_hash(&hold_id, key.as_deref())?,
+            hold_id,
+        },
+        StoredEntry::Expire { hold_id, at } => LogEntry::Expire {
+            at: time(&hold_id, &at)?,
+            hold_id,
+        },
+        StoredEntry::Cancel {
+            purchase_id,
+            at,
+            key,
+        } => LogEntry::Cancel {
+            at: time(&purchase_id, &at)?,
+            key: key_hash(&purchase_id, key.as_deref())?,
+            purchase_id,
+        },
+    })
 }
 
 #[cfg(test)]
@@ -431,6 +825,7 @@ mod tests {
             b"{\"journal\":1,\"generation\":7}\n",
             "the header earlier versions wrote and read"
         );
+        let at = Timestamp::parse("2026-01-01T00:00:00.000Z").expect("valid");
         let purchase = Purchase {
             purchase_id: "p-00000001".into(),
             event: EventName::parse("concert").expect("valid"),
@@ -441,14 +836,165 @@ mod tests {
             }],
             total_cents: 100,
             node: "n1".into(),
-            created_at: "2026-01-01T00:00:00.000Z".into(),
-            idempotency_key: None,
+            created_at: at,
+            customer: None,
+            seats: false,
+            hold_id: None,
+            cancelled: None,
+            access: Access::default(),
         };
         let mut line = Vec::new();
-        encode_journal_entry(&purchase, &mut line);
+        encode_journal_entry(&LogEntry::Purchase(purchase.clone()), &mut line);
         assert_eq!(line.last(), Some(&b'\n'));
-        assert_eq!(decode_journal_entry(line.trim_ascii_end()), Ok(purchase));
+        assert_eq!(
+            decode_journal_entry(line.trim_ascii_end()),
+            Ok(LogEntry::Purchase(purchase))
+        );
         assert!(decode_journal_entry(b"{\"purchase_id\":").is_err());
+    }
+
+    /// A concert of six tickets after every kind of change: a purchase by a customer, a
+    /// cancelled one, holds confirmed, released, expired and still held, keyed requests,
+    /// and a per-customer limit; with the entries that made it.
+    fn box_office() -> (Inventory, Inventory, Vec<LogEntry>) {
+        use shared::{Command, HoldRequest, Order, Proof, SaleRequest, Seats, Selection, Ttl};
+        let tickets = (1..=6)
+            .map(|id| Ticket {
+                id,
+                event: EventName::parse("concert").expect("valid"),
+                price_cents: 100 * id,
+                sold: false,
+            })
+            .collect();
+        let mut start = Inventory::from_tickets(tickets).expect("consistent");
+        let concert = EventName::parse("concert").expect("valid");
+        start.set_max_per_customer(&concert, Some(5));
+        let ann = Some(CustomerId::parse("ann@example.org").expect("valid"));
+        let sale = |selection| SaleRequest {
+            event: concert.clone(),
+            selection,
+            customer: ann.clone(),
+        };
+        let one = || Selection::Quantity(Quantity::new(1).expect("valid"));
+        let hold = |selection| {
+            Command::Hold(HoldRequest {
+                sale: sale(selection),
+                ttl: Ttl::new(10).expect("valid"),
+            })
+        };
+        let key = |k: &str| Some(IdempotencyKey::parse(k).expect("valid"));
+        let orders = [
+            Order::new(Command::Purchase(sale(one()))).with_key(key("a")),
+            Order::new(Command::Purchase(sale(Selection::Seats(
+                Seats::new(vec![5]).expect("valid"),
+            )))),
+            Order::new(hold(one())).with_key(key("b")),
+            Order::new(hold(one())),
+            Order::new(hold(one())),
+            Order::new(Command::Confirm {
+                hold_id: "h-00000001".into(),
+            }),
+            Order::new(Command::Release {
+                hold_id: "h-00000002".into(),
+            })
+            .with_key(key("c")),
+            Order::new(Command::Cancel {
+                purchase_id: "p-00000002".into(),
+            })
+            .with_key(key("d")),
+            // Finds h-00000003 expired.
+            Order::new(hold(one())),
+        ];
+        let mut inventory = start.clone();
+        let mut log = Vec::new();
+        let base =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        for (i, order) in orders.iter().enumerate() {
+            let order = order.clone().with_proof(Proof::operator());
+            let now = base + std::time::Duration::from_secs(if i == 8 { 60 } else { i as u64 });
+            inventory
+                .decide(&order, "n1", now, &mut log)
+                .expect("decided");
+        }
+        (start, inventory, log)
+    }
+
+    fn assert_same(a: &Inventory, b: &Inventory) {
+        assert_eq!(a.tickets(), b.tickets());
+        assert_eq!(a.purchases(), b.purchases());
+        assert_eq!(a.holds(), b.holds());
+        assert_eq!(a.events(), b.events());
+        assert_eq!(a.limits(), b.limits());
+        assert_eq!(a.log_time(), b.log_time());
+        assert_eq!(a.next_purchase_seq(), b.next_purchase_seq());
+        assert_eq!(a.next_hold_seq(), b.next_hold_seq());
+    }
+
+    #[test]
+    fn every_kind_of_entry_survives_a_journal_line_and_snapshots_carry_all_of_it() {
+        let (start, inventory, log) = box_office();
+        let kinds: std::collections::BTreeSet<&str> = log.iter().map(LogEntry::kind).collect();
+        assert_eq!(
+            kinds.into_iter().collect::<Vec<_>>(),
+            ["cancel", "confirm", "expire", "hold", "purchase", "release"]
+        );
+        let mut replayed = start;
+        for entry in &log {
+            let mut line = Vec::new();
+            encode_journal_entry(entry, &mut line);
+            let text = String::from_utf8(line.clone()).expect("utf-8");
+            let decoded = decode_journal_entry(line.trim_ascii_end()).expect("decodes");
+            assert_eq!(&decoded, entry, "{text}");
+            // PostgreSQL's jsonb reorders keys and adds spaces: still the same entry.
+            let value: serde_json::Value = serde_json::from_slice(&line).expect("json");
+            let reordered = serde_json::to_string_pretty(&value).expect("json");
+            assert_eq!(
+                decode_journal_entry(reordered.as_bytes()).as_ref(),
+                Ok(entry)
+            );
+            replayed.apply_entry(decoded).expect("fits");
+        }
+        assert_same(&replayed, &inventory);
+
+        let mut bytes = Vec::new();
+        encode(&inventory, 3, &mut bytes).expect("writing to a Vec cannot fail");
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(!text.contains("\"idempotency_key\""), "keys are hashed");
+        assert_eq!(
+            decode_snapshot_header(text.lines().next().expect("a line").as_bytes()),
+            Some(SnapshotHeader {
+                generation: 3,
+                lineage: Lineage::Fresh
+            })
+        );
+        let decoded = decode(&bytes).expect("round trip").inventory;
+        assert_same(&decoded, &inventory);
+    }
+
+    #[test]
+    fn a_purchase_line_of_an_earlier_version_reads_with_its_key_hashed() {
+        let line = br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","idempotency_key":"retry-7"}"#;
+        let Ok(LogEntry::Purchase(purchase)) = decode_journal_entry(line) else {
+            panic!("an old purchase line reads");
+        };
+        assert_eq!(purchase.access.key, Some(KeyHash::of("retry-7")));
+        assert_eq!((purchase.access.secret, purchase.access.salt), (None, None));
+        let mut again = Vec::new();
+        encode_journal_entry(&LogEntry::Purchase(purchase), &mut again);
+        assert!(!String::from_utf8_lossy(&again).contains("retry-7"));
+        for bad in [
+            &br#"{"kind":"expire","hold_id":"h-00000001"}"#[..],
+            br#"{"kind":"refund","purchase_id":"p-00000001","at":"2026-01-01T00:00:00.000Z"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"yesterday"}"#,
+            br#"{"kind":"expire","hold_id":"h-00000001","at":"2026-01-01T00:00:00.000Z","by":"x"}"#,
+            br#"{"purchase_id":"p-00000001","event":"concert","quantity":1,"tickets":[{"id":3,"price_cents":100}],"total_cents":100,"node":"n1","created_at":"2026-01-01T00:00:00.000Z","refunded":true}"#,
+        ] {
+            assert!(
+                decode_journal_entry(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
@@ -498,7 +1044,7 @@ mod tests {
                 "ticket id 1 appears more than once",
             ),
             (
-                "{\"format\":3,\"next_purchase_seq\":1,\"tickets\":[],\"purchases\":[]}",
+                "{\"format\":4,\"next_purchase_seq\":1,\"tickets\":[],\"purchases\":[]}",
                 "not supported",
             ),
             (

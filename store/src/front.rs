@@ -1,17 +1,17 @@
 //! The store's decisions, written once for every medium: catch up with the log, decide a
-//! batch of purchases with `Inventory` (idempotency included) under one exclusive lock
-//! hold, append it in one step (group commit), and fold the log into a new snapshot when it
-//! has grown.
+//! batch of orders with `Inventory` (idempotency included) under one exclusive lock hold,
+//! append the entries they produced in one step (group commit), and fold the log into a
+//! new snapshot when it has grown.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-use shared::{Inventory, Purchase, PurchaseError, PurchaseOutcome};
+use shared::{Inventory, LogEntry, Order};
 
 use crate::medium::{Compacted, Entry, LogPosition, Medium, ReadSession, Since, WriteSession};
-use crate::{CommittedBatch, PurchaseOrder, StoreError, StoreStats, StoreSummary};
+use crate::{Clock, CommittedBatch, Decision, StoreError, StoreStats, StoreSummary};
 
 /// How many times in a row a catch-up may be sent back to the snapshot before the store
 /// is reported as unstable (a snapshot replaced faster than it can be read).
@@ -117,17 +117,24 @@ impl<M: Medium> Front<M> {
         ))
     }
 
-    /// Decides `orders` in order under one exclusive lock hold and appends the new
-    /// purchases in one step. The error means nothing was committed, or, for
-    /// `CommitUnknown`, that the medium cannot tell; the batch's outcomes are each order's
-    /// own. A panic while committing is caught and answered as an error of the same kind,
-    /// with the cached state dropped, never left half applied.
-    pub fn purchase_batch(
+    /// Decides `orders` in order under one exclusive lock hold, at `clock`'s time once
+    /// the lock is held, and appends the entries they produced in one step. The error
+    /// means nothing was committed, or, for `CommitUnknown`, that the medium cannot tell;
+    /// the batch's outcomes are each order's own. A panic while committing is caught and
+    /// answered as an error of the same kind, with the cached state dropped, never left
+    /// half applied.
+    ///
+    /// `joining` is called once the lock is held and the state caught up: the orders it
+    /// returns are decided after `orders`, in the same commit (orders that arrived while
+    /// this one waited for the lock), and their outcomes follow those of `orders`.
+    pub fn commit_batch(
         &self,
-        orders: &[PurchaseOrder],
+        orders: &[Order],
+        joining: &mut dyn FnMut() -> Vec<Order>,
         node: &str,
+        clock: &Clock,
         compact_min_bytes: u64,
-    ) -> Result<CommittedBatch, StoreError> {
+    ) -> Result<CommittedBatch<Decision>, StoreError> {
         let mut cache = self.cache_for_update();
         let waiting = Instant::now();
         let mut session = self.medium.begin_write()?;
@@ -143,8 +150,8 @@ impl<M: Medium> Front<M> {
             self.commit(
                 &mut session,
                 guard.cache,
-                orders,
-                node,
+                Orders { orders, joining },
+                (node, clock),
                 compact_min_bytes,
                 &mut appending_from,
             )
@@ -199,36 +206,33 @@ impl<M: Medium> Front<M> {
             tickets: inventory.tickets().len(),
             sold: inventory.tickets().iter().filter(|t| t.sold).count(),
             purchases: inventory.purchases().len(),
+            holds: inventory.holds().len(),
             journal_entries: current.position.entries(),
         })
     }
 
-    /// Catches up, decides every order, appends the new purchases and compacts when due.
-    /// Returns the outcomes and the time spent appending. `appending_from` is set to the
-    /// log position just before the append starts.
+    /// Catches up, decides every order (then those `joining` adds), appends the entries
+    /// they produced and compacts when due. Returns the outcomes and the time spent appending. `appending_from` is set
+    /// to the log position just before the append starts.
     fn commit<S: WriteSession<Position = M::Position>>(
         &self,
         session: &mut S,
         cache: &mut Option<Cache<M::Position>>,
-        orders: &[PurchaseOrder],
-        node: &str,
+        Orders { orders, joining }: Orders<'_>,
+        (node, clock): (&str, &Clock),
         compact_min_bytes: u64,
         appending_from: &mut Option<M::Position>,
-    ) -> Result<(Outcomes, Duration), StoreError> {
+    ) -> Result<(Vec<Decision>, Duration), StoreError> {
         let current = catch_up(session, cache, &self.counters)?;
-        let mut created: Vec<Purchase> = Vec::new();
-        let outcomes: Outcomes = orders
+        // The clock is read with the lock held and the log read, so no entry decided
+        // before this batch is missing from the time it is decided at.
+        let now = clock.now();
+        let joined = joining();
+        let mut created: Vec<LogEntry> = Vec::new();
+        let outcomes: Vec<Decision> = orders
             .iter()
-            .map(|order| {
-                let outcome =
-                    current
-                        .inventory
-                        .purchase_tickets(&order.request, order.key.as_ref(), node);
-                if let Ok(PurchaseOutcome::Created(purchase)) = &outcome {
-                    created.push(purchase.clone());
-                }
-                outcome
-            })
+            .chain(&joined)
+            .map(|order| current.inventory.decide(order, node, now, &mut created))
             .collect();
         #[cfg(test)]
         if self.panic_after_decide.swap(false, Ordering::Relaxed) {
@@ -351,6 +355,13 @@ impl<M: Medium> Front<M> {
     }
 }
 
+/// The orders of one commit: those it was given, then those `joining` returns once the
+/// lock is held.
+struct Orders<'o> {
+    orders: &'o [Order],
+    joining: &'o mut dyn FnMut() -> Vec<Order>,
+}
+
 /// Empties the cached state when dropped, unless `keep` was called: an error or a panic
 /// between the two may have left it half updated.
 struct CacheReset<'c, P> {
@@ -392,7 +403,7 @@ fn apply(
 ) -> Result<(), StoreError> {
     for entry in entries {
         inventory
-            .apply_committed(entry.purchase)
+            .apply_entry(entry.entry)
             .map_err(|reason| session.bad_entry(entry.at, reason.to_string()))?;
     }
     Ok(())
@@ -436,22 +447,13 @@ fn load<S: ReadSession>(
     })
 }
 
-type Outcomes = Vec<Result<PurchaseOutcome, PurchaseError>>;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
     use crate::FileMedium;
-    use crate::testing::{inventory, request};
-
-    fn order(quantity: u32) -> PurchaseOrder {
-        PurchaseOrder {
-            request: request(quantity),
-            key: None,
-        }
-    }
+    use crate::testing::{inventory, order};
 
     fn sold(front: &Front<FileMedium>) -> usize {
         front
@@ -465,12 +467,12 @@ mod tests {
         let front = Front::new(FileMedium::new(dir.path().into(), Duration::from_secs(5)));
         front.create(&inventory(6), false).expect("created");
         front
-            .purchase_batch(&[order(1)], "n", u64::MAX)
+            .commit_batch(&[order(1)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
             .expect("committed");
 
         front.panic_after_decide.store(true, Ordering::Relaxed);
         let panicked = catch_unwind(AssertUnwindSafe(|| {
-            front.purchase_batch(&[order(2)], "n", u64::MAX)
+            front.commit_batch(&[order(2)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
         }));
         assert!(
             matches!(panicked, Ok(Err(StoreError::Unstable(_)))),
@@ -478,7 +480,7 @@ mod tests {
         );
         assert_eq!(sold(&front), 1, "the undecided batch shows in the state");
         front
-            .purchase_batch(&[order(2)], "n", u64::MAX)
+            .commit_batch(&[order(2)], &mut Vec::new, "n", &Clock::system(), u64::MAX)
             .expect("the next commit works");
         assert_eq!(sold(&front), 3);
     }

@@ -1,11 +1,13 @@
 //! `TicketStore`: the shared, strictly consistent ticket store every node opens, on one of
 //! two media: JSON files in a data directory (the default), or PostgreSQL.
 //!
-//! The store is a log of committed purchases after a snapshot of the inventory. Every
+//! The store is a log of committed changes (`shared::LogEntry`: purchases, holds,
+//! confirms, releases, expiries, cancellations) after a snapshot of the inventory. Every
 //! process keeps its parsed state and reads only the entries it has not seen, so every read
 //! sees every completed write, whichever process made it, while a sale costs the same
-//! whatever the inventory's size. A batch of purchases is decided under one exclusive lock
-//! hold and appended in one step (group commit). The decisions live once, in `front`; what
+//! whatever the inventory's size. A batch of orders is decided under one exclusive lock
+//! hold, at the later of the store's clock and the log's latest time, and its entries are
+//! appended in one step (group commit). The decisions live once, in `front`; what
 //! differs per medium is the small trait in `medium`, implemented by `file` and
 //! `pg`.
 //!
@@ -21,11 +23,15 @@ pub mod pg;
 #[cfg(any(test, feature = "fault-injection"))]
 pub mod testing;
 
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest};
+use shared::{
+    Command, DecisionError, IdempotencyKey, Inventory, Order, Outcome, PurchaseError,
+    PurchaseOutcome, PurchaseRequest, SaleRequest, Selection,
+};
 use thiserror::Error;
 
 pub use file::{COMPACTION_LOCK_FILE, DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
@@ -100,17 +106,33 @@ impl StoreError {
     }
 }
 
-/// One purchase to decide in a batch.
+/// One purchase to decide in a batch (the purchase-only form of [`shared::Order`]).
 #[derive(Debug, Clone)]
 pub struct PurchaseOrder {
     pub request: PurchaseRequest,
     pub key: Option<IdempotencyKey>,
 }
 
+impl PurchaseOrder {
+    /// The same purchase as an order (without customer or proof).
+    pub fn to_order(&self) -> Order {
+        Order::new(Command::Purchase(SaleRequest {
+            event: self.request.event.clone(),
+            selection: Selection::Quantity(self.request.quantity),
+            customer: None,
+        }))
+        .with_key(self.key.clone())
+    }
+}
+
+/// What one order of a batch came to: its outcome, or the refusal that changed nothing.
+pub type Decision = Result<Outcome, DecisionError>;
+
 /// A committed batch: each order's outcome, and where the time went.
 #[derive(Debug)]
-pub struct CommittedBatch {
-    pub outcomes: Vec<Result<PurchaseOutcome, PurchaseError>>,
+pub struct CommittedBatch<O = Result<PurchaseOutcome, PurchaseError>> {
+    /// One per order, in order.
+    pub outcomes: Vec<O>,
     /// Waiting for the exclusive lock.
     pub lock_wait: Duration,
     /// Appending the batch to the log and making it durable (zero when nothing was sold).
@@ -124,7 +146,10 @@ pub struct StoreSummary {
     pub generation: u64,
     pub tickets: usize,
     pub sold: usize,
+    /// Purchases, cancelled ones included.
     pub purchases: usize,
+    /// Holds, whatever became of them.
+    pub holds: usize,
     /// Log entries after the snapshot.
     pub journal_entries: usize,
 }
@@ -157,12 +182,61 @@ macro_rules! on_medium {
     };
 }
 
+/// Where the store takes "now" when it decides a batch, and a node when it reads: the
+/// system clock, or for tests a clock set ahead or behind (as another host's may be).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> SystemTime + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self(Arc::new(SystemTime::now))
+    }
+
+    /// The system clock set `ahead` into the future.
+    pub fn ahead(ahead: Duration) -> Self {
+        Self(Arc::new(move || SystemTime::now() + ahead))
+    }
+
+    /// The system clock set `behind` into the past.
+    pub fn behind(behind: Duration) -> Self {
+        Self(Arc::new(move || {
+            SystemTime::now()
+                .checked_sub(behind)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }))
+    }
+
+    /// Any clock (a test's, moved by hand).
+    pub fn from_fn(now: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        Self(Arc::new(now))
+    }
+
+    pub fn now(&self) -> SystemTime {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
+
+impl fmt::Debug for Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Clock(..)")
+    }
+}
+
 /// A handle on the shared store. Clones share one cache.
 #[derive(Debug, Clone)]
 pub struct TicketStore {
     backing: Arc<Backing>,
     /// The smallest log, in bytes, that is folded into the snapshot.
     compact_min_bytes: u64,
+    /// The time decisions are made at (the later of it and the log's latest time).
+    clock: Clock,
 }
 
 impl TicketStore {
@@ -187,7 +261,20 @@ impl TicketStore {
         Self {
             backing: Arc::new(backing),
             compact_min_bytes: COMPACT_MIN_BYTES,
+            clock: Clock::system(),
         }
+    }
+
+    /// Makes decisions (and [`TicketStore::now`]) use `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's clock: what a read passes as `now` to `Inventory::events_at`,
+    /// `hold`, `ticket_status` and the like.
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     /// Sets the smallest log, in bytes, that is folded into the snapshot.
@@ -224,15 +311,59 @@ impl TicketStore {
         on_medium!(&*self.backing, front => front.read(f))
     }
 
-    /// Decides `orders` in order under one exclusive lock hold and makes the new purchases
-    /// durable in one step. The error means nothing was committed (or, for
-    /// `CommitUnknown`, that nobody can tell); the batch's outcomes are each order's own.
+    /// Decides `orders` (purchases, holds, confirms, releases, cancels) in order under one
+    /// exclusive lock hold, at the store clock's time then (or the log's latest time, if
+    /// later), and makes every entry they produced durable in one step. The error means
+    /// nothing was committed (or, for `CommitUnknown`, that nobody can tell); the batch's
+    /// outcomes are each order's own.
+    pub fn commit_batch(
+        &self,
+        orders: &[Order],
+        node: &str,
+    ) -> Result<CommittedBatch<Decision>, StoreError> {
+        self.commit_batch_joining(orders, &mut Vec::new, node)
+    }
+
+    /// `commit_batch`, and then the orders `joining` returns, in the same commit:
+    /// `joining` is called once the exclusive lock is held, so orders that arrived while
+    /// the commit waited for it are decided in it rather than waiting for the next one.
+    /// Their outcomes follow those of `orders`.
+    pub fn commit_batch_joining(
+        &self,
+        orders: &[Order],
+        joining: &mut dyn FnMut() -> Vec<Order>,
+        node: &str,
+    ) -> Result<CommittedBatch<Decision>, StoreError> {
+        on_medium!(&*self.backing, front => front.commit_batch(orders, joining, node, &self.clock, self.compact_min_bytes))
+    }
+
+    /// One order: `commit_batch` of one.
+    pub fn commit(&self, order: &Order, node: &str) -> Result<Decision, StoreError> {
+        let mut batch = self.commit_batch(std::slice::from_ref(order), node)?;
+        batch
+            .outcomes
+            .pop()
+            .ok_or_else(|| StoreError::Unstable("a batch of one decided nothing".into()))
+    }
+
+    /// Purchases only: `commit_batch` of each order's purchase, answered as
+    /// `PurchaseOutcome`s.
     pub fn purchase_batch(
         &self,
         orders: &[PurchaseOrder],
         node: &str,
     ) -> Result<CommittedBatch, StoreError> {
-        on_medium!(&*self.backing, front => front.purchase_batch(orders, node, self.compact_min_bytes))
+        let orders: Vec<Order> = orders.iter().map(PurchaseOrder::to_order).collect();
+        let batch = self.commit_batch(&orders, node)?;
+        Ok(CommittedBatch {
+            outcomes: batch
+                .outcomes
+                .into_iter()
+                .map(|decided| purchase_outcome(decided?))
+                .collect(),
+            lock_wait: batch.lock_wait,
+            append_and_sync: batch.append_and_sync,
+        })
     }
 
     /// One purchase: `purchase_batch` of one.
@@ -275,5 +406,17 @@ impl TicketStore {
     /// invariant.
     pub fn check(&self) -> Result<StoreSummary, StoreError> {
         on_medium!(&*self.backing, front => front.check())
+    }
+}
+
+/// A purchase order's outcome as the purchase-only calls answer it.
+fn purchase_outcome(outcome: Outcome) -> Result<PurchaseOutcome, PurchaseError> {
+    match outcome {
+        Outcome::Purchase(decided) if decided.changed => Ok(PurchaseOutcome::Created(decided.item)),
+        Outcome::Purchase(decided) => Ok(PurchaseOutcome::Replayed(decided.item)),
+        // A purchase order answers a purchase; a key used for a hold is refused as reused.
+        Outcome::Hold(_) => Err(DecisionError::KeyReused {
+            earlier: "a hold".into(),
+        }),
     }
 }

@@ -5,8 +5,8 @@
 //!
 //! # The model a medium keeps
 //!
-//! The store is a **log** of committed purchases (entries), each encoded as one JSON
-//! object by `crate::format`, plus a **snapshot**: the whole inventory as it stood after
+//! The store is a **log** of committed changes (entries: purchases, holds, releases,
+//! expiries, cancellations), each encoded as one JSON object by `crate::format`, plus a **snapshot**: the whole inventory as it stood after
 //! some log position. The state of the store is the newest snapshot with every entry after
 //! it applied in log order. Entries are only ever appended, by one writer at a time (the
 //! medium's exclusive lock); a snapshot may replace the entries it covers.
@@ -39,7 +39,7 @@
 
 use std::fmt::Debug;
 
-use shared::{Inventory, Purchase};
+use shared::{Inventory, LogEntry};
 
 use crate::StoreError;
 
@@ -49,7 +49,7 @@ pub struct Entry {
     /// Where the entry is in the log, for error messages: a byte offset in the journal
     /// file, a sequence number in PostgreSQL.
     pub at: u64,
-    pub purchase: Purchase,
+    pub entry: LogEntry,
 }
 
 /// What [`ReadSession::read_since`] found after a position.
@@ -183,7 +183,7 @@ pub trait WriteSession: ReadSession {
     fn append(
         &mut self,
         position: &Self::Position,
-        entries: &[Purchase],
+        entries: &[LogEntry],
     ) -> Result<Self::Position, StoreError>;
 
     /// How long this session waited for the exclusive lock, when the medium takes it later

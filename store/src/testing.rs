@@ -3,7 +3,8 @@
 //! under the `fault-injection` feature, which only test builds enable.
 
 use shared::{
-    EventName, Inventory, PurchaseError, PurchaseOutcome, PurchaseRequest, Quantity, Ticket,
+    Command, EventName, Inventory, Order, PurchaseError, PurchaseOutcome, PurchaseRequest,
+    Quantity, SaleRequest, Selection, Ticket,
 };
 
 use crate::TicketStore;
@@ -27,6 +28,15 @@ pub fn request(quantity: u32) -> PurchaseRequest {
         EventName::parse("concert").expect("valid"),
         Quantity::new(quantity).expect("valid"),
     )
+}
+
+/// An order for `quantity` tickets for "concert", without key, customer or proof.
+pub fn order(quantity: u32) -> Order {
+    Order::new(Command::Purchase(SaleRequest {
+        event: EventName::parse("concert").expect("valid"),
+        selection: Selection::Quantity(Quantity::new(quantity).expect("valid")),
+        customer: None,
+    }))
 }
 
 /// Buys `quantity` tickets without an idempotency key; the store itself must not fail.

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{CONTENT_TYPE, HeaderMap};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -78,8 +78,37 @@ impl HttpClient {
     }
 
     pub async fn get(&self, url: &str) -> anyhow::Result<Answer> {
-        let request = Request::get(url).body(Full::default())?;
-        self.send(request).await
+        self.get_as(url, None).await
+    }
+
+    /// A GET with the operator's token as `Authorization: Bearer`, when given.
+    pub async fn get_as(&self, url: &str, admin_token: Option<&str>) -> anyhow::Result<Answer> {
+        let mut request = Request::get(url);
+        if let Some(token) = admin_token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        self.send(request.body(Full::default())?).await
+    }
+
+    /// POSTs `body` as JSON (or nothing) with the given extra headers.
+    pub async fn post_with(
+        &self,
+        url: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Answer> {
+        let mut request = Request::builder().method(Method::POST).uri(url);
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let bytes = match body {
+            Some(body) => Bytes::from(serde_json::to_vec(body)?),
+            None => Bytes::new(),
+        };
+        self.send(request.body(Full::new(bytes))?).await
     }
 
     pub async fn head(&self, url: &str) -> anyhow::Result<Answer> {

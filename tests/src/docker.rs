@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::Value;
 
+use crate::process::output_of;
 use crate::{HttpClient, binary, report_summary, run_generator};
 
 /// The repository's root, where the compose and stack files are.
@@ -28,16 +29,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 /// Runs `docker` with `args` and returns its standard output; fails, with its standard
 /// error, when it exits non-zero.
 pub fn docker(args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .context("running docker")?;
-    ensure!(
-        output.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    output_of(
+        Command::new("docker").args(args),
+        &format!("docker {args:?}"),
+    )
 }
 
 /// The non-empty lines of a command's output, e.g. the container ids of `docker ps -q`.
@@ -82,6 +77,109 @@ pub fn all_serving(nodes: &[Value], count: usize) -> bool {
         && nodes
             .iter()
             .all(|n| n["up"] == true && n["requests"].as_u64() > Some(0))
+}
+
+/// What a stack test drives from the host, Compose and Swarm alike: the balancer's URL, an
+/// HTTP client, and a directory for the load runs' reports; `engine` labels the summary
+/// lines (`compose`, `swarm postgres`).
+pub struct StackClient {
+    pub url: String,
+    pub http: HttpClient,
+    pub engine: String,
+    reports: tempfile::TempDir,
+}
+
+impl StackClient {
+    /// A client of the balancer published on the host's `port`.
+    pub fn new(port: u16, engine: &str) -> Self {
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            http: HttpClient::new(),
+            engine: engine.to_owned(),
+            reports: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Where the load run `name` writes its report (and, for a stack that needs one, a
+    /// file of its own).
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.reports.path().join(name)
+    }
+
+    /// Polls the balancer's node list; see [`wait_for_nodes`].
+    pub async fn wait_for_nodes(
+        &self,
+        limit: Duration,
+        ready: impl Fn(&[Value]) -> bool,
+    ) -> Option<Duration> {
+        wait_for_nodes(&self.http, &self.url, limit, ready).await
+    }
+
+    /// The start of every stack test: waits up to `limit` for three healthy nodes, then up
+    /// to `limit` again for a first successful purchase. Panics with `diagnostics()` when
+    /// either does not come; returns how long the nodes took.
+    pub async fn three_healthy_then_first_sale(
+        &self,
+        limit: Duration,
+        diagnostics: impl Fn() -> String,
+    ) -> Duration {
+        let healthy = self.wait_for_nodes(limit, |n| up_count(n) == 3).await;
+        let Some(healthy) = healthy else {
+            panic!("three healthy nodes within {limit:?}:\n{}", diagnostics());
+        };
+        let key = format!("{}-first", self.engine.replace(' ', "-"));
+        if let Err(err) = first_purchase(&self.http, &self.url, &key, limit).await {
+            panic!("a first purchase: {err:#}\n{}", diagnostics());
+        }
+        healthy
+    }
+
+    /// Starts a keyed load run `name` of `seconds` and lets it go for `lead` before
+    /// returning, so that what the test does next happens while purchases are in flight.
+    pub async fn load_underway(&self, name: &str, seconds: u32, lead: Duration) -> KeyedLoad {
+        let report = self.file(&format!("{name}.json"));
+        let load = KeyedLoad::start(&self.url, seconds, &report).expect("load starts");
+        tokio::time::sleep(lead).await;
+        load
+    }
+
+    /// Waits for `load` to end, records its figures as `<engine> <phase>`, and panics
+    /// unless it had no client error and no hung request. Returns the report.
+    pub fn finish_clean(&self, load: KeyedLoad, phase: &str) -> Value {
+        let report = load.finish().expect("load report");
+        summarise_load(&self.engine, phase, &report);
+        ensure_clean(&report).expect("no client error");
+        report
+    }
+
+    /// A steady keyed load of a few seconds: clean, and every one of `replicas` nodes
+    /// served some of it.
+    pub async fn steady_load_reaches_every_replica(&self, replicas: usize) {
+        let load = self.load_underway("steady", 6, Duration::ZERO).await;
+        let steady = self.finish_clean(load, &format!("{replicas} nodes"));
+        assert_eq!(
+            nodes_serving(&steady),
+            replicas,
+            "every replica served: {}",
+            steady["nodes"]
+        );
+    }
+
+    /// The end of a scale-and-kill test: SIGKILLs `victim` (a node container) while `load`
+    /// runs, then checks that the load saw no client error and reached all four replicas,
+    /// and that the audit is clean (nothing sold twice, every acknowledged purchase
+    /// present).
+    pub fn sigkill_under_load_then_audit(&self, victim: Option<String>, load: KeyedLoad) {
+        let victim = victim.expect("a node container");
+        docker(&["kill", "--signal", "KILL", &victim]).expect("docker kill");
+        let report = self.finish_clean(load, "scale 3->4, SIGKILL one");
+        assert!(
+            nodes_serving(&report) >= 4,
+            "every replica served: {}",
+            report["nodes"]
+        );
+        audit(&self.url).expect("a clean audit");
+    }
 }
 
 /// Buys one ticket with the idempotency key `key` until it succeeds or `limit` passes.
@@ -186,32 +284,4 @@ pub fn audit(url: &str) -> anyhow::Result<()> {
     println!("{stdout}");
     ensure!(code == 0, "audit failed:\n{stdout}\n{stderr}");
     Ok(())
-}
-
-/// The end of a scale-and-kill test: SIGKILLs `victim` (a node container) while `load`
-/// runs, then checks that the load saw no client error and reached all four replicas, and
-/// that the audit through `url` is clean (nothing sold twice, every acknowledged purchase
-/// present). Panics, as the test would, on any failure.
-pub fn sigkill_under_load_then_audit(
-    victim: Option<String>,
-    load: KeyedLoad,
-    engine: &str,
-    url: &str,
-) {
-    docker(&[
-        "kill",
-        "--signal",
-        "KILL",
-        &victim.expect("a node container"),
-    ])
-    .expect("docker kill");
-    let report = load.finish().expect("load report");
-    summarise_load(engine, "scale 3->4, SIGKILL one", &report);
-    ensure_clean(&report).expect("no client error");
-    assert!(
-        nodes_serving(&report) >= 4,
-        "every replica served: {}",
-        report["nodes"]
-    );
-    audit(url).expect("a clean audit");
 }

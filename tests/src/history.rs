@@ -1,23 +1,29 @@
 //! Records what clients did and saw (invoke time, completion time, request, outcome) and
 //! checks the history against the cluster's final state, in the manner of Jepsen: nothing
 //! acknowledged is lost, nothing is sold twice, reads respect real-time order, and an
-//! operation whose outcome is unknown is wholly in the final state or not at all.
+//! operation whose outcome is unknown is wholly in the final state or not at all. The box
+//! office's histories (holds, confirms, releases, cancels) are checked by
+//! [`check_box_office`]: a held ticket is sold to no one else, a confirmed hold's purchase
+//! holds exactly its tickets, a released, expired or cancelled ticket is sold at most once
+//! afterwards, and a customer never has more than the limit.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use generator::audit::check::{self, Violation};
+use generator::audit::check::{self, Listed, Violation};
+use generator::wire::{Event, Hold, HoldStatus, Purchase, Ticket};
 use hyper::StatusCode;
-use shared::api::{EventBody, PurchaseBody, TicketBody};
 
 use crate::{Answer, HttpClient};
 
 /// How a purchase ended, as the client saw it.
+// A history holds a few thousand of these: their size does not matter, plain matching does.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// 201: the purchase as the cluster acknowledged it.
-    Acknowledged(PurchaseBody),
+    Acknowledged(Purchase),
     /// A definite refusal (sold out, bad request...): nothing was sold.
     Refused { status: u16, code: String },
     /// Timeout, cut connection or gateway error after every retry: it may or may not have
@@ -42,12 +48,26 @@ pub struct ReadOp {
     pub sold: BTreeMap<String, u64>,
 }
 
-/// The cluster's state after the run, read through the API.
+/// The cluster's state after the run, read through the API (with the operator's token
+/// when customers matter).
 #[derive(Debug, Clone, Default)]
 pub struct FinalState {
-    pub tickets: Vec<TicketBody>,
-    pub events: Vec<EventBody>,
-    pub purchases: Vec<PurchaseBody>,
+    pub tickets: Vec<Ticket>,
+    pub events: Vec<Event>,
+    pub purchases: Vec<Purchase>,
+    pub holds: Vec<Hold>,
+}
+
+impl FinalState {
+    /// The state as the audit's checks take it.
+    pub fn listed(&self) -> Listed {
+        Listed {
+            tickets: self.tickets.clone(),
+            events: self.events.clone(),
+            purchases: self.purchases.clone(),
+            holds: self.holds.clone(),
+        }
+    }
 }
 
 /// What the check found.
@@ -86,8 +106,8 @@ impl fmt::Display for Verdict {
     }
 }
 
-fn ticket_ids(p: &PurchaseBody) -> Vec<u64> {
-    p.tickets.iter().map(|t| t.id).collect()
+fn ticket_ids(p: &Purchase) -> Vec<u64> {
+    p.ticket_ids()
 }
 
 pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdict {
@@ -95,7 +115,7 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
         tried: ops.len(),
         ..Verdict::default()
     };
-    let acknowledged: Vec<(&PurchaseOp, &PurchaseBody)> = ops
+    let acknowledged: Vec<(&PurchaseOp, &Purchase)> = ops
         .iter()
         .filter_map(|op| match &op.outcome {
             Outcome::Acknowledged(p) => Some((op, p)),
@@ -129,7 +149,7 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
     }
 
     // Every acknowledged purchase is in the final state, unchanged.
-    let final_by_id: HashMap<&str, &PurchaseBody> = state
+    let final_by_id: HashMap<&str, &Purchase> = state
         .purchases
         .iter()
         .map(|p| (p.purchase_id.as_str(), p))
@@ -200,7 +220,7 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
 /// The final state agrees with itself (every sold ticket in exactly one purchase, every
 /// purchase all-or-nothing, the event counts add up): the generator's audit checks.
 fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
-    let (violations, _) = check::check(&state.tickets, &state.events, &state.purchases);
+    let (violations, _) = check::check(&state.listed());
     for violation in violations {
         if let Violation::SoldTwice { purchases, .. } = &violation {
             verdict.sold_twice += purchases.len().saturating_sub(1);
@@ -214,7 +234,7 @@ fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
 pub fn outcome_of(answer: &anyhow::Result<Answer>) -> Outcome {
     match answer {
         Ok(answer) if answer.status == StatusCode::CREATED => {
-            match serde_json::from_slice::<PurchaseBody>(&answer.body) {
+            match serde_json::from_slice::<Purchase>(&answer.body) {
                 Ok(body) => Outcome::Acknowledged(body),
                 Err(_) => Outcome::Unknown("unreadable 201".into()),
             }
@@ -299,7 +319,7 @@ pub async fn reads_while(http: &HttpClient, base: &str, go_on: impl Fn() -> bool
 pub async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
     let invoked = Instant::now();
     let answer = http.get(&format!("{base}/events")).await.ok()?;
-    let events: Vec<EventBody> = serde_json::from_slice(&answer.body).ok()?;
+    let events: Vec<Event> = serde_json::from_slice(&answer.body).ok()?;
     Some(ReadOp {
         invoked,
         completed: Instant::now(),
@@ -310,43 +330,647 @@ pub async fn read_sold(http: &HttpClient, base: &str) -> Option<ReadOp> {
     })
 }
 
+/// What a box-office client asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `POST /purchases` (a count or named seats), for `customer` if any.
+    Purchase {
+        event: String,
+        customer: Option<String>,
+    },
+    /// `POST /holds`.
+    Hold {
+        event: String,
+        customer: Option<String>,
+    },
+    /// `POST /holds/{hold_id}/confirm`.
+    Confirm { hold_id: String },
+    /// `POST /holds/{hold_id}/release`.
+    Release { hold_id: String },
+    /// `POST /purchases/{purchase_id}/cancel`.
+    Cancel { purchase_id: String },
+}
+
+/// How a box-office request ended, as the client saw it.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum BoxOutcome {
+    /// A purchase came back: the 201 of a purchase or a confirm, the 200 of a cancel.
+    Purchase(Purchase),
+    /// A hold came back: the 201 of a hold, the 200 of a release.
+    Hold(Hold),
+    /// A definite refusal (4xx): nothing changed.
+    Refused { status: u16, code: String },
+    /// No answer, or a 5xx: it may or may not have happened.
+    Unknown(String),
+}
+
+/// One box-office request of a client's history.
+#[derive(Debug, Clone)]
+pub struct BoxOp {
+    pub invoked: Instant,
+    pub completed: Instant,
+    pub action: Action,
+    pub outcome: BoxOutcome,
+}
+
+/// How a client saw one box-office answer: a readable 2xx body is the purchase or hold;
+/// a 5xx or no answer is unknown; any other status a refusal.
+pub fn box_outcome_of(answer: &anyhow::Result<Answer>) -> BoxOutcome {
+    match answer {
+        Ok(answer) if answer.status.is_success() => {
+            if let Ok(p) = serde_json::from_slice::<Purchase>(&answer.body) {
+                BoxOutcome::Purchase(p)
+            } else if let Ok(h) = serde_json::from_slice::<Hold>(&answer.body) {
+                BoxOutcome::Hold(h)
+            } else {
+                BoxOutcome::Unknown(format!("unreadable {}", answer.status))
+            }
+        }
+        Ok(answer) if answer.status.is_server_error() => {
+            BoxOutcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
+        }
+        Ok(answer) => BoxOutcome::Refused {
+            status: answer.status.as_u16(),
+            code: answer.error_code().unwrap_or_default(),
+        },
+        Err(err) => BoxOutcome::Unknown(format!("{err:#}")),
+    }
+}
+
+/// A time of the API (RFC 3339) as nanoseconds since the epoch.
+fn instant_of(text: &str) -> Option<i128> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
+/// One purchase's or hold's claim on its tickets, in the store's time: from its decision
+/// until it was cancelled, released, expired or confirmed.
+#[derive(Debug, Clone)]
+struct Claim {
+    /// `purchase p-1` or `hold h-1`.
+    name: String,
+    event: String,
+    customer: Option<String>,
+    tickets: Vec<u64>,
+    start: i128,
+    /// `None` when the end is not known (a released hold: its release has no time).
+    end: Option<i128>,
+}
+
+impl Claim {
+    /// Whether the claim is live at `t` for certain.
+    fn live_at(&self, t: i128) -> bool {
+        self.start <= t && self.end.is_none_or(|end| end > t) && !self.unknown_end()
+    }
+
+    fn unknown_end(&self) -> bool {
+        self.end.is_none()
+    }
+}
+
+/// What the history knows of purchases and holds: the final state's, with those a client
+/// was told of and the final state lost added, so a lost one is still judged.
+struct Known {
+    purchases: BTreeMap<String, Purchase>,
+    holds: BTreeMap<String, Hold>,
+}
+
+impl Known {
+    fn new(ops: &[BoxOp], state: &FinalState) -> Self {
+        let mut purchases: BTreeMap<String, Purchase> = BTreeMap::new();
+        let mut holds: BTreeMap<String, Hold> = BTreeMap::new();
+        for op in ops {
+            match &op.outcome {
+                BoxOutcome::Purchase(p) => {
+                    let known = purchases.entry(p.purchase_id.clone()).or_insert(p.clone());
+                    // A cancel's answer is the later state of the same purchase.
+                    if p.cancelled_at.is_some() {
+                        known.cancelled_at = p.cancelled_at.clone();
+                    }
+                    if known.customer.is_none() {
+                        known.customer = p.customer.clone();
+                    }
+                }
+                BoxOutcome::Hold(h) => {
+                    let known = holds.entry(h.hold_id.clone()).or_insert(h.clone());
+                    if known.customer.is_none() {
+                        known.customer = h.customer.clone();
+                    }
+                }
+                BoxOutcome::Refused { .. } | BoxOutcome::Unknown(_) => {}
+            }
+        }
+        // The final state wins, keeping a customer only the client saw.
+        for p in &state.purchases {
+            let customer = purchases
+                .get(&p.purchase_id)
+                .and_then(|known| known.customer.clone());
+            let mut p = p.clone();
+            p.customer = p.customer.or(customer);
+            purchases.insert(p.purchase_id.clone(), p);
+        }
+        for h in &state.holds {
+            let customer = holds
+                .get(&h.hold_id)
+                .and_then(|known| known.customer.clone());
+            let mut h = h.clone();
+            h.customer = h.customer.or(customer);
+            holds.insert(h.hold_id.clone(), h);
+        }
+        Self { purchases, holds }
+    }
+
+    /// Every claim, or the reasons some could not be timed.
+    fn claims(&self, verdict: &mut Verdict) -> Vec<Claim> {
+        let mut claims = Vec::new();
+        let mut time = |what: &str, text: &str| {
+            let t = instant_of(text);
+            if t.is_none() {
+                verdict
+                    .violations
+                    .push(format!("{what} has an unreadable time {text:?}"));
+            }
+            t
+        };
+        for p in self.purchases.values() {
+            let name = format!("purchase {}", p.purchase_id);
+            let Some(start) = time(&name, &p.created_at) else {
+                continue;
+            };
+            let end = match &p.cancelled_at {
+                Some(at) => match time(&name, at) {
+                    Some(end) => end,
+                    None => continue,
+                },
+                None => i128::MAX,
+            };
+            claims.push(Claim {
+                name,
+                event: p.event.clone(),
+                customer: p.customer.clone(),
+                tickets: p.ticket_ids(),
+                start,
+                end: Some(end),
+            });
+        }
+        for h in self.holds.values() {
+            let name = format!("hold {}", h.hold_id);
+            let (Some(start), Some(expires)) =
+                (time(&name, &h.created_at), time(&name, &h.expires_at))
+            else {
+                continue;
+            };
+            let end = match h.status {
+                HoldStatus::Held | HoldStatus::Expired => Some(expires),
+                // Until its purchase was decided (which then claims the tickets).
+                HoldStatus::Confirmed => h
+                    .purchase_id
+                    .as_ref()
+                    .and_then(|id| self.purchases.get(id))
+                    .and_then(|p| instant_of(&p.created_at))
+                    .or(Some(expires)),
+                HoldStatus::Released => None,
+            };
+            claims.push(Claim {
+                name,
+                event: h.event.clone(),
+                customer: h.customer.clone(),
+                tickets: h.ticket_ids(),
+                start,
+                end,
+            });
+        }
+        claims
+    }
+}
+
+/// Checks a box-office history against the final state: the audit's checks of the state,
+/// then that nothing acknowledged was lost or undone, that no ticket was claimed by two
+/// purchases or holds at once (a held ticket is sold to no one else; a released, expired
+/// or cancelled ticket is sold at most once afterwards), that a confirmed hold's purchase
+/// holds exactly its tickets, that a hold found expired is never confirmed, and that no
+/// customer ever had more of an event than its limit.
+pub fn check_box_office(ops: &[BoxOp], state: &FinalState) -> Verdict {
+    let mut verdict = Verdict {
+        tried: ops.len(),
+        ..Verdict::default()
+    };
+    for op in ops {
+        match op.outcome {
+            BoxOutcome::Purchase(_) | BoxOutcome::Hold(_) => verdict.acknowledged += 1,
+            BoxOutcome::Refused { .. } => verdict.refused += 1,
+            BoxOutcome::Unknown(_) => verdict.unknown += 1,
+        }
+    }
+    check_final_state(state, &mut verdict);
+    let known = Known::new(ops, state);
+    check_acknowledged(ops, state, &known, &mut verdict);
+    let claims = known.claims(&mut verdict);
+    check_claims_per_ticket(&claims, &mut verdict);
+    check_held_in_real_time(ops, &mut verdict);
+    check_customer_limits(&claims, &state.events, &mut verdict);
+    verdict
+}
+
+/// Every acknowledged purchase, hold, confirm, release and cancel is in the final state;
+/// a confirm's purchase holds exactly the hold's tickets; a hold answered `hold_expired`
+/// is never confirmed.
+fn check_acknowledged(ops: &[BoxOp], state: &FinalState, known: &Known, verdict: &mut Verdict) {
+    let purchases: HashMap<&str, &Purchase> = state
+        .purchases
+        .iter()
+        .map(|p| (p.purchase_id.as_str(), p))
+        .collect();
+    let holds: HashMap<&str, &Hold> = state
+        .holds
+        .iter()
+        .map(|h| (h.hold_id.as_str(), h))
+        .collect();
+    for op in ops {
+        match (&op.action, &op.outcome) {
+            (Action::Purchase { .. } | Action::Confirm { .. }, BoxOutcome::Purchase(p)) => {
+                match purchases.get(p.purchase_id.as_str()) {
+                    None => {
+                        verdict.lost += 1;
+                        verdict.violations.push(format!(
+                            "acknowledged purchase {} is not in the final state",
+                            p.purchase_id
+                        ));
+                    }
+                    Some(stored) if stored.ticket_ids() != p.ticket_ids() => {
+                        verdict.violations.push(format!(
+                            "purchase {} changed its tickets after it was acknowledged",
+                            p.purchase_id
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+            (Action::Hold { .. }, BoxOutcome::Hold(h)) => match holds.get(h.hold_id.as_str()) {
+                None => {
+                    verdict.lost += 1;
+                    verdict.violations.push(format!(
+                        "acknowledged hold {} is not in the final state",
+                        h.hold_id
+                    ));
+                }
+                Some(stored) if stored.ticket_ids() != h.ticket_ids() => {
+                    verdict.violations.push(format!(
+                        "hold {} changed its tickets after it was acknowledged",
+                        h.hold_id
+                    ));
+                }
+                Some(_) => {}
+            },
+            _ => {}
+        }
+        match (&op.action, &op.outcome) {
+            (Action::Confirm { hold_id }, BoxOutcome::Purchase(p)) => {
+                if p.hold_id.as_deref() != Some(hold_id.as_str()) {
+                    verdict.violations.push(format!(
+                        "the confirm of hold {hold_id} answered purchase {}, which names hold {:?}",
+                        p.purchase_id, p.hold_id
+                    ));
+                }
+                match known.holds.get(hold_id) {
+                    Some(h) => {
+                        let (mut held, mut bought) = (h.ticket_ids(), p.ticket_ids());
+                        held.sort_unstable();
+                        bought.sort_unstable();
+                        if held != bought {
+                            verdict.violations.push(format!(
+                                "confirmed hold {hold_id} had tickets {held:?} but its purchase {} has {bought:?}",
+                                p.purchase_id
+                            ));
+                        }
+                        if h.status != HoldStatus::Confirmed
+                            || h.purchase_id.as_deref() != Some(p.purchase_id.as_str())
+                        {
+                            verdict.violations.push(format!(
+                                "hold {hold_id} was confirmed into {} but ends {:?} with purchase {:?}",
+                                p.purchase_id, h.status, h.purchase_id
+                            ));
+                        }
+                    }
+                    None => verdict.violations.push(format!(
+                        "hold {hold_id} was confirmed into {} but no hold {hold_id} is known",
+                        p.purchase_id
+                    )),
+                }
+            }
+            // A release answers the hold as it then is: released, or already expired.
+            (Action::Release { hold_id }, BoxOutcome::Hold(answered)) => {
+                let status = holds.get(hold_id.as_str()).map(|h| h.status);
+                if status != Some(answered.status) {
+                    verdict.violations.push(format!(
+                        "the release of hold {hold_id} was answered {:?} but the hold ends {status:?}",
+                        answered.status
+                    ));
+                }
+            }
+            (Action::Cancel { purchase_id }, BoxOutcome::Purchase(_)) => {
+                let cancelled = purchases
+                    .get(purchase_id.as_str())
+                    .map(|p| p.cancelled_at.is_some());
+                if cancelled != Some(true) {
+                    verdict.violations.push(format!(
+                        "the cancel of purchase {purchase_id} was acknowledged but it is not cancelled in the final state"
+                    ));
+                }
+            }
+            (Action::Confirm { hold_id }, BoxOutcome::Refused { code, .. })
+                if code == "hold_expired" =>
+            {
+                let status = holds.get(hold_id.as_str()).map(|h| h.status);
+                if status != Some(HoldStatus::Expired) {
+                    verdict.violations.push(format!(
+                        "a confirm of hold {hold_id} was answered hold_expired but the hold ends {status:?}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// No two claims on one ticket overlap in the store's time: a held ticket is sold to no
+/// one else, a ticket freed by a release, an expiry or a cancel is sold at most once
+/// afterwards. A hold and the purchase it was confirmed into meet but do not overlap. A
+/// released hold's end is unknown, so it is only judged by [`check_held_in_real_time`].
+fn check_claims_per_ticket(claims: &[Claim], verdict: &mut Verdict) {
+    let mut by_ticket: BTreeMap<u64, Vec<&Claim>> = BTreeMap::new();
+    for claim in claims.iter().filter(|c| !c.unknown_end()) {
+        for &ticket in &claim.tickets {
+            by_ticket.entry(ticket).or_default().push(claim);
+        }
+    }
+    for (ticket, mut on_ticket) in by_ticket {
+        on_ticket.sort_by_key(|c| c.start);
+        let mut latest: Option<&Claim> = None;
+        for claim in on_ticket {
+            if let Some(before) = latest
+                && before.end.is_some_and(|end| end > claim.start)
+            {
+                if claim.name.starts_with("purchase") && before.name.starts_with("purchase") {
+                    verdict.sold_twice += 1;
+                }
+                verdict.violations.push(format!(
+                    "ticket {ticket} was claimed by {} while {} still had it",
+                    claim.name, before.name
+                ));
+            }
+            if latest.is_none_or(|l| claim.end > l.end) {
+                latest = Some(claim);
+            }
+        }
+    }
+}
+
+/// A held ticket is sold to no one else, in real time: a purchase a client began after a
+/// hold was acknowledged, and finished before anyone asked to confirm or release that
+/// hold, must not have any of its tickets unless the hold had expired by then.
+fn check_held_in_real_time(ops: &[BoxOp], verdict: &mut Verdict) {
+    // When each hold's confirm or release was first asked for.
+    let mut ended: HashMap<&str, Instant> = HashMap::new();
+    for op in ops {
+        if let Action::Confirm { hold_id } | Action::Release { hold_id } = &op.action {
+            let at = ended.entry(hold_id.as_str()).or_insert(op.invoked);
+            *at = (*at).min(op.invoked);
+        }
+    }
+    let holds: Vec<(&BoxOp, &Hold)> = ops
+        .iter()
+        .filter_map(|op| match (&op.action, &op.outcome) {
+            (Action::Hold { .. }, BoxOutcome::Hold(h)) => Some((op, h)),
+            _ => None,
+        })
+        .collect();
+    for op in ops {
+        let BoxOutcome::Purchase(p) = &op.outcome else {
+            continue;
+        };
+        if !matches!(op.action, Action::Purchase { .. } | Action::Confirm { .. }) {
+            continue;
+        }
+        for (hold_op, h) in &holds {
+            if p.hold_id.as_deref() == Some(h.hold_id.as_str())
+                || hold_op.completed >= op.invoked
+                || ended
+                    .get(h.hold_id.as_str())
+                    .is_some_and(|&at| at <= op.completed)
+            {
+                continue;
+            }
+            let still_held = match (instant_of(&p.created_at), instant_of(&h.expires_at)) {
+                (Some(sold), Some(expires)) => sold < expires,
+                _ => true,
+            };
+            let shared: Vec<u64> = p
+                .ticket_ids()
+                .into_iter()
+                .filter(|t| h.tickets.iter().any(|held| held.id == *t))
+                .collect();
+            if still_held && !shared.is_empty() {
+                verdict.violations.push(format!(
+                    "purchase {} sold {shared:?}, held by hold {} at the time",
+                    p.purchase_id, h.hold_id
+                ));
+            }
+        }
+    }
+}
+
+/// No customer ever had more tickets of an event with a limit, in live purchases and live
+/// holds together, than the limit: checked at each of the customer's claims, counting
+/// those certainly live at that moment.
+fn check_customer_limits(claims: &[Claim], events: &[Event], verdict: &mut Verdict) {
+    let limits: HashMap<&str, u64> = events
+        .iter()
+        .filter_map(|e| e.max_per_customer.map(|n| (e.event.as_str(), n)))
+        .collect();
+    let mut by_customer: BTreeMap<(&str, &str), Vec<&Claim>> = BTreeMap::new();
+    for claim in claims {
+        if let (Some(customer), true) = (&claim.customer, limits.contains_key(claim.event.as_str()))
+        {
+            by_customer
+                .entry((claim.event.as_str(), customer.as_str()))
+                .or_default()
+                .push(claim);
+        }
+    }
+    for ((event, customer), mine) in by_customer {
+        let limit = limits[event];
+        for claim in &mine {
+            let others: u64 = mine
+                .iter()
+                .filter(|other| other.name != claim.name && other.live_at(claim.start))
+                .map(|other| other.tickets.len() as u64)
+                .sum();
+            let total = others + claim.tickets.len() as u64;
+            if total > limit {
+                verdict.violations.push(format!(
+                    "customer {customer} had {total} tickets of {event} (limit {limit}) once {} was made",
+                    claim.name
+                ));
+            }
+        }
+    }
+}
+
+/// Sends one box-office request to `url` (a JSON body or none) with the key `key` and, if
+/// given, the secret, repeating it with the same key while the outcome is unknown as a
+/// careful client would, and records what it saw.
+pub async fn box_request(
+    http: &HttpClient,
+    url: &str,
+    action: Action,
+    body: Option<&serde_json::Value>,
+    key: &str,
+    secret: Option<&str>,
+) -> BoxOp {
+    let invoked = Instant::now();
+    let mut headers = vec![(shared::api::IDEMPOTENCY_HEADER, key)];
+    if let Some(secret) = secret {
+        headers.push((generator::wire::SECRET_HEADER, secret));
+    }
+    let mut outcome = BoxOutcome::Unknown("never sent".into());
+    for attempt in 0..8 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        outcome = box_outcome_of(&http.post_with(url, body, &headers).await);
+        if !matches!(outcome, BoxOutcome::Unknown(_)) {
+            break;
+        }
+    }
+    BoxOp {
+        invoked,
+        completed: Instant::now(),
+        action,
+        outcome,
+    }
+}
+
+/// One box-office client's history through `base`: `rounds` times it holds one or two
+/// tickets of `event` for `customer`, then releases the hold (rounds 0, 3, ...), or buys
+/// instead and cancels the purchase (1, 4, ...), or confirms the hold (2, 5, ...), with the
+/// keys `<tag>-<client>-<round>-<step>`. Sales come last in each three rounds, so a few
+/// seats last long enough for every kind of change.
+pub async fn box_client(
+    http: &HttpClient,
+    base: &str,
+    event: &str,
+    customer: Option<&str>,
+    (client, tag): (u32, &str),
+    rounds: u32,
+) -> Vec<BoxOp> {
+    let mut ops = Vec::new();
+    for round in 0..rounds {
+        let key = |step: &str| format!("{tag}-{client}-{round}-{step}");
+        let mut body = serde_json::json!({"event": event, "quantity": 1 + (client + round) % 2});
+        if let Some(customer) = customer {
+            body["customer"] = customer.into();
+        }
+        let customer = customer.map(str::to_owned);
+        if round % 3 == 1 {
+            let action = Action::Purchase {
+                event: event.to_owned(),
+                customer,
+            };
+            let url = format!("{base}/purchases");
+            let op = box_request(http, &url, action, Some(&body), &key("buy"), None).await;
+            let bought = match &op.outcome {
+                BoxOutcome::Purchase(p) => Some((p.purchase_id.clone(), p.secret.clone())),
+                _ => None,
+            };
+            ops.push(op);
+            if let Some((purchase_id, secret)) = bought {
+                let url = format!("{base}/purchases/{purchase_id}/cancel");
+                let action = Action::Cancel { purchase_id };
+                let key = key("cancel");
+                let op = box_request(http, &url, action, None, &key, secret.as_deref()).await;
+                ops.push(op);
+            }
+            continue;
+        }
+        let action = Action::Hold {
+            event: event.to_owned(),
+            customer,
+        };
+        let (url, key_hold) = (format!("{base}/holds"), key("hold"));
+        let op = box_request(http, &url, action, Some(&body), &key_hold, None).await;
+        let hold = match &op.outcome {
+            BoxOutcome::Hold(h) => Some((h.hold_id.clone(), h.secret.clone())),
+            _ => None,
+        };
+        ops.push(op);
+        let Some((hold_id, secret)) = hold else {
+            continue;
+        };
+        let (verb, action) = if round % 3 == 2 {
+            (
+                "confirm",
+                Action::Confirm {
+                    hold_id: hold_id.clone(),
+                },
+            )
+        } else {
+            (
+                "release",
+                Action::Release {
+                    hold_id: hold_id.clone(),
+                },
+            )
+        };
+        let url = format!("{base}/holds/{hold_id}/{verb}");
+        ops.push(box_request(http, &url, action, None, &key(verb), secret.as_deref()).await);
+    }
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::api::{PurchasedTicketBody, TicketStatus};
+    use generator::wire::{PricedTicket, TicketStatus};
 
-    fn purchase(id: &str, event: &str, tickets: &[u64]) -> PurchaseBody {
-        PurchaseBody {
+    fn purchase(id: &str, event: &str, tickets: &[u64]) -> Purchase {
+        Purchase {
             purchase_id: id.into(),
             event: event.into(),
             quantity: tickets.len() as u32,
             tickets: tickets
                 .iter()
-                .map(|&id| PurchasedTicketBody { id, price_cents: 1 })
+                .map(|&id| PricedTicket { id, price_cents: 1 })
                 .collect(),
             total_cents: tickets.len() as u64,
             node: "n".into(),
             created_at: "t".into(),
+            hold_id: None,
+            cancelled_at: None,
+            customer: None,
+            secret: None,
         }
     }
 
-    fn state(tickets: u64, purchases: Vec<PurchaseBody>) -> FinalState {
+    fn state(tickets: u64, purchases: Vec<Purchase>) -> FinalState {
         let sold: HashSet<u64> = purchases.iter().flat_map(ticket_ids).collect();
         FinalState {
             tickets: (1..=tickets)
-                .map(|id| TicketBody {
+                .map(|id| Ticket {
                     id,
                     event: "e".into(),
                     price_cents: 1,
                     sold: sold.contains(&id),
-                    status: if sold.contains(&id) {
+                    status: Some(if sold.contains(&id) {
                         TicketStatus::Sold
                     } else {
                         TicketStatus::Available
-                    },
+                    }),
                 })
                 .collect(),
-            events: vec![EventBody {
+            events: vec![Event {
                 event: "e".into(),
                 total: tickets,
                 available: tickets - sold.len() as u64,
@@ -354,8 +978,10 @@ mod tests {
                 held: 0,
                 min_price_cents: 1,
                 max_price_cents: 1,
+                max_per_customer: None,
             }],
             purchases,
+            holds: Vec::new(),
         }
     }
 
@@ -421,5 +1047,355 @@ mod tests {
         ];
         let verdict = check(&ops, &[], &state(2, vec![a, b]));
         assert!(verdict.sold_twice >= 1, "{verdict}");
+    }
+
+    /// The box office's histories: a store time `sec` seconds into the run.
+    fn at(sec: u64) -> String {
+        format!("2024-01-01T00:{:02}:{:02}.000Z", sec / 60, sec % 60)
+    }
+
+    fn bought(id: &str, tickets: &[u64], sec: u64) -> Purchase {
+        let mut p = purchase(id, "e", tickets);
+        p.created_at = at(sec);
+        p
+    }
+
+    fn held(id: &str, tickets: &[u64], sec: u64, status: HoldStatus) -> Hold {
+        Hold {
+            hold_id: id.into(),
+            event: "e".into(),
+            quantity: tickets.len() as u32,
+            tickets: tickets
+                .iter()
+                .map(|&id| PricedTicket { id, price_cents: 1 })
+                .collect(),
+            total_cents: tickets.len() as u64,
+            customer: None,
+            node: "n".into(),
+            created_at: at(sec),
+            expires_at: at(sec + 10),
+            status,
+            purchase_id: None,
+            secret: None,
+        }
+    }
+
+    /// A consistent final state of `tickets` tickets of event `e` with these purchases and
+    /// holds: ticket statuses and counts follow from the live ones.
+    fn box_state(tickets: u64, purchases: Vec<Purchase>, holds: Vec<Hold>) -> FinalState {
+        let sold: HashSet<u64> = purchases
+            .iter()
+            .filter(|p| p.is_live())
+            .flat_map(ticket_ids)
+            .collect();
+        let on_hold: HashSet<u64> = holds
+            .iter()
+            .filter(|h| h.status == HoldStatus::Held)
+            .flat_map(Hold::ticket_ids)
+            .collect();
+        let mut state = state(tickets, purchases);
+        for t in &mut state.tickets {
+            t.sold = sold.contains(&t.id);
+            t.status = Some(if t.sold {
+                TicketStatus::Sold
+            } else if on_hold.contains(&t.id) {
+                TicketStatus::Held
+            } else {
+                TicketStatus::Available
+            });
+        }
+        let e = &mut state.events[0];
+        e.sold = sold.len() as u64;
+        e.held = on_hold.len() as u64;
+        e.available = tickets - e.sold - e.held;
+        state.holds = holds;
+        state
+    }
+
+    fn box_op(action: Action, outcome: BoxOutcome, invoked: Instant, completed: Instant) -> BoxOp {
+        BoxOp {
+            invoked,
+            completed,
+            action,
+            outcome,
+        }
+    }
+
+    fn buy_action() -> Action {
+        Action::Purchase {
+            event: "e".into(),
+            customer: None,
+        }
+    }
+
+    fn hold_action() -> Action {
+        Action::Hold {
+            event: "e".into(),
+            customer: None,
+        }
+    }
+
+    fn caught(verdict: &Verdict, needle: &str) -> bool {
+        verdict.violations.iter().any(|v| v.contains(needle))
+    }
+
+    /// Ticket 1 held by h-1 and confirmed into p-2; ticket 2 bought in p-1, cancelled and
+    /// bought again in p-3; ticket 3 held by h-2 and released; ticket 4 held by h-3, left
+    /// to expire and bought in p-4 after.
+    fn box_history() -> (Vec<BoxOp>, FinalState) {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut h1 = held("h-1", &[1], 1, HoldStatus::Held);
+        let mut p2 = bought("p-2", &[1], 3);
+        p2.hold_id = Some("h-1".into());
+        let mut p1 = bought("p-1", &[2], 2);
+        let p1_answer = p1.clone();
+        p1.cancelled_at = Some(at(4));
+        let p3 = bought("p-3", &[2], 5);
+        let h2 = held("h-2", &[3], 6, HoldStatus::Held);
+        let h3 = held("h-3", &[4], 7, HoldStatus::Held);
+        let p4 = bought("p-4", &[4], 17);
+        let ops = vec![
+            box_op(hold_action(), BoxOutcome::Hold(h1.clone()), ms(0), ms(1)),
+            box_op(buy_action(), BoxOutcome::Purchase(p1_answer), ms(2), ms(3)),
+            box_op(
+                Action::Confirm {
+                    hold_id: "h-1".into(),
+                },
+                BoxOutcome::Purchase(p2.clone()),
+                ms(4),
+                ms(5),
+            ),
+            box_op(
+                Action::Cancel {
+                    purchase_id: "p-1".into(),
+                },
+                BoxOutcome::Purchase(p1.clone()),
+                ms(6),
+                ms(7),
+            ),
+            box_op(buy_action(), BoxOutcome::Purchase(p3.clone()), ms(8), ms(9)),
+            box_op(hold_action(), BoxOutcome::Hold(h2.clone()), ms(10), ms(11)),
+            box_op(
+                Action::Release {
+                    hold_id: "h-2".into(),
+                },
+                BoxOutcome::Hold(Hold {
+                    status: HoldStatus::Released,
+                    ..h2.clone()
+                }),
+                ms(12),
+                ms(13),
+            ),
+            box_op(hold_action(), BoxOutcome::Hold(h3.clone()), ms(14), ms(15)),
+            box_op(
+                Action::Confirm {
+                    hold_id: "h-3".into(),
+                },
+                BoxOutcome::Refused {
+                    status: 409,
+                    code: "hold_expired".into(),
+                },
+                ms(16),
+                ms(17),
+            ),
+            box_op(
+                buy_action(),
+                BoxOutcome::Purchase(p4.clone()),
+                ms(18),
+                ms(19),
+            ),
+        ];
+        h1.status = HoldStatus::Confirmed;
+        h1.purchase_id = Some("p-2".into());
+        let h2 = Hold {
+            status: HoldStatus::Released,
+            ..h2
+        };
+        let h3 = Hold {
+            status: HoldStatus::Expired,
+            ..h3
+        };
+        let state = box_state(6, vec![p1, p2, p3, p4], vec![h1, h2, h3]);
+        (ops, state)
+    }
+
+    #[test]
+    fn a_consistent_box_office_history_passes() {
+        let (ops, state) = box_history();
+        let verdict = check_box_office(&ops, &state);
+        assert!(verdict.is_clean(), "{verdict}");
+        assert_eq!(
+            (verdict.tried, verdict.acknowledged, verdict.refused),
+            (10, 9, 1)
+        );
+    }
+
+    #[test]
+    fn a_held_ticket_sold_to_someone_else_is_caught() {
+        let (mut ops, mut state) = box_history();
+        // Ticket 5 is held by h-4 from second 20 to 30; p-5 buys it at second 21.
+        let t = ops[9].completed + Duration::from_millis(1);
+        let h4 = held("h-4", &[5], 20, HoldStatus::Held);
+        let p5 = bought("p-5", &[5], 21);
+        ops.push(box_op(hold_action(), BoxOutcome::Hold(h4.clone()), t, t));
+        let later = t + Duration::from_millis(1);
+        ops.push(box_op(
+            buy_action(),
+            BoxOutcome::Purchase(p5.clone()),
+            later,
+            later,
+        ));
+        state.purchases.push(p5);
+        state.holds.push(h4);
+        let verdict = check_box_office(&ops, &state);
+        assert!(
+            caught(
+                &verdict,
+                "ticket 5 was claimed by purchase p-5 while hold h-4"
+            ),
+            "{verdict}"
+        );
+        assert!(
+            caught(&verdict, "purchase p-5 sold [5], held by hold h-4"),
+            "{verdict}"
+        );
+    }
+
+    #[test]
+    fn a_confirm_whose_purchase_is_not_exactly_the_held_tickets_is_caught() {
+        let (mut ops, mut state) = box_history();
+        // h-1 held ticket 1, but its purchase p-2 took tickets 1 and 6.
+        let BoxOutcome::Purchase(p2) = &mut ops[2].outcome else {
+            panic!("op 2 is the confirm");
+        };
+        *p2 = {
+            let mut p = bought("p-2", &[1, 6], 3);
+            p.hold_id = Some("h-1".into());
+            p
+        };
+        state.purchases[1] = p2.clone();
+        let verdict = check_box_office(&ops, &state);
+        assert!(
+            caught(
+                &verdict,
+                "confirmed hold h-1 had tickets [1] but its purchase p-2 has [1, 6]"
+            ),
+            "{verdict}"
+        );
+        assert!(caught(&verdict, "their tickets differ"), "{verdict}");
+    }
+
+    #[test]
+    fn a_cancelled_released_or_expired_ticket_sold_twice_afterwards_is_caught() {
+        // Cancelled ticket 2 is sold again in p-3 and in p-5.
+        let (ops, mut state) = box_history();
+        state.purchases.push(bought("p-5", &[2], 6));
+        let verdict = check_box_office(&ops, &state);
+        assert!(
+            caught(
+                &verdict,
+                "ticket 2 was claimed by purchase p-5 while purchase p-3"
+            ),
+            "{verdict}"
+        );
+        assert!(verdict.sold_twice >= 1);
+        // Expired h-3's ticket 4 is sold in p-4 and by a late confirm of h-3 in p-5.
+        let (ops, mut state) = box_history();
+        let mut late = bought("p-5", &[4], 18);
+        late.hold_id = Some("h-3".into());
+        state.purchases.push(late);
+        state.holds[2].status = HoldStatus::Confirmed;
+        state.holds[2].purchase_id = Some("p-5".into());
+        let verdict = check_box_office(&ops, &state);
+        assert!(
+            caught(
+                &verdict,
+                "ticket 4 was claimed by purchase p-5 while purchase p-4"
+            ),
+            "{verdict}"
+        );
+        assert!(
+            caught(&verdict, "a confirm of hold h-3 was answered hold_expired"),
+            "{verdict}"
+        );
+        // Released h-2's ticket 3 is sold in p-5 and in p-6, both live.
+        let (ops, mut state) = box_history();
+        state.purchases.push(bought("p-5", &[3], 20));
+        state.purchases.push(bought("p-6", &[3], 21));
+        let verdict = check_box_office(&ops, &state);
+        assert!(
+            caught(
+                &verdict,
+                "ticket 3 was claimed by purchase p-6 while purchase p-5"
+            ),
+            "{verdict}"
+        );
+    }
+
+    #[test]
+    fn a_customer_past_the_limit_is_caught_and_one_at_it_is_not() {
+        let mut state = box_state(6, Vec::new(), Vec::new());
+        state.events[0].max_per_customer = Some(2);
+        let mine = |mut p: Purchase| {
+            p.customer = Some("ann".into());
+            p
+        };
+        let mut hold = held("h-1", &[1, 2], 1, HoldStatus::Held);
+        hold.customer = Some("ann".into());
+        // At the limit: a hold of two, released... then bought after it expired.
+        let mut after_expiry = state.clone();
+        after_expiry.holds = vec![Hold {
+            status: HoldStatus::Expired,
+            ..hold.clone()
+        }];
+        after_expiry.purchases = vec![mine(bought("p-1", &[3, 4], 11))];
+        let verdict = check_box_office(&[], &after_expiry);
+        assert!(!caught(&verdict, "customer ann"), "{verdict}");
+        // Past it: a purchase of one more while the hold of two is live.
+        let mut over = state.clone();
+        over.holds = vec![hold];
+        over.purchases = vec![mine(bought("p-1", &[3], 5))];
+        let verdict = check_box_office(&[], &over);
+        assert!(
+            caught(
+                &verdict,
+                "customer ann had 3 tickets of e (limit 2) once purchase p-1 was made"
+            ),
+            "{verdict}"
+        );
+        // A customer the final state hides is taken from what the client sent and saw.
+        let t = Instant::now();
+        let mut hidden = over.clone();
+        let seen = hidden.purchases[0].clone();
+        hidden.purchases[0].customer = None;
+        let ops = vec![box_op(
+            Action::Purchase {
+                event: "e".into(),
+                customer: Some("ann".into()),
+            },
+            BoxOutcome::Purchase(seen),
+            t,
+            t,
+        )];
+        let verdict = check_box_office(&ops, &hidden);
+        assert!(caught(&verdict, "customer ann had 3 tickets"), "{verdict}");
+    }
+
+    #[test]
+    fn acknowledged_holds_cancels_and_releases_that_the_state_lost_are_caught() {
+        let (ops, mut state) = box_history();
+        state.purchases[0].cancelled_at = None;
+        state.holds[1].status = HoldStatus::Expired;
+        state.holds.remove(2);
+        let verdict = check_box_office(&ops, &state);
+        for needle in [
+            "the cancel of purchase p-1 was acknowledged but it is not cancelled",
+            "the release of hold h-2 was answered Released but the hold ends Some(Expired)",
+            "acknowledged hold h-3 is not in the final state",
+        ] {
+            assert!(caught(&verdict, needle), "{needle}: {verdict}");
+        }
+        assert_eq!(verdict.lost, 1);
     }
 }

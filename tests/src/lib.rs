@@ -27,6 +27,16 @@ pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()>
 
 /// As `seed_store`, on either medium.
 pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {
+    seed_medium_with_limit(medium, events, None)
+}
+
+/// As `seed_medium`, every event limited to `max_per_customer` tickets per customer when
+/// given (as `generator seed --max-per-customer N` does).
+pub fn seed_medium_with_limit(
+    medium: &Medium,
+    events: &[(&str, u64, u64)],
+    max_per_customer: Option<u32>,
+) -> anyhow::Result<()> {
     let mut tickets = Vec::new();
     for &(name, count, price_cents) in events {
         let event = EventName::parse(name)?;
@@ -39,7 +49,12 @@ pub fn seed_medium(medium: &Medium, events: &[(&str, u64, u64)]) -> anyhow::Resu
             });
         }
     }
-    let inventory = Inventory::from_tickets(tickets)?;
+    let mut inventory = Inventory::from_tickets(tickets)?;
+    if let Some(limit) = max_per_customer {
+        for &(name, _, _) in events {
+            inventory.set_max_per_customer(&EventName::parse(name)?, Some(limit));
+        }
+    }
     // The PostgreSQL store's client blocks on a runtime of its own, which cannot run on a
     // thread of the test's runtime: the store is made, used and dropped on a thread apart.
     std::thread::scope(|scope| {
@@ -66,7 +81,7 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts `nodes` nodes (ids `n1`, `n2`, ...) on `data`, and a balancer over them.
     pub fn start(nodes: usize, data: &Path) -> anyhow::Result<Self> {
-        Self::start_with(nodes, data, "127.0.0.1:0", &[])
+        Self::start_on(nodes, &Medium::Files(data.to_owned()))
     }
 
     /// Seeds a store in a new temporary directory (see `seed_store`) and starts `nodes`
@@ -86,18 +101,7 @@ impl LocalCluster {
         Self::start_on_with(nodes, medium, "127.0.0.1:0", &[])
     }
 
-    /// As `start`, with the balancer on `balancer_listen` and extra balancer flags.
-    pub fn start_with(
-        nodes: usize,
-        data: &Path,
-        balancer_listen: &str,
-        balancer_flags: &[&str],
-    ) -> anyhow::Result<Self> {
-        let medium = Medium::Files(data.to_owned());
-        Self::start_on_with(nodes, &medium, balancer_listen, balancer_flags)
-    }
-
-    /// As `start_with`, on either medium.
+    /// As `start_on`, with the balancer on `balancer_listen` and extra balancer flags.
     pub fn start_on_with(
         nodes: usize,
         medium: &Medium,
@@ -133,17 +137,7 @@ impl LocalCluster {
 
 /// Starts one node with id `id` on a free loopback port, serving `data`.
 pub fn start_node(id: &str, data: &Path) -> anyhow::Result<Process> {
-    start_node_with(id, data, "127.0.0.1:0", &[])
-}
-
-/// Starts one node listening on `listen`, with extra environment variables.
-pub fn start_node_with(
-    id: &str,
-    data: &Path,
-    listen: &str,
-    env: &[(&str, &str)],
-) -> anyhow::Result<Process> {
-    start_node_on(id, &Medium::Files(data.to_owned()), listen, env)
+    start_node_on(id, &Medium::Files(data.to_owned()), "127.0.0.1:0", &[])
 }
 
 /// Starts one node on either medium, listening on `listen`, with extra environment
@@ -164,23 +158,35 @@ pub fn start_node_on(
     Process::start_with_env(id, "node", &args, env)
 }
 
-/// Reads every ticket, event and purchase through the API at `base`.
+/// Reads every ticket, event, purchase and hold through the API at `base`.
 pub async fn read_final_state(
     http: &HttpClient,
     base: &str,
 ) -> anyhow::Result<history::FinalState> {
+    read_final_state_as(http, base, None).await
+}
+
+/// As `read_final_state`, with the operator's token when given, so purchases and holds
+/// show their customers.
+pub async fn read_final_state_as(
+    http: &HttpClient,
+    base: &str,
+    admin_token: Option<&str>,
+) -> anyhow::Result<history::FinalState> {
     async fn get<T: serde::de::DeserializeOwned>(
         http: &HttpClient,
         url: String,
+        admin_token: Option<&str>,
     ) -> anyhow::Result<T> {
-        let answer = http.get(&url).await?;
+        let answer = http.get_as(&url, admin_token).await?;
         anyhow::ensure!(answer.status == 200, "GET {url} answered {}", answer.status);
         Ok(serde_json::from_slice(&answer.body)?)
     }
     Ok(history::FinalState {
-        tickets: get(http, format!("{base}/tickets")).await?,
-        events: get(http, format!("{base}/events")).await?,
-        purchases: get(http, format!("{base}/purchases")).await?,
+        tickets: get(http, format!("{base}/tickets"), admin_token).await?,
+        events: get(http, format!("{base}/events"), admin_token).await?,
+        purchases: get(http, format!("{base}/purchases"), admin_token).await?,
+        holds: get(http, format!("{base}/holds"), admin_token).await?,
     })
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use cluster::{LocalCluster, run_generator};
+use cluster::{LocalCluster, Medium, run_generator};
 
 #[derive(Debug, Parser)]
 #[command(about = "Runs a local ticket cluster: a seeded store, nodes and a balancer")]
@@ -58,7 +58,12 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!("using the existing store in {data} (pass --fresh to reseed)");
     }
-    let mut cluster = LocalCluster::start_with(cli.nodes, &cli.data, &cli.listen, &[])?;
+    let mut cluster = LocalCluster::start_on_with(
+        cli.nodes,
+        &Medium::Files(cli.data.clone()),
+        &cli.listen,
+        &[],
+    )?;
     println!();
     for node in &cluster.nodes {
         println!("node {:<4} {}", node.name, node.url());

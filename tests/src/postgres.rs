@@ -12,12 +12,14 @@
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+
+use crate::process::output_of;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 
 /// Where Debian's `postgresql-15` puts the server programs.
 pub const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
@@ -130,19 +132,14 @@ impl PgServer {
     /// Runs SQL with `psql` in `database` and returns what it printed, unaligned and
     /// without headers: one row a line, columns separated by `|`.
     pub fn psql(&self, database: &str, sql: &str) -> anyhow::Result<String> {
-        let output = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        let mut psql = Command::new(self.bin.join("psql"));
+        psql.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", SUPERUSER, "-d", database, "-c", sql])
-            .env("PGCONNECT_TIMEOUT", "10")
-            .output()
-            .context("running psql")?;
-        ensure!(
-            output.status.success(),
-            "psql {sql:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+            .env("PGCONNECT_TIMEOUT", "10");
+        Ok(output_of(&mut psql, &format!("psql {sql:?}"))?
+            .trim()
+            .to_owned())
     }
 
     /// Immediate shutdown (`pg_ctl stop -m immediate`): every backend dies at once without
@@ -201,8 +198,8 @@ impl PgServer {
     }
 
     fn initdb(&self) -> anyhow::Result<()> {
-        let output = self
-            .as_server_user("initdb")
+        let mut initdb = self.as_server_user("initdb");
+        initdb
             .arg("-D")
             .arg(self.data_dir())
             .args([
@@ -212,10 +209,8 @@ impl PgServer {
                 "--encoding=UTF8",
                 "--locale=C",
             ])
-            .arg("--no-sync")
-            .output()
-            .context("running initdb")?;
-        check_output("initdb", &output)
+            .arg("--no-sync");
+        output_of(&mut initdb, "initdb").map(drop)
     }
 
     fn start_server(&self) -> anyhow::Result<()> {
@@ -227,8 +222,8 @@ impl PgServer {
         for (name, value) in &self.settings {
             options.push_str(&format!(" -c {name}='{value}'"));
         }
-        let output = self
-            .pg_ctl()
+        let mut pg_ctl = self.pg_ctl();
+        pg_ctl
             .arg("start")
             .arg("-D")
             .arg(self.data_dir())
@@ -239,23 +234,22 @@ impl PgServer {
             // hold the test's pipes open.
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .output()
-            .context("running pg_ctl start")?;
-        check_output("pg_ctl start", &output)
+            .stderr(Stdio::piped());
+        output_of(&mut pg_ctl, "pg_ctl start")
+            .map(drop)
             .with_context(|| format!("the server's log:\n{}", self.log_tail(20)))
     }
 
     fn pg_ctl_stop(&self, mode: &str) -> anyhow::Result<()> {
-        let output = self
-            .pg_ctl()
-            .arg("stop")
-            .arg("-D")
-            .arg(self.data_dir())
-            .args(["-m", mode, "-w", "-t", PG_CTL_TIMEOUT_SECS])
-            .output()
-            .context("running pg_ctl stop")?;
-        check_output("pg_ctl stop", &output)
+        let mut pg_ctl = self.pg_ctl();
+        pg_ctl.arg("stop").arg("-D").arg(self.data_dir()).args([
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            PG_CTL_TIMEOUT_SECS,
+        ]);
+        output_of(&mut pg_ctl, "pg_ctl stop").map(drop)
     }
 
     /// Starts the process that stops the server and removes its directory once the test
@@ -435,15 +429,6 @@ fn remove_stale_servers(parent: &Path) {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-fn check_output(what: &str, output: &Output) -> anyhow::Result<()> {
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
-    text.push_str(&String::from_utf8_lossy(&output.stdout));
-    bail!("{what} failed ({}): {}", output.status, text.trim())
 }
 
 #[cfg(test)]

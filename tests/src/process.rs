@@ -10,6 +10,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+/// Runs `command` to its end and returns its standard output; fails, with its standard
+/// error, when it exits non-zero. `what` names it in the error.
+pub fn output_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&output.stdout));
+        bail!("{what} failed ({}): {}", output.status, text.trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// How long a program may take to print its address.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 

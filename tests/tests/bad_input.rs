@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use cluster::{HttpClient, LocalCluster, report_summary, seed_store, start_node_with};
+use cluster::{HttpClient, LocalCluster, Medium, report_summary, seed_store, start_node_on};
 use hyper::StatusCode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
@@ -80,6 +80,49 @@ fn mistakes() -> Vec<(&'static str, String, &'static str, Vec<u8>)> {
     ] {
         cases.push(("GET", path.to_string(), json, Vec::new()));
     }
+    // The box office's bodies: seats, customers, times to live.
+    for body in [
+        "{\"event\":\"concert\",\"quantity\":1,\"tickets\":[1]}",
+        "{\"event\":\"concert\",\"tickets\":[]}",
+        "{\"event\":\"concert\",\"tickets\":[1,1]}",
+        "{\"event\":\"concert\",\"tickets\":[0]}",
+        "{\"event\":\"concert\",\"tickets\":[\"1\"]}",
+        "{\"event\":\"concert\",\"tickets\":[1,2,3,4,5,6,7,8,9,10,11]}",
+        "{\"event\":\"concert\",\"tickets\":[999999]}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"no spaces\"}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"\"}",
+        "{\"event\":\"concert\",\"quantity\":1,\"customer\":\"a\",\"customer\":\"b\"}",
+    ] {
+        for path in ["/purchases", "/holds"] {
+            cases.push(("POST", path.into(), json, body.as_bytes().to_vec()));
+        }
+    }
+    for body in [
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":9}",
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":3601}",
+        "{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":\"60\"}",
+    ] {
+        cases.push(("POST", "/holds".into(), json, body.as_bytes().to_vec()));
+    }
+    cases.push((
+        "POST",
+        "/purchases".into(),
+        json,
+        b"{\"event\":\"concert\",\"quantity\":1,\"ttl_seconds\":60}".to_vec(),
+    ));
+    for (method, path) in [
+        ("GET", "/holds/h-00000001"),
+        ("GET", "/holds?customer=x"),
+        ("GET", "/holds?after=p-1"),
+        ("GET", "/purchases?customer=x"),
+        ("POST", "/holds/h-00000001/confirm"),
+        ("POST", "/holds/h-00000001/release"),
+        ("POST", "/purchases/p-00000001/cancel"),
+        ("GET", "/holds/h-00000001/confirm"),
+        ("POST", "/holds/h-1/cancel"),
+    ] {
+        cases.push((method, path.to_string(), json, Vec::new()));
+    }
     cases.push(("DELETE", "/tickets/1".into(), json, Vec::new()));
     cases.push(("PUT", "/purchases".into(), json, b"{}".to_vec()));
     cases
@@ -142,7 +185,8 @@ async fn every_client_mistake_gets_a_4xx_json_error_from_a_node_and_through_the_
 fn random_requests_never_get_a_5xx() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(dir.path(), &[("concert", 50, 1000)]).expect("seed");
-    let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &[]).expect("node starts");
+    let node = start_node_on("n1", &Medium::Files(dir.path().into()), "127.0.0.1:0", &[])
+        .expect("node starts");
     let base = node.url();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let http = HttpClient::new();
@@ -150,7 +194,9 @@ fn random_requests_never_get_a_5xx() {
         prop_oneof!["GET", "POST", "PUT", "DELETE", "PATCH"],
         prop_oneof![
             Just("/purchases".to_string()),
-            "/(events|tickets|purchases)/[a-z0-9%./-]{0,20}",
+            "/(events|tickets|purchases|holds)/[a-z0-9%./-]{0,20}",
+            "/(holds|purchases)/[hp]-[0-9]{0,9}/(confirm|release|cancel)",
+            "/(holds|purchases)\\?(customer|after|limit)=[A-Za-z0-9%-]{0,10}",
             "/tickets\\?(event|sold|x)=[A-Za-z0-9%-]{0,10}",
             "/[a-z]{0,12}",
         ],
@@ -217,7 +263,8 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
         ("TICKETS_NODE__BODY_TIMEOUT", "500ms"),
         ("TICKETS_NODE__MAX_CONNECTIONS", "8"),
     ];
-    let node = start_node_with("n1", dir.path(), "127.0.0.1:0", &env).expect("node starts");
+    let node = start_node_on("n1", &Medium::Files(dir.path().into()), "127.0.0.1:0", &env)
+        .expect("node starts");
     let addr = node.addr;
     let http = HttpClient::new();
 

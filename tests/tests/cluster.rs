@@ -122,8 +122,11 @@ async fn a_purchase_acknowledged_by_one_node_is_visible_at_once_on_every_other()
             let writer = &urls[round % 3];
             let bought = http.buy(writer, "concert", 2, None).await.expect("answer");
             assert_eq!(bought.status, StatusCode::CREATED);
-            let body = bought.json();
+            let mut body = bought.json();
             let id = body["purchase_id"].as_str().expect("id").to_owned();
+            // The secret is in the 201 answer only.
+            let secret = body.as_object_mut().and_then(|b| b.remove("secret"));
+            assert!(secret.is_some_and(|s| s.is_string()), "{body}");
             for reader in urls.iter().filter(|u| *u != writer) {
                 let seen = http
                     .get(&format!("{reader}/purchases/{id}"))

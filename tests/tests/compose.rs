@@ -11,15 +11,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::docker::{
-    KeyedLoad, all_serving, audit, docker, ensure_clean, first_purchase, free_port, lines,
-    nodes_serving, repo_root, sigkill_under_load_then_audit, summarise_load, up_count,
-    wait_for_nodes,
+    StackClient, all_serving, audit, docker, free_port, lines, repo_root, up_count,
 };
-use cluster::{HttpClient, report_summary};
+use cluster::report_summary;
 
 /// The tests here run one after the other: each builds the same images and loads the
 /// machine on its own.
 static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a load runs before the step it is meant to overlap.
+const LEAD: Duration = Duration::from_secs(2);
 
 /// A compose project of its own, removed with its volumes when dropped.
 struct Stack {
@@ -27,15 +28,37 @@ struct Stack {
     port: u16,
     /// The store in PostgreSQL (`scripts/compose.sh --postgres`) instead of the data volume.
     postgres: bool,
+    client: StackClient,
+    /// Keeps the other stack tests waiting until this stack is down (dropped after it).
+    _alone: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Stack {
-    fn new(name: &str, postgres: bool) -> Self {
-        Self {
+    /// Waits for the other stack tests, then builds and starts a stack (`up --build -d`)
+    /// and waits for three healthy nodes and a first sale, recording how long that took as
+    /// `<engine>: ...` in the summary.
+    async fn up(name: &str, postgres: bool, engine: &str) -> Self {
+        let port = free_port().expect("a free port");
+        let stack = Self {
+            _alone: ONE_STACK_AT_A_TIME.lock().await,
             project: format!("tickets-{name}-{}", std::process::id()),
-            port: free_port().expect("a free port"),
+            port,
             postgres,
-        }
+            client: StackClient::new(port, engine),
+        };
+        let started = Instant::now();
+        stack.run(&["up", "--build", "-d"]);
+        let up_returned = started.elapsed();
+        let limit = Duration::from_secs(120);
+        stack
+            .client
+            .three_healthy_then_first_sale(limit, String::new)
+            .await;
+        report_summary(&format!(
+            "{engine}: up --build returned after {up_returned:.1?} (static binaries and images built in it); first successful purchase {:.1?} after up was issued",
+            started.elapsed()
+        ));
+        stack
     }
 
     fn compose(&self, args: &[&str]) -> Command {
@@ -69,10 +92,6 @@ impl Stack {
             .expect("compose runs");
         lines(&String::from_utf8_lossy(&output.stdout))
     }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
 }
 
 impl Drop for Stack {
@@ -87,109 +106,68 @@ impl Drop for Stack {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_scales_survives_a_killed_node_and_sells_nothing_twice() {
-    let _alone = ONE_STACK_AT_A_TIME.lock().await;
-    let stack = Stack::new("test", false);
-    let http = HttpClient::new();
-    let url = stack.url();
-    let reports = tempfile::tempdir().expect("tempdir");
-    let report = |name: &str| reports.path().join(format!("{name}.json"));
-
-    // 1. Build and start with three nodes; wait for health.
-    let started = Instant::now();
-    stack.run(&["up", "--build", "-d"]);
-    let up_returned = started.elapsed();
-    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
-    assert!(healthy.is_some(), "three healthy nodes within 120 s");
-    first_purchase(&http, &url, "compose-first", Duration::from_secs(60))
-        .await
-        .expect("a first purchase succeeds");
-    let first_sale = started.elapsed();
-    report_summary(&format!(
-        "compose: up --build returned after {up_returned:.1?} (static binaries and images built in it); first successful purchase {first_sale:.1?} after up was issued"
-    ));
+    // 1. Build and start with three nodes; wait for health and a first sale.
+    let stack = Stack::up("test", false, "compose").await;
+    let client = &stack.client;
 
     // 2. Load through the balancer: every replica serves.
-    let steady = KeyedLoad::start(&url, 6, &report("steady")).expect("load starts");
-    let steady = steady.finish().expect("load report");
-    summarise_load("compose", "3 nodes", &steady);
-    ensure_clean(&steady).expect("no client error");
-    assert_eq!(
-        nodes_serving(&steady),
-        3,
-        "every replica served: {}",
-        steady["nodes"]
-    );
+    client.steady_load_reaches_every_replica(3).await;
 
     // 3a. Scale to five while load runs: the new replicas serve within seconds.
-    let load = KeyedLoad::start(&url, 15, &report("scale-up")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("scale-up", 15, LEAD).await;
     let asked = Instant::now();
     stack.run(&["up", "-d", "--no-recreate", "--scale", "node=5"]);
     let compose_took = asked.elapsed();
-    let serving = wait_for_nodes(&http, &url, Duration::from_secs(30), |n| all_serving(n, 5)).await;
-    let serving = serving.expect("five replicas serving within 30 s");
+    let serving = client.wait_for_nodes(Duration::from_secs(30), |n| all_serving(n, 5));
+    let serving = serving.await.expect("five replicas serving within 30 s");
     report_summary(&format!(
         "compose scale 3->5: compose returned after {compose_took:.1?}, all five serving {serving:.1?} later"
     ));
-    let scaled_up = load.finish().expect("load report");
-    summarise_load("compose", "scale 3->5", &scaled_up);
-    ensure_clean(&scaled_up).expect("no client error");
+    client.finish_clean(load, "scale 3->5");
 
     // 3b. Scale down to two while load runs: no keyed purchase fails, none hangs.
-    let load = KeyedLoad::start(&url, 15, &report("scale-down")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("scale-down", 15, LEAD).await;
     stack.run(&["up", "-d", "--no-recreate", "--scale", "node=2"]);
-    let scaled_down = load.finish().expect("load report");
-    summarise_load("compose", "scale 5->2", &scaled_down);
-    ensure_clean(&scaled_down).expect("no client error");
+    client.finish_clean(load, "scale 5->2");
 
     // 4. SIGKILL a node while load runs: same.
-    let load = KeyedLoad::start(&url, 12, &report("kill")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load = client
+        .load_underway("kill", 12, Duration::from_secs(3))
+        .await;
     let victim = stack.node_containers().into_iter().next();
-    let victim = victim.expect("a node container");
-    docker(&["kill", "--signal", "KILL", &victim]).expect("docker kill");
-    let killed = load.finish().expect("load report");
-    summarise_load("compose", "SIGKILL one of 2", &killed);
-    ensure_clean(&killed).expect("no client error");
+    docker(&[
+        "kill",
+        "--signal",
+        "KILL",
+        &victim.expect("a node container"),
+    ])
+    .expect("docker kill");
+    client.finish_clean(load, "SIGKILL one of 2");
 
     // 5. Audit: no ticket sold twice, every acknowledged purchase present.
-    audit(&url).expect("a clean audit");
+    audit(&client.url).expect("a clean audit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_stack_on_postgres_scales_survives_a_killed_node_and_sells_nothing_twice() {
-    let _alone = ONE_STACK_AT_A_TIME.lock().await;
-    let stack = Stack::new("pg", true);
-    let http = HttpClient::new();
-    let url = stack.url();
-    let reports = tempfile::tempdir().expect("tempdir");
-
     // 1. Build (the local PostgreSQL image too) and start: PostgreSQL, seeding, three nodes.
-    let started = Instant::now();
-    stack.run(&["up", "--build", "-d"]);
-    let up_returned = started.elapsed();
-    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
-    assert!(healthy.is_some(), "three healthy nodes within 120 s");
-    first_purchase(&http, &url, "compose-pg-first", Duration::from_secs(60))
-        .await
-        .expect("a first purchase succeeds");
-    report_summary(&format!(
-        "compose postgres: up --build returned after {up_returned:.1?}; first successful purchase {:.1?} after up was issued",
-        started.elapsed()
-    ));
+    let stack = Stack::up("pg", true, "compose postgres").await;
+    let client = &stack.client;
 
     // 2. While keyed load runs: scale to four, then SIGKILL a node. `up --scale` itself
     // takes about 12 s here, so the load lasts long enough to reach the new replica after.
-    let load = KeyedLoad::start(&url, 25, &reports.path().join("pg.json")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("pg", 25, LEAD).await;
     stack.run(&["up", "-d", "--no-recreate", "--scale", "node=4"]);
-    let four_up = wait_for_nodes(&http, &url, Duration::from_secs(30), |n| up_count(n) == 4).await;
-    let nodes = http
-        .get(&format!("{url}/balancer/nodes"))
-        .await
-        .map(|a| a.json());
-    assert!(four_up.is_some(), "four replicas up within 30 s: {nodes:?}");
-    let victim = stack.node_containers().into_iter().next();
-    sigkill_under_load_then_audit(victim, load, "compose postgres", &url);
+    let four_up = client.wait_for_nodes(Duration::from_secs(30), |n| up_count(n) == 4);
+    let four_up = four_up.await;
+    let nodes = client
+        .http
+        .get(&format!("{}/balancer/nodes", client.url))
+        .await;
+    assert!(
+        four_up.is_some(),
+        "four replicas up within 30 s: {:?}",
+        nodes.map(|a| a.json())
+    );
+    client.sigkill_under_load_then_audit(stack.node_containers().into_iter().next(), load);
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use cluster::history::{self, Outcome, PurchaseOp, keyed_client, keyed_purchase, reads_while};
 use cluster::tmpfs::Tmpfs;
 use cluster::{
-    HttpClient, LocalCluster, Process, read_final_state, report_summary, seed_store, start_node,
-    start_node_with,
+    HttpClient, LocalCluster, Medium, Process, read_final_state, report_summary, seed_store,
+    start_node, start_node_on,
 };
 use hyper::StatusCode;
 use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
@@ -31,8 +31,7 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
         ],
     )
     .expect("seed");
-    let cluster =
-        LocalCluster::start_with(3, dir.path(), "127.0.0.1:0", &[]).expect("cluster starts");
+    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
     let base = cluster.balancer_url();
     let addresses: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
     let nodes = Arc::new(Mutex::new(cluster.nodes));
@@ -63,8 +62,13 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
         kills += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let id = format!("n{}", victim + 1);
-        let restarted =
-            start_node_with(&id, dir.path(), &addresses[victim], &[]).expect("node restarts");
+        let restarted = start_node_on(
+            &id,
+            &Medium::Files(dir.path().into()),
+            &addresses[victim],
+            &[],
+        )
+        .expect("node restarts");
         nodes.lock().await[victim] = restarted;
     }
 
@@ -254,9 +258,9 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path();
     seed_store(data, &[("concert", 10, 1000)]).expect("seed");
-    let node = start_node_with(
+    let node = start_node_on(
         "n1",
-        data,
+        &Medium::Files(data.into()),
         "127.0.0.1:0",
         &[("TICKETS_NODE__LOCK_TIMEOUT", "300ms")],
     )
@@ -278,25 +282,13 @@ async fn a_lock_held_too_long_fails_requests_after_a_bounded_wait_and_writes_not
     let mut tried = 0;
     for request in 0..4 {
         tried += 1;
-        let started = Instant::now();
-        let answer = if request % 2 == 0 {
-            http.get(&format!("{base}/events")).await
-        } else {
-            http.buy(&base, "concert", 1, Some(&format!("stuck-{request}")))
-                .await
-        }
-        .expect("an answer, not a hang");
-        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        let limit = Duration::from_secs(5);
+        let answer = read_or_buy_is_refused_within(&http, &base, request, "stuck", limit).await;
         assert_eq!(answer.error_code().as_deref(), Some("store_unavailable"));
         assert!(
             answer.json()["message"]
                 .as_str()
                 .is_some_and(|m| m.contains("lock"))
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "waited {:?}",
-            started.elapsed()
         );
     }
     let after = (
@@ -409,32 +401,21 @@ async fn with_every_node_down_the_balancer_answers_503_at_once_and_recovers() {
     let mut tried = 0;
     for request in 0..6 {
         tried += 1;
-        let started = Instant::now();
-        let answer = if request % 2 == 0 {
-            http.get(&format!("{base}/events")).await
-        } else {
-            http.buy(&base, "concert", 1, Some(&format!("down-{request}")))
-                .await
-        }
-        .expect("an answer");
-        assert_eq!(
-            answer.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{:?}",
-            answer.json()
-        );
+        let limit = Duration::from_secs(3);
+        let answer = read_or_buy_is_refused_within(&http, &base, request, "down", limit).await;
         assert!(answer.error_code().is_some(), "a JSON error body");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "took {:?}",
-            started.elapsed()
-        );
     }
     let revived: Vec<Process> = addresses
         .iter()
         .enumerate()
         .map(|(i, addr)| {
-            start_node_with(&format!("n{}", i + 1), dir.path(), addr, &[]).expect("restart")
+            start_node_on(
+                &format!("n{}", i + 1),
+                &Medium::Files(dir.path().into()),
+                addr,
+                &[],
+            )
+            .expect("restart")
         })
         .collect();
     let started = Instant::now();
@@ -455,4 +436,32 @@ async fn with_every_node_down_the_balancer_answers_503_at_once_and_recovers() {
         started.elapsed()
     ));
     drop(revived);
+}
+
+/// Sends request number `request` of a series (even: `GET /events`; odd: a purchase keyed
+/// `<key_prefix>-<request>`) and checks that it is answered 503 within `limit`, not hung.
+async fn read_or_buy_is_refused_within(
+    http: &HttpClient,
+    base: &str,
+    request: u32,
+    key_prefix: &str,
+    limit: Duration,
+) -> cluster::Answer {
+    let started = Instant::now();
+    let answer = if request.is_multiple_of(2) {
+        http.get(&format!("{base}/events")).await
+    } else {
+        let key = format!("{key_prefix}-{request}");
+        http.buy(base, "concert", 1, Some(&key)).await
+    }
+    .expect("an answer, not a hang");
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        answer.json()
+    );
+    let took = started.elapsed();
+    assert!(took < limit, "took {took:?}");
+    answer
 }

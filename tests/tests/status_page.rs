@@ -1,6 +1,6 @@
 //! The balancer's status page in a real headless browser (Debian's `chromium`): it lists
-//! every node of a running cluster and shows a purchase once it is made; a screenshot is
-//! kept in `<target>/test-artifacts/status-page.png` for a person to look at.
+//! every node of a running cluster and shows a purchase and a hold once they are made; a
+//! screenshot is kept in `<target>/test-artifacts/status-page.png` for a person to look at.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -90,7 +90,7 @@ fn row<'a>(dom: &'a str, attribute: &str, value: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made() {
+async fn the_status_page_lists_every_node_and_shows_a_purchase_and_a_hold_after_they_are_made() {
     let dir = tempfile::tempdir().expect("tempdir");
     seed_store(
         dir.path(),
@@ -126,6 +126,7 @@ async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made(
     assert_eq!(text_of_id(&before, "hedges-total"), "0");
     assert_eq!(text_of_id(&before, "sold-total"), "0");
     assert_eq!(text_of_id(&before, "left-total"), "75");
+    assert_eq!(text_of_id(&before, "held-total"), "0");
     assert_eq!(text_of_id(&before, "state"), "live");
 
     let http = HttpClient::new();
@@ -134,14 +135,28 @@ async fn the_status_page_lists_every_node_and_shows_a_purchase_after_it_is_made(
         .await
         .expect("an answer");
     assert_eq!(bought.status, StatusCode::CREATED, "{:?}", bought.json());
+    let held = http
+        .post_json(
+            &format!("{}/holds", cluster.balancer_url()),
+            &serde_json::json!({"event": "concert", "quantity": 2}),
+            Some("status-page-hold"),
+        )
+        .await
+        .expect("an answer");
+    assert_eq!(held.status, StatusCode::CREATED, "{:?}", held.json());
 
     let after = dump_dom(&page).await;
     assert_eq!(text_of_id(&after, "sold-total"), "3");
-    assert_eq!(text_of_id(&after, "left-total"), "72");
+    assert_eq!(text_of_id(&after, "left-total"), "70");
+    assert_eq!(text_of_id(&after, "held-total"), "2");
     let concert = row(&after, "data-event", "concert");
     assert!(
-        concert.contains("<td class=\"num\">37</td>"),
-        "concert should show 37 left:\n{concert}"
+        concert.contains("<td class=\"num held\">2</td>"),
+        "concert should show 2 held:\n{concert}"
+    );
+    assert!(
+        concert.contains("<td class=\"num\">35</td>"),
+        "concert should show 35 left:\n{concert}"
     );
 
     // A sold-out event, for the picture.

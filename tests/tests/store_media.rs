@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
+use shared::{DecisionError, IdempotencyKey, Inventory, Outcome, PurchaseError, PurchaseOutcome};
 use store::testing::{buy, inventory, racing_buyers, request, sold_count};
 use store::{PgOptions, PurchaseOrder, StoreError, TicketStore};
 
@@ -174,6 +174,51 @@ fn a_batch_is_decided_in_order_with_idempotency_and_committed_in_one_step() {
             (4, 2, 2),
             "{name}"
         );
+    }
+}
+
+#[test]
+fn orders_joining_a_batch_under_the_lock_are_decided_after_it_in_the_same_commit() {
+    for medium in Medium::both() {
+        let store = medium.seeded(4);
+        let other = medium.handle();
+        let order = |quantity| {
+            PurchaseOrder {
+                request: request(quantity),
+                key: None,
+            }
+            .to_order()
+        };
+        let mut calls = 0;
+        let committed = store
+            .commit_batch_joining(
+                &[order(2)],
+                &mut || {
+                    calls += 1;
+                    vec![order(2), order(1)]
+                },
+                "n1",
+            )
+            .expect("store works");
+        let name = medium.name();
+        assert_eq!(calls, 1, "{name}");
+        let outcomes = committed.outcomes;
+        assert_eq!(outcomes.len(), 3, "{name}");
+        for sold in &outcomes[..2] {
+            assert!(
+                matches!(sold, Ok(Outcome::Purchase(d)) if d.changed),
+                "{name}: {sold:?}"
+            );
+        }
+        assert!(
+            matches!(
+                outcomes[2],
+                Err(DecisionError::SoldOut { available: 0, .. })
+            ),
+            "{name}: {:?}",
+            outcomes[2]
+        );
+        assert_eq!(sold_count(&other), 4, "{name}: another handle sees both");
     }
 }
 
@@ -361,5 +406,191 @@ fn concurrent_reads_see_a_gapless_prefix_holding_every_acknowledged_write() {
             "{name}"
         );
         assert!(reads >= 10, "{name}: only {reads} reads");
+    }
+}
+
+/// What a handle sees of the box office: every ticket, purchase and hold and the events'
+/// counts, compared whole.
+fn box_office_state(store: &TicketStore) -> String {
+    store
+        .read(|inv| {
+            format!(
+                "{:?}\n{:?}\n{:?}\n{:?}",
+                inv.tickets(),
+                inv.purchases(),
+                inv.holds(),
+                inv.events()
+            )
+        })
+        .expect("readable")
+}
+
+#[test]
+fn every_kind_of_entry_is_seen_by_another_handle_and_survives_compaction() {
+    use shared::{
+        Command, CustomerId, EventName, HoldRequest, HoldState, Order, Outcome, Proof, Quantity,
+        SaleRequest, Selection, Ttl,
+    };
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+    use std::time::SystemTime;
+
+    for medium in Medium::both() {
+        let name = medium.name();
+        let seconds = Arc::new(AtomicU64::new(0));
+        let clock = {
+            let seconds = Arc::clone(&seconds);
+            store::Clock::from_fn(move || {
+                SystemTime::now() + Duration::from_secs(seconds.load(Ordering::Relaxed))
+            })
+        };
+        let writer = medium.seeded(10).with_clock(clock.clone());
+        let sale = |n| SaleRequest {
+            event: EventName::parse("concert").expect("valid"),
+            selection: Selection::Quantity(Quantity::new(n).expect("valid")),
+            customer: Some(CustomerId::parse("ann").expect("valid")),
+        };
+        let hold = |n, ttl| {
+            Order::new(Command::Hold(HoldRequest {
+                sale: sale(n),
+                ttl: Ttl::new(ttl).expect("valid"),
+            }))
+        };
+        let key = Some(IdempotencyKey::parse("hold-1").expect("valid"));
+        let operator = |command| Order::new(command).with_proof(Proof::operator());
+        let orders = [
+            hold(2, 600).with_key(key.clone()),
+            hold(2, 600),
+            Order::new(Command::Purchase(sale(2))),
+            operator(Command::Confirm {
+                hold_id: "h-00000001".into(),
+            }),
+            operator(Command::Release {
+                hold_id: "h-00000002".into(),
+            }),
+            operator(Command::Cancel {
+                purchase_id: "p-00000001".into(),
+            }),
+            hold(1, 10),
+        ];
+        let batch = writer.commit_batch(&orders, "n1").expect("committed");
+        let first_secret = match &batch.outcomes[0] {
+            Ok(Outcome::Hold(decided)) => decided.secret.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(
+            batch.outcomes.iter().all(Result::is_ok),
+            "{name}: {:?}",
+            batch.outcomes
+        );
+        // The last hold expires; the next decision logs it.
+        seconds.store(11, Ordering::Relaxed);
+        writer
+            .commit(&Order::new(Command::Purchase(sale(1))), "n1")
+            .expect("committed")
+            .expect("available");
+
+        let reader = medium.handle().with_clock(clock.clone());
+        assert_eq!(
+            box_office_state(&reader),
+            box_office_state(&writer),
+            "{name}"
+        );
+        let states: Vec<HoldState> = reader
+            .read(|inv| inv.holds().iter().map(|h| h.state.clone()).collect())
+            .expect("readable");
+        assert!(
+            matches!(
+                states.as_slice(),
+                [
+                    HoldState::Confirmed { .. },
+                    HoldState::Released(_),
+                    HoldState::Expired { .. }
+                ]
+            ),
+            "{name}: {states:?}"
+        );
+        // A keyed repeat on another handle answers the first hold and its secret.
+        let again = reader
+            .commit(&hold(2, 600).with_key(key.clone()), "n2")
+            .expect("committed");
+        match again {
+            Ok(Outcome::Hold(decided)) => {
+                assert!(!decided.changed, "{name}");
+                assert_eq!(decided.item.hold.hold_id, "h-00000001", "{name}");
+                assert_eq!(decided.secret, first_secret, "{name}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+
+        // Folded into a snapshot, it all reads the same.
+        let compacting = medium
+            .handle()
+            .with_clock(clock.clone())
+            .with_compaction_threshold(1);
+        compacting
+            .commit(&Order::new(Command::Purchase(sale(1))), "n3")
+            .expect("committed")
+            .expect("available");
+        assert!(compacting.stats().compactions >= 1, "{name}");
+        let fresh = medium.handle();
+        assert_eq!(
+            box_office_state(&fresh),
+            box_office_state(&compacting),
+            "{name}"
+        );
+        let summary = fresh.check().expect("consistent");
+        assert_eq!((summary.holds, summary.purchases), (3, 4), "{name}");
+    }
+}
+
+#[test]
+fn a_hold_one_handle_found_expired_is_confirmed_by_no_handle_whatever_its_clock() {
+    use shared::{
+        Command, DecisionError, EventName, HoldRequest, Order, Proof, Quantity, SaleRequest,
+        Selection, Ttl,
+    };
+    use store::Clock;
+
+    for medium in Medium::both() {
+        let name = medium.name();
+        let behind = medium.seeded(4);
+        let ahead = medium
+            .handle()
+            .with_clock(Clock::ahead(Duration::from_secs(60)));
+        let hold = Order::new(Command::Hold(HoldRequest {
+            sale: SaleRequest {
+                event: EventName::parse("concert").expect("valid"),
+                selection: Selection::Quantity(Quantity::new(2).expect("valid")),
+                customer: None,
+            },
+            ttl: Ttl::new(10).expect("valid"),
+        }));
+        behind
+            .commit(&hold, "slow")
+            .expect("committed")
+            .expect("held");
+        let confirm = Order::new(Command::Confirm {
+            hold_id: "h-00000001".into(),
+        })
+        .with_proof(Proof::operator());
+        let expired = Err(DecisionError::HoldExpired("h-00000001".into()));
+        let refused = ahead.commit_batch(std::slice::from_ref(&confirm), "fast");
+        let refused = refused.expect("committed");
+        assert_eq!(refused.outcomes, std::slice::from_ref(&expired), "{name}");
+        assert!(
+            refused.append_and_sync > Duration::ZERO,
+            "{name}: the expiry was logged"
+        );
+        // The slow handle's clock says the hold has 10 s left; the log says otherwise.
+        assert_eq!(
+            behind.commit(&confirm, "slow").expect("committed"),
+            expired,
+            "{name}"
+        );
+        let available = behind
+            .read(|inv| inv.events_at(std::time::SystemTime::now())[0].available)
+            .expect("readable");
+        assert_eq!(available, 4, "{name}");
     }
 }

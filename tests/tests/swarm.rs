@@ -14,15 +14,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::docker::{
-    KeyedLoad, all_serving, audit, docker, ensure_clean, first_purchase, free_port, lines,
-    nodes_serving, repo_root, sigkill_under_load_then_audit, summarise_load, up_count,
-    wait_for_nodes,
+    StackClient, all_serving, audit, docker, free_port, lines, repo_root, up_count,
 };
-use cluster::{HttpClient, report_summary};
+use cluster::report_summary;
 use serde_json::Value;
 
 /// The tests here run one after the other: each may create and leave the swarm.
 static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// How long a load runs before the step it is meant to overlap.
+const LEAD: Duration = Duration::from_secs(2);
 
 /// The test's addition to docker-stack.postgres.yml: a PostgreSQL in the stack, from the
 /// image `scripts/compose.sh --postgres build` makes of the host's PostgreSQL 15.
@@ -47,35 +48,42 @@ struct SwarmStack {
     created_swarm: bool,
     /// The stack files, `docker stack deploy -c` each.
     files: Vec<String>,
-    /// With the store in PostgreSQL: the directory of the PostgreSQL service's stack file.
-    postgres: Option<tempfile::TempDir>,
+    /// The balancer's client; its directory also holds the PostgreSQL service's stack file.
+    client: StackClient,
+    /// The store in PostgreSQL: docker-stack.postgres.yml and a PostgreSQL service.
+    postgres: bool,
+    /// Keeps the other stack tests waiting until this stack is gone (dropped after it).
+    _alone: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl SwarmStack {
-    /// Joins the engine's swarm, or creates a one-host swarm on loopback when it is in none.
-    /// The stack is docker-stack.yml, or with `postgres` docker-stack.postgres.yml and a
-    /// PostgreSQL service.
-    fn on_a_swarm(postgres: bool) -> Self {
+    /// Waits for the other stack tests, then joins the engine's swarm, or creates a one-host
+    /// swarm on loopback when it is in none, and deploys the stack (see
+    /// [`SwarmStack::deploy_until_first_sale`]). The stack is docker-stack.yml, or with
+    /// `postgres` docker-stack.postgres.yml and a PostgreSQL service.
+    async fn deployed(postgres: bool, engine: &str) -> Self {
+        let alone = ONE_STACK_AT_A_TIME.lock().await;
         let state =
             docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]).expect("docker info");
         let variant = if postgres { "swarm-pg" } else { "swarm" };
+        let port = free_port().expect("a free port");
         let mut stack = Self {
             name: format!("tickets-{variant}-{}", std::process::id()),
             tag: format!("{variant}-test-{}", std::process::id()),
-            port: free_port().expect("a free port"),
+            port,
             created_swarm: false,
             files: vec!["docker-stack.yml".to_owned()],
-            postgres: None,
+            client: StackClient::new(port, engine),
+            postgres,
+            _alone: alone,
         };
         if postgres {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let extra = dir.path().join("postgres-service.yml");
+            let extra = stack.client.file("postgres-service.yml");
             std::fs::write(&extra, POSTGRES_SERVICE).expect("stack file written");
             stack.files = vec![
                 "docker-stack.postgres.yml".to_owned(),
                 extra.to_string_lossy().into_owned(),
             ];
-            stack.postgres = Some(dir);
         }
         if state.trim() == "inactive" {
             docker(&[
@@ -89,6 +97,7 @@ impl SwarmStack {
             .expect("docker swarm init");
             stack.created_swarm = true;
         }
+        stack.deploy_until_first_sale(engine).await;
         stack
     }
 
@@ -99,7 +108,7 @@ impl SwarmStack {
             .env("TICKETS_PORT", self.port.to_string())
             .env("RUST_LOG", "warn")
             .current_dir(repo_root());
-        if self.postgres.is_some() {
+        if self.postgres {
             let url = "postgres://tickets:tickets@postgres:5432/tickets";
             command.env("TICKETS_DATABASE", url);
         }
@@ -120,7 +129,7 @@ impl SwarmStack {
     /// Builds the images with the test's tag, as a person would: `scripts/compose.sh build`.
     fn build_images(&self) {
         let mut command = self.command(&repo_root().join("scripts/compose.sh").to_string_lossy());
-        if self.postgres.is_some() {
+        if self.postgres {
             command.args(["--postgres", "build", "postgres"]);
         } else {
             command.arg("build");
@@ -140,6 +149,26 @@ impl SwarmStack {
         self.run(command, "docker stack deploy");
     }
 
+    /// Builds the images, deploys, then waits for three healthy nodes and a first sale;
+    /// records how long each took as `<engine>: ...` in the summary.
+    async fn deploy_until_first_sale(&self, engine: &str) {
+        let started = Instant::now();
+        self.build_images();
+        let built = started.elapsed();
+        let deployed = Instant::now();
+        self.deploy();
+        let limit = Duration::from_secs(120);
+        let diagnostics = || self.diagnostics();
+        let healthy = self
+            .client
+            .three_healthy_then_first_sale(limit, diagnostics);
+        let healthy = healthy.await;
+        report_summary(&format!(
+            "{engine}: images built in {built:.1?}; after stack deploy, three nodes healthy behind the balancer in {healthy:.1?}, first successful purchase {:.1?}",
+            deployed.elapsed()
+        ));
+    }
+
     fn scale_nodes(&self, replicas: usize) {
         let mut command = self.command("docker");
         let target = format!("{}_node={replicas}", self.name);
@@ -152,11 +181,6 @@ impl SwarmStack {
         lines(&docker(&["ps", "-q", "--filter", &filter]).unwrap_or_default())
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The stack's services and tasks, for a failure message.
     fn diagnostics(&self) -> String {
         let services = docker(&["stack", "services", &self.name]).unwrap_or_else(|e| e.to_string());
         let tasks =
@@ -219,8 +243,11 @@ impl Drop for SwarmStack {
 }
 
 /// The addresses the balancer knows, as `/balancer/nodes` lists them.
-async fn addresses(http: &HttpClient, url: &str) -> BTreeSet<String> {
-    let answer = http.get(&format!("{url}/balancer/nodes")).await;
+async fn addresses(client: &StackClient) -> BTreeSet<String> {
+    let answer = client
+        .http
+        .get(&format!("{}/balancer/nodes", client.url))
+        .await;
     let nodes = answer.map(|a| a.json()).unwrap_or_default();
     address_set(nodes.as_array().map_or(&[], Vec::as_slice))
 }
@@ -232,93 +259,53 @@ fn address_set(nodes: &[Value]) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_swarm_stack_scales_survives_a_killed_replica_and_sells_nothing_twice() {
-    let _alone = ONE_STACK_AT_A_TIME.lock().await;
-    let stack = SwarmStack::on_a_swarm(false);
-    let http = HttpClient::new();
-    let url = stack.url();
-    let reports = tempfile::tempdir().expect("tempdir");
-    let report = |name: &str| reports.path().join(format!("{name}.json"));
-
     // 1. Build the images, deploy, wait for three healthy nodes and a first sale.
-    let started = Instant::now();
-    stack.build_images();
-    let built = started.elapsed();
-    let deployed = Instant::now();
-    stack.deploy();
-    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(90), |n| up_count(n) == 3).await;
-    assert!(
-        healthy.is_some(),
-        "three healthy nodes within 90 s of the deploy:\n{}",
-        stack.diagnostics()
-    );
-    first_purchase(&http, &url, "swarm-first", Duration::from_secs(30))
-        .await
-        .expect("a first purchase succeeds");
-    report_summary(&format!(
-        "swarm: images built in {built:.1?}; after stack deploy, three nodes healthy behind the balancer in {:.1?}, first successful purchase {:.1?}",
-        healthy.unwrap_or_default(),
-        deployed.elapsed()
-    ));
+    let stack = SwarmStack::deployed(false, "swarm").await;
+    let client = &stack.client;
 
     // 2. Load through the balancer: every replica serves.
-    let steady = KeyedLoad::start(&url, 6, &report("steady")).expect("load starts");
-    let steady = steady.finish().expect("load report");
-    summarise_load("swarm", "3 nodes", &steady);
-    ensure_clean(&steady).expect("no client error");
-    assert_eq!(
-        nodes_serving(&steady),
-        3,
-        "every replica served: {}",
-        steady["nodes"]
-    );
+    client.steady_load_reaches_every_replica(3).await;
 
     // 3a. `docker service scale` to five while load runs: the balancer follows.
-    let load = KeyedLoad::start(&url, 15, &report("scale-up")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("scale-up", 15, LEAD).await;
     let asked = Instant::now();
     stack.scale_nodes(5);
-    let serving = wait_for_nodes(&http, &url, Duration::from_secs(40), |n| all_serving(n, 5)).await;
+    let serving = client.wait_for_nodes(Duration::from_secs(40), |n| all_serving(n, 5));
+    let diagnostics = stack.diagnostics();
     assert!(
-        serving.is_some(),
-        "five replicas serving within 40 s:\n{}",
-        stack.diagnostics()
+        serving.await.is_some(),
+        "five replicas serving within 40 s:\n{diagnostics}"
     );
     report_summary(&format!(
         "swarm scale 3->5: all five serving {:.1?} after docker service scale",
         asked.elapsed()
     ));
-    let scaled_up = load.finish().expect("load report");
-    summarise_load("swarm", "scale 3->5", &scaled_up);
-    ensure_clean(&scaled_up).expect("no client error");
+    client.finish_clean(load, "scale 3->5");
 
     // 3b. Scale to two while load runs: no keyed purchase fails, none hangs.
-    let load = KeyedLoad::start(&url, 15, &report("scale-down")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("scale-down", 15, LEAD).await;
     stack.scale_nodes(2);
-    let scaled_down = load.finish().expect("load report");
-    summarise_load("swarm", "scale 5->2", &scaled_down);
-    ensure_clean(&scaled_down).expect("no client error");
-    let two = wait_for_nodes(&http, &url, Duration::from_secs(30), |n| {
+    client.finish_clean(load, "scale 5->2");
+    let two = client.wait_for_nodes(Duration::from_secs(30), |n| {
         n.len() == 2 && up_count(n) == 2
     });
     assert!(two.await.is_some(), "the balancer follows the scale-down");
 
     // 4. SIGKILL a replica's container while load runs: same; Swarm replaces it.
-    let load = KeyedLoad::start(&url, 12, &report("kill")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let load = client
+        .load_underway("kill", 12, Duration::from_secs(3))
+        .await;
     let victim = stack.node_containers().into_iter().next();
     let victim = victim.expect("a node container");
-    let before = addresses(&http, &url).await;
+    let before = addresses(client).await;
     let killed_at = Instant::now();
     docker(&["kill", "--signal", "KILL", &victim]).expect("docker kill");
     // Replaced: two nodes up, none down, and not the same two as before.
-    let replaced = wait_for_nodes(&http, &url, Duration::from_secs(40), |n| {
+    let replaced = client.wait_for_nodes(Duration::from_secs(40), |n| {
         up_count(n) == 2 && n.len() == 2 && address_set(n) != before
-    })
-    .await;
-    let killed = load.finish().expect("load report");
-    summarise_load("swarm", "SIGKILL one of 2", &killed);
-    ensure_clean(&killed).expect("no client error");
+    });
+    let replaced = replaced.await;
+    client.finish_clean(load, "SIGKILL one of 2");
     report_summary(&match replaced {
         Some(took) => {
             format!("swarm SIGKILL: Swarm's replacement serving {took:.1?} after the kill")
@@ -330,46 +317,23 @@ async fn the_swarm_stack_scales_survives_a_killed_replica_and_sells_nothing_twic
     });
 
     // 5. Audit: no ticket sold twice, every acknowledged purchase present.
-    audit(&url).expect("a clean audit");
+    audit(&client.url).expect("a clean audit");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_swarm_stack_on_postgres_scales_survives_a_killed_replica_and_sells_nothing_twice() {
-    let _alone = ONE_STACK_AT_A_TIME.lock().await;
-    let stack = SwarmStack::on_a_swarm(true);
-    let http = HttpClient::new();
-    let url = stack.url();
-    let reports = tempfile::tempdir().expect("tempdir");
-
     // 1. Build the images (PostgreSQL's too), deploy, wait for three healthy nodes.
-    stack.build_images();
-    let deployed = Instant::now();
-    stack.deploy();
-    let healthy = wait_for_nodes(&http, &url, Duration::from_secs(120), |n| up_count(n) == 3).await;
-    assert!(
-        healthy.is_some(),
-        "three healthy nodes within 120 s of the deploy:\n{}",
-        stack.diagnostics()
-    );
-    first_purchase(&http, &url, "swarm-pg-first", Duration::from_secs(30))
-        .await
-        .expect("a first purchase succeeds");
-    report_summary(&format!(
-        "swarm postgres: after stack deploy (PostgreSQL initialised in it), three nodes healthy in {:.1?}, first successful purchase {:.1?}",
-        healthy.unwrap_or_default(),
-        deployed.elapsed()
-    ));
+    let stack = SwarmStack::deployed(true, "swarm postgres").await;
+    let client = &stack.client;
 
     // 2. While keyed load runs: scale to four, then SIGKILL a replica's container.
-    let load = KeyedLoad::start(&url, 15, &reports.path().join("pg.json")).expect("load starts");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let load = client.load_underway("pg", 15, LEAD).await;
     stack.scale_nodes(4);
-    let serving = wait_for_nodes(&http, &url, Duration::from_secs(40), |n| up_count(n) == 4).await;
+    let serving = client.wait_for_nodes(Duration::from_secs(40), |n| up_count(n) == 4);
+    let diagnostics = stack.diagnostics();
     assert!(
-        serving.is_some(),
-        "four replicas up within 40 s:\n{}",
-        stack.diagnostics()
+        serving.await.is_some(),
+        "four replicas up within 40 s:\n{diagnostics}"
     );
-    let victim = stack.node_containers().into_iter().next();
-    sigkill_under_load_then_audit(victim, load, "swarm postgres", &url);
+    client.sigkill_under_load_then_audit(stack.node_containers().into_iter().next(), load);
 }

@@ -1,6 +1,7 @@
-//! `generator audit`: reads the whole inventory and every purchase through the public API,
-//! a page at a time, and checks that nothing was sold twice and that every count agrees
-//! ([`check`]).
+//! `generator audit`: reads the whole inventory, every purchase and every hold through the
+//! public API, a page at a time, and checks that nothing was sold twice, that no ticket is
+//! both held and sold, that cancelled purchases gave their tickets back, and that every
+//! count agrees ([`check`]).
 
 pub mod check;
 
@@ -8,14 +9,14 @@ use std::fmt;
 use std::time::Duration;
 
 use shared::MAX_PAGE_LIMIT;
-use shared::api::{EventBody, PurchaseBody, TicketBody};
 use thiserror::Error;
 use tracing::info;
 
 use crate::client::{ApiClient, ClientError, Target};
-pub use check::{Totals, Violation};
+use crate::wire::{Event, Hold, Purchase, Ticket};
+pub use check::{Listed, Totals, Violation};
 
-/// How many times the audit reads everything again when purchases were committed while
+/// How many times the audit reads everything again when purchases or holds changed while
 /// it was reading.
 const SNAPSHOT_ATTEMPTS: u32 = 5;
 /// The pause between two such attempts.
@@ -29,7 +30,7 @@ pub enum AuditError {
     #[error(transparent)]
     Fetch(#[from] ClientError),
     #[error(
-        "purchases kept being committed while the audit read the inventory ({0} attempts); \
+        "purchases or holds kept changing while the audit read the inventory ({0} attempts); \
          audit a cluster that is not under load"
     )]
     Unsettled(u32),
@@ -56,20 +57,23 @@ impl fmt::Display for AuditReport {
         writeln!(f, "audit of {}", self.target)?;
         writeln!(
             f,
-            "  {} tickets over {} events: {} sold, {} available",
+            "  {} tickets over {} events: {} sold, {} held, {} available",
             t.tickets,
             t.events,
             t.sold,
-            t.tickets - t.sold.min(t.tickets)
+            t.held,
+            t.tickets.saturating_sub(t.sold + t.held)
         )?;
         writeln!(
             f,
-            "  {} purchases holding {} tickets, ${}.{:02}",
+            "  {} purchases ({} cancelled), the live ones holding {} tickets, ${}.{:02}",
             t.purchases,
+            t.cancelled,
             t.tickets_in_purchases,
             t.revenue_cents / 100,
             t.revenue_cents % 100
         )?;
+        writeln!(f, "  {} holds, {} of them live", t.holds, t.live_holds)?;
         if self.is_clean() {
             return writeln!(f, "  OK: no violations");
         }
@@ -91,14 +95,15 @@ impl fmt::Display for AuditReport {
 /// Reads everything from `target` and checks it.
 pub async fn audit(target: Target, request_timeout: Duration) -> Result<AuditReport, AuditError> {
     let client = ApiClient::new(target.clone(), request_timeout, 4);
-    let (tickets, events, purchases) = snapshot(&client).await?;
+    let listed = snapshot(&client).await?;
     info!(
-        tickets = tickets.len(),
-        events = events.len(),
-        purchases = purchases.len(),
+        tickets = listed.tickets.len(),
+        events = listed.events.len(),
+        purchases = listed.purchases.len(),
+        holds = listed.holds.len(),
         "read the inventory"
     );
-    let (violations, totals) = check::check(&tickets, &events, &purchases);
+    let (violations, totals) = check::check(&listed);
     Ok(AuditReport {
         target: target.to_string(),
         totals,
@@ -106,33 +111,62 @@ pub async fn audit(target: Target, request_timeout: Duration) -> Result<AuditRep
     })
 }
 
-/// Every purchase, read a page at a time so no answer is the whole store.
-async fn purchases(client: &ApiClient) -> Result<Vec<PurchaseBody>, ClientError> {
-    client
-        .get_all_pages::<PurchaseBody, String>("/purchases", MAX_PAGE_LIMIT)
-        .await
+/// Every purchase and every hold, each read a page at a time so no answer is the whole
+/// store.
+async fn orders(client: &ApiClient) -> Result<(Vec<Purchase>, Vec<Hold>), ClientError> {
+    let purchases = client
+        .get_all_pages::<Purchase, String>("/purchases", MAX_PAGE_LIMIT)
+        .await?;
+    let holds = client
+        .get_all_pages::<Hold, String>("/holds", MAX_PAGE_LIMIT)
+        .await?;
+    Ok((purchases, holds))
 }
 
-type Snapshot = (Vec<TicketBody>, Vec<EventBody>, Vec<PurchaseBody>);
+/// What changes when anything is decided: every purchase with whether it is cancelled,
+/// every hold with its status (a hold expiring changes it too).
+fn fingerprint(purchases: &[Purchase], holds: &[Hold]) -> Vec<(String, String)> {
+    purchases
+        .iter()
+        .map(|p| {
+            (
+                p.purchase_id.clone(),
+                p.cancelled_at.clone().unwrap_or_default(),
+            )
+        })
+        .chain(
+            holds
+                .iter()
+                .map(|h| (h.hold_id.clone(), format!("{:?}", h.status))),
+        )
+        .collect()
+}
 
-/// Reads tickets, events and purchases so that no purchase was committed in between:
-/// purchases are only ever added, so the same count before and after means none was.
-async fn snapshot(client: &ApiClient) -> Result<Snapshot, AuditError> {
+/// Reads tickets, events, purchases and holds so that nothing was decided in between:
+/// the same purchases and holds, in the same states, before and after means nothing was.
+async fn snapshot(client: &ApiClient) -> Result<Listed, AuditError> {
     for attempt in 1..=SNAPSHOT_ATTEMPTS {
-        let before = purchases(client).await?;
-        let tickets = client
-            .get_all_pages::<TicketBody, u64>("/tickets", MAX_PAGE_LIMIT)
+        let (before_purchases, before_holds) = orders(client).await?;
+        let tickets: Vec<Ticket> = client
+            .get_all_pages::<Ticket, u64>("/tickets", MAX_PAGE_LIMIT)
             .await?;
-        let events: Vec<EventBody> = client.get_json("/events").await?;
-        let after = purchases(client).await?;
-        if before.len() == after.len() {
-            return Ok((tickets, events, after));
+        let events: Vec<Event> = client.get_json("/events").await?;
+        let (purchases, holds) = orders(client).await?;
+        let before = fingerprint(&before_purchases, &before_holds);
+        let after = fingerprint(&purchases, &holds);
+        if before == after {
+            return Ok(Listed {
+                tickets,
+                events,
+                purchases,
+                holds,
+            });
         }
         info!(
             attempt,
             before = before.len(),
             after = after.len(),
-            "purchases changed while reading; reading again"
+            "purchases or holds changed while reading; reading again"
         );
         tokio::time::sleep(SNAPSHOT_PAUSE).await;
     }

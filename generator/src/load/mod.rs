@@ -1,10 +1,15 @@
 //! `generator load`: the original system's request stream, open loop. Purchases leave on
 //! a schedule fixed in advance ([`schedule`]), whatever the answers do; each one's latency
 //! is measured from its scheduled send time, so a slow or saturated cluster shows up as
-//! latency rather than as a politely lower rate (as wrk2 does).
+//! latency rather than as a politely lower rate (as wrk2 does). Each send is a buyer of
+//! the box-office [`mix`]: by default every buyer buys a count of tickets and keeps them;
+//! with shares set, some pick seats, hold then confirm, hold and walk away, hold then
+//! release, or cancel ([`buyer`]).
 
+pub mod buyer;
 pub mod chart;
 pub mod events;
+pub mod mix;
 pub mod progress;
 pub mod purchase;
 pub mod report;
@@ -19,7 +24,6 @@ use std::time::Duration;
 
 use rand::prelude::*;
 use rand::rngs::StdRng;
-use shared::api::{EventBody, PurchaseRequestBody};
 use shared::domain::MAX_QUANTITY;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore};
@@ -29,7 +33,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::client::{ApiClient, ClientError, Target};
+use crate::wire::Event;
+use buyer::{Buyer, Journey};
 pub use events::EventTable;
+pub use mix::{Mix, MixError, Plan};
 pub use progress::ProgressMode;
 pub use report::{LoadReport, StopReason};
 pub use schedule::{Arrivals, Schedule};
@@ -66,6 +73,8 @@ pub struct LoadOptions {
     /// Seed of the request stream; `None` picks one (reported).
     pub seed: Option<u64>,
     pub progress: ProgressMode,
+    /// What the buyers do besides buying a count of tickets.
+    pub mix: Mix,
 }
 
 /// Why a run could not start or finish.
@@ -87,6 +96,13 @@ pub enum LoadError {
     Report { path: PathBuf, reason: String },
     #[error(transparent)]
     Chart(#[from] chart::ChartError),
+    #[error(transparent)]
+    Mix(#[from] MixError),
+    #[error(
+        "event {0} has a per-customer limit, so every purchase and hold must name a \
+         customer: give --customers N"
+    )]
+    CustomersNeeded(String),
 }
 
 impl LoadOptions {
@@ -103,6 +119,7 @@ impl LoadOptions {
         if !(1..=MAX_QUANTITY).contains(&self.max_quantity) {
             return Err(LoadError::MaxQuantity(self.max_quantity));
         }
+        self.mix.validate()?;
         Ok(())
     }
 }
@@ -138,10 +155,18 @@ pub async fn run_until(
         options.request_timeout,
         options.concurrency,
     );
-    let listed: Vec<EventBody> = client
+    let listed: Vec<Event> = client
         .get_json("/events")
         .await
         .map_err(LoadError::Events)?;
+    if options.mix.customers == 0
+        && let Some(limited) = listed.iter().find(|e| e.max_per_customer.is_some())
+    {
+        return Err(LoadError::CustomersNeeded(limited.event.clone()));
+    }
+    // Seed inventories number their tickets from 1: seat picks start at a random id below
+    // this, so buyers spread over the hall instead of all reaching for the first seats.
+    let tickets_total: u64 = listed.iter().map(|e| e.total).sum();
     let table = EventTable::new(
         listed.into_iter().map(|e| (e.event, e.available)),
         options.max_quantity,
@@ -199,6 +224,17 @@ pub async fn run_until(
         let Some((event, quantity)) = lock(&run.events).pick(&mut rng) else {
             break StopReason::SoldOut;
         };
+        let (plan, picks_seats) = options.mix.draw(&mut rng);
+        let customer = options.mix.customer(&mut rng);
+        // Drawn only for seat pickers, so a run without them repeats the original stream.
+        let (seats_after, buyer_seed) = if picks_seats {
+            (
+                Some(rng.random_range(0..tickets_total.max(1))),
+                rng.random(),
+            )
+        } else {
+            (None, 0)
+        };
         // Waiting for a free slot delays this send but not the schedule: later sends
         // keep their times, and each one's latency still counts from its own time.
         let permit = tokio::select! {
@@ -229,12 +265,20 @@ pub async fn run_until(
                 .timeline
                 .sent(at.saturating_duration_since(start).as_secs());
         }
-        let key = format!("gen-{run_id:016x}-{seq}");
+        let buyer = Buyer {
+            plan,
+            event,
+            quantity,
+            seats_after,
+            customer,
+            ttl_seconds: options.mix.ttl_seconds(),
+            key: format!("gen-{run_id:016x}-{seq}"),
+        };
         let task_run = run.clone();
         let abandoned = abandon.clone();
         tasks.spawn(async move {
             tokio::select! {
-                () = one_purchase(&task_run, event, quantity, &key, at, start) => {}
+                () = one_buyer(&task_run, buyer, buyer_seed, at, start) => {}
                 () = abandoned.cancelled() => {}
             }
             drop(permit);
@@ -274,7 +318,9 @@ pub async fn run_until(
         retries: stats.retries,
         errors_total: stats.errors_total(),
         errors: stats.errors.clone(),
+        outcomes: stats.outcomes.clone(),
         latency_ms: stats.latency(),
+        step_latency_ms: stats.step_latency(),
         nodes: stats.nodes.clone(),
         per_second: stats.timeline.points(),
     })
@@ -287,37 +333,64 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// Sends one purchase and records its outcome and what it taught about its event.
-async fn one_purchase(
-    run: &Run,
-    event: String,
-    quantity: u32,
-    key: &str,
-    scheduled: Instant,
-    start: Instant,
-) {
-    let body = PurchaseRequestBody {
-        event: event.clone(),
-        quantity,
+/// Runs one buyer and records its outcomes and what it taught about its event.
+async fn one_buyer(run: &Run, buyer: Buyer, seed: u64, scheduled: Instant, start: Instant) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let journey = if buyer.plan == Plan::Buy && buyer.seats_after.is_none() {
+        // The original buyer: one purchase.
+        let body = crate::wire::OrderRequest {
+            event: buyer.event.clone(),
+            quantity: Some(buyer.quantity),
+            tickets: None,
+            customer: buyer.customer.clone(),
+            ttl_seconds: None,
+        };
+        let attempted = purchase::purchase(&run.client, &body, &buyer.key, run.retries).await;
+        Journey {
+            first: attempted.outcome,
+            first_answered: Instant::now(),
+            later: Vec::new(),
+            later_errors: Vec::new(),
+            confirmed_sale: None,
+            steps: Vec::new(),
+            nodes: attempted.nodes,
+            retries: attempted.retries,
+            unknown_event: attempted.unknown_event,
+        }
+    } else {
+        buyer::run(&run.client, &buyer, run.retries, &mut rng).await
     };
-    let attempted = purchase::purchase(&run.client, &body, key, run.retries).await;
-    let latency = scheduled.elapsed();
+    let latency = journey.first_answered.saturating_duration_since(scheduled);
     {
         let mut stats = lock(&run.stats);
-        stats.record(&attempted.outcome, latency);
+        stats.record(&journey.first, latency);
         let second = start.elapsed().as_secs();
-        stats.timeline.answered(second, latency, &attempted.outcome);
-        stats.retries += u64::from(attempted.retries);
-        for node in &attempted.nodes {
+        stats.timeline.answered(second, latency, &journey.first);
+        for name in &journey.later {
+            stats.outcome(name);
+        }
+        for kind in &journey.later_errors {
+            stats.error(kind);
+        }
+        if let Some((tickets, cents)) = journey.confirmed_sale {
+            stats.sale(tickets, cents);
+            stats.timeline.sold(second, tickets);
+        }
+        for step in &journey.steps {
+            stats.step(step.kind, step.latency);
+        }
+        stats.retries += u64::from(journey.retries);
+        for node in &journey.nodes {
             stats.answered_by(node);
         }
     }
+    let event = buyer.event;
     let mut table = lock(&run.events);
     let was_open = !table.is_exhausted();
-    if let stats::Outcome::SoldOut { available } = attempted.outcome {
+    if let stats::Outcome::SoldOut { available } = journey.first {
         table.sold_out(&event, available);
     }
-    if attempted.unknown_event {
+    if journey.unknown_event {
         warn!(
             event,
             "the target no longer knows this event; not asking for it again"
@@ -333,7 +406,10 @@ async fn one_purchase(
 /// Waits for the purchases still in flight, each bounded by its timeouts and retries,
 /// and counts any that still have not finished after that as `abandoned`.
 async fn drain(tasks: &TaskTracker, abandon: &CancellationToken, run: &Run, options: &LoadOptions) {
-    let limit = options.request_timeout * (options.retries + 1) + Duration::from_secs(2);
+    // A box-office buyer makes up to three requests in a row (a seat pick, the first
+    // write, a confirm, release or cancel), each with its retries.
+    let requests = if options.mix.is_box_office() { 3 } else { 1 };
+    let limit = options.request_timeout * (options.retries + 1) * requests + Duration::from_secs(2);
     tasks.close();
     if tokio::time::timeout(limit, tasks.wait()).await.is_err() {
         let abandoned = tasks.len();

@@ -1,16 +1,17 @@
-//! One purchase of a load run: `POST /purchases` with its own Idempotency-Key, repeated
-//! with the same key while the outcome is unknown (no answer, 502, 503, 504), then
-//! classified into an [`Outcome`].
+//! One write of a load run (a purchase, a hold, a confirm, a release, a cancel) with its
+//! own Idempotency-Key, repeated with the same key while the outcome is unknown (no
+//! answer, 502, 503, 504), and the first write's answer classified into an [`Outcome`].
 
 use std::time::Duration;
 
 use hyper::StatusCode;
-use shared::api::{IDEMPOTENCY_HEADER, PurchaseBody, PurchaseRequestBody};
+use shared::api::IDEMPOTENCY_HEADER;
 
 use super::stats::Outcome;
 use crate::client::{Answer, ApiClient, ClientError};
+use crate::wire::{Hold, OrderRequest, Purchase};
 
-/// What the run needs to know about one answer besides its outcome.
+/// What the run needs to know about one purchase besides its outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempted {
     pub outcome: Outcome,
@@ -21,19 +22,43 @@ pub struct Attempted {
     pub unknown_event: bool,
 }
 
-/// Sends one purchase, retrying up to `retries` times with the same key.
-pub async fn purchase(
+/// One write's final answer, after its retries.
+#[derive(Debug)]
+pub struct Written {
+    pub result: Result<Answer, ClientError>,
+    /// The `X-Node` of every answer received, retries included.
+    pub nodes: Vec<String>,
+    pub retries: u32,
+}
+
+impl Written {
+    /// Whether the target answered 404 `unknown_event`.
+    pub fn unknown_event(&self) -> bool {
+        matches!(&self.result, Ok(a) if a.status == StatusCode::NOT_FOUND
+            && a.error_body().is_some_and(|e| e.error == "unknown_event"))
+    }
+}
+
+/// POSTs `body` (or nothing) to `path` with the Idempotency-Key `key` and the `extra`
+/// headers, repeating it up to `retries` times with the same key while the outcome is
+/// unknown.
+pub async fn write(
     client: &ApiClient,
-    body: &PurchaseRequestBody,
+    path: &str,
+    body: Option<&OrderRequest>,
     key: &str,
+    extra: &[(&'static str, &str)],
     retries: u32,
-) -> Attempted {
+) -> Written {
+    let mut headers = vec![(IDEMPOTENCY_HEADER, key)];
+    headers.extend_from_slice(extra);
     let mut nodes = Vec::new();
     let mut attempt = 0;
     loop {
-        let result = client
-            .post_json("/purchases", body, &[(IDEMPOTENCY_HEADER, key)])
-            .await;
+        let result = match body {
+            Some(body) => client.post_json(path, body, &headers).await,
+            None => client.post_empty(path, &headers).await,
+        };
         if let Ok(Answer { node: Some(n), .. }) = &result {
             nodes.push(n.clone());
         }
@@ -42,14 +67,28 @@ pub async fn purchase(
             tokio::time::sleep(backoff(attempt)).await;
             continue;
         }
-        let unknown_event = matches!(&result, Ok(a) if a.status == StatusCode::NOT_FOUND
-            && a.error_body().is_some_and(|e| e.error == "unknown_event"));
-        return Attempted {
-            outcome: classify(result),
+        return Written {
+            result,
             nodes,
             retries: attempt,
-            unknown_event,
         };
+    }
+}
+
+/// Sends one purchase, retrying up to `retries` times with the same key.
+pub async fn purchase(
+    client: &ApiClient,
+    body: &OrderRequest,
+    key: &str,
+    retries: u32,
+) -> Attempted {
+    let written = write(client, "/purchases", Some(body), key, &[], retries).await;
+    let unknown_event = written.unknown_event();
+    Attempted {
+        outcome: classify(&written.result),
+        nodes: written.nodes,
+        retries: written.retries,
+        unknown_event,
     }
 }
 
@@ -70,8 +109,8 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50 * u64::from(attempt.min(10)))
 }
 
-/// Names the final answer.
-pub fn classify(result: Result<Answer, ClientError>) -> Outcome {
+/// Names the final answer of a purchase or a hold (a 201 is told apart by its body).
+pub fn classify(result: &Result<Answer, ClientError>) -> Outcome {
     let answer = match result {
         Ok(answer) => answer,
         Err(err) => {
@@ -81,27 +120,55 @@ pub fn classify(result: Result<Answer, ClientError>) -> Outcome {
         }
     };
     if answer.status == StatusCode::CREATED {
-        return match serde_json::from_slice::<PurchaseBody>(&answer.body) {
-            Ok(p) => Outcome::Sold {
+        if let Ok(p) = serde_json::from_slice::<Purchase>(&answer.body) {
+            return Outcome::Sold {
                 tickets: p.tickets.len() as u64,
                 total_cents: p.total_cents,
-            },
-            Err(_) => Outcome::Failed {
-                kind: "bad_response".into(),
-            },
+            };
+        }
+        if let Ok(h) = serde_json::from_slice::<Hold>(&answer.body) {
+            return Outcome::Held {
+                tickets: h.tickets.len() as u64,
+            };
+        }
+        return Outcome::Failed {
+            kind: "bad_response".into(),
         };
     }
+    refusal(answer)
+}
+
+/// Names an answer that is not a success: `sold_out` with what is left, the box office's
+/// expected refusals, or a failure by its code or status.
+pub fn refusal(answer: &Answer) -> Outcome {
     match answer.error_body() {
         Some(e) if answer.status == StatusCode::CONFLICT && e.error == "sold_out" => {
             Outcome::SoldOut {
                 available: e.available.unwrap_or(0),
             }
         }
+        Some(e) if answer.status == StatusCode::CONFLICT && is_refusal(&e.error) => {
+            Outcome::Refused { code: e.error }
+        }
         Some(e) => Outcome::Failed { kind: e.error },
         None => Outcome::Failed {
             kind: format!("http_{}", answer.status.as_u16()),
         },
     }
+}
+
+/// The 409 codes a box office answers in the normal course of business: a buyer lost a
+/// race for a seat, hit the customer limit, or came back to a hold that had ended.
+pub const REFUSALS: [&str; 5] = [
+    "tickets_unavailable",
+    "customer_limit",
+    "hold_expired",
+    "hold_released",
+    "hold_confirmed",
+];
+
+fn is_refusal(code: &str) -> bool {
+    REFUSALS.contains(&code)
 }
 
 #[cfg(test)]
@@ -123,7 +190,7 @@ mod tests {
             "tickets":[{"id":1,"price_cents":100},{"id":2,"price_cents":250}],
             "total_cents":350,"node":"n1","created_at":"2024-01-01T00:00:00.000Z"}"#;
         assert_eq!(
-            classify(answer(201, body)),
+            classify(&answer(201, body)),
             Outcome::Sold {
                 tickets: 2,
                 total_cents: 350
@@ -132,10 +199,33 @@ mod tests {
     }
 
     #[test]
+    fn a_201_hold_counts_its_tickets_and_box_office_409s_are_refusals() {
+        let body = r#"{"hold_id":"h-1","event":"concert","quantity":1,
+            "tickets":[{"id":7,"price_cents":100}],"total_cents":100,"node":"n1",
+            "created_at":"2024-01-01T00:00:00.000Z","expires_at":"2024-01-01T00:10:00.000Z",
+            "status":"held","secret":"s"}"#;
+        assert_eq!(classify(&answer(201, body)), Outcome::Held { tickets: 1 });
+        for code in REFUSALS {
+            let body = format!(r#"{{"error":"{code}","message":"m"}}"#);
+            assert_eq!(
+                classify(&answer(409, &body)),
+                Outcome::Refused { code: code.into() }
+            );
+        }
+        let forbidden = r#"{"error":"forbidden","message":"m"}"#;
+        assert_eq!(
+            classify(&answer(403, forbidden)),
+            Outcome::Failed {
+                kind: "forbidden".into()
+            }
+        );
+    }
+
+    #[test]
     fn a_sold_out_409_carries_what_is_left() {
         let body = r#"{"error":"sold_out","message":"m","available":3}"#;
         assert_eq!(
-            classify(answer(409, body)),
+            classify(&answer(409, body)),
             Outcome::SoldOut { available: 3 }
         );
     }
@@ -144,19 +234,19 @@ mod tests {
     fn other_failures_are_named_by_code_or_status() {
         let coded = r#"{"error":"store_unavailable","message":"m"}"#;
         assert_eq!(
-            classify(answer(503, coded)),
+            classify(&answer(503, coded)),
             Outcome::Failed {
                 kind: "store_unavailable".into()
             }
         );
         assert_eq!(
-            classify(answer(502, "<html>")),
+            classify(&answer(502, "<html>")),
             Outcome::Failed {
                 kind: "http_502".into()
             }
         );
         assert_eq!(
-            classify(answer(201, "not json")),
+            classify(&answer(201, "not json")),
             Outcome::Failed {
                 kind: "bad_response".into()
             }

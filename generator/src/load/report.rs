@@ -62,8 +62,18 @@ pub struct LoadReport {
     pub errors_total: u64,
     /// Errors by kind: the target's error code, `http_NNN`, `timeout`, `connect`, ...
     pub errors: BTreeMap<String, u64>,
-    /// Latency from scheduled send to final answer, in milliseconds.
+    /// Every outcome by name: `purchased`, `sold_out`, and with the box-office mix
+    /// `held`, `confirmed`, `released`, `cancelled`, `abandoned` (holds left to expire),
+    /// `expired` (a confirm answered `hold_expired`, or a release found the hold expired),
+    /// `tickets_unavailable`,
+    /// `customer_limit`, `no_seats` (a seat pick found none available), ...
+    pub outcomes: BTreeMap<String, u64>,
+    /// Latency from scheduled send to the final answer of each buyer's first write
+    /// (purchase or hold), in milliseconds.
     pub latency_ms: LatencySummary,
+    /// Latency of the requests after the first write, by kind (`pick`, `confirm`,
+    /// `release`, `cancel`), from their own send, in milliseconds.
+    pub step_latency_ms: BTreeMap<String, LatencySummary>,
     /// Answers per `X-Node` header value.
     pub nodes: BTreeMap<String, u64>,
     /// The run second by second, from its first scheduled send.
@@ -182,6 +192,34 @@ impl fmt::Display for LoadReport {
             "  {:<16}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>10}",
             "", l.p50, l.p90, l.p99, l.p999, l.max, l.mean, l.count
         )?;
+
+        if self
+            .outcomes
+            .keys()
+            .any(|k| k != "purchased" && k != "sold_out")
+        {
+            writeln!(f)?;
+            writeln!(f, "  {:<32}{:>10}", "outcomes", "count")?;
+            for (name, count) in &self.outcomes {
+                writeln!(f, "  {name:<32}{:>10}", thousands(*count))?;
+            }
+        }
+
+        if !self.step_latency_ms.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "  {:<16}{:>9}{:>9}{:>9}{:>9}{:>10}",
+                "step (ms)", "p50", "p99", "max", "mean", "samples"
+            )?;
+            for (kind, l) in &self.step_latency_ms {
+                writeln!(
+                    f,
+                    "  {kind:<16}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>10}",
+                    l.p50, l.p99, l.max, l.mean, l.count
+                )?;
+            }
+        }
 
         if !self.errors.is_empty() {
             writeln!(f)?;

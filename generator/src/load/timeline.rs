@@ -107,9 +107,14 @@ impl Timeline {
         }
         match outcome {
             Outcome::Sold { tickets, .. } => s.tickets_sold += tickets,
-            Outcome::SoldOut { .. } => {}
+            Outcome::Held { .. } | Outcome::Refused { .. } | Outcome::SoldOut { .. } => {}
             Outcome::Failed { .. } => s.errors += 1,
         }
+    }
+
+    /// Counts `tickets` sold in `second` by a later step (a confirmed hold).
+    pub fn sold(&mut self, second: u64, tickets: u64) {
+        self.at(second).tickets_sold += tickets;
     }
 
     /// Purchases sent in `second`, 0 if none or not yet reached.

@@ -1,5 +1,5 @@
 //! A small fake ticket server for the generator's integration tests: hyper on
-//! 127.0.0.1:0 serving /events, /tickets and /purchases from an in-memory
+//! 127.0.0.1:0 serving /events, /tickets, /purchases (and an empty /holds) from an in-memory
 //! `shared::Inventory` (or from fixed, hand-made bodies), with an `X-Node` header that
 //! alternates between two names, and a helper that runs the real `generator` binary.
 
@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// What the fake serves.
+// One value per fake server: the inventory's size is no concern.
+#[allow(clippy::large_enum_variant)]
 pub enum State {
     /// A working inventory that sells tickets.
     Live(Mutex<Inventory>),
@@ -277,6 +279,10 @@ impl serve::Handler for Fake {
                 listing(node, query, &purchases, purchase_key, purchase_next)
             }
             (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
+            // The fake makes no holds: its list of them is empty, paged or not.
+            (_, &Method::GET, "/holds") => {
+                listing::<serde_json::Value>(node, query, &[], |_| None, |_| 0.into())
+            }
             _ => error(node, ErrorCode::NotFound, None),
         }
     }
@@ -324,9 +330,7 @@ impl Fake {
                 error(node, ErrorCode::SoldOut, Some(available))
             }
             Err(PurchaseError::UnknownEvent(_)) => error(node, ErrorCode::UnknownEvent, None),
-            Err(PurchaseError::KeyReused { .. }) => {
-                error(node, ErrorCode::IdempotencyKeyReused, None)
-            }
+            Err(err) => error(node, err.code(), None),
         }
     }
 }

@@ -309,14 +309,12 @@ fn state_at(
     }
     let mut state = JournalState::Unread;
     for entry in journal.replay_to(&mut state, from.log_bytes())? {
-        inventory
-            .apply_committed(entry.purchase)
-            .map_err(|reason| {
-                StoreError::corrupt(
-                    &paths.journal,
-                    format!("line at byte {}: {reason}", entry.at),
-                )
-            })?;
+        inventory.apply_entry(entry.entry).map_err(|reason| {
+            StoreError::corrupt(
+                &paths.journal,
+                format!("line at byte {}: {reason}", entry.at),
+            )
+        })?;
     }
     if !matches!(state, JournalState::At { offset, .. } if offset == from.log_bytes()) {
         return Err(StoreError::corrupt(

@@ -1,5 +1,5 @@
 //! The journal file: a header line naming the snapshot generation it follows, then one
-//! committed purchase per line. Reading replays only the lines a process has not seen;
+//! log entry per line. Reading replays only the lines a process has not seen;
 //! appending writes a whole batch at once and syncs it; a torn last line (a writer killed
 //! mid-append) is ignored by readers and cut off by the next writer.
 
@@ -134,10 +134,10 @@ impl Journal {
             while let Some(end) = tail[consumed..].iter().position(|&b| b == b'\n') {
                 let line = &tail[consumed..consumed + end];
                 let at = start + consumed as u64;
-                let purchase = format::decode_journal_entry(line).map_err(|reason| {
+                let entry = format::decode_journal_entry(line).map_err(|reason| {
                     StoreError::corrupt(&self.path, format!("line at byte {at}: {reason}"))
                 })?;
-                read.push(Entry { at, purchase });
+                read.push(Entry { at, entry });
                 consumed += end + 1;
                 entries += 1;
             }

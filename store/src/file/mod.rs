@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use shared::{Inventory, Purchase};
+use shared::{Inventory, LogEntry};
 
 use crate::format::{Follows, JournalHeader, Lineage};
 use crate::medium::{CompactionEnd, LogPosition, Medium, ReadSession, Since, WriteSession};
@@ -572,7 +572,7 @@ impl WriteSession for FileSession<'_> {
     fn append(
         &mut self,
         position: &FilePosition,
-        entries: &[Purchase],
+        entries: &[LogEntry],
     ) -> Result<FilePosition, StoreError> {
         let paths = &self.medium.paths;
         // A lock file deleted or replaced since this session locked it no longer keeps
@@ -598,8 +598,8 @@ impl WriteSession for FileSession<'_> {
             &mut state,
         )?;
         let mut lines = Vec::new();
-        for purchase in entries {
-            format::encode_journal_entry(purchase, &mut lines);
+        for entry in entries {
+            format::encode_journal_entry(entry, &mut lines);
         }
         journal.append(&mut state, &lines, entries.len())?;
         Ok(FilePosition {
@@ -806,12 +806,13 @@ impl FileSession<'_> {
     fn prove_folded(&mut self, inventory: &Inventory) -> Result<(), StoreError> {
         let mut state = JournalState::Unread;
         for entry in self.journal.replay(&mut state)? {
-            if inventory.purchase(&entry.purchase.purchase_id) != Some(&entry.purchase) {
+            if !inventory.contains_entry(&entry.entry) {
                 return Err(StoreError::corrupt(
                     &self.medium.paths.journal,
                     format!(
                         "the journal of the generation before the snapshot's holds {} (line at byte {}), which the snapshot lacks: it is not the journal the snapshot was folded from. Restore {JOURNAL_FILE} and {DATA_FILE} from the same backup",
-                        entry.purchase.purchase_id, entry.at
+                        entry.entry.subject(),
+                        entry.at
                     ),
                 ));
             }

@@ -458,7 +458,7 @@ fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
         .expect("available")
         .into_purchase();
     let err = session
-        .append(&end, std::slice::from_ref(&sold))
+        .append(&end, &[shared::LogEntry::Purchase(sold)])
         .expect_err("the lock is lost");
     assert!(err.to_string().contains("deleted or replaced"), "{err}");
     assert_eq!(

@@ -78,7 +78,7 @@ fn snapshot_at(medium: &PgMedium, target: &PgPosition) -> Result<Compacted, Stor
             break;
         }
         inventory
-            .apply_committed(entry.purchase)
+            .apply_entry(entry.entry)
             .map_err(|reason| reader.bad_entry(entry.at, reason.to_string()))?;
         position.seq = entry.at as i64;
     }

@@ -1,4 +1,4 @@
-//! The PostgreSQL medium: the same log of JSON purchases after a snapshot, in tables
+//! The PostgreSQL medium: the same log of JSON entries after a snapshot, in tables
 //! (`sql` names them), so nodes on many hosts can share one strictly consistent store.
 //!
 //! # How a write works
@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use postgres::{Row, SimpleQueryMessage, SimpleQueryRow};
 use r2d2::Pool;
-use shared::{Inventory, Purchase};
+use shared::{Inventory, LogEntry};
 
 pub use conn::PgOptions;
 use conn::{Conn, Manager, is_connection_lost, statements};
@@ -326,11 +326,11 @@ impl PgMedium {
                     end.seq
                 )));
             }
-            let purchase = format::decode_journal_entry(text.as_bytes())
+            let entry = format::decode_journal_entry(text.as_bytes())
                 .map_err(|reason| self.corrupt(format!("log entry {seq}: {reason}")))?;
             entries.push(Entry {
                 at: seq as u64,
-                purchase,
+                entry,
             });
             end.seq = seq;
             if seq > end.snapshot_seq {
@@ -603,15 +603,15 @@ impl WriteSession for PgWriter<'_> {
     fn append(
         &mut self,
         position: &PgPosition,
-        entries: &[Purchase],
+        entries: &[LogEntry],
     ) -> Result<PgPosition, StoreError> {
         let medium = self.medium;
         let mut end = position.clone();
         let mut seqs = Vec::with_capacity(entries.len());
         let mut texts = Vec::with_capacity(entries.len());
-        for purchase in entries {
+        for entry in entries {
             let mut line = Vec::new();
-            format::encode_journal_entry(purchase, &mut line);
+            format::encode_journal_entry(entry, &mut line);
             line.pop();
             let text = String::from_utf8(line)
                 .map_err(|err| medium.corrupt(format!("encoding an entry: {err}")))?;

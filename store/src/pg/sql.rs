@@ -4,7 +4,7 @@
 //!   the store is created again (so every process drops what it cached of the old one),
 //!   the newest snapshot's `snapshot_seq` and size, and `pruned_through`: log entries up to
 //!   it have been deleted.
-//! - `tickets_log`: the log, one committed purchase per row, `seq` 1, 2, 3... with no gap;
+//! - `tickets_log`: the log, one log entry per row, `seq` 1, 2, 3... with no gap;
 //!   `entry` is the same JSON object the file store's journal line holds.
 //! - `tickets_snapshot`: the inventory as it stood after entry `seq`, in the file store's
 //!   snapshot layout (`crate::format`).
@@ -41,10 +41,13 @@ pub const BEGIN_WRITE: &str = "BEGIN; SELECT pg_advisory_xact_lock(3276697302292
 /// Every entry after `$1`, with the meta row, in one statement (so one snapshot of the
 /// database): at least one row, the meta row with NULLs when nothing is new. A writer sends
 /// it after `BEGIN_WRITE` in the same round trip, with `$1::bigint` replaced by the number.
+/// The meta table holds one row; `LIMIT 1` tells the planner so (it never analyses a table
+/// of one row, and its guess of a thousand rows made the plan look costly enough to
+/// compile).
 pub const READ_SINCE: &str = "
 SELECT m.format, m.store_id, m.snapshot_seq, m.snapshot_bytes, m.pruned_through,
        l.seq, l.entry::text
-FROM tickets_meta m LEFT JOIN tickets_log l ON l.seq > $1::bigint
+FROM (SELECT * FROM tickets_meta LIMIT 1) m LEFT JOIN tickets_log l ON l.seq > $1::bigint
 ORDER BY l.seq";
 
 /// The newest snapshot, with the meta row.

@@ -3,15 +3,25 @@
 //! tests run it with `TICKETS_FAULT_ABORT_AT` set, so it dies at a chosen step of a write;
 //! the integrity tests with `--keys` and `TICKETS_FAULT_FAIL`, so a step fails and the
 //! writer retries with the same key, printing `failed` or `unknown` for each store error.
+//!
+//! With `--box-office` it makes every kind of log entry instead, one order per commit, in
+//! rounds of seven (hold, confirm it, hold, release it, purchase, cancel it, a hold left to
+//! expire), on a clock that moves 4 seconds a commit so the abandoned holds expire (10 s),
+//! printing `box <kind> <id> <ticket ids> [<hold id>]` after each one is durable.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shared::{EventName, IdempotencyKey, PurchaseOutcome, PurchaseRequest, Quantity};
-use store::{StoreError, TicketStore};
+use shared::{
+    Command, CustomerId, EventName, HoldRequest, IdempotencyKey, Order, Outcome, Proof,
+    PurchaseOutcome, PurchaseRequest, Quantity, SaleRequest, Selection, Ttl,
+};
+use store::{Clock, StoreError, TicketStore};
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -34,6 +44,9 @@ struct Cli {
     /// Print the store's counters at the end: `stats loads=L compactions=C failed=F`.
     #[arg(long)]
     stats: bool,
+    /// Make every kind of entry (see the module's doc); `--purchases` counts the orders.
+    #[arg(long)]
+    box_office: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,7 +61,14 @@ fn main() -> anyhow::Result<()> {
     let event = EventName::parse(&cli.event)?;
     let quantity = Quantity::new(cli.quantity)?;
     let mut stdout = std::io::stdout().lock();
-    for i in 0..cli.purchases {
+    // With --box-office its rounds take the place of the purchases.
+    let purchases = if cli.box_office {
+        box_office(&store, &event, quantity, cli.purchases, &mut stdout)?;
+        0
+    } else {
+        cli.purchases
+    };
+    for i in 0..purchases {
         let key = cli
             .keys
             .as_ref()
@@ -103,4 +123,82 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The rounds of `--box-office`: `orders` orders, one commit each.
+fn box_office(
+    store: &TicketStore,
+    event: &EventName,
+    quantity: Quantity,
+    orders: usize,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    // Starts at the log's latest time (a writer before this one may have run ahead of the
+    // system clock) and moves 4 seconds a commit.
+    let start = store
+        .read(|inv| inv.log_time())
+        .context("store failed")?
+        .to_system()
+        .max(std::time::SystemTime::now());
+    let commits = Arc::new(AtomicU64::new(0));
+    let clock = Clock::from_fn(move || {
+        start + Duration::from_secs(4 * commits.fetch_add(1, Ordering::Relaxed))
+    });
+    // A clone shares the handle's cache and medium, with its own clock.
+    let store = store.clone().with_clock(clock);
+    let sale = |i: usize| SaleRequest {
+        event: event.clone(),
+        selection: Selection::Quantity(quantity),
+        customer: CustomerId::parse(&format!("customer-{}", i % 3)).ok(),
+    };
+    let ttl = Ttl::new(10)?;
+    let hold = |i: usize| Command::Hold(HoldRequest { sale: sale(i), ttl });
+    let mut last = String::new();
+    for i in 0..orders {
+        let command = match i % 7 {
+            0 | 2 | 6 => hold(i),
+            1 => Command::Confirm {
+                hold_id: last.clone(),
+            },
+            3 => Command::Release {
+                hold_id: last.clone(),
+            },
+            4 => Command::Purchase(sale(i)),
+            _ => Command::Cancel {
+                purchase_id: last.clone(),
+            },
+        };
+        let order = Order::new(command).with_proof(Proof::operator());
+        let outcome = store
+            .commit(&order, "store-writer")
+            .context("store failed")?;
+        let line = match outcome {
+            Ok(Outcome::Purchase(decided)) => {
+                let p = decided.item;
+                last = p.purchase_id.clone();
+                let kind = match (i % 7, &p.hold_id) {
+                    (5, _) => "cancel",
+                    (_, Some(_)) => "confirm",
+                    (_, None) => "purchase",
+                };
+                let hold = p.hold_id.as_deref().unwrap_or("");
+                format!("box {kind} {} {} {hold}", p.purchase_id, ids(&p.tickets))
+            }
+            Ok(Outcome::Hold(decided)) => {
+                let h = decided.item.hold;
+                last = h.hold_id.clone();
+                let kind = if i % 7 == 3 { "release" } else { "hold" };
+                format!("box {kind} {} {}", h.hold_id, ids(&h.tickets))
+            }
+            Err(refused) => format!("refused {refused}"),
+        };
+        writeln!(out, "{}", line.trim_end())?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn ids(tickets: &[shared::SoldTicket]) -> String {
+    let ids: Vec<String> = tickets.iter().map(|t| t.id.to_string()).collect();
+    ids.join(",")
 }

@@ -100,6 +100,7 @@ pub async fn events(pool: &Pool) -> Result<Vec<EventBody>, BaselineError> {
                 held: 0,
                 min_price_cents: row.get::<_, i64>(3) as u64,
                 max_price_cents: row.get::<_, i64>(4) as u64,
+                max_per_customer: None,
             }
         })
         .collect())
@@ -185,6 +186,10 @@ pub async fn purchase(pool: &Pool, order: &Order<'_>) -> Result<PurchaseBody, Ba
             tickets,
             node: order.node.to_owned(),
             created_at: order.created_at.clone(),
+            customer: None,
+            hold_id: None,
+            cancelled_at: None,
+            secret: None,
         };
         let text =
             serde_json::to_string(&body).map_err(|err| BaselineError::Database(err.to_string()))?;
