@@ -142,9 +142,21 @@ def cmd_load(args) -> None:
         "errors_by_kind": r["errors"],
         "p50_ms": r["latency_ms"]["p50"],
         "p99_ms": r["latency_ms"]["p99"],
+        "max_ms": r["latency_ms"]["max"],
         "latency_samples": r["latency_ms"]["count"],
         "nodes_answering": len(r["nodes"]),
     }
+    # The worst second (for stalls): the highest per-second p99 and the fewest answers,
+    # leaving out the first and last seconds (ramp-up, drain).
+    seconds = [p for p in r.get("per_second", []) if p["sent"] > 0][1:-1]
+    if seconds:
+        worst = max(seconds, key=lambda p: p["p99_ms"])
+        record["worst_second_p99_ms"] = worst["p99_ms"]
+        record["worst_second"] = worst["second"]
+        record["fewest_answers_in_a_second"] = min(p["answered"] for p in seconds)
+        record["seconds_p99_over_50ms"] = sum(1 for p in seconds if p["p99_ms"] > 50)
+    if args.compactions is not None:
+        record["compactions"] = args.compactions
     # The box office's outcomes (generator reports before it have none): committed holds,
     # confirms and cancels per second over the whole run, as purchases are.
     outcomes = r.get("outcomes", {})
@@ -153,6 +165,11 @@ def cmd_load(args) -> None:
     record["outcomes"] = outcomes
     record["step_p99_ms"] = {k: v["p99"] for k, v in r.get("step_latency_ms", {}).items()}
     append(args.out, record)
+
+
+def cmd_start(args) -> None:
+    append(args.out, {"kind": "start", "store": args.store, "tickets": args.tickets,
+                      "how": args.how, "seconds": args.seconds})
 
 
 def find(records, **match) -> Optional[dict]:
@@ -247,6 +264,13 @@ def mean_rounds(wrks) -> list:
     return merged
 
 
+# The stall runs: phase -> (description, goal).
+STALL_PHASES = {
+    "stalls-300k": ("300,000 tickets, 32 clients, saturated", "p99 < 25 ms, max < 100 ms"),
+    "paced-1m": ("1,000,000 tickets, paced", "no second's p99 > 50 ms"),
+}
+
+
 def cmd_table(args) -> None:
     records = read_records(args.records)
     meta = dict(m.split("=", 1) for m in args.meta)
@@ -279,7 +303,9 @@ def cmd_table(args) -> None:
                 "proxy (balancer process, nginx's workers, or haproxy) per request; for direct, of the "
                 "node(s). Less noisy than req/s on a shared machine.", ""]
 
-    loads = [r for r in records if r["kind"] == "load"]
+    stalls = [r for r in records if r["kind"] == "load" and r["phase"] in STALL_PHASES]
+    starts = [r for r in records if r["kind"] == "start"]
+    loads = [r for r in records if r["kind"] == "load" and r["phase"] not in STALL_PHASES]
     stores = [s for s in ("before", "after") if any(r["store"] == s for r in loads)]
     sizes = sorted({r["tickets"] for r in loads})
     if stores:
@@ -401,6 +427,32 @@ def cmd_table(args) -> None:
         r = ratio(skip and skip["committed_per_s"], files and files["committed_per_s"])
         if skip and files:
             rows.append([f"purchases/s at {n:,} tickets, SKIP LOCKED / file store", fmt(r, 2), "-", "-"])
+    if stalls:
+        out += ["## 5. Stalls: compaction under load (generator -> balancer -> 3 nodes)", ""]
+        srows = []
+        for phase, (label, goal) in STALL_PHASES.items():
+            for store in ("before", "after"):
+                r = find(stalls, store=store, phase=phase)
+                if not r:
+                    continue
+                srows.append([
+                    label, store, fmt(r["asked_rate"]), fmt(r["committed_per_s"]),
+                    r.get("compactions", "n/a"), fmt(r["p50_ms"], 2), fmt(r["p99_ms"], 2),
+                    fmt(r["max_ms"], 1), fmt(r.get("worst_second_p99_ms"), 1),
+                    r.get("seconds_p99_over_50ms", "n/a"), r.get("fewest_answers_in_a_second", "n/a"),
+                    errors_text(r), goal,
+                ])
+        out += markdown(["run", "build", "asked/s", "committed/s", "compactions", "p50 ms",
+                         "p99 ms", "max ms", "worst second's p99 ms", "seconds with p99 > 50 ms",
+                         "fewest answers in a second", "errors", "goal"], srows)
+        out += ["", "compactions: snapshot generations the run went through. Seconds: the "
+                "first and last are left out (ramp-up, drain).", ""]
+    if starts:
+        out += ["### Node start on the 1,000,000-ticket store after the paced run", ""]
+        out += markdown(["build", "how", "seconds to the first 2xx GET /events"],
+                        [[r["store"], r["how"], fmt(r["seconds"], 2)] for r in starts])
+        out.append("")
+
     box = [r for r in loads if r["store"] == "box"]
     if box:
         out += ["## 3. Box office: committed writes/s, generator -> balancer -> 3 nodes on one "
@@ -481,9 +533,19 @@ def main() -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--store", required=True, choices=["before", "after", "box", *PG_DESIGNS])
     p.add_argument("--tickets", type=int, required=True)
-    p.add_argument("--phase", required=True, choices=["capacity", "latency", *BOX_PHASES])
+    p.add_argument("--phase", required=True,
+                   choices=["capacity", "latency", *BOX_PHASES, *STALL_PHASES])
+    p.add_argument("--compactions", type=int, help="snapshot generations the run went through")
     p.add_argument("file")
     p.set_defaults(run=cmd_load)
+
+    p = sub.add_parser("start")
+    p.add_argument("--out", required=True)
+    p.add_argument("--store", required=True)
+    p.add_argument("--tickets", type=int, required=True)
+    p.add_argument("--how", required=True)
+    p.add_argument("--seconds", type=float, required=True)
+    p.set_defaults(run=cmd_start)
 
     p = sub.add_parser("rate")
     p.add_argument("records")

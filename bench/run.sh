@@ -16,7 +16,8 @@ set -euo pipefail
 
 usage() {
     cat <<'EOF'
-usage: bench/run.sh [--quick] [--before | --pg | --box-office] [--events-only] [--rev REV]
+usage: bench/run.sh [--quick] [--before | --pg | --box-office | --stalls] [--events-only]
+                    [--rev REV] [--build-only]
 
   (default)   disk sync rate; GET /events with wrk: direct, balancer, nginx, HAProxy,
               with 1 and 3 nodes; committed purchases/s through the balancer with 3
@@ -36,7 +37,20 @@ usage: bench/run.sh [--quick] [--before | --pg | --box-office] [--events-only] [
               holds and walks away (holds/s), holds then confirms (confirms/s), or buys then
               cancels (cancels/s): generator load's --hold-abandon-share,
               --hold-confirm-share and --cancel-share set to 1. No wrk runs.
-  --quick     shorter runs (3 s) and only 50,000 / 500,000 tickets: a smoke test.
+  --stalls    stalls through compaction, for the build of $BENCH_STALLS_BEFORE (default
+              main) and REV, one after the other on the same seeds: 300,000 tickets, 32
+              clients as fast as they can (generator --arrivals closed) for 25 s (p99,
+              slowest purchase); 1,000,000
+              tickets paced at $BENCH_STALLS_PACED_FRACTION (default 0.5) x the lower of
+              the two saturated rates for
+              60 s (each second's p99, the fewest answers in a second); then the time a node
+              takes to answer its first GET /events on the 1,000,000-ticket store left by
+              the paced run (a fresh start, and a restart after SIGKILL under no load).
+              Counts the compactions each run went through (snapshot generations).
+  --build-only  build the binaries the run would measure, then stop (so a lock around
+              the measuring is not held while compiling).
+  --quick     shorter runs (3 s) and only 50,000 / 500,000 tickets: a smoke test; with
+              --stalls, 8 s and 20 s runs.
   --rev REV   the revision to measure as "after" (default HEAD), built in a temporary
               git worktree so other people's uncommitted edits are not measured; "."
               measures the working tree as it is.
@@ -53,6 +67,8 @@ QUICK=0
 EVENTS_ONLY=0
 BEFORE=0
 PG=0
+STALLS=0
+BUILD_ONLY=0
 BOX=0
 REV=HEAD
 while (($#)); do
@@ -61,6 +77,8 @@ while (($#)); do
         --events-only) EVENTS_ONLY=1 ;;
         --before) BEFORE=1 ;;
         --pg) PG=1 ;;
+        --stalls) STALLS=1 ;;
+        --build-only) BUILD_ONLY=1 ;;
         --box-office) BOX=1 ;;
         --rev)
             [[ $# -ge 2 ]] || { usage >&2; exit 2; }
@@ -72,11 +90,12 @@ while (($#)); do
     esac
     shift
 done
-((BEFORE + PG + BOX > 1)) && { echo "--before, --pg and --box-office are separate runs" >&2; exit 2; }
+((BEFORE + PG + BOX + STALLS <= 1)) || { echo "--before, --pg, --box-office and --stalls are separate runs" >&2; exit 2; }
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$BENCH_DIR/.." && pwd)
 BEFORE_REV=${BENCH_BEFORE_REV:-8bd16ec}
+STALLS_BEFORE_REV=${BENCH_STALLS_BEFORE:-main}
 CACHE=${BENCH_CACHE_DIR:-$REPO/target/bench}
 RESULTS=$BENCH_DIR/results
 REPORT=$BENCH_DIR/report.py
@@ -103,6 +122,20 @@ else
     # The whole-file store rewrites tens of MB per sale at 500,000 tickets: short but real.
     BEFORE_BIG_SECONDS=5
     SYNC_SECONDS=5
+fi
+# Stalls (--stalls): the issue's runs.
+STALLS_SAT_TICKETS=300000
+STALLS_BIG_TICKETS=1000000
+STALLS_CLIENTS=32
+# The paced run asks for this fraction of the lower saturated rate: on a shared machine
+# 0.7 left no headroom (both builds fell behind whatever compaction did).
+STALLS_PACED_FRACTION=${BENCH_STALLS_PACED_FRACTION:-0.5}
+if ((QUICK)); then
+    STALLS_SAT_SECONDS=8
+    STALLS_PACED_SECONDS=20
+else
+    STALLS_SAT_SECONDS=25
+    STALLS_PACED_SECONDS=60
 fi
 # The box office is measured where the issue asks for it.
 BOX_SIZES=(50000 500000)
@@ -209,6 +242,7 @@ start_server() {
     # background child runs, so a check in between would read the address a server of the
     # same name printed in an earlier run (or an empty line).
     : >"$out"
+    : >"$err"
     RUST_LOG=warn "$@" >"$out" 2>"$err" &
     local pid=$!
     PIDS+=("$pid")
@@ -604,6 +638,103 @@ measure_box_office() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Stalls through compaction (--stalls).
+
+# The snapshot generation of the store in DIR (it goes up by one per compaction).
+snapshot_generation() {
+    # The first "generation" of the header line (a compacted snapshot's "follows" names
+    # another).
+    head -n 1 "$1/tickets.json" | sed -n 's/^{"format":[0-9]*,"generation":\([0-9]*\),.*/\1/p'
+}
+
+# One stall run: 3 nodes and a balancer on a fresh copy of SEED, the generator's load, and
+# the number of compactions the run went through. Leaves the data directory in DATA.
+stall_run() {
+    local label=$1 bin=$2 seed=$3 tickets=$4 phase=$5 rate=$6 seconds=$7
+    DATA=$TMP/data-$label-$phase
+    rm -rf "$DATA"
+    cp -a "$seed" "$DATA"
+    start_nodes "$bin" 3 --data "$DATA"
+    start_balancer "$bin" "balancer-$label-$phase" "${NODE_ADDRS[@]}"
+    local first last report=$TMP/load-$label-$phase.json
+    first=$(snapshot_generation "$DATA")
+    log "stalls ($label, $tickets tickets, $phase): rate $rate/s, concurrency $STALLS_CLIENTS, ${seconds}s"
+    local arrivals=steady
+    [[ $rate == closed ]] && arrivals=closed rate=1
+    # One generator, the after build's (it has the closed loop), measures both builds.
+    run_child "$STALLS_GENERATOR/generator" load --target "http://$ADDR" --rate "$rate" --arrivals "$arrivals" \
+        --duration "${seconds}s" --concurrency "$STALLS_CLIENTS" --max-quantity "$MAX_QUANTITY" --seed 7 \
+        --timeout "$REQUEST_TIMEOUT" --report "$report" --no-progress \
+        >"$TMP/load-$label-$phase.txt" 2>&1 ||
+        die "generator load failed: $(tail -n 5 "$TMP/load-$label-$phase.txt")"
+    stop_servers
+    last=$(snapshot_generation "$DATA")
+    python3 "$REPORT" load --out "$RECORDS" --store "$label" --tickets "$tickets" --phase "$phase" \
+        --compactions "$((last - first))" "$report"
+}
+
+# Seconds from starting a node on DIR to its first 2xx GET /events (it reads the store on
+# its first request), polled every 20 ms; sets START_SECONDS and LAST_PID.
+time_node_start() {
+    local bin=$1 dir=$2 name=$3
+    local started=$EPOCHREALTIME
+    start_server "$name" "$bin/node" --id "$name" --listen 127.0.0.1:0 --data "$dir"
+    local tries
+    for ((tries = 0; tries < 15000; tries++)); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' -m 120 "http://$ADDR/events" || true) == 2?? ]]; then
+            START_SECONDS=$(python3 -c "import sys; print(f'{float(sys.argv[1]) - float(sys.argv[2]):.3f}')" \
+                "$EPOCHREALTIME" "$started")
+            return 0
+        fi
+        sleep 0.02
+    done
+    die "$name never answered GET /events"
+}
+
+measure_stalls() {
+    local before_bin=$1 after_bin=$2 label bin
+    STALLS_GENERATOR=$after_bin
+    local sat_seed=$TMP/seed-stalls-$STALLS_SAT_TICKETS big_seed=$TMP/seed-stalls-$STALLS_BIG_TICKETS
+    log "seeding $STALLS_SAT_TICKETS and $STALLS_BIG_TICKETS tickets"
+    "$after_bin/generator" seed --data "$sat_seed" --events "$EVENTS" --tickets "$STALLS_SAT_TICKETS" \
+        --seed 1 >/dev/null
+    "$after_bin/generator" seed --data "$big_seed" --events "$EVENTS" --tickets "$STALLS_BIG_TICKETS" \
+        --seed 1 >/dev/null
+    for label in before after; do
+        bin=$before_bin
+        [[ $label == after ]] && bin=$after_bin
+        stall_run "$label" "$bin" "$sat_seed" "$STALLS_SAT_TICKETS" stalls-300k closed \
+            "$STALLS_SAT_SECONDS"
+        rm -rf "$DATA"
+    done
+    # The paced rate: a fraction of the lower saturated rate, the same for both builds.
+    local paced
+    paced=$(python3 - "$RECORDS" "$STALLS_PACED_FRACTION" <<'PY'
+import json, sys
+rates = [r["committed_per_s"] for r in map(json.loads, open(sys.argv[1])) if r.get("phase") == "stalls-300k"]
+print(f"{max(100.0, min(rates) * float(sys.argv[2])):.0f}")
+PY
+)
+    for label in before after; do
+        bin=$before_bin
+        [[ $label == after ]] && bin=$after_bin
+        stall_run "$label" "$bin" "$big_seed" "$STALLS_BIG_TICKETS" paced-1m "$paced" \
+            "$STALLS_PACED_SECONDS"
+        time_node_start "$bin" "$DATA" "start-$label"
+        python3 "$REPORT" start --out "$RECORDS" --store "$label" --tickets "$STALLS_BIG_TICKETS" \
+            --how "fresh start" --seconds "$START_SECONDS"
+        kill -KILL "$LAST_PID"
+        wait "$LAST_PID" 2>/dev/null || true
+        time_node_start "$bin" "$DATA" "restart-$label"
+        python3 "$REPORT" start --out "$RECORDS" --store "$label" --tickets "$STALLS_BIG_TICKETS" \
+            --how "restart after SIGKILL" --seconds "$START_SECONDS"
+        stop_servers
+        rm -rf "$DATA"
+    done
+    rm -rf "$sat_seed" "$big_seed"
+}
+
+# ---------------------------------------------------------------------------------------
 # PostgreSQL: one throwaway server for the run, made as the tests make theirs.
 
 PG_DIR=""
@@ -716,12 +847,13 @@ main() {
     command -v cargo >/dev/null || die "cargo is needed"
     command -v python3 >/dev/null || die "python3 is needed"
     command -v curl >/dev/null || die "curl is needed"
-    if ((!BEFORE && !PG && !BOX)); then
+    if ((!BEFORE && !PG && !BOX && !STALLS)); then
         ensure_tools wrk nginx haproxy
     fi
     local started=$SECONDS mode=after
     ((BEFORE)) && mode=before
     ((PG)) && mode=postgres
+    ((STALLS)) && mode=stalls
     ((BOX)) && mode=box-office
     ((QUICK)) && mode+=" (quick)"
 
@@ -740,6 +872,14 @@ main() {
         build before "$BEFORE_REV"
         before_bin=$BIN
     fi
+    if ((STALLS)); then
+        build before "$STALLS_BEFORE_REV"
+        before_bin=$BIN
+    fi
+    if ((BUILD_ONLY)); then
+        log "built; --build-only: nothing measured"
+        return 0
+    fi
 
     measure_sync start
     if ((BEFORE)); then
@@ -749,6 +889,10 @@ main() {
         start_pg
         measure_pg "$after_bin"
         stop_pg
+    elif ((STALLS)); then
+        uptime >&2
+        measure_stalls "$before_bin" "$after_bin"
+        uptime >&2
     elif ((BOX)); then
         measure_box_office "$after_bin"
     else
@@ -781,6 +925,10 @@ main() {
     fi
     if ((BEFORE)); then
         meta+=(--meta "before=$(git -C "$REPO" rev-parse --short "$BEFORE_REV") (whole-file store); durations ${BEFORE_SECONDS}s, ${BEFORE_BIG_SECONDS}s at 500,000 tickets")
+    fi
+    if ((STALLS)); then
+        meta+=(--meta "before=$(git -C "$REPO" rev-parse --short "$STALLS_BEFORE_REV") ($STALLS_BEFORE_REV)")
+        meta+=(--meta "stalls=$STALLS_CLIENTS clients (--concurrency), ${STALLS_SAT_SECONDS}s at $STALLS_SAT_TICKETS tickets (--rate $AFTER_RATE), ${STALLS_PACED_SECONDS}s paced at $STALLS_BIG_TICKETS tickets; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)")
     fi
     local name=$stamp-${mode%% *}
     ((QUICK)) && name+=-quick

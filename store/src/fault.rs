@@ -12,16 +12,23 @@ pub const ABORT_SKIP_ENV: &str = "TICKETS_FAULT_ABORT_SKIP";
 /// COMMIT, before the caller hears of it.
 pub const POSTGRES_POINTS: [&str; 2] = ["postgres-before-commit", "postgres-after-commit"];
 
-/// The file store's named points, in the order a write passes them.
-pub const POINTS: [&str; 7] = [
+/// The file store's named points, in the order a write passes them: the append, then
+/// the background compaction's steps (its snapshot written, the journal's tail copied
+/// ahead, then under the lock each rename).
+pub const POINTS: [&str; 8] = [
     "journal-torn-write",
     "journal-after-write",
     "journal-after-sync",
-    "snapshot-after-temp",
-    "snapshot-after-rename",
-    "journal-create-after-temp",
+    "compaction-snapshot-temp",
+    "compaction-journal-temp",
+    "compaction-after-snapshot-rename",
+    "compaction-after-journal-rename",
     "compaction-done",
 ];
+
+/// The point of the step a writer takes first after a compaction stopped between its
+/// two renames: starting the new snapshot's journal with the old one's tail.
+pub const FINISH_SWITCH_POINT: &str = "journal-create-after-temp";
 
 /// The points of upgrading a store written before the journal (its first write), in
 /// order: the upgrade's journal, then its snapshot.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use shared::{Inventory, LogEntry, Order};
 
-use crate::medium::{Entry, LogPosition, Medium, ReadSession, Since, WriteSession};
+use crate::medium::{Compacted, Entry, LogPosition, Medium, ReadSession, Since, WriteSession};
 use crate::{Clock, CommittedBatch, Decision, StoreError, StoreStats, StoreSummary};
 
 /// How many times in a row a catch-up may be sent back to the snapshot before the store
@@ -261,6 +261,10 @@ impl<M: Medium> Front<M> {
     ) {
         let position = &current.position;
         let (generation, log_bytes) = (position.generation(), position.log_bytes());
+        let background = self.medium.compacts_in_background();
+        if background {
+            self.record_ended_compactions();
+        }
         if log_bytes < min_bytes.max(position.snapshot_bytes() / 2) {
             return;
         }
@@ -272,6 +276,10 @@ impl<M: Medium> Front<M> {
             && failed_generation == generation
             && log_bytes < failed_bytes.saturating_mul(2)
         {
+            return;
+        }
+        if background {
+            self.medium.start_compaction(position);
             return;
         }
         match session.write_snapshot(&current.inventory, position) {
@@ -288,6 +296,40 @@ impl<M: Medium> Front<M> {
                     .fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Counts the background compactions that ended, and sets the failure backoff as
+    /// `write_snapshot`'s failures do.
+    fn record_ended_compactions(&self) {
+        for ended in self.medium.ended_compactions() {
+            match ended.outcome {
+                Ok(Compacted::Switched) => {
+                    *self
+                        .compaction_failed_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = None;
+                    self.counters.compactions.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Compacted::Superseded) => {}
+                Err(err) => {
+                    tracing::warn!(cause = %err, log_bytes = ended.log_bytes, "compaction failed; the log keeps every purchase, and the next attempt waits until it has doubled");
+                    *self
+                        .compaction_failed_at
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) =
+                        Some((ended.generation, ended.log_bytes));
+                    self.counters
+                        .compaction_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Waits for this process's background compaction, if one runs, and counts it.
+    pub fn wait_for_compaction(&self) {
+        self.medium.wait_for_compaction();
+        self.record_ended_compactions();
     }
 
     /// The shared cache lock. A lock poisoned by a panic elsewhere may guard a half-applied

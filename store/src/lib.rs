@@ -13,6 +13,7 @@
 //!
 //! These calls block on I/O and on the lock: async callers run them on the blocking pool.
 
+mod compaction;
 pub mod fault;
 pub mod file;
 pub mod format;
@@ -33,7 +34,7 @@ use shared::{
 };
 use thiserror::Error;
 
-pub use file::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
+pub use file::{COMPACTION_LOCK_FILE, DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
 use front::Front;
 use medium::Medium;
 pub use pg::{PgMedium, PgOptions};
@@ -387,6 +388,13 @@ impl TicketStore {
     /// `force`.
     pub fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
         on_medium!(&*self.backing, front => front.create(inventory, force))
+    }
+
+    /// Waits until no compaction of this process runs in the background (a file store
+    /// folds its journal on a thread of its own), so that a program about to exit leaves
+    /// no half-built snapshot and `stats` counts it.
+    pub fn wait_for_compaction(&self) {
+        on_medium!(&*self.backing, front => front.wait_for_compaction())
     }
 
     /// What this handle (and its clones) did so far.

@@ -110,6 +110,48 @@ pub trait Medium: Send + Sync + 'static {
 
     /// Whether a store has been created here (it may still be unreadable).
     fn exists(&self) -> Result<bool, StoreError>;
+
+    /// Whether this medium compacts in the background ([`Medium::start_compaction`])
+    /// rather than in the commit path ([`WriteSession::write_snapshot`]).
+    fn compacts_in_background(&self) -> bool {
+        false
+    }
+
+    /// Starts folding the log up to `position` (the end of the log, just appended) into a
+    /// new snapshot in the background, unless a compaction is under way (in this process or
+    /// another). The work that grows with the inventory holds no lock; the switch takes the
+    /// exclusive lock for a time that does not depend on the inventory's size, and a
+    /// process whose state is at or past `position` then carries on from the new snapshot
+    /// without reading it (its next `read_since` translates its position).
+    fn start_compaction(&self, position: &Self::Position) {
+        let _ = position;
+    }
+
+    /// The background compactions of this process that ended since the last call.
+    fn ended_compactions(&self) -> Vec<CompactionEnd> {
+        Vec::new()
+    }
+
+    /// Waits until no background compaction of this process is under way.
+    fn wait_for_compaction(&self) {}
+}
+
+/// How a background compaction ended.
+#[derive(Debug)]
+pub struct CompactionEnd {
+    /// The generation and log size it started from, for the failure backoff.
+    pub generation: u64,
+    pub log_bytes: u64,
+    pub outcome: Result<Compacted, StoreError>,
+}
+
+/// What a background compaction that did not fail did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compacted {
+    /// The new snapshot and its journal are in place.
+    Switched,
+    /// Another process compacted (or reseeded) first: nothing was changed.
+    Superseded,
 }
 
 /// What both kinds of session can do: read the snapshot and the log.

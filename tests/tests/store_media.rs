@@ -532,6 +532,8 @@ fn every_kind_of_entry_is_seen_by_another_handle_and_survives_compaction() {
             .commit(&Order::new(Command::Purchase(sale(1))), "n3")
             .expect("committed")
             .expect("available");
+        // Compaction runs in the background.
+        compacting.wait_for_compaction();
         assert!(compacting.stats().compactions >= 1, "{name}");
         let fresh = medium.handle();
         assert_eq!(

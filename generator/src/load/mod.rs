@@ -211,7 +211,8 @@ pub async fn run_until(
         let Some(at) = schedule.next().and_then(|offset| start.checked_add(offset)) else {
             break StopReason::Duration;
         };
-        if deadline.is_some_and(|d| at >= d) {
+        let closed = options.arrivals == Arrivals::Closed;
+        if deadline.is_some_and(|d| at >= d || (closed && Instant::now() >= d)) {
             break StopReason::Duration;
         }
         tokio::select! {
@@ -244,7 +245,9 @@ pub async fn run_until(
                 // This send and those scheduled after it before the deadline never left:
                 // about `rate` per second of what remained (exact for steady arrivals).
                 let remaining = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(at));
-                behind_schedule = ((remaining.as_secs_f64() * options.rate).ceil() as u64).max(1);
+                if !closed {
+                    behind_schedule = ((remaining.as_secs_f64() * options.rate).ceil() as u64).max(1);
+                }
                 break StopReason::Duration;
             }
             permit = slots.clone().acquire_owned() => match permit {
@@ -252,6 +255,8 @@ pub async fn run_until(
                 Err(_) => break StopReason::Interrupted,
             },
         };
+        // A closed loop's purchase is due when a client is free to send it.
+        let at = if closed { Instant::now() } else { at };
         seq += 1;
         {
             let mut stats = lock(&run.stats);

@@ -15,6 +15,10 @@ pub enum Arrivals {
     Steady,
     /// Exponential gaps with mean `1 / rate`: independent arrivals, like real customers.
     Poisson,
+    /// No schedule (closed loop): each of the `--concurrency` clients sends its next
+    /// purchase as soon as its last one is answered, as fast as the cluster answers;
+    /// `--rate` is not used, and latency counts from the actual send.
+    Closed,
 }
 
 /// The send times of a run, as offsets from its start. An endless iterator.
@@ -35,6 +39,7 @@ impl fmt::Display for Arrivals {
         f.write_str(match self {
             Self::Steady => "steady",
             Self::Poisson => "poisson",
+            Self::Closed => "closed",
         })
     }
 }
@@ -71,6 +76,8 @@ impl<R: Rng> Iterator for Schedule<R> {
                 }
                 Duration::from_nanos(self.offset_nanos as u64)
             }
+            // Every send is due at once; the concurrency cap paces them.
+            Arrivals::Closed => Duration::ZERO,
         };
         self.count += 1;
         Some(offset)
@@ -88,6 +95,13 @@ mod tests {
             .take(n + 1)
             .collect();
         offsets.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    #[test]
+    fn a_closed_loop_has_every_send_due_at_once() {
+        for gap in gaps(Arrivals::Closed, 50.0, 100) {
+            assert_eq!(gap, Duration::ZERO);
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::{StoreError, fault, format, read_up_to, sync_dir, temp_path, write_temp};
@@ -93,14 +93,29 @@ impl Journal {
         self.len <= self.header_len
     }
 
+    /// The length of the header line.
+    pub fn header_len(&self) -> u64 {
+        self.header_len
+    }
+
     /// Reads the complete lines after `state` and moves `state` past them. The caller has
     /// established that this journal follows its snapshot.
     pub fn replay(&mut self, state: &mut JournalState) -> Result<Vec<Entry>, StoreError> {
+        self.replay_to(state, self.len)
+    }
+
+    /// As `replay`, reading no further than byte `end` (within the journal as opened).
+    pub fn replay_to(
+        &mut self,
+        state: &mut JournalState,
+        end: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
         let (start, mut entries) = match *state {
             JournalState::At { offset, entries } => (offset, entries),
             JournalState::Unread | JournalState::Stale => (self.header_len, 0),
         };
-        if start > self.len {
+        let end = end.min(self.len);
+        if start > end {
             return Err(StoreError::corrupt(
                 &self.path,
                 format!("the journal shrank below byte {start} without a new generation"),
@@ -110,10 +125,10 @@ impl Journal {
         let Some(file) = self.file.as_mut() else {
             return Ok(read);
         };
-        if start < self.len {
-            let mut tail = Vec::with_capacity((self.len - start) as usize);
+        if start < end {
+            let mut tail = Vec::with_capacity((end - start) as usize);
             file.seek(SeekFrom::Start(start))
-                .and_then(|_| file.take(self.len - start).read_to_end(&mut tail))
+                .and_then(|_| file.take(end - start).read_to_end(&mut tail))
                 .map_err(StoreError::io("reading", &self.path))?;
             let mut consumed = 0;
             while let Some(end) = tail[consumed..].iter().position(|&b| b == b'\n') {
@@ -154,15 +169,67 @@ impl Journal {
         Ok(read)
     }
 
+    /// The journal's length now: it may have grown since it was opened.
+    pub fn current_len(&self) -> Result<u64, StoreError> {
+        match self.file.as_ref() {
+            Some(file) => Ok(file
+                .metadata()
+                .map_err(StoreError::io("reading", &self.path))?
+                .len()),
+            None => Ok(0),
+        }
+    }
+
+    /// Whether the file at `path` is still the journal opened (not replaced since).
+    pub fn still_at(&self, path: &Path) -> bool {
+        let (Some(file), Ok(there)) = (self.file.as_ref(), std::fs::metadata(path)) else {
+            return false;
+        };
+        file.metadata()
+            .is_ok_and(|held| held.dev() == there.dev() && held.ino() == there.ino())
+    }
+
+    /// The bytes `from..to` of the journal as opened (the caller knows they are there).
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<u8>, StoreError> {
+        let mut bytes = vec![0; to.saturating_sub(from) as usize];
+        if let Some(file) = self.file.as_ref() {
+            file.read_exact_at(&mut bytes, from)
+                .map_err(StoreError::io("reading", &self.path))?;
+        }
+        Ok(bytes)
+    }
+
+    /// How many lines end in the bytes `from..to`.
+    pub fn count_lines(&self, from: u64, to: u64) -> Result<usize, StoreError> {
+        let bytes = self.read_range(from, to)?;
+        Ok(bytes.iter().filter(|&&b| b == b'\n').count())
+    }
+
     /// Writes a fresh, empty journal atomically.
     pub fn create(
         path: &Path,
         dir: &Path,
         header: JournalHeader,
     ) -> Result<JournalState, StoreError> {
+        Self::create_with(path, dir, header, &[])
+    }
+
+    /// Writes a journal atomically: `header`, then `lines` (whole lines, `count` of them
+    /// when counted by the caller). The compaction's new journal starts with the lines the
+    /// snapshot does not hold.
+    pub fn create_with(
+        path: &Path,
+        dir: &Path,
+        header: JournalHeader,
+        lines: &[u8],
+    ) -> Result<JournalState, StoreError> {
         let header = format::encode_journal_header(header);
         let temp = temp_path(dir, super::JOURNAL_FILE);
-        let written = write_temp(&temp, |out| io::Write::write_all(out, &header)).and_then(|()| {
+        let written = write_temp(&temp, |out| {
+            io::Write::write_all(out, &header)?;
+            io::Write::write_all(out, lines)
+        })
+        .and_then(|()| {
             fault::abort_at("journal-create-after-temp");
             std::fs::rename(&temp, path).map_err(StoreError::io("renaming", &temp))
         });
@@ -172,8 +239,8 @@ impl Journal {
         }
         sync_dir(dir)?;
         Ok(JournalState::At {
-            offset: header.len() as u64,
-            entries: 0,
+            offset: (header.len() + lines.len()) as u64,
+            entries: lines.iter().filter(|&&b| b == b'\n').count(),
         })
     }
 

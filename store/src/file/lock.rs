@@ -12,6 +12,18 @@
 //!   they take the shared lock, writers from before they wait for the exclusive one until
 //!   they let it go, so once a writer waits no new reader gets in, and writers of this
 //!   version exclude each other even if the lock file is deleted under them.
+//!
+//! # A frozen holder: the limit, made visible
+//!
+//! `flock` belongs to the open file, not to a lease: a holder frozen while it holds the lock
+//! (SIGSTOP, `docker pause`, a paused VM, a stuck disk) keeps every writer of the store
+//! waiting until it wakes, and each of them fails with `LockTimeout` meanwhile. Nothing
+//! can safely take the lock from it: on waking it would finish its append, and only a
+//! journal that refuses writes from a holder whose turn has passed (fencing: one
+//! create-if-absent per log position) could stop that, which this store does not have.
+//! So the wait is made visible instead: a wait longer than [`SLOW_WAIT`] is logged once,
+//! naming the holder's process as `/proc/locks` shows it (on this host), how long this
+//! process has waited, and what the limit is.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io;
@@ -48,6 +60,9 @@ impl LockGuard {
 
 /// Longest pause between two attempts; short, so a released lock is taken quickly.
 const MAX_BACKOFF: Duration = Duration::from_millis(2);
+
+/// A wait longer than this is logged, once per wait, with the holder's process.
+pub const SLOW_WAIT: Duration = Duration::from_millis(500);
 
 pub fn acquire(path: &Path, mode: LockMode, timeout: Duration) -> Result<LockGuard, StoreError> {
     let deadline = Instant::now() + timeout;
@@ -92,6 +107,8 @@ fn wait_for(
     timeout: Duration,
 ) -> Result<(), StoreError> {
     let mut backoff = Duration::from_micros(50);
+    let started = Instant::now();
+    let mut reported = false;
     loop {
         let attempt = match mode {
             LockMode::Shared => file.try_lock_shared(),
@@ -104,11 +121,84 @@ fn wait_for(
         }
         let now = Instant::now();
         if now >= deadline {
+            tracing::warn!(
+                lock = %path.display(),
+                holder = %describe_holder(file),
+                waited_ms = started.elapsed().as_millis() as u64,
+                "gave up waiting for the store lock: a holder that is frozen keeps it until it wakes (the file store cannot take it away safely)"
+            );
             return Err(StoreError::LockTimeout(timeout));
+        }
+        if !reported && now - started >= SLOW_WAIT {
+            reported = true;
+            tracing::warn!(
+                lock = %path.display(),
+                holder = %describe_holder(file),
+                waited_ms = (now - started).as_millis() as u64,
+                timeout_ms = timeout.as_millis() as u64,
+                "slow wait for the store lock: its holder is slow or frozen, and every writer of the store waits for it"
+            );
         }
         thread::sleep(backoff.min(deadline - now));
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The process holding an exclusive `flock` on `file`'s inode, as `/proc/locks` tells it on
+/// this host: its id, and its command line when this process may read it.
+pub fn describe_holder(file: &File) -> String {
+    let Ok(metadata) = file.metadata() else {
+        return "unknown (the lock file cannot be read)".into();
+    };
+    match exclusive_holder(&metadata) {
+        Some(pid) => {
+            let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|bytes| {
+                    String::from_utf8_lossy(&bytes)
+                        .split('\0')
+                        .filter(|part| !part.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // The state follows the command name, which is in parentheses.
+                    let after = stat.rsplit_once(')')?.1;
+                    after.split_whitespace().next().map(str::to_owned)
+                })
+                .map(|state| match state.as_str() {
+                    "T" | "t" => " (stopped)".to_owned(),
+                    "D" => " (waiting on I/O)".to_owned(),
+                    _ => String::new(),
+                })
+                .unwrap_or_default();
+            format!("pid {pid}{state} {command}").trim_end().to_owned()
+        }
+        None => "not visible on this host (another host, or another pid namespace)".into(),
+    }
+}
+
+/// The first process with an exclusive `flock` on the inode `metadata` describes, from
+/// `/proc/locks` (`N: FLOCK ADVISORY WRITE PID MAJOR:MINOR:INODE 0 EOF`, device numbers in
+/// hex); `None` when it is not listed or the pid is hidden (0).
+fn exclusive_holder(metadata: &std::fs::Metadata) -> Option<u32> {
+    let dev = metadata.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let wanted = format!("{major:02x}:{minor:02x}:{}", metadata.ino());
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // A waiter's line reads `N: -> FLOCK ...`: only holders count.
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, file, ..] if *file == wanted => {
+                pid.parse().ok().filter(|&pid| pid != 0)
+            }
+            _ => None,
+        }
+    })
 }
 
 /// Whether `file` is the file at `path` (false when nothing is there).
@@ -135,6 +225,61 @@ mod tests {
         let err = acquire(&path, LockMode::Shared, Duration::from_millis(50)).expect_err("held");
         assert!(matches!(err, StoreError::LockTimeout(_)));
         assert!(started.elapsed() >= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn the_holder_of_an_exclusive_lock_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l");
+        let held = acquire(&path, LockMode::Exclusive, Duration::from_secs(1)).expect("free");
+        let other = File::open(&path).expect("lock file");
+        let holder = describe_holder(&other);
+        assert!(
+            holder.starts_with(&format!("pid {} ", std::process::id())),
+            "{holder}"
+        );
+        drop(held);
+        assert!(describe_holder(&other).starts_with("not visible"));
+    }
+
+    #[test]
+    fn a_stopped_holder_in_another_process_is_named_as_stopped() {
+        use std::os::unix::process::ExitStatusExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l");
+        File::create(&path).expect("lock file");
+        // A process that takes the lock itself (`/proc/locks` names the process that took
+        // a lock) and waits.
+        let mut holder = std::process::Command::new("python3")
+            .arg("-c")
+            .arg("import fcntl, sys, time; f = open(sys.argv[1], 'r+'); fcntl.flock(f, fcntl.LOCK_EX); time.sleep(60)")
+            .arg(&path)
+            .spawn()
+            .expect("python3 runs");
+        let pid = holder.id();
+        let file = File::open(&path).expect("lock file");
+        poll_until("the shell holds the lock", || {
+            describe_holder(&file).starts_with(&format!("pid {pid} "))
+        });
+        let stopped = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(stopped.success());
+        poll_until("the holder shows as stopped", || {
+            let holder = describe_holder(&file);
+            holder.starts_with(&format!("pid {pid} (stopped) ")) && holder.contains("python3")
+        });
+        let waited = acquire(
+            &path,
+            LockMode::Exclusive,
+            Duration::from_millis(SLOW_WAIT.as_millis() as u64 + 100),
+        );
+        assert!(matches!(waited, Err(StoreError::LockTimeout(_))));
+        holder.kill().expect("kill");
+        let status = holder.wait().expect("reaped");
+        assert_eq!(status.signal(), Some(9));
+        acquire(&path, LockMode::Exclusive, Duration::from_secs(5)).expect("free once it is gone");
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //!
 //! A batch of purchases is appended to the journal in one write and made durable with one
 //! `fdatasync` (group commit). A process killed mid-append leaves at worst a torn last
-//! line, which readers ignore and the next writer cuts off. A new snapshot is written to a
-//! temporary file, fsynced, renamed, directory fsynced, with the next generation, and
-//! every process notices and reloads.
+//! line, which readers ignore and the next writer cuts off. The journal is folded into a
+//! new snapshot in the background, without the lock while the work grows with the
+//! inventory, and switched to under the lock in a few milliseconds (`compact`); a
+//! process already past the fold point carries on from the new snapshot without reading
+//! it.
 
+mod compact;
 mod journal;
 mod lock;
 
@@ -21,14 +24,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use shared::{Inventory, LogEntry};
 
 use crate::format::{Follows, JournalHeader, Lineage};
-use crate::medium::{LogPosition, Medium, ReadSession, Since, WriteSession};
+use crate::medium::{CompactionEnd, LogPosition, Medium, ReadSession, Since, WriteSession};
 use crate::{StoreError, fault, format};
+pub use compact::COMPACTION_LOCK_FILE;
 use journal::{Journal, JournalState};
 use lock::{LockGuard, LockMode};
 
@@ -51,6 +56,13 @@ struct SnapshotStamp {
 }
 
 impl SnapshotStamp {
+    /// Whether `metadata` is that of the file this stamp was taken from, unchanged.
+    fn describes(&self, metadata: &fs::Metadata) -> bool {
+        metadata.ino() == self.inode
+            && metadata.len() == self.len
+            && metadata.modified().ok() == self.modified
+    }
+
     /// Matches no file: a position holding it is reloaded on its next use.
     const STALE: Self = Self {
         generation: u64::MAX,
@@ -67,6 +79,10 @@ impl SnapshotStamp {
 pub struct FilePosition {
     stamp: SnapshotStamp,
     journal: JournalState,
+    /// The generation the journal's header names, so offsets are never read in another
+    /// journal: the snapshot's own, or, after a compaction stopped before its new journal,
+    /// the one it was folded from.
+    journal_generation: u64,
 }
 
 impl LogPosition for FilePosition {
@@ -90,7 +106,7 @@ impl LogPosition for FilePosition {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Paths {
     dir: PathBuf,
     snapshot: PathBuf,
@@ -98,13 +114,19 @@ struct Paths {
     lock: PathBuf,
 }
 
-/// The store in one data directory.
-#[derive(Debug)]
+/// The store in one data directory. Clones share the background compaction.
+#[derive(Debug, Clone)]
 pub struct FileMedium {
     paths: Paths,
     /// How long an operation waits for the lock before failing with `LockTimeout`.
     lock_timeout: Duration,
+    /// This process's background compaction.
+    compactor: Arc<crate::compaction::Compactor>,
 }
+
+/// Snapshots at least this large are parsed with the lock released
+/// (`FileSession::load_unlocked`); smaller ones under it, in one lock hold.
+const UNLOCKED_LOAD_BYTES: u64 = 1024 * 1024;
 
 /// Tells apart the temporary files of one process's threads.
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -114,7 +136,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug)]
 pub struct FileSession<'m> {
     medium: &'m FileMedium,
-    guard: LockGuard,
+    /// `None` only while a large snapshot is read with the lock released.
+    guard: Option<LockGuard>,
+    /// Which lock the session holds, to take it again after such a read.
+    mode: LockMode,
     stamp: SnapshotStamp,
     journal: Journal,
     role: JournalRole,
@@ -127,9 +152,10 @@ pub struct FileSession<'m> {
 enum JournalRole {
     /// It follows the snapshot: its entries come after it.
     Own,
-    /// The snapshot was folded from it (a compaction stopped before its new journal), so
-    /// nothing in it applies; the next writer starts the snapshot's own.
-    Folded,
+    /// The snapshot was folded from its first `from` bytes (a compaction stopped between
+    /// the snapshot's rename and its new journal's), so only the lines after `from`
+    /// apply; the next writer starts the snapshot's own journal with them.
+    Folded { from: u64 },
     /// As `Folded`, for a format 1 snapshot that did not record what it folded: proven
     /// when the snapshot is loaded, by finding every entry of the journal in it.
     FoldedUnrecorded,
@@ -149,6 +175,7 @@ impl FileMedium {
                 dir,
             },
             lock_timeout,
+            compactor: Arc::default(),
         }
     }
 
@@ -175,18 +202,23 @@ impl FileMedium {
 
     fn begin(&self, mode: LockMode) -> Result<FileSession<'_>, StoreError> {
         let guard = lock::acquire(&self.paths.lock, mode, self.lock_timeout)?;
-        self.session_under(guard)
+        self.session_under(guard, mode)
     }
 
     /// A session under `guard`: reads the snapshot's stamp and the journal, and proves
     /// which journal stands beside the snapshot.
-    fn session_under(&self, guard: lock::LockGuard) -> Result<FileSession<'_>, StoreError> {
+    fn session_under(
+        &self,
+        guard: lock::LockGuard,
+        mode: LockMode,
+    ) -> Result<FileSession<'_>, StoreError> {
         let stamp = self.snapshot_stamp()?;
         let journal = Journal::open(&self.paths.journal)?;
         let role = self.journal_role(&stamp, &journal)?;
         Ok(FileSession {
             medium: self,
-            guard,
+            guard: Some(guard),
+            mode,
             stamp,
             journal,
             role,
@@ -219,11 +251,14 @@ impl FileMedium {
             }
             Lineage::Unjournaled => None,
             _ if header.generation == generation => Some(JournalRole::Own),
+            // The lines after the fold were appended while the snapshot was being built.
             Lineage::Compacted(follows)
                 if header.generation == follows.generation
-                    && journal.len() == follows.journal_len =>
+                    && journal.len() >= follows.journal_len =>
             {
-                Some(JournalRole::Folded)
+                Some(JournalRole::Folded {
+                    from: follows.journal_len,
+                })
             }
             Lineage::Unrecorded if header.generation == generation.wrapping_sub(1) => {
                 Some(JournalRole::FoldedUnrecorded)
@@ -284,6 +319,26 @@ impl FileMedium {
             }
             Err(e) => return Err(StoreError::io("reading", path)(e)),
         };
+        format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
+    }
+
+    /// Reads and decodes the snapshot file opened as `file`, which `stamp` describes.
+    fn decode_opened(
+        &self,
+        mut file: File,
+        stamp: &SnapshotStamp,
+    ) -> Result<format::Snapshot, StoreError> {
+        let path = &self.paths.snapshot;
+        let mut bytes = Vec::with_capacity(stamp.len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(StoreError::io("reading", path))?;
+        let after = file.metadata().map_err(StoreError::io("reading", path))?;
+        if !stamp.describes(&after) {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot was changed in place while it was read",
+            ));
+        }
         format::decode(&bytes).map_err(|reason| StoreError::corrupt(path, reason))
     }
 
@@ -385,15 +440,19 @@ impl Medium for FileMedium {
     }
 
     fn begin_write(&self) -> Result<FileSession<'_>, StoreError> {
-        let session = self.begin(LockMode::Exclusive)?;
-        if session.role != JournalRole::Unjournaled {
-            return Ok(session);
+        let mut session = self.begin(LockMode::Exclusive)?;
+        match session.role {
+            // Appending beside a snapshot from before the journal could not be told apart
+            // from a deleted journal later: upgrade first, then look again.
+            JournalRole::Unjournaled => self.upgrade()?,
+            // A compaction stopped before its new journal: start it, then look again.
+            JournalRole::Folded { from } => session.start_own_journal(from)?,
+            JournalRole::Own | JournalRole::FoldedUnrecorded => return Ok(session),
         }
-        // Appending beside a snapshot from before the journal could not be told apart
-        // from a deleted journal later: upgrade first, then look again.
-        self.upgrade()?;
-        let FileSession { guard, .. } = session;
-        self.session_under(guard)
+        let Some(guard) = session.guard.take() else {
+            return self.begin_write();
+        };
+        self.session_under(guard, LockMode::Exclusive)
     }
 
     fn create(&self, inventory: &Inventory, force: bool) -> Result<(), StoreError> {
@@ -423,12 +482,37 @@ impl Medium for FileMedium {
     fn exists(&self) -> Result<bool, StoreError> {
         Ok(self.paths.snapshot.exists())
     }
+
+    fn compacts_in_background(&self) -> bool {
+        true
+    }
+
+    fn start_compaction(&self, position: &FilePosition) {
+        // Only from the snapshot's own journal: after an interrupted switch, the next
+        // writer first starts it.
+        if position.journal_generation == position.stamp.generation
+            && matches!(position.journal, JournalState::At { .. })
+        {
+            compact::start(self, *position);
+        }
+    }
+
+    fn ended_compactions(&self) -> Vec<CompactionEnd> {
+        self.compactor.take_ended()
+    }
+
+    fn wait_for_compaction(&self) {
+        self.compactor.wait();
+    }
 }
 
 impl ReadSession for FileSession<'_> {
     type Position = FilePosition;
 
     fn load_snapshot(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
+        if self.stamp.len >= UNLOCKED_LOAD_BYTES && self.role != JournalRole::FoldedUnrecorded {
+            return self.load_unlocked();
+        }
         let snapshot = self.medium.load_snapshot()?;
         if snapshot.generation != self.stamp.generation || snapshot.lineage != self.stamp.lineage {
             return Err(StoreError::corrupt(
@@ -439,22 +523,30 @@ impl ReadSession for FileSession<'_> {
         if self.role == JournalRole::FoldedUnrecorded {
             self.prove_folded(&snapshot.inventory)?;
         }
+        let journal = match self.role {
+            JournalRole::Folded { from } => JournalState::At {
+                offset: from,
+                entries: 0,
+            },
+            _ => JournalState::Unread,
+        };
         let position = FilePosition {
             stamp: self.stamp,
-            journal: JournalState::Unread,
+            journal,
+            journal_generation: self.journal_generation(),
         };
         Ok((snapshot.inventory, position))
     }
 
     fn read_since(&mut self, position: &FilePosition) -> Result<Since<FilePosition>, StoreError> {
-        if position.stamp != self.stamp {
+        let Some(position) = self.hand_over(position)? else {
             return Ok(Since::Reload);
-        }
+        };
         let mut journal = position.journal;
         let entries = match self.role {
-            JournalRole::Own => self.journal.replay(&mut journal)?,
+            JournalRole::Own | JournalRole::Folded { .. } => self.journal.replay(&mut journal)?,
             // Nothing in the journal beside the snapshot applies to it.
-            JournalRole::Folded | JournalRole::FoldedUnrecorded | JournalRole::Unjournaled => {
+            JournalRole::FoldedUnrecorded | JournalRole::Unjournaled => {
                 journal = JournalState::Stale;
                 Vec::new()
             }
@@ -462,8 +554,8 @@ impl ReadSession for FileSession<'_> {
         Ok(Since::Entries {
             entries,
             end: FilePosition {
-                stamp: self.stamp,
                 journal,
+                ..position
             },
         })
     }
@@ -485,11 +577,18 @@ impl WriteSession for FileSession<'_> {
         let paths = &self.medium.paths;
         // A lock file deleted or replaced since this session locked it no longer keeps
         // others out: write nothing.
-        if !self.guard.still_at(&paths.lock) {
+        if !self.guard.as_ref().is_some_and(|g| g.still_at(&paths.lock)) {
             return Err(StoreError::Unstable(format!(
                 "{} was deleted or replaced while this writer held it; nothing was written",
                 paths.lock.display()
             )));
+        }
+        if self.journal_generation() != position.journal_generation
+            && position.journal != JournalState::Stale
+        {
+            return Err(StoreError::Unstable(
+                "appending at a position in another journal; nothing was written".into(),
+            ));
         }
         let mut state = position.journal;
         let mut journal = Journal::prepare_for_append(
@@ -506,12 +605,16 @@ impl WriteSession for FileSession<'_> {
         Ok(FilePosition {
             stamp: position.stamp,
             journal: state,
+            journal_generation: self.stamp.generation,
         })
     }
 
     fn settle(&mut self, from: &FilePosition) -> Result<(), StoreError> {
         // A journal replaced since (compaction, reseed) was synced by whoever replaced it.
-        if from.stamp != self.stamp || self.role != JournalRole::Own {
+        if from.stamp != self.stamp
+            || from.journal_generation != self.journal_generation()
+            || self.role != JournalRole::Own
+        {
             return Ok(());
         }
         Journal::settle(&self.medium.paths.journal, from.log_bytes())
@@ -548,19 +651,156 @@ impl WriteSession for FileSession<'_> {
             Ok(journal) => journal,
             Err(err) => {
                 tracing::warn!(cause = %err, "the new snapshot has no journal yet; the next write starts it");
-                self.role = JournalRole::Folded;
-                JournalState::Stale
+                self.role = JournalRole::Folded {
+                    from: follows.journal_len,
+                };
+                return Ok(FilePosition {
+                    stamp: self.stamp,
+                    journal: position.journal,
+                    journal_generation: follows.generation,
+                });
             }
         };
         fault::abort_at("compaction-done");
         Ok(FilePosition {
             stamp: self.stamp,
             journal,
+            journal_generation: next,
         })
     }
 }
 
 impl FileSession<'_> {
+    /// Loads a large snapshot with the lock released, so no other process waits while it
+    /// is parsed: the file is opened under the lock (it is then the one the session found,
+    /// and a snapshot is only ever replaced by a rename, never changed in place), read
+    /// without it, and the lock is taken again, with a fresh look at the store. If the store
+    /// moved on meanwhile, the position returned is the loaded snapshot's, and the next
+    /// `read_since` hands it over or sends the caller back to the snapshot.
+    fn load_unlocked(&mut self) -> Result<(Inventory, FilePosition), StoreError> {
+        let medium = self.medium;
+        let path = &medium.paths.snapshot;
+        let file = File::open(path).map_err(StoreError::io("opening", path))?;
+        let opened = file.metadata().map_err(StoreError::io("reading", path))?;
+        let stamp = self.stamp;
+        if !stamp.describes(&opened) {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot changed while the lock was held",
+            ));
+        }
+        let (role, journal_generation) = (self.role, self.journal_generation());
+        // Released: the other processes read and write while this one parses.
+        self.guard = None;
+        let loaded = medium.decode_opened(file, &stamp);
+        *self = match self.mode {
+            LockMode::Exclusive => medium.begin_write()?,
+            LockMode::Shared => medium.begin_read()?,
+        };
+        let snapshot = loaded?;
+        if snapshot.generation != stamp.generation || snapshot.lineage != stamp.lineage {
+            return Err(StoreError::corrupt(
+                path,
+                "the snapshot's header changed while it was read",
+            ));
+        }
+        let journal = match role {
+            JournalRole::Folded { from } => JournalState::At {
+                offset: from,
+                entries: 0,
+            },
+            _ => JournalState::Unread,
+        };
+        let position = FilePosition {
+            stamp,
+            journal,
+            journal_generation,
+        };
+        Ok((snapshot.inventory, position))
+    }
+
+    /// The generation the journal beside the snapshot names (the snapshot's when there is
+    /// no journal).
+    fn journal_generation(&self) -> u64 {
+        self.journal
+            .header()
+            .map_or(self.stamp.generation, |h| h.generation)
+    }
+
+    /// `position` as a position in the store as this session found it, without reading the
+    /// snapshot: itself when nothing was replaced, its translation when the snapshot was
+    /// folded from the journal it reads at a point it has passed (a compaction by any
+    /// process), `None` when only a reload can tell (the process is behind the fold, or
+    /// the store was replaced).
+    fn hand_over(&self, position: &FilePosition) -> Result<Option<FilePosition>, StoreError> {
+        if position.stamp == self.stamp
+            && (position.journal_generation == self.journal_generation()
+                || position.journal == JournalState::Stale)
+        {
+            return Ok(Some(*position));
+        }
+        let Lineage::Compacted(follows) = self.stamp.lineage else {
+            return Ok(None);
+        };
+        let JournalState::At { offset, .. } = position.journal else {
+            return Ok(None);
+        };
+        let read_the_folded_journal = position.journal_generation == follows.generation
+            && (position.stamp.generation == follows.generation || position.stamp == self.stamp);
+        if !read_the_folded_journal || offset < follows.journal_len {
+            return Ok(None);
+        }
+        // The new journal holds the folded one's lines after the fold, from its header on.
+        let (offset, entries_from) = match self.role {
+            JournalRole::Folded { from } => (offset, from),
+            JournalRole::Own => {
+                let start = self.journal.header_len();
+                (offset - follows.journal_len + start, start)
+            }
+            JournalRole::FoldedUnrecorded | JournalRole::Unjournaled => return Ok(None),
+        };
+        if offset > self.journal.len() {
+            return Ok(None);
+        }
+        Ok(Some(FilePosition {
+            stamp: self.stamp,
+            journal: JournalState::At {
+                offset,
+                entries: self.journal.count_lines(entries_from, offset)?,
+            },
+            journal_generation: self.journal_generation(),
+        }))
+    }
+
+    /// Starts the snapshot's own journal with the lines of the journal it was folded from
+    /// after `from` (exclusive lock held): the step a compaction stopped before.
+    fn start_own_journal(&mut self, from: u64) -> Result<(), StoreError> {
+        let mut state = JournalState::At {
+            offset: from,
+            entries: 0,
+        };
+        self.journal.replay(&mut state)?;
+        let JournalState::At { offset: end, .. } = state else {
+            return Err(StoreError::corrupt(
+                &self.medium.paths.journal,
+                "the journal could not be read to its end",
+            ));
+        };
+        let tail = self.journal.read_range(from, end)?;
+        let header = JournalHeader {
+            generation: self.stamp.generation,
+            upgrade: false,
+        };
+        let paths = &self.medium.paths;
+        Journal::create_with(&paths.journal, &paths.dir, header, &tail)?;
+        tracing::info!(
+            generation = self.stamp.generation,
+            bytes = tail.len(),
+            "started the journal of a snapshot whose compaction stopped before it"
+        );
+        Ok(())
+    }
+
     /// Proves that a format 1 snapshot was folded from the journal of the generation
     /// before it: every entry of that journal is in the snapshot, as it was written.
     fn prove_folded(&mut self, inventory: &Inventory) -> Result<(), StoreError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use shared::{IdempotencyKey, Inventory, PurchaseError, PurchaseOutcome};
 
-use super::{DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
+use super::{COMPACTION_LOCK_FILE, DATA_FILE, FileMedium, JOURNAL_FILE, LOCK_FILE};
 use crate::medium::{Medium, ReadSession, Since, WriteSession};
 use crate::testing::{buy, inventory, racing_buyers, request, sold_count};
 use crate::{PurchaseOrder, StoreError, TicketStore, format};
@@ -171,11 +171,164 @@ fn compaction_folds_the_journal_into_a_new_snapshot_that_every_handle_notices() 
                 .expect("readable")
         );
     }
+    store.wait_for_compaction();
     let summary = reader.check().expect("consistent");
     assert_ne!(summary.generation, first);
     assert_eq!((summary.sold, summary.purchases), (180, 60));
     assert!(summary.journal_entries < 60, "{summary:?}");
-    assert_eq!(file_names(dir.path()), [JOURNAL_FILE, DATA_FILE, LOCK_FILE]);
+    assert!(store.stats().compactions >= 1, "{:?}", store.stats());
+    assert_eq!(
+        file_names(dir.path()),
+        [COMPACTION_LOCK_FILE, JOURNAL_FILE, DATA_FILE, LOCK_FILE]
+    );
+}
+
+#[test]
+fn handles_at_the_end_of_the_log_follow_a_compaction_without_reading_the_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 100).with_compaction_threshold(1);
+    let reader = handle(dir.path());
+    let first = handle(dir.path()).check().expect("consistent").generation;
+    assert_eq!(sold_count(&reader), 0);
+    let mut generations = vec![first];
+    for i in 0..80 {
+        buy(&store, 1).expect("available");
+        if i % 5 == 4 {
+            // Let each compaction end, so several switches happen under the readers.
+            store.wait_for_compaction();
+        }
+        assert_eq!(sold_count(&reader), i + 1);
+        assert_eq!(sold_count(&store), i + 1);
+        let generation = handle(dir.path()).check().expect("consistent").generation;
+        if generations.last() != Some(&generation) {
+            generations.push(generation);
+        }
+    }
+    store.wait_for_compaction();
+    assert!(
+        generations.len() >= 3,
+        "too few compactions: {generations:?}"
+    );
+    let compactions = store.stats().compactions;
+    assert!(compactions >= 2, "{:?}", store.stats());
+    assert_eq!(
+        store.stats().snapshot_loads,
+        1,
+        "the writer, always at the end of the log, read a new snapshot"
+    );
+    // The reader is one sale behind whenever a compaction switches before it reads that
+    // sale, which a small store allows: it may then load the snapshot, once per switch.
+    assert!(reader.stats().snapshot_loads <= 1 + compactions);
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!((summary.sold, summary.purchases), (80, 80));
+}
+
+#[test]
+fn a_compaction_hands_over_to_handles_past_its_fold_and_reloads_only_those_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 20).with_compaction_threshold(u64::MAX);
+    let behind = handle(dir.path());
+    let reader = handle(dir.path());
+    buy(&store, 1).expect("available");
+    assert_eq!(sold_count(&behind), 1);
+    buy(&store, 1).expect("available");
+    assert_eq!(sold_count(&reader), 2);
+    // The fold point: the end of the log now.
+    let medium = FileMedium::new(dir.path().to_owned(), Duration::from_secs(5));
+    let fold = {
+        let mut session = medium.begin_read().expect("readable");
+        let (_, loaded) = session.load_snapshot().expect("snapshot");
+        match session.read_since(&loaded).expect("journal") {
+            Since::Entries { end, .. } => end,
+            Since::Reload => panic!("the snapshot did not move"),
+        }
+    };
+    // A sale after the fold point, before the switch: it goes to the new journal.
+    buy(&store, 2).expect("available");
+    let loads = |h: &TicketStore| h.stats().snapshot_loads;
+    let before = (loads(&store), loads(&reader), loads(&behind));
+    assert_eq!(
+        super::compact::compact(&medium, &fold).expect("compacted"),
+        crate::medium::Compacted::Switched
+    );
+    assert_eq!(file_names(dir.path()).len(), 4, "no temporary file is left");
+    for h in [&store, &reader, &behind] {
+        assert_eq!(sold_count(h), 4);
+    }
+    assert_eq!(
+        (loads(&store), loads(&reader), loads(&behind)),
+        (before.0, before.1, before.2 + 1),
+        "only the handle behind the fold point read the new snapshot"
+    );
+    buy(&reader, 1).expect("available");
+    assert_eq!(sold_count(&store), 5);
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!(
+        (summary.sold, summary.purchases, summary.journal_entries),
+        (5, 4, 2),
+        "the new journal holds the sale after the fold and the one after the switch"
+    );
+    // A compaction from a position whose snapshot was replaced changes nothing.
+    assert_eq!(
+        super::compact::compact(&medium, &fold).expect("no failure"),
+        crate::medium::Compacted::Superseded
+    );
+    assert_eq!(handle(dir.path()).check().expect("consistent"), summary);
+}
+
+#[test]
+fn a_snapshot_folded_from_part_of_its_journal_is_followed_by_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), 10);
+    buy(&store, 2).expect("available");
+    // The state of a compaction that folded the journal after one purchase and stopped
+    // between the snapshot's rename and its new journal's, while a second purchase was
+    // appended to the old journal.
+    let state = store.read(Clone::clone).expect("readable");
+    let old = handle(dir.path()).check().expect("consistent").generation;
+    let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
+        .expect("journal")
+        .len();
+    let behind = handle(dir.path());
+    assert_eq!(sold_count(&behind), 2);
+    buy(&store, 3).expect("available");
+    let follows = format::Follows {
+        generation: old,
+        journal_len,
+    };
+    let mut bytes = Vec::new();
+    format::encode_folded(&state, old + 1, follows, &mut bytes).expect("encode");
+    fs::write(dir.path().join(DATA_FILE), bytes).expect("write");
+
+    let fresh = handle(dir.path());
+    assert_eq!(
+        sold_count(&fresh),
+        5,
+        "a new handle applies the lines after the fold"
+    );
+    let loads = store.stats().snapshot_loads;
+    assert_eq!(sold_count(&store), 5);
+    assert_eq!(sold_count(&behind), 5);
+    assert_eq!(
+        store.stats().snapshot_loads,
+        loads,
+        "the writer handed over"
+    );
+    buy(&behind, 1).expect("available");
+    for h in [&store, &fresh, &behind] {
+        assert_eq!(sold_count(h), 6);
+    }
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!(
+        (summary.generation, summary.sold, summary.journal_entries),
+        (old + 1, 6, 2),
+        "the next writer started the new journal with the line after the fold"
+    );
+    let journal = fs::read_to_string(dir.path().join(JOURNAL_FILE)).expect("journal");
+    assert!(
+        journal.starts_with(&format!("{{\"journal\":1,\"generation\":{}}}", old + 1)),
+        "{journal}"
+    );
 }
 
 #[test]
@@ -186,7 +339,7 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
     // Simulate a crash between the snapshot's rename and the new journal's: a newer
     // snapshot holding everything, beside the old generation's journal.
     let state = store.read(Clone::clone).expect("readable");
-    let old = store.check().expect("consistent").generation;
+    let old = handle(dir.path()).check().expect("consistent").generation;
     let generation = old + 1;
     let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
         .expect("journal")
@@ -312,4 +465,27 @@ fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
         fs::read(dir.path().join(JOURNAL_FILE)).expect("journal"),
         journal
     );
+}
+
+#[test]
+fn a_large_snapshot_is_loaded_with_the_lock_released_and_the_state_is_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Over `UNLOCKED_LOAD_BYTES`.
+    let store = seeded(dir.path(), 20_000).with_compaction_threshold(u64::MAX);
+    assert!(
+        fs::metadata(dir.path().join(DATA_FILE))
+            .expect("snapshot")
+            .len()
+            >= super::UNLOCKED_LOAD_BYTES
+    );
+    buy(&store, 3).expect("available");
+    let reader = handle(dir.path());
+    assert_eq!(sold_count(&reader), 3);
+    let writer = handle(dir.path());
+    buy(&writer, 2).expect("available");
+    assert_eq!(sold_count(&store), 5);
+    assert_eq!(sold_count(&reader), 5);
+    // The writer loaded under its exclusive lock's second hold, and decided on the whole state.
+    let summary = handle(dir.path()).check().expect("consistent");
+    assert_eq!((summary.sold, summary.purchases), (5, 2));
 }

@@ -39,9 +39,11 @@
 //!
 //! # Snapshots and pruning
 //!
-//! A writer whose log has grown writes the state it holds at its position `S` as a new
-//! snapshot *after* its commit, without the advisory lock (nothing it writes is at or
-//! after a seq a later writer uses), and in the same transaction prunes the log up to the
+//! A writer whose log has grown starts a thread (`compact`) that reads the state at its
+//! position `S` as a fresh process would and writes it as a new snapshot, without the
+//! advisory lock (nothing it writes is at or after a seq a later writer uses) and without
+//! this process's cache, so purchases go on meanwhile on every node; the same transaction
+//! prunes the log up to the
 //! *previous* snapshot, so processes that have read anything since then keep reading
 //! entries; one that fell further behind gets `Since::Reload` (from `pruned_through` in the
 //! meta row, read in the same statement as the entries) and loads the newest snapshot.
@@ -57,11 +59,12 @@
 //! reported as `CommitUnknown`, never as a failure: the batch may be in the log, and a
 //! retry with the same idempotency key finds it.
 
+mod compact;
 mod conn;
 pub mod sql;
 
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::{Row, SimpleQueryMessage, SimpleQueryRow};
@@ -115,6 +118,8 @@ pub struct PgMedium {
     options: PgOptions,
     /// When the last attempt to connect failed, and why; `None` while connecting works.
     outage: Mutex<Option<(Instant, String)>>,
+    /// This process's background snapshot (`compact`).
+    compactor: Arc<crate::compaction::Compactor>,
 }
 
 /// How often, while the database is unreachable, one caller tries to connect again.
@@ -131,6 +136,7 @@ impl PgMedium {
             pool: conn::pool(config, &options),
             options,
             outage: Mutex::new(None),
+            compactor: Arc::default(),
         })
     }
 
@@ -453,6 +459,22 @@ impl Medium for PgMedium {
         )
         .map_err(self.error("writing the store's meta row"))?;
         tx.commit().map_err(self.error("committing the new store"))
+    }
+
+    fn compacts_in_background(&self) -> bool {
+        true
+    }
+
+    fn start_compaction(&self, position: &PgPosition) {
+        compact::start(self, position.clone());
+    }
+
+    fn ended_compactions(&self) -> Vec<crate::medium::CompactionEnd> {
+        self.compactor.take_ended()
+    }
+
+    fn wait_for_compaction(&self) {
+        self.compactor.wait();
     }
 
     fn exists(&self) -> Result<bool, StoreError> {

@@ -111,6 +111,9 @@ fn main() -> anyhow::Result<()> {
             break;
         }
     }
+    // A compaction runs in the background: let it end before exiting, as a node's
+    // shutdown would not wait for it, so that the crash tests reach its steps.
+    store.wait_for_compaction();
     if cli.stats {
         let stats = store.stats();
         writeln!(
