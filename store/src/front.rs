@@ -224,10 +224,11 @@ impl<M: Medium> Front<M> {
         appending_from: &mut Option<M::Position>,
     ) -> Result<(Vec<Decision>, Duration), StoreError> {
         let current = catch_up(session, cache, &self.counters)?;
-        // The clock is read with the lock held and the log read, so no entry decided
-        // before this batch is missing from the time it is decided at.
-        let now = clock.now();
         let joined = joining();
+        // The clock is read with the lock held and the log read, so no entry decided
+        // before this batch is missing from the time it is decided at; and after the
+        // joining orders are taken, so none is decided at a time before it arrived.
+        let now = clock.now();
         let mut created: Vec<LogEntry> = Vec::new();
         let outcomes: Vec<Decision> = orders
             .iter()
