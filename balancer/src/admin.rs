@@ -127,6 +127,19 @@ mod tests {
         String::from_utf8(bytes.to_vec()).expect("utf-8")
     }
 
+    /// The answer to `method path` over two nodes, the first up and the second down.
+    async fn ask(method: Method, path: &str) -> Result<Response<ResponseBody>, Error> {
+        let upstreams = crate::upstreams::two_nodes_one_down().await;
+        let metrics = crate::metrics::test_metrics(&upstreams);
+        answer(&method, path, &upstreams, &metrics, SLOW)
+    }
+
+    /// The JSON body of `GET path`, which must succeed.
+    async fn json_of(path: &str) -> serde_json::Value {
+        let response = ask(Method::GET, path).await.expect(path);
+        serde_json::from_str(&text_of(response).await).expect("json")
+    }
+
     #[test]
     fn only_the_balancer_prefix_is_kept_back() {
         assert!(is_admin_path("/balancer/health"));
@@ -137,26 +150,16 @@ mod tests {
 
     #[tokio::test]
     async fn health_counts_nodes_up_and_known() {
-        let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = crate::metrics::test_metrics(&upstreams);
-        let response =
-            answer(&Method::GET, "/balancer/health", &upstreams, &metrics, SLOW).expect("health");
-        let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
-            body,
+            json_of("/balancer/health").await,
             serde_json::json!({"status": "ok", "nodes_up": 1, "nodes_total": 2})
         );
     }
 
     #[tokio::test]
     async fn nodes_lists_each_address_with_its_state() {
-        let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = crate::metrics::test_metrics(&upstreams);
-        let response =
-            answer(&Method::GET, "/balancer/nodes", &upstreams, &metrics, SLOW).expect("nodes");
-        let body: serde_json::Value = serde_json::from_str(&text_of(response).await).expect("json");
         assert_eq!(
-            body,
+            json_of("/balancer/nodes").await,
             serde_json::json!([
                 {"address": "127.0.0.1:1", "up": true, "in_flight": 0, "requests": 0,
                  "failures": 0, "last_error": null, "ejected": false, "store_slow": false,
@@ -171,10 +174,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_status_page_is_served_as_html_with_and_without_the_slash() {
-        let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = crate::metrics::test_metrics(&upstreams);
         for path in ["/balancer/", "/balancer"] {
-            let response = answer(&Method::GET, path, &upstreams, &metrics, SLOW).expect("page");
+            let response = ask(Method::GET, path).await.expect("page");
             assert_eq!(
                 response.headers()[CONTENT_TYPE],
                 "text/html; charset=utf-8",
@@ -190,16 +191,9 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_in_the_prometheus_text_format() {
-        let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = crate::metrics::test_metrics(&upstreams);
-        let response = answer(
-            &Method::GET,
-            "/balancer/metrics",
-            &upstreams,
-            &metrics,
-            SLOW,
-        )
-        .expect("metrics");
+        let response = ask(Method::GET, "/balancer/metrics")
+            .await
+            .expect("metrics");
         assert_eq!(
             response.headers()[CONTENT_TYPE],
             "text/plain; version=0.0.4; charset=utf-8"
@@ -210,19 +204,13 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_endpoints_and_other_methods_are_errors() {
-        let upstreams = crate::upstreams::two_nodes_one_down().await;
-        let metrics = crate::metrics::test_metrics(&upstreams);
-        let err = answer(&Method::GET, "/balancer/nope", &upstreams, &metrics, SLOW)
+        let err = ask(Method::GET, "/balancer/nope")
+            .await
             .expect_err("unknown");
         assert_eq!(err.code(), "not_found");
-        let err = answer(
-            &Method::POST,
-            "/balancer/health",
-            &upstreams,
-            &metrics,
-            SLOW,
-        )
-        .expect_err("post");
+        let err = ask(Method::POST, "/balancer/health")
+            .await
+            .expect_err("post");
         assert_eq!(err.code(), "method_not_allowed");
     }
 }

@@ -637,10 +637,16 @@ mod tests {
         )
     }
 
+    /// Sends `method /events?x=1` through the pool to the node at `address`.
+    async fn send(
+        address: std::net::SocketAddr,
+        method: Method,
+    ) -> Result<Response<BodyStream>, pool::SendError> {
+        pool::send(address, std::time::Duration::from_secs(1), &wire(method)).await
+    }
+
     async fn ask(address: std::net::SocketAddr, method: Method) -> (u16, HeaderMap, Bytes) {
-        let response = pool::send(address, std::time::Duration::from_secs(1), &wire(method))
-            .await
-            .expect("an answer");
+        let response = send(address, method).await.expect("an answer");
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("whole body").to_bytes();
         (parts.status.as_u16(), parts.headers, body)
@@ -707,13 +713,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_and_its_connection_is_dropped() {
         let address = node(vec!["HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"]).await;
-        let response = pool::send(
-            address,
-            std::time::Duration::from_secs(1),
-            &wire(Method::GET),
-        )
-        .await
-        .expect("a head");
+        let response = send(address, Method::GET).await.expect("a head");
         assert!(response.into_body().collect().await.is_err());
         assert_eq!(pool::pooled(address), 0);
     }
@@ -727,13 +727,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: two\r\n\r\nab",
         ] {
             let address = node(vec![answer]).await;
-            let err = pool::send(
-                address,
-                std::time::Duration::from_secs(1),
-                &wire(Method::GET),
-            )
-            .await
-            .expect_err("no response");
+            let err = send(address, Method::GET).await.expect_err("no response");
             assert!(matches!(err, pool::SendError::Sent(_)), "{err}");
         }
     }

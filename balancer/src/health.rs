@@ -191,6 +191,38 @@ mod tests {
         upstreams
     }
 
+    /// A check that fails with `error` for each address `fails` picks, and passes the rest.
+    fn failing_when(
+        error: &'static str,
+        fails: impl Fn(SocketAddr) -> bool,
+    ) -> impl Fn(SocketAddr) -> std::future::Ready<Result<Passed, String>> {
+        move |address| {
+            std::future::ready(if fails(address) {
+                Err(error.to_owned())
+            } else {
+                Ok(Passed::default())
+            })
+        }
+    }
+
+    /// Runs `check` over `upstreams` every second, with `counts`, on a task of its own.
+    fn check_every_second<C, F>(
+        upstreams: &Arc<Upstreams>,
+        counts: RiseFall,
+        check: C,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        C: Fn(SocketAddr) -> F + Send + Sync + 'static,
+        F: Future<Output = Result<Passed, String>> + Send + 'static,
+    {
+        tokio::spawn(keep_checking(
+            Arc::clone(upstreams),
+            Duration::from_secs(1),
+            counts,
+            check,
+        ))
+    }
+
     fn up_ports(upstreams: &Upstreams) -> Vec<u16> {
         upstreams
             .healthy()
@@ -205,16 +237,9 @@ mod tests {
         let failing: Arc<Mutex<HashSet<u16>>> = Arc::new(Mutex::new(HashSet::from([2])));
         let check = {
             let failing = Arc::clone(&failing);
-            move |address: SocketAddr| {
-                let fails = failing.lock().expect("lock").contains(&address.port());
-                async move {
-                    if fails {
-                        Err("health check answered 503".to_owned())
-                    } else {
-                        Ok(Passed::default())
-                    }
-                }
-            }
+            failing_when("health check answered 503", move |address| {
+                failing.lock().expect("lock").contains(&address.port())
+            })
         };
         check_all(&upstreams, &check, ONCE).await;
         assert_eq!(up_ports(&upstreams), [1]);
@@ -240,12 +265,7 @@ mod tests {
                 async { Err::<Passed, _>("refused".to_owned()) }
             }
         };
-        let task = tokio::spawn(keep_checking(
-            Arc::clone(&upstreams),
-            Duration::from_secs(1),
-            ONCE,
-            check,
-        ));
+        let task = check_every_second(&upstreams, ONCE, check);
         // Under paused time these sleeps only move the virtual clock: the checks at 0 s,
         // 1 s, 2 s and 3 s have all run by 3.5 s, and none other.
         tokio::time::sleep(Duration::from_millis(3_500)).await;
@@ -260,24 +280,9 @@ mod tests {
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let check = {
             let failing = Arc::clone(&failing);
-            move |_: SocketAddr| {
-                let fails = failing.load(Ordering::SeqCst);
-                async move {
-                    if fails {
-                        Err("timed out".to_owned())
-                    } else {
-                        Ok(Passed::default())
-                    }
-                }
-            }
+            failing_when("timed out", move |_| failing.load(Ordering::SeqCst))
         };
-        let counts = RiseFall { rise: 2, fall: 3 };
-        let task = tokio::spawn(keep_checking(
-            Arc::clone(&upstreams),
-            Duration::from_secs(1),
-            counts,
-            check,
-        ));
+        let task = check_every_second(&upstreams, RiseFall { rise: 2, fall: 3 }, check);
         // Rounds at 0 s and 1 s have failed: still up.
         tokio::time::sleep(Duration::from_millis(1_500)).await;
         assert_eq!(up_ports(&upstreams), [1]);

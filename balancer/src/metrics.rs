@@ -337,42 +337,40 @@ pub(crate) fn test_metrics(upstreams: &Arc<Upstreams>) -> Metrics {
 mod tests {
     use super::*;
 
+    /// Asserts that the rendered `text` contains each of `lines`.
+    #[track_caller]
+    fn assert_contains_all(text: &str, lines: &[&str]) {
+        for line in lines {
+            assert!(text.contains(line), "no {line} in:\n{text}");
+        }
+    }
+
     #[tokio::test]
     async fn node_state_is_read_at_scrape_time() {
         let upstreams = crate::upstreams::two_nodes_one_down().await;
         let metrics = test_metrics(&upstreams);
-        let text = metrics.render();
-        assert!(text.contains("# TYPE balancer_node_up gauge"), "{text}");
-        assert!(
-            text.contains("balancer_node_up{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("balancer_node_up{node=\"127.0.0.1:2\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE balancer_node_retries_total counter"),
-            "{text}"
-        );
-        assert!(text.contains("balancer_nodes_up 1"), "{text}");
-        assert!(text.contains("balancer_nodes_total 2"), "{text}");
-        assert!(text.contains("balancer_panic_mode 0"), "{text}");
-        assert!(text.contains("balancer_retries_refused_total 0"), "{text}");
-        assert!(
-            text.contains("balancer_node_weight{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
+        assert_contains_all(
+            &metrics.render(),
+            &[
+                "# TYPE balancer_node_up gauge",
+                "balancer_node_up{node=\"127.0.0.1:1\"} 1",
+                "balancer_node_up{node=\"127.0.0.1:2\"} 0",
+                "# TYPE balancer_node_retries_total counter",
+                "balancer_nodes_up 1",
+                "balancer_nodes_total 2",
+                "balancer_panic_mode 0",
+                "balancer_retries_refused_total 0",
+                "balancer_node_weight{node=\"127.0.0.1:1\"} 1",
+            ],
         );
 
         let _guard = upstreams.nodes()[0].start_request();
-        let text = metrics.render();
-        assert!(
-            text.contains("balancer_node_requests_total{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("balancer_node_in_flight{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
+        assert_contains_all(
+            &metrics.render(),
+            &[
+                "balancer_node_requests_total{node=\"127.0.0.1:1\"} 1",
+                "balancer_node_in_flight{node=\"127.0.0.1:1\"} 1",
+            ],
         );
     }
 
@@ -384,20 +382,13 @@ mod tests {
         metrics.answered(true, 201, Duration::from_millis(30));
         metrics.answered(false, 200, Duration::from_micros(100));
         metrics.upstream_answered(&upstreams.nodes()[0], Duration::from_millis(2));
-        let text = metrics.render();
-        assert!(
-            text.contains("balancer_http_requests_total{kind=\"forwarded\",status=\"201\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "balancer_upstream_response_seconds_bucket{node=\"127.0.0.1:1\",le=\"0.0025\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("balancer_upstream_response_seconds_count{node=\"127.0.0.1:1\"} 1"),
-            "{text}"
+        assert_contains_all(
+            &metrics.render(),
+            &[
+                "balancer_http_requests_total{kind=\"forwarded\",status=\"201\"} 2",
+                "balancer_upstream_response_seconds_bucket{node=\"127.0.0.1:1\",le=\"0.0025\"} 1",
+                "balancer_upstream_response_seconds_count{node=\"127.0.0.1:1\"} 1",
+            ],
         );
     }
 }

@@ -438,20 +438,31 @@ mod tests {
         Proxy::new(settings, Arc::new(RetryBudget::new(0.2, 10)))
     }
 
-    fn peer() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 5000))
+    /// The error that forwarding `request` with a body limit of `max_body_bytes` ends in
+    /// when no node is known, so that no request here can succeed.
+    async fn refusal<B>(max_body_bytes: usize, request: Request<B>) -> Error
+    where
+        B: Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
+        proxy(max_body_bytes)
+            .forward(
+                &Upstreams::new(Vec::new()),
+                &Selector::default(),
+                request,
+                peer,
+            )
+            .await
+            .expect_err("refused")
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_refused_before_any_node_is_asked() {
-        let upstreams = Upstreams::new(Vec::new());
         let request = Request::post("/purchases")
             .body(Full::new(Bytes::from_static(b"0123456789")))
             .expect("request");
-        let err = proxy(8)
-            .forward(&upstreams, &Selector::default(), request, peer())
-            .await
-            .expect_err("too large");
+        let err = refusal(8, request).await;
         assert_eq!(err.code(), "payload_too_large");
     }
 
@@ -472,26 +483,18 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_slower_than_the_body_timeout_is_a_408() {
-        let upstreams = Upstreams::new(Vec::new());
         let request = Request::post("/purchases").body(Stalled).expect("request");
-        let err = proxy(1024)
-            .forward(&upstreams, &Selector::default(), request, peer())
-            .await
-            .expect_err("too slow");
+        let err = refusal(1024, request).await;
         assert_eq!(err.code(), "request_timeout");
         assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
     }
 
     #[tokio::test]
     async fn with_no_nodes_up_the_answer_is_no_healthy_nodes() {
-        let upstreams = Upstreams::new(Vec::new());
         let request = Request::get("/events")
             .body(Full::new(Bytes::new()))
             .expect("request");
-        let err = proxy(8)
-            .forward(&upstreams, &Selector::default(), request, peer())
-            .await
-            .expect_err("no nodes");
+        let err = refusal(8, request).await;
         assert_eq!(err.code(), "no_healthy_nodes");
     }
 }

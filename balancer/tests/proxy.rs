@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use hyper::{Method, StatusCode};
 use support::{
-    BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, client, closed_port, eventually, get,
-    node_state, post_purchase, send,
+    BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, assert_error, client, closed_port,
+    dropper_and_good, eventually, get, node_state, post_purchase, send,
 };
 
 #[tokio::test]
@@ -64,9 +64,7 @@ async fn a_dead_address_is_skipped_without_client_errors() {
 
 #[tokio::test]
 async fn an_unkeyed_post_whose_node_drops_the_connection_gets_502_and_is_not_resent() {
-    let dropper = Upstream::start_dropping_posts("dropper").await;
-    let good = Upstream::start("good").await;
-    let balancer = BalancerProcess::start(&[dropper.node(), good.node()], &[]).await;
+    let (dropper, good, balancer) = dropper_and_good(&[]).await;
     let client = client();
 
     // Two requests in a row start on each node once.
@@ -88,9 +86,7 @@ async fn an_unkeyed_post_whose_node_drops_the_connection_gets_502_and_is_not_res
 
 #[tokio::test]
 async fn a_keyed_post_whose_node_drops_the_connection_is_retried_and_succeeds() {
-    let dropper = Upstream::start_dropping_posts("dropper").await;
-    let good = Upstream::start("good").await;
-    let balancer = BalancerProcess::start(&[dropper.node(), good.node()], &[]).await;
+    let (dropper, good, balancer) = dropper_and_good(&[]).await;
     let client = client();
 
     for key in ["k1", "k2"] {
@@ -124,8 +120,7 @@ async fn with_every_node_down_clients_get_a_503_json_error() {
 
     for method in [Method::GET, Method::POST, Method::GET] {
         let reply = send(&client, method, &balancer.url("/events"), &[], "").await;
-        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(reply.json()["error"], "no_healthy_nodes");
+        assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "no_healthy_nodes");
     }
     let health = get(&client, &balancer.url("/balancer/health")).await.json();
     assert_eq!(health["nodes_up"], 0, "{health}");
@@ -252,8 +247,7 @@ async fn the_balancer_endpoints_report_health_nodes_and_metrics_without_forwardi
     );
 
     let unknown = get(&client, &balancer.url("/balancer/nope")).await;
-    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
-    assert_eq!(unknown.json()["error"], "not_found");
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found");
     assert!(
         upstream
             .received()
@@ -305,8 +299,7 @@ async fn a_body_over_16_kib_gets_a_413_json_error_and_reaches_no_node() {
     let client = client();
     let big = "x".repeat(16 * 1024 + 1);
     let reply = post_purchase(&client, &balancer, &[], &big).await;
-    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(reply.json()["error"], "payload_too_large");
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     assert_eq!(upstream.count("POST"), 0);
 }
 
@@ -323,8 +316,7 @@ async fn a_node_too_slow_for_an_unkeyed_post_gets_a_504_json_error() {
     .await;
     let client = client();
     let reply = send(&client, Method::POST, &balancer.url("/slow"), &[], "{}").await;
-    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(reply.json()["error"], "upstream_timeout");
+    assert_error(&reply, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout");
     assert_eq!(slow.count("POST"), 1);
 }
 
@@ -332,9 +324,7 @@ async fn a_node_too_slow_for_an_unkeyed_post_gets_a_504_json_error() {
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let slow = Upstream::start("slow").await;
     let mut balancer = BalancerProcess::start(&[slow.node()], &[]).await;
-    let url = balancer.url("/slow");
-    let in_flight = tokio::spawn(async move { get(&client(), &url).await });
-    slow.slow_request_arrived().await;
+    let in_flight = slow.hold_slow_request(&balancer).await;
 
     balancer.terminate();
     // Once the balancer stops accepting, shutdown has begun with the request still open.

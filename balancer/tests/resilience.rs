@@ -7,8 +7,8 @@ mod support;
 
 use hyper::{Method, StatusCode};
 use support::{
-    BalancerProcess, HeaderText, HungUpstream, Mode, Upstream, client, eventually, get, node_state,
-    post_purchase, send,
+    BalancerProcess, HeaderText, HungUpstream, Mode, Upstream, assert_error, client,
+    dropper_and_good, eventually, get, node_state, post_purchase, send,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -119,15 +119,10 @@ async fn an_ejected_node_leaves_rotation_for_the_ejection_time() {
 
 #[tokio::test]
 async fn with_the_retry_budget_spent_a_failed_keyed_post_is_not_retried() {
-    let dropper = Upstream::start_dropping_posts("dropper").await;
-    let good = Upstream::start("good").await;
-    let balancer = BalancerProcess::start(
-        &[dropper.node(), good.node()],
-        &[
-            ("TICKETS_BALANCER__RETRY_BUDGET", "0"),
-            ("TICKETS_BALANCER__RETRY_MIN_PER_SECOND", "0"),
-        ],
-    )
+    let (_dropper, good, balancer) = dropper_and_good(&[
+        ("TICKETS_BALANCER__RETRY_BUDGET", "0"),
+        ("TICKETS_BALANCER__RETRY_MIN_PER_SECOND", "0"),
+    ])
     .await;
     let client = client();
     let mut statuses = Vec::new();
@@ -144,24 +139,26 @@ async fn with_the_retry_budget_spent_a_failed_keyed_post_is_not_retried() {
     );
 }
 
-#[tokio::test]
-async fn beyond_a_nodes_in_flight_limit_and_queue_the_answer_is_a_fast_503_with_retry_after() {
+/// A balancer over one node named `slow` that lets one request at a time reach it, with
+/// one more setting.
+async fn one_slow_node_taking_one_at_a_time(setting: (&str, &str)) -> (Upstream, BalancerProcess) {
     let slow = Upstream::start("slow").await;
     let balancer = BalancerProcess::start(
         &[slow.node()],
-        &[
-            ("TICKETS_BALANCER__MAX_IN_FLIGHT", "1"),
-            ("TICKETS_BALANCER__QUEUE_SIZE", "0"),
-        ],
+        &[("TICKETS_BALANCER__MAX_IN_FLIGHT", "1"), setting],
     )
     .await;
-    let url = balancer.url("/slow");
-    let holding = tokio::spawn(async move { get(&client(), &url).await });
-    slow.slow_request_arrived().await;
+    (slow, balancer)
+}
+
+#[tokio::test]
+async fn beyond_a_nodes_in_flight_limit_and_queue_the_answer_is_a_fast_503_with_retry_after() {
+    let (slow, balancer) =
+        one_slow_node_taking_one_at_a_time(("TICKETS_BALANCER__QUEUE_SIZE", "0")).await;
+    let holding = slow.hold_slow_request(&balancer).await;
 
     let reply = get(&client(), &balancer.url("/events")).await;
-    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reply.json()["error"], "nodes_busy");
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "nodes_busy");
     assert_eq!(reply.header("retry-after"), Some("1"));
     let state = node_state(&client(), &balancer, &slow.node()).await;
     assert_eq!(state["rejected"], 1, "{state}");
@@ -176,18 +173,9 @@ async fn beyond_a_nodes_in_flight_limit_and_queue_the_answer_is_a_fast_503_with_
 
 #[tokio::test]
 async fn a_request_beyond_the_limit_waits_in_the_queue_for_a_free_slot() {
-    let slow = Upstream::start("slow").await;
-    let balancer = BalancerProcess::start(
-        &[slow.node()],
-        &[
-            ("TICKETS_BALANCER__MAX_IN_FLIGHT", "1"),
-            ("TICKETS_BALANCER__QUEUE_TIMEOUT", "20s"),
-        ],
-    )
-    .await;
-    let url = balancer.url("/slow");
-    let holding = tokio::spawn(async move { get(&client(), &url).await });
-    slow.slow_request_arrived().await;
+    let (slow, balancer) =
+        one_slow_node_taking_one_at_a_time(("TICKETS_BALANCER__QUEUE_TIMEOUT", "20s")).await;
+    let holding = slow.hold_slow_request(&balancer).await;
     let url = balancer.url("/events");
     let queued = tokio::spawn(async move { get(&client(), &url).await });
     eventually("the second request is queued", || async {

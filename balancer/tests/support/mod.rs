@@ -15,7 +15,7 @@ use cluster::{Answer, HttpClient, Process};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::{Method, Request, Response};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -149,6 +149,15 @@ impl Upstream {
             .await
             .expect("a /slow request arrives")
             .expect("upstream running");
+    }
+
+    /// Starts a GET of `/slow` through `balancer` on a task of its own and waits until it
+    /// has reached this node, where it stays until [`Upstream::release_slow`].
+    pub async fn hold_slow_request(&self, balancer: &BalancerProcess) -> JoinHandle<Reply> {
+        let url = balancer.url("/slow");
+        let held = tokio::spawn(async move { get(&client(), &url).await });
+        self.slow_request_arrived().await;
+        held
     }
 
     /// Lets one waiting `/slow` request be answered.
@@ -313,6 +322,15 @@ impl BalancerProcess {
     }
 }
 
+/// A balancer with extra `env` over two nodes: `dropper`, which drops the connection on
+/// every POST, and then `good`. Returns them in that order, and the balancer.
+pub async fn dropper_and_good(env: &[(&str, &str)]) -> (Upstream, Upstream, BalancerProcess) {
+    let dropper = Upstream::start_dropping_posts("dropper").await;
+    let good = Upstream::start("good").await;
+    let balancer = BalancerProcess::start(&[dropper.node(), good.node()], env).await;
+    (dropper, good, balancer)
+}
+
 /// A response, read in full.
 pub type Reply = Answer;
 
@@ -374,6 +392,13 @@ pub async fn post_purchase(
         body,
     )
     .await
+}
+
+/// Asserts that `reply` is the balancer's JSON error `code`, answered with `status`.
+#[track_caller]
+pub fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert_eq!(reply.json()["error"], code, "{:?}", reply.body);
 }
 
 /// Polls `condition` until it holds, failing the test after [`PATIENCE`].
