@@ -42,6 +42,11 @@ fn assert_stderr_has(output: &Output, text: &str) {
     assert!(stderr(output).contains(text), "{}", stderr(output));
 }
 
+/// The store under `data`, as the tests read what the CLI wrote there.
+fn store_at(data: &Path) -> store::TicketStore {
+    store::TicketStore::new(data, Duration::from_secs(5))
+}
+
 fn seed(dir: &Path, extra: &[&str]) -> Output {
     let data = dir.to_string_lossy().into_owned();
     let mut args = vec![
@@ -64,7 +69,7 @@ fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
     let first = seed(&data, &["--seed", "1"]);
     assert_succeeded(&first);
     assert_stdout_has(&first, "wrote 120 tickets over 6 events");
-    assert!(store::TicketStore::new(&data, Duration::from_secs(5)).exists());
+    assert!(store_at(&data).exists());
 
     let again = seed(&data, &["--seed", "2"]);
     assert_refused(&again, "pass --force");
@@ -102,7 +107,7 @@ fn seed_with_the_same_seed_writes_the_same_store() {
     // Compared through the store, not byte for byte: the file also holds a random
     // generation number.
     let read = |name: &str| {
-        store::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
+        store_at(&dir.path().join(name))
             .read(|inventory| inventory.tickets().to_vec())
             .expect("store readable")
     };
@@ -125,7 +130,7 @@ fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
     let seeded = seed(&data, &["--max-per-customer", "3"]);
     assert_succeeded(&seeded);
     assert_stdout_has(&seeded, "3 tickets per event");
-    let limits = store::TicketStore::new(&data, Duration::from_secs(5))
+    let limits = store_at(&data)
         .read(|inv| {
             inv.events()
                 .iter()
@@ -147,7 +152,7 @@ fn seed_refuses_too_few_events_or_tickets() {
     assert_refused(&few_events, "--events must be at least 4");
     let few_tickets = generator(&["seed", "--data", &data, "--events", "5", "--tickets", "4"]);
     assert_refused(&few_tickets, "--tickets must be at least --events");
-    assert!(!store::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
+    assert!(!store_at(dir.path()).exists());
 }
 
 #[test]
@@ -214,7 +219,7 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
     let data = dir.path().join("data");
     let first = seed(&data, &["--seed", "1"]);
     assert_succeeded(&first);
-    let store = store::TicketStore::new(&data, Duration::from_secs(5));
+    let store = store_at(&data);
     let request = shared::PurchaseRequest::new(
         shared::EventName::parse("concert").expect("valid"),
         shared::Quantity::new(2).expect("valid"),
