@@ -2,6 +2,7 @@
 //! holds, customers and times, with the validation every program shares.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -74,25 +75,44 @@ fn truncate_for_message(value: &str) -> String {
     }
 }
 
+/// `value` when it lies in `range`; otherwise the `invalid` error, naming it.
+fn within(
+    value: u32,
+    range: RangeInclusive<u32>,
+    invalid: fn(String) -> ValidationError,
+) -> Result<u32, ValidationError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(value.to_string()))
+    }
+}
+
+/// A JSON number that is a whole number in `range`; a fraction, a negative or a number
+/// out of range is the `invalid` error, naming the number as it was written.
+fn json_within(
+    value: &serde_json::Number,
+    range: RangeInclusive<u32>,
+    invalid: fn(String) -> ValidationError,
+) -> Result<u32, ValidationError> {
+    match value.as_u64().map(u32::try_from) {
+        Some(Ok(whole)) if range.contains(&whole) => Ok(whole),
+        _ => Err(invalid(value.to_string())),
+    }
+}
+
 /// A validated number of tickets for one purchase: 1 to [`MAX_QUANTITY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Quantity(u32);
 
 impl Quantity {
     pub fn new(quantity: u32) -> Result<Self, ValidationError> {
-        if (1..=MAX_QUANTITY).contains(&quantity) {
-            Ok(Self(quantity))
-        } else {
-            Err(ValidationError::Quantity(quantity.to_string()))
-        }
+        within(quantity, 1..=MAX_QUANTITY, ValidationError::Quantity).map(Self)
     }
 
     /// Accepts any JSON number, refusing fractions, negatives and values out of range.
     pub fn from_json(value: &serde_json::Number) -> Result<Self, ValidationError> {
-        match value.as_u64() {
-            Some(q) if q <= u64::from(MAX_QUANTITY) => Self::new(q as u32),
-            _ => Err(ValidationError::Quantity(value.to_string())),
-        }
+        json_within(value, 1..=MAX_QUANTITY, ValidationError::Quantity).map(Self)
     }
 
     pub fn get(self) -> u32 {
@@ -459,19 +479,22 @@ pub struct Ttl(u32);
 
 impl Ttl {
     pub fn new(seconds: u32) -> Result<Self, ValidationError> {
-        if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&seconds) {
-            Ok(Self(seconds))
-        } else {
-            Err(ValidationError::Ttl(seconds.to_string()))
-        }
+        within(
+            seconds,
+            MIN_TTL_SECONDS..=MAX_TTL_SECONDS,
+            ValidationError::Ttl,
+        )
+        .map(Self)
     }
 
     /// Accepts any JSON number, refusing fractions, negatives and values out of range.
     pub fn from_json(value: &serde_json::Number) -> Result<Self, ValidationError> {
-        match value.as_u64() {
-            Some(s) if s <= u64::from(MAX_TTL_SECONDS) => Self::new(s as u32),
-            _ => Err(ValidationError::Ttl(value.to_string())),
-        }
+        json_within(
+            value,
+            MIN_TTL_SECONDS..=MAX_TTL_SECONDS,
+            ValidationError::Ttl,
+        )
+        .map(Self)
     }
 
     pub fn seconds(self) -> u32 {
