@@ -42,15 +42,11 @@ pub struct EventName(String);
 
 impl EventName {
     pub fn parse(name: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(ValidationError::EventName(truncate_for_message(name)))
-        }
+        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+        token(name, 64, allowed, |name| {
+            ValidationError::EventName(truncate_for_message(name))
+        })
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -61,6 +57,21 @@ impl EventName {
 impl fmt::Display for EventName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `text` when it is 1 to `max_len` bytes, each of them `allowed`; otherwise the error
+/// `invalid` makes of it.
+fn token(
+    text: &str,
+    max_len: usize,
+    allowed: fn(u8) -> bool,
+    invalid: impl FnOnce(&str) -> ValidationError,
+) -> Result<String, ValidationError> {
+    if (1..=max_len).contains(&text.len()) && text.bytes().all(allowed) {
+        Ok(text.to_owned())
+    } else {
+        Err(invalid(text))
     }
 }
 
@@ -132,12 +143,13 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(key: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
-        if valid {
-            Ok(Self(key.to_owned()))
-        } else {
-            Err(ValidationError::IdempotencyKey)
-        }
+        token(
+            key,
+            128,
+            |b| b.is_ascii_graphic(),
+            |_| ValidationError::IdempotencyKey,
+        )
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -400,15 +412,11 @@ pub struct CustomerId(String);
 
 impl CustomerId {
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
-        if valid {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(ValidationError::Customer(truncate_for_message(text)))
-        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-');
+        token(text, 64, allowed, |text| {
+            ValidationError::Customer(truncate_for_message(text))
+        })
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
