@@ -1,6 +1,6 @@
 //! The `generator` binary's flags and `seed`, run as a real process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -47,6 +47,16 @@ fn store_at(data: &Path) -> store::TicketStore {
     store::TicketStore::new(data, Duration::from_secs(5))
 }
 
+/// Seeds a fresh temporary `data` folder with `extra` flags and checks that it succeeded.
+/// The folder lasts as long as the returned directory.
+fn seed_fresh(extra: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let output = seed(&data, extra);
+    assert_succeeded(&output);
+    (dir, data, output)
+}
+
 fn seed(dir: &Path, extra: &[&str]) -> Output {
     let data = dir.to_string_lossy().into_owned();
     let mut args = vec![
@@ -64,10 +74,7 @@ fn seed(dir: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1"]);
-    assert_succeeded(&first);
+    let (_dir, data, first) = seed_fresh(&["--seed", "1"]);
     assert_stdout_has(&first, "wrote 120 tickets over 6 events");
     assert!(store_at(&data).exists());
 
@@ -80,10 +87,7 @@ fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
 
 #[test]
 fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1", "--keep-existing"]);
-    assert_succeeded(&first);
+    let (_dir, data, _) = seed_fresh(&["--seed", "1", "--keep-existing"]);
     let snapshot = std::fs::read(data.join(store::DATA_FILE)).expect("store written");
 
     let again = seed(&data, &["--seed", "2", "--keep-existing"]);
@@ -125,10 +129,7 @@ fn seed_without_a_seed_prints_the_one_it_picked() {
 
 #[test]
 fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let seeded = seed(&data, &["--max-per-customer", "3"]);
-    assert_succeeded(&seeded);
+    let (_dir, data, seeded) = seed_fresh(&["--max-per-customer", "3"]);
     assert_stdout_has(&seeded, "3 tickets per event");
     let limits = store_at(&data)
         .read(|inv| {
@@ -215,10 +216,7 @@ fn max_quantity_above_ten_is_refused() {
 
 #[test]
 fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1"]);
-    assert_succeeded(&first);
+    let (_dir, data, _) = seed_fresh(&["--seed", "1"]);
     let store = store_at(&data);
     let request = shared::PurchaseRequest::new(
         shared::EventName::parse("concert").expect("valid"),
