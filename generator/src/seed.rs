@@ -353,17 +353,23 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn seeding_writes_a_store_and_refuses_to_overwrite_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut options = SeedOptions {
-            store: SeedTarget::Files(dir.path().join("data")),
+    /// The options that seed 50 tickets over 5 events with seed 11 into a `data` store
+    /// under `dir`.
+    fn fifty_tickets_in(dir: &std::path::Path, max_per_customer: Option<u32>) -> SeedOptions {
+        SeedOptions {
+            store: SeedTarget::Files(dir.join("data")),
             events: 5,
             tickets: 50,
             seed: Some(11),
             force: false,
-            max_per_customer: None,
-        };
+            max_per_customer,
+        }
+    }
+
+    #[test]
+    fn seeding_writes_a_store_and_refuses_to_overwrite_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = fifty_tickets_in(dir.path(), None);
         let summary = seed(&options).expect("fresh directory");
         assert_eq!(summary.tickets, 50);
         assert_eq!(summary.events.iter().map(|e| e.tickets).sum::<u64>(), 50);
@@ -386,14 +392,7 @@ mod tests {
     #[test]
     fn a_per_customer_limit_is_stored_for_every_event() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut options = SeedOptions {
-            store: SeedTarget::Files(dir.path().join("data")),
-            events: 5,
-            tickets: 50,
-            seed: Some(11),
-            force: false,
-            max_per_customer: Some(4),
-        };
+        let mut options = fifty_tickets_in(dir.path(), Some(4));
         let summary = seed(&options).expect("fresh directory");
         assert!(
             summary.to_string().contains("4 tickets per event"),

@@ -1,6 +1,6 @@
 //! The `generator` binary's flags and `seed`, run as a real process.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -20,6 +20,43 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// Asserts that the run succeeded, showing what it wrote to stderr if not.
+fn assert_succeeded(output: &Output) {
+    assert!(output.status.success(), "{}", stderr(output));
+}
+
+/// Asserts that the run printed `text` on stdout, showing all of stdout if not.
+fn assert_stdout_has(output: &Output, text: &str) {
+    assert!(stdout(output).contains(text), "{}", stdout(output));
+}
+
+/// Asserts that the run was refused as a usage error (exit status 2) saying `text` on
+/// stderr.
+fn assert_refused(output: &Output, text: &str) {
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(output));
+    assert_stderr_has(output, text);
+}
+
+/// Asserts that the run printed `text` on stderr, showing all of stderr if not.
+fn assert_stderr_has(output: &Output, text: &str) {
+    assert!(stderr(output).contains(text), "{}", stderr(output));
+}
+
+/// The store under `data`, as the tests read what the CLI wrote there.
+fn store_at(data: &Path) -> store::TicketStore {
+    store::TicketStore::new(data, Duration::from_secs(5))
+}
+
+/// Seeds a fresh temporary `data` folder with `extra` flags and checks that it succeeded.
+/// The folder lasts as long as the returned directory.
+fn seed_fresh(extra: &[&str]) -> (tempfile::TempDir, PathBuf, Output) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let output = seed(&data, extra);
+    assert_succeeded(&output);
+    (dir, data, output)
+}
+
 fn seed(dir: &Path, extra: &[&str]) -> Output {
     let data = dir.to_string_lossy().into_owned();
     let mut args = vec![
@@ -37,44 +74,25 @@ fn seed(dir: &Path, extra: &[&str]) -> Output {
 
 #[test]
 fn seed_writes_a_store_and_refuses_to_overwrite_it_without_force() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1"]);
-    assert!(first.status.success(), "{}", stderr(&first));
-    assert!(
-        stdout(&first).contains("wrote 120 tickets over 6 events"),
-        "{}",
-        stdout(&first)
-    );
-    assert!(store::TicketStore::new(&data, Duration::from_secs(5)).exists());
+    let (_dir, data, first) = seed_fresh(&["--seed", "1"]);
+    assert_stdout_has(&first, "wrote 120 tickets over 6 events");
+    assert!(store_at(&data).exists());
 
     let again = seed(&data, &["--seed", "2"]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(
-        stderr(&again).contains("pass --force"),
-        "{}",
-        stderr(&again)
-    );
+    assert_refused(&again, "pass --force");
 
     let forced = seed(&data, &["--seed", "2", "--force"]);
-    assert!(forced.status.success(), "{}", stderr(&forced));
+    assert_succeeded(&forced);
 }
 
 #[test]
 fn seed_with_keep_existing_leaves_a_store_alone_and_succeeds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1", "--keep-existing"]);
-    assert!(first.status.success(), "{}", stderr(&first));
+    let (_dir, data, _) = seed_fresh(&["--seed", "1", "--keep-existing"]);
     let snapshot = std::fs::read(data.join(store::DATA_FILE)).expect("store written");
 
     let again = seed(&data, &["--seed", "2", "--keep-existing"]);
-    assert!(again.status.success(), "{}", stderr(&again));
-    assert!(
-        stdout(&again).contains("left as it is"),
-        "{}",
-        stdout(&again)
-    );
+    assert_succeeded(&again);
+    assert_stdout_has(&again, "left as it is");
     let after = std::fs::read(data.join(store::DATA_FILE)).expect("store kept");
     assert_eq!(snapshot, after);
 
@@ -88,12 +106,12 @@ fn seed_with_the_same_seed_writes_the_same_store() {
     for name in ["a", "b", "c"] {
         let seed_value = if name == "c" { "8" } else { "7" };
         let out = seed(&dir.path().join(name), &["--seed", seed_value]);
-        assert!(out.status.success(), "{}", stderr(&out));
+        assert_succeeded(&out);
     }
     // Compared through the store, not byte for byte: the file also holds a random
     // generation number.
     let read = |name: &str| {
-        store::TicketStore::new(dir.path().join(name), Duration::from_secs(5))
+        store_at(&dir.path().join(name))
             .read(|inventory| inventory.tickets().to_vec())
             .expect("store readable")
     };
@@ -105,26 +123,15 @@ fn seed_with_the_same_seed_writes_the_same_store() {
 fn seed_without_a_seed_prints_the_one_it_picked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = seed(&dir.path().join("d"), &[]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("repeat this inventory with --seed "),
-        "{}",
-        stdout(&out)
-    );
+    assert_succeeded(&out);
+    assert_stdout_has(&out, "repeat this inventory with --seed ");
 }
 
 #[test]
 fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let seeded = seed(&data, &["--max-per-customer", "3"]);
-    assert!(seeded.status.success(), "{}", stderr(&seeded));
-    assert!(
-        stdout(&seeded).contains("3 tickets per event"),
-        "{}",
-        stdout(&seeded)
-    );
-    let limits = store::TicketStore::new(&data, Duration::from_secs(5))
+    let (_dir, data, seeded) = seed_fresh(&["--max-per-customer", "3"]);
+    assert_stdout_has(&seeded, "3 tickets per event");
+    let limits = store_at(&data)
         .read(|inv| {
             inv.events()
                 .iter()
@@ -135,12 +142,7 @@ fn seed_with_a_per_customer_limit_stores_it_for_every_event_and_refuses_zero() {
     assert_eq!(limits, vec![Some(3); 6]);
 
     let zero = seed(&data, &["--max-per-customer", "0", "--force"]);
-    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
-    assert!(
-        stderr(&zero).contains("--max-per-customer"),
-        "{}",
-        stderr(&zero)
-    );
+    assert_refused(&zero, "--max-per-customer");
 }
 
 #[test]
@@ -148,20 +150,10 @@ fn seed_refuses_too_few_events_or_tickets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_string_lossy().into_owned();
     let few_events = generator(&["seed", "--data", &data, "--events", "3", "--tickets", "10"]);
-    assert_eq!(few_events.status.code(), Some(2));
-    assert!(
-        stderr(&few_events).contains("--events must be at least 4"),
-        "{}",
-        stderr(&few_events)
-    );
+    assert_refused(&few_events, "--events must be at least 4");
     let few_tickets = generator(&["seed", "--data", &data, "--events", "5", "--tickets", "4"]);
-    assert_eq!(few_tickets.status.code(), Some(2));
-    assert!(
-        stderr(&few_tickets).contains("--tickets must be at least --events"),
-        "{}",
-        stderr(&few_tickets)
-    );
-    assert!(!store::TicketStore::new(dir.path(), Duration::from_secs(5)).exists());
+    assert_refused(&few_tickets, "--tickets must be at least --events");
+    assert!(!store_at(dir.path()).exists());
 }
 
 #[test]
@@ -205,8 +197,7 @@ fn load_refuses_bad_flags_with_a_clear_message() {
 #[test]
 fn a_target_that_is_not_an_http_url_is_refused() {
     let out = generator(&["audit", "--target", "ftp://127.0.0.1:1"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("only http://"), "{}", stderr(&out));
+    assert_refused(&out, "only http://");
 }
 
 #[test]
@@ -220,21 +211,13 @@ fn max_quantity_above_ten_is_refused() {
         "--max-quantity",
         "11",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("--max-quantity must be from 1 to 10"),
-        "{}",
-        stderr(&out)
-    );
+    assert_refused(&out, "--max-quantity must be from 1 to 10");
 }
 
 #[test]
 fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data");
-    let first = seed(&data, &["--seed", "1"]);
-    assert!(first.status.success(), "{}", stderr(&first));
-    let store = store::TicketStore::new(&data, Duration::from_secs(5));
+    let (_dir, data, _) = seed_fresh(&["--seed", "1"]);
+    let store = store_at(&data);
     let request = shared::PurchaseRequest::new(
         shared::EventName::parse("concert").expect("valid"),
         shared::Quantity::new(2).expect("valid"),
@@ -251,15 +234,10 @@ fn seed_refuses_when_any_store_file_exists_and_keep_existing_changes_nothing() {
     let journal = std::fs::read(&journal_path).expect("journal");
 
     let kept = seed(&data, &["--seed", "2", "--keep-existing"]);
-    assert!(kept.status.success(), "{}", stderr(&kept));
-    assert!(stdout(&kept).contains("left as it is"), "{}", stdout(&kept));
+    assert_succeeded(&kept);
+    assert_stdout_has(&kept, "left as it is");
     let refused = seed(&data, &["--seed", "2"]);
-    assert_eq!(refused.status.code(), Some(2), "{}", stdout(&refused));
-    assert!(
-        stderr(&refused).contains("pass --force"),
-        "{}",
-        stderr(&refused)
-    );
+    assert_refused(&refused, "pass --force");
 
     assert_eq!(std::fs::read(&journal_path).expect("journal kept"), journal);
     assert!(

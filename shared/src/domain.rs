@@ -2,6 +2,7 @@
 //! holds, customers and times, with the validation every program shares.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::time::{Duration, SystemTime};
 
 use thiserror::Error;
@@ -41,15 +42,11 @@ pub struct EventName(String);
 
 impl EventName {
     pub fn parse(name: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(ValidationError::EventName(truncate_for_message(name)))
-        }
+        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+        token(name, 64, allowed, |name| {
+            ValidationError::EventName(truncate_for_message(name))
+        })
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -60,6 +57,21 @@ impl EventName {
 impl fmt::Display for EventName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// `text` when it is 1 to `max_len` bytes, each of them `allowed`; otherwise the error
+/// `invalid` makes of it.
+fn token(
+    text: &str,
+    max_len: usize,
+    allowed: fn(u8) -> bool,
+    invalid: impl FnOnce(&str) -> ValidationError,
+) -> Result<String, ValidationError> {
+    if (1..=max_len).contains(&text.len()) && text.bytes().all(allowed) {
+        Ok(text.to_owned())
+    } else {
+        Err(invalid(text))
     }
 }
 
@@ -74,25 +86,44 @@ fn truncate_for_message(value: &str) -> String {
     }
 }
 
+/// `value` when it lies in `range`; otherwise the `invalid` error, naming it.
+fn within(
+    value: u32,
+    range: RangeInclusive<u32>,
+    invalid: fn(String) -> ValidationError,
+) -> Result<u32, ValidationError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(value.to_string()))
+    }
+}
+
+/// A JSON number that is a whole number in `range`; a fraction, a negative or a number
+/// out of range is the `invalid` error, naming the number as it was written.
+fn json_within(
+    value: &serde_json::Number,
+    range: RangeInclusive<u32>,
+    invalid: fn(String) -> ValidationError,
+) -> Result<u32, ValidationError> {
+    match value.as_u64().map(u32::try_from) {
+        Some(Ok(whole)) if range.contains(&whole) => Ok(whole),
+        _ => Err(invalid(value.to_string())),
+    }
+}
+
 /// A validated number of tickets for one purchase: 1 to [`MAX_QUANTITY`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Quantity(u32);
 
 impl Quantity {
     pub fn new(quantity: u32) -> Result<Self, ValidationError> {
-        if (1..=MAX_QUANTITY).contains(&quantity) {
-            Ok(Self(quantity))
-        } else {
-            Err(ValidationError::Quantity(quantity.to_string()))
-        }
+        within(quantity, 1..=MAX_QUANTITY, ValidationError::Quantity).map(Self)
     }
 
     /// Accepts any JSON number, refusing fractions, negatives and values out of range.
     pub fn from_json(value: &serde_json::Number) -> Result<Self, ValidationError> {
-        match value.as_u64() {
-            Some(q) if q <= u64::from(MAX_QUANTITY) => Self::new(q as u32),
-            _ => Err(ValidationError::Quantity(value.to_string())),
-        }
+        json_within(value, 1..=MAX_QUANTITY, ValidationError::Quantity).map(Self)
     }
 
     pub fn get(self) -> u32 {
@@ -112,12 +143,13 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(key: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=128).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
-        if valid {
-            Ok(Self(key.to_owned()))
-        } else {
-            Err(ValidationError::IdempotencyKey)
-        }
+        token(
+            key,
+            128,
+            |b| b.is_ascii_graphic(),
+            |_| ValidationError::IdempotencyKey,
+        )
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -380,15 +412,11 @@ pub struct CustomerId(String);
 
 impl CustomerId {
     pub fn parse(text: &str) -> Result<Self, ValidationError> {
-        let valid = (1..=64).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
-        if valid {
-            Ok(Self(text.to_owned()))
-        } else {
-            Err(ValidationError::Customer(truncate_for_message(text)))
-        }
+        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-');
+        token(text, 64, allowed, |text| {
+            ValidationError::Customer(truncate_for_message(text))
+        })
+        .map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -459,19 +487,22 @@ pub struct Ttl(u32);
 
 impl Ttl {
     pub fn new(seconds: u32) -> Result<Self, ValidationError> {
-        if (MIN_TTL_SECONDS..=MAX_TTL_SECONDS).contains(&seconds) {
-            Ok(Self(seconds))
-        } else {
-            Err(ValidationError::Ttl(seconds.to_string()))
-        }
+        within(
+            seconds,
+            MIN_TTL_SECONDS..=MAX_TTL_SECONDS,
+            ValidationError::Ttl,
+        )
+        .map(Self)
     }
 
     /// Accepts any JSON number, refusing fractions, negatives and values out of range.
     pub fn from_json(value: &serde_json::Number) -> Result<Self, ValidationError> {
-        match value.as_u64() {
-            Some(s) if s <= u64::from(MAX_TTL_SECONDS) => Self::new(s as u32),
-            _ => Err(ValidationError::Ttl(value.to_string())),
-        }
+        json_within(
+            value,
+            MIN_TTL_SECONDS..=MAX_TTL_SECONDS,
+            ValidationError::Ttl,
+        )
+        .map(Self)
     }
 
     pub fn seconds(self) -> u32 {

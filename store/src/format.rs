@@ -752,17 +752,23 @@ mod tests {
     use super::*;
     use shared::domain::PurchaseRequest;
 
-    #[test]
-    fn an_inventory_survives_encoding_and_decoding() {
-        let tickets = (1..=3)
+    /// An inventory of one event, `concert`, with tickets `1..=count` unsold, ticket `id`
+    /// priced `id * cents_per_id`.
+    fn unsold_concert(count: u64, cents_per_id: u64) -> Inventory {
+        let tickets = (1..=count)
             .map(|id| Ticket {
                 id,
                 event: EventName::parse("concert").expect("valid"),
-                price_cents: 1000 * id,
+                price_cents: cents_per_id * id,
                 sold: false,
             })
             .collect();
-        let mut inventory = Inventory::from_tickets(tickets).expect("consistent");
+        Inventory::from_tickets(tickets).expect("consistent")
+    }
+
+    #[test]
+    fn an_inventory_survives_encoding_and_decoding() {
+        let mut inventory = unsold_concert(3, 1000);
         let key = IdempotencyKey::parse("key-1").expect("valid");
         let request = PurchaseRequest::new(
             EventName::parse("concert").expect("valid"),
@@ -858,15 +864,7 @@ mod tests {
     /// and a per-customer limit; with the entries that made it.
     fn box_office() -> (Inventory, Inventory, Vec<LogEntry>) {
         use shared::{Command, HoldRequest, Order, Proof, SaleRequest, Seats, Selection, Ttl};
-        let tickets = (1..=6)
-            .map(|id| Ticket {
-                id,
-                event: EventName::parse("concert").expect("valid"),
-                price_cents: 100 * id,
-                sold: false,
-            })
-            .collect();
-        let mut start = Inventory::from_tickets(tickets).expect("consistent");
+        let mut start = unsold_concert(6, 100);
         let concert = EventName::parse("concert").expect("valid");
         start.set_max_per_customer(&concert, Some(5));
         let ann = Some(CustomerId::parse("ann@example.org").expect("valid"));

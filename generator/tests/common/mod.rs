@@ -238,54 +238,50 @@ impl serve::Handler for Fake {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return error(node, ErrorCode::BadRequest, None),
         };
-        match (&*self.state, &method, path.as_str()) {
-            (State::Fixed { events, .. }, &Method::GET, "/events") => {
-                json(StatusCode::OK, node, events)
+        let live;
+        let (tickets, events, purchases) = match &*self.state {
+            State::Fixed {
+                tickets,
+                events,
+                purchases,
+            } => (tickets, events, purchases),
+            State::Live(inv) => {
+                if method == Method::POST && path == "/purchases" {
+                    return self.purchase(inv, node, key, &body);
+                }
+                live = listings_of(&inv.lock().expect("lock"));
+                (&live.0, &live.1, &live.2)
             }
-            (State::Fixed { tickets, .. }, &Method::GET, "/tickets") => {
+        };
+        match (&method, path.as_str()) {
+            (&Method::GET, "/events") => json(StatusCode::OK, node, events),
+            (&Method::GET, "/tickets") => {
                 listing(node, query, tickets, |t| Some(t.id), |t| t.id.into())
             }
-            (State::Fixed { purchases, .. }, &Method::GET, "/purchases") => {
+            (&Method::GET, "/purchases") => {
                 listing(node, query, purchases, purchase_key, purchase_next)
             }
-            (State::Live(inv), &Method::GET, "/events") => {
-                let events: Vec<EventBody> = inv
-                    .lock()
-                    .expect("lock")
-                    .events()
-                    .iter()
-                    .map(EventBody::from)
-                    .collect();
-                json(StatusCode::OK, node, &events)
-            }
-            (State::Live(inv), &Method::GET, "/tickets") => {
-                let tickets: Vec<TicketBody> = inv
-                    .lock()
-                    .expect("lock")
-                    .tickets()
-                    .iter()
-                    .map(TicketBody::from)
-                    .collect();
-                listing(node, query, &tickets, |t| Some(t.id), |t| t.id.into())
-            }
-            (State::Live(inv), &Method::GET, "/purchases") => {
-                let purchases: Vec<PurchaseBody> = inv
-                    .lock()
-                    .expect("lock")
-                    .purchases()
-                    .iter()
-                    .map(PurchaseBody::from)
-                    .collect();
-                listing(node, query, &purchases, purchase_key, purchase_next)
-            }
-            (State::Live(inv), &Method::POST, "/purchases") => self.purchase(inv, node, key, &body),
             // The fake makes no holds: its list of them is empty, paged or not.
-            (_, &Method::GET, "/holds") => {
+            (&Method::GET, "/holds") => {
                 listing::<serde_json::Value>(node, query, &[], |_| None, |_| 0.into())
             }
             _ => error(node, ErrorCode::NotFound, None),
         }
     }
+}
+
+/// A live inventory's tickets, events and purchases as the API shows them now: what the
+/// fixed state holds ready.
+fn listings_of(inventory: &Inventory) -> (Vec<TicketBody>, Vec<EventBody>, Vec<PurchaseBody>) {
+    (
+        inventory.tickets().iter().map(TicketBody::from).collect(),
+        inventory.events().iter().map(EventBody::from).collect(),
+        inventory
+            .purchases()
+            .iter()
+            .map(PurchaseBody::from)
+            .collect(),
+    )
 }
 
 impl Fake {
