@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cluster::history::{self, BoxOutcome};
 use cluster::{
-    HttpClient, Medium, Process, read_final_state_as, run_generator, seed_store, start_node_on,
+    HttpClient, LocalCluster, Medium, Process, read_final_state_as, run_generator, seed_store,
 };
 
 /// The operator's token of the test cluster's nodes.
@@ -19,30 +19,13 @@ const ADMIN_TOKEN: &str = "box-office-test-operator-token";
 
 /// Three nodes with the operator's token over `data`, and a balancer in front of them.
 fn start_cluster(data: &Path) -> (Vec<Process>, Process) {
-    let nodes: Vec<Process> = (1..=3)
-        .map(|i| {
-            start_node_on(
-                &format!("n{i}"),
-                &Medium::Files(data.into()),
-                "127.0.0.1:0",
-                &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
-            )
-            .expect("node starts")
-        })
-        .collect();
-    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let balancer = Process::start(
-        "balancer",
-        "balancer",
-        &[
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--nodes".to_owned(),
-            addresses.join(","),
-        ],
+    let LocalCluster { nodes, balancer } = LocalCluster::start_on_with_node_env(
+        3,
+        &Medium::Files(data.into()),
+        &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
     )
-    .expect("balancer starts");
-    (nodes, balancer)
+    .expect("cluster starts");
+    (nodes, balancer.expect("a balancer"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -206,10 +189,8 @@ async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_
         &[("concert", 400, 4500), ("sports-game", 400, 2000)],
     )
     .expect("seed");
-    let (nodes, balancer) = start_cluster(dir.path());
+    let (mut nodes, balancer) = start_cluster(dir.path());
     let base = balancer.url();
-    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let nodes = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
     let http = HttpClient::new();
     let run_for = Duration::from_secs(6);
     let started = Instant::now();
@@ -229,23 +210,9 @@ async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_
         }
     });
     let clients = tokio::spawn(futures_join(clients.collect::<Vec<_>>()));
-    // Kill a node every 1.2 s and bring it back on the same port half a second later.
-    let mut kills = 0;
-    while started.elapsed() < run_for - Duration::from_secs(1) {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let victim = kills % 3;
-        nodes.lock().await[victim].kill();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let restarted = start_node_on(
-            &format!("n{}", victim + 1),
-            &Medium::Files(dir.path().into()),
-            &addresses[victim],
-            &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
-        )
-        .expect("node restarts");
-        nodes.lock().await[victim] = restarted;
-    }
+    let medium = Medium::Files(dir.path().into());
+    let env = [("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)];
+    let kills = cluster::kill_nodes_in_turn(&mut nodes, &medium, &env, started, run_for).await;
     let ops: Vec<history::BoxOp> = clients
         .await
         .expect("clients")
