@@ -998,15 +998,20 @@ mod tests {
     use super::*;
     use generator::wire::{PricedTicket, TicketStatus};
 
+    /// `tickets` at one cent each.
+    fn priced(tickets: &[u64]) -> Vec<PricedTicket> {
+        tickets
+            .iter()
+            .map(|&id| PricedTicket { id, price_cents: 1 })
+            .collect()
+    }
+
     fn purchase(id: &str, event: &str, tickets: &[u64]) -> Purchase {
         Purchase {
             purchase_id: id.into(),
             event: event.into(),
             quantity: tickets.len() as u32,
-            tickets: tickets
-                .iter()
-                .map(|&id| PricedTicket { id, price_cents: 1 })
-                .collect(),
+            tickets: priced(tickets),
             total_cents: tickets.len() as u64,
             node: "n".into(),
             created_at: "t".into(),
@@ -1128,10 +1133,7 @@ mod tests {
             hold_id: id.into(),
             event: "e".into(),
             quantity: tickets.len() as u32,
-            tickets: tickets
-                .iter()
-                .map(|&id| PricedTicket { id, price_cents: 1 })
-                .collect(),
+            tickets: priced(tickets),
             total_cents: tickets.len() as u64,
             customer: None,
             node: "n".into(),

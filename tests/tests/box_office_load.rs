@@ -28,16 +28,20 @@ fn start_cluster(data: &Path) -> (Vec<Process>, Process) {
     (nodes, balancer.expect("a balancer"))
 }
 
+/// As `start_cluster`, over a store of `events` seeded in a new directory, which lives as
+/// long as the returned guard.
+fn seeded_cluster(events: &[(&str, u64, u64)]) -> (tempfile::TempDir, Vec<Process>, Process) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), events).expect("seed");
+    let (nodes, balancer) = start_cluster(dir.path());
+    (dir, nodes, balancer)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contended_holds_confirms_releases_and_cancels_across_nodes_keep_every_promise() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // Six concert seats for four clients: holds and purchases race for them.
-    seed_store(
-        dir.path(),
-        &[("concert", 6, 4500), ("sports-game", 20, 2000)],
-    )
-    .expect("seed");
-    let (nodes, _balancer) = start_cluster(dir.path());
+    let (_dir, nodes, _balancer) =
+        seeded_cluster(&[("concert", 6, 4500), ("sports-game", 20, 2000)]);
     let http = HttpClient::new();
     let clients = (0..4u32).map(|client| {
         let http = http.clone();
@@ -183,13 +187,8 @@ async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_or_cancel() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[("concert", 400, 4500), ("sports-game", 400, 2000)],
-    )
-    .expect("seed");
-    let (mut nodes, balancer) = start_cluster(dir.path());
+    let (dir, mut nodes, balancer) =
+        seeded_cluster(&[("concert", 400, 4500), ("sports-game", 400, 2000)]);
     let base = balancer.url();
     let http = HttpClient::new();
     let run_for = Duration::from_secs(6);
