@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use generator::audit::check::{self, Listed, Violation};
-use generator::wire::{Event, Hold, HoldStatus, Purchase, Ticket};
+use generator::wire::{Event, Hold, HoldStatus, Purchase};
 use hyper::StatusCode;
 
 use crate::{Answer, HttpClient};
@@ -49,26 +49,8 @@ pub struct ReadOp {
 }
 
 /// The cluster's state after the run, read through the API (with the operator's token
-/// when customers matter).
-#[derive(Debug, Clone, Default)]
-pub struct FinalState {
-    pub tickets: Vec<Ticket>,
-    pub events: Vec<Event>,
-    pub purchases: Vec<Purchase>,
-    pub holds: Vec<Hold>,
-}
-
-impl FinalState {
-    /// The state as the audit's checks take it.
-    pub fn listed(&self) -> Listed {
-        Listed {
-            tickets: self.tickets.clone(),
-            events: self.events.clone(),
-            purchases: self.purchases.clone(),
-            holds: self.holds.clone(),
-        }
-    }
-}
+/// when customers matter): what the audit reads, so its checks take it as it is.
+pub type FinalState = Listed;
 
 /// What the check found.
 #[derive(Debug, Clone, Default)]
@@ -232,7 +214,7 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
 /// The final state agrees with itself (every sold ticket in exactly one purchase, every
 /// purchase all-or-nothing, the event counts add up): the generator's audit checks.
 fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
-    let (violations, _) = check::check(&state.listed());
+    let (violations, _) = check::check(state);
     for violation in violations {
         if let Violation::SoldTwice { purchases, .. } = &violation {
             verdict.sold_twice += purchases.len().saturating_sub(1);
@@ -996,7 +978,7 @@ pub async fn box_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use generator::wire::{PricedTicket, TicketStatus};
+    use generator::wire::{PricedTicket, Ticket, TicketStatus};
 
     /// `tickets` at one cent each.
     fn priced(tickets: &[u64]) -> Vec<PricedTicket> {
