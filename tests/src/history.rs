@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use generator::audit::check::{self, Listed, Violation};
-use generator::wire::{Event, Hold, HoldStatus, Purchase, Ticket};
+use generator::wire::{Event, Hold, HoldStatus, Purchase};
 use hyper::StatusCode;
 
 use crate::{Answer, HttpClient};
@@ -49,26 +49,8 @@ pub struct ReadOp {
 }
 
 /// The cluster's state after the run, read through the API (with the operator's token
-/// when customers matter).
-#[derive(Debug, Clone, Default)]
-pub struct FinalState {
-    pub tickets: Vec<Ticket>,
-    pub events: Vec<Event>,
-    pub purchases: Vec<Purchase>,
-    pub holds: Vec<Hold>,
-}
-
-impl FinalState {
-    /// The state as the audit's checks take it.
-    pub fn listed(&self) -> Listed {
-        Listed {
-            tickets: self.tickets.clone(),
-            events: self.events.clone(),
-            purchases: self.purchases.clone(),
-            holds: self.holds.clone(),
-        }
-    }
-}
+/// when customers matter): what the audit reads, so its checks take it as it is.
+pub type FinalState = Listed;
 
 /// What the check found.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +67,18 @@ pub struct Verdict {
 impl Verdict {
     pub fn is_clean(&self) -> bool {
         self.violations.is_empty()
+    }
+
+    /// Fails the test unless the history is clean, clients saw none of `errors`, and more
+    /// than `more_than` purchases were acknowledged (less load would prove nothing).
+    pub fn assert_clean_under_load(&self, errors: &[String], more_than: usize) {
+        assert!(self.is_clean(), "{self}");
+        assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+        assert!(
+            self.acknowledged > more_than,
+            "too little load to mean anything: {}",
+            self.acknowledged
+        );
     }
 
     /// The one line per fault class the suite prints.
@@ -220,7 +214,7 @@ pub fn check(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState) -> Verdic
 /// The final state agrees with itself (every sold ticket in exactly one purchase, every
 /// purchase all-or-nothing, the event counts add up): the generator's audit checks.
 fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
-    let (violations, _) = check::check(&state.listed());
+    let (violations, _) = check::check(state);
     for violation in violations {
         if let Violation::SoldTwice { purchases, .. } = &violation {
             verdict.sold_twice += purchases.len().saturating_sub(1);
@@ -232,22 +226,62 @@ fn check_final_state(state: &FinalState, verdict: &mut Verdict) {
 /// How a client saw one purchase's answer: a readable 201 is acknowledged; a 5xx, an
 /// unreadable 201 or no answer leaves the outcome unknown; any other status is a refusal.
 pub fn outcome_of(answer: &anyhow::Result<Answer>) -> Outcome {
+    match answered(answer, |status| status == StatusCode::CREATED) {
+        Answered::Success(answer) => match serde_json::from_slice::<Purchase>(&answer.body) {
+            Ok(body) => Outcome::Acknowledged(body),
+            Err(_) => Outcome::Unknown("unreadable 201".into()),
+        },
+        Answered::Refused { status, code } => Outcome::Refused { status, code },
+        Answered::Unknown(why) => Outcome::Unknown(why),
+    }
+}
+
+/// An answer as every client sorts it before reading a success's body.
+enum Answered<'a> {
+    /// A status the request counts as success, to be read further.
+    Success(&'a Answer),
+    /// Any other status below 500: nothing was done.
+    Refused { status: u16, code: String },
+    /// A 5xx or no answer: it may or may not have been done.
+    Unknown(String),
+}
+
+/// Sorts `answer`: a status `success` accepts is a success, a 5xx or no answer leaves
+/// the outcome unknown, any other status is a refusal with the answer's error code.
+fn answered(answer: &anyhow::Result<Answer>, success: impl Fn(StatusCode) -> bool) -> Answered<'_> {
     match answer {
-        Ok(answer) if answer.status == StatusCode::CREATED => {
-            match serde_json::from_slice::<Purchase>(&answer.body) {
-                Ok(body) => Outcome::Acknowledged(body),
-                Err(_) => Outcome::Unknown("unreadable 201".into()),
-            }
-        }
+        Ok(answer) if success(answer.status) => Answered::Success(answer),
         Ok(answer) if answer.status.is_server_error() => {
-            Outcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
+            Answered::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
         }
-        Ok(answer) => Outcome::Refused {
+        Ok(answer) => Answered::Refused {
             status: answer.status.as_u16(),
             code: answer.error_code().unwrap_or_default(),
         },
-        Err(err) => Outcome::Unknown(format!("{err:#}")),
+        Err(err) => Answered::Unknown(format!("{err:#}")),
     }
+}
+
+/// What clients would call errors in `ops`: every unknown outcome and every refusal other
+/// than `sold_out`, each by its reason or error code.
+pub fn client_errors(ops: &[PurchaseOp]) -> Vec<String> {
+    ops.iter()
+        .filter_map(|op| match &op.outcome {
+            Outcome::Unknown(why) => Some(why.clone()),
+            Outcome::Refused { code, .. } if code != "sold_out" => Some(code.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every item of every task's list in `tasks`, joined in the order the tasks finish; a
+/// task that panicked fails the test.
+pub async fn join_all<T: 'static>(mut tasks: tokio::task::JoinSet<Vec<T>>) -> Vec<T> {
+    let mut all = Vec::new();
+    while let Some(items) = tasks.join_next().await {
+        all.extend(items.expect("a client task"));
+    }
+    all
 }
 
 /// Buys with an Idempotency-Key, retrying the same key while the outcome is unknown, as a
@@ -377,8 +411,8 @@ pub struct BoxOp {
 /// How a client saw one box-office answer: a readable 2xx body is the purchase or hold;
 /// a 5xx or no answer is unknown; any other status a refusal.
 pub fn box_outcome_of(answer: &anyhow::Result<Answer>) -> BoxOutcome {
-    match answer {
-        Ok(answer) if answer.status.is_success() => {
+    match answered(answer, |status| status.is_success()) {
+        Answered::Success(answer) => {
             if let Ok(p) = serde_json::from_slice::<Purchase>(&answer.body) {
                 BoxOutcome::Purchase(p)
             } else if let Ok(h) = serde_json::from_slice::<Hold>(&answer.body) {
@@ -387,14 +421,8 @@ pub fn box_outcome_of(answer: &anyhow::Result<Answer>) -> BoxOutcome {
                 BoxOutcome::Unknown(format!("unreadable {}", answer.status))
             }
         }
-        Ok(answer) if answer.status.is_server_error() => {
-            BoxOutcome::Unknown(format!("{} {:?}", answer.status, answer.error_code()))
-        }
-        Ok(answer) => BoxOutcome::Refused {
-            status: answer.status.as_u16(),
-            code: answer.error_code().unwrap_or_default(),
-        },
-        Err(err) => BoxOutcome::Unknown(format!("{err:#}")),
+        Answered::Refused { status, code } => BoxOutcome::Refused { status, code },
+        Answered::Unknown(why) => BoxOutcome::Unknown(why),
     }
 }
 
@@ -427,6 +455,25 @@ impl Claim {
 
     fn unknown_end(&self) -> bool {
         self.end.is_none()
+    }
+}
+
+/// Puts each of the final state's `stored` purchases or holds in `known` under its `id`,
+/// over what the clients saw, keeping a `customer` only a client saw.
+fn final_state_wins<T: Clone>(
+    known: &mut BTreeMap<String, T>,
+    stored: &[T],
+    id: impl Fn(&T) -> &String,
+    customer: impl Fn(&mut T) -> &mut Option<String>,
+) {
+    for item in stored {
+        let seen = known
+            .get_mut(id(item))
+            .and_then(|known| customer(known).clone());
+        let mut item = item.clone();
+        let kept = customer(&mut item);
+        *kept = kept.take().or(seen);
+        known.insert(id(&item).clone(), item);
     }
 }
 
@@ -463,22 +510,18 @@ impl Known {
             }
         }
         // The final state wins, keeping a customer only the client saw.
-        for p in &state.purchases {
-            let customer = purchases
-                .get(&p.purchase_id)
-                .and_then(|known| known.customer.clone());
-            let mut p = p.clone();
-            p.customer = p.customer.or(customer);
-            purchases.insert(p.purchase_id.clone(), p);
-        }
-        for h in &state.holds {
-            let customer = holds
-                .get(&h.hold_id)
-                .and_then(|known| known.customer.clone());
-            let mut h = h.clone();
-            h.customer = h.customer.or(customer);
-            holds.insert(h.hold_id.clone(), h);
-        }
+        final_state_wins(
+            &mut purchases,
+            &state.purchases,
+            |p| &p.purchase_id,
+            |p| &mut p.customer,
+        );
+        final_state_wins(
+            &mut holds,
+            &state.holds,
+            |h| &h.hold_id,
+            |h| &mut h.customer,
+        );
         Self { purchases, holds }
     }
 
@@ -591,39 +634,16 @@ fn check_acknowledged(ops: &[BoxOp], state: &FinalState, known: &Known, verdict:
     for op in ops {
         match (&op.action, &op.outcome) {
             (Action::Purchase { .. } | Action::Confirm { .. }, BoxOutcome::Purchase(p)) => {
-                match purchases.get(p.purchase_id.as_str()) {
-                    None => {
-                        verdict.lost += 1;
-                        verdict.violations.push(format!(
-                            "acknowledged purchase {} is not in the final state",
-                            p.purchase_id
-                        ));
-                    }
-                    Some(stored) if stored.ticket_ids() != p.ticket_ids() => {
-                        verdict.violations.push(format!(
-                            "purchase {} changed its tickets after it was acknowledged",
-                            p.purchase_id
-                        ));
-                    }
-                    Some(_) => {}
-                }
+                let stored = purchases.get(p.purchase_id.as_str());
+                let kept = stored.map(|stored| stored.ticket_ids());
+                check_kept("purchase", &p.purchase_id, p.ticket_ids(), kept, verdict);
             }
-            (Action::Hold { .. }, BoxOutcome::Hold(h)) => match holds.get(h.hold_id.as_str()) {
-                None => {
-                    verdict.lost += 1;
-                    verdict.violations.push(format!(
-                        "acknowledged hold {} is not in the final state",
-                        h.hold_id
-                    ));
-                }
-                Some(stored) if stored.ticket_ids() != h.ticket_ids() => {
-                    verdict.violations.push(format!(
-                        "hold {} changed its tickets after it was acknowledged",
-                        h.hold_id
-                    ));
-                }
-                Some(_) => {}
-            },
+            (Action::Hold { .. }, BoxOutcome::Hold(h)) => {
+                let kept = holds
+                    .get(h.hold_id.as_str())
+                    .map(|stored| stored.ticket_ids());
+                check_kept("hold", &h.hold_id, h.ticket_ids(), kept, verdict);
+            }
             _ => {}
         }
         match (&op.action, &op.outcome) {
@@ -692,6 +712,31 @@ fn check_acknowledged(ops: &[BoxOp], state: &FinalState, known: &Known, verdict:
             }
             _ => {}
         }
+    }
+}
+
+/// An acknowledged `kind` (purchase or hold) `id`, answered with tickets `acknowledged`,
+/// is in the final state (`kept`, its tickets there, is some) with the same tickets.
+fn check_kept(
+    kind: &str,
+    id: &str,
+    acknowledged: Vec<u64>,
+    kept: Option<Vec<u64>>,
+    verdict: &mut Verdict,
+) {
+    match kept {
+        None => {
+            verdict.lost += 1;
+            verdict.violations.push(format!(
+                "acknowledged {kind} {id} is not in the final state"
+            ));
+        }
+        Some(kept) if kept != acknowledged => {
+            verdict.violations.push(format!(
+                "{kind} {id} changed its tickets after it was acknowledged"
+            ));
+        }
+        Some(_) => {}
     }
 }
 
@@ -933,17 +978,22 @@ pub async fn box_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use generator::wire::{PricedTicket, TicketStatus};
+    use generator::wire::{PricedTicket, Ticket, TicketStatus};
+
+    /// `tickets` at one cent each.
+    fn priced(tickets: &[u64]) -> Vec<PricedTicket> {
+        tickets
+            .iter()
+            .map(|&id| PricedTicket { id, price_cents: 1 })
+            .collect()
+    }
 
     fn purchase(id: &str, event: &str, tickets: &[u64]) -> Purchase {
         Purchase {
             purchase_id: id.into(),
             event: event.into(),
             quantity: tickets.len() as u32,
-            tickets: tickets
-                .iter()
-                .map(|&id| PricedTicket { id, price_cents: 1 })
-                .collect(),
+            tickets: priced(tickets),
             total_cents: tickets.len() as u64,
             node: "n".into(),
             created_at: "t".into(),
@@ -1065,10 +1115,7 @@ mod tests {
             hold_id: id.into(),
             event: "e".into(),
             quantity: tickets.len() as u32,
-            tickets: tickets
-                .iter()
-                .map(|&id| PricedTicket { id, price_cents: 1 })
-                .collect(),
+            tickets: priced(tickets),
             total_cents: tickets.len() as u64,
             customer: None,
             node: "n".into(),

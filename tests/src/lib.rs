@@ -108,8 +108,29 @@ impl LocalCluster {
         balancer_listen: &str,
         balancer_flags: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::launch(nodes, medium, &[], balancer_listen, balancer_flags)
+    }
+
+    /// As `start_on`, every node with the extra environment variables `node_env`.
+    pub fn start_on_with_node_env(
+        nodes: usize,
+        medium: &Medium,
+        node_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::launch(nodes, medium, node_env, "127.0.0.1:0", &[])
+    }
+
+    /// Starts `nodes` nodes with the extra environment `node_env`, and a balancer over them
+    /// on `balancer_listen` with `balancer_flags`.
+    fn launch(
+        nodes: usize,
+        medium: &Medium,
+        node_env: &[(&str, &str)],
+        balancer_listen: &str,
+        balancer_flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let nodes = (1..=nodes)
-            .map(|i| start_node_on(&format!("n{i}"), medium, "127.0.0.1:0", &[]))
+            .map(|i| start_node_on(&format!("n{i}"), medium, "127.0.0.1:0", node_env))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
         let mut args = vec![
@@ -156,6 +177,31 @@ pub fn start_node_on(
     ];
     args.extend(medium.node_args());
     Process::start_with_env(id, "node", &args, env)
+}
+
+/// Kills the nodes in turn under load, one every 1.2 s until a second before `run_for` has
+/// passed since `started`, and brings each back on its own port on `medium`, with the
+/// extra environment `env`, half a second after its kill. Returns how many kills it made.
+pub async fn kill_nodes_in_turn(
+    nodes: &mut [Process],
+    medium: &Medium,
+    env: &[(&str, &str)],
+    started: std::time::Instant,
+    run_for: std::time::Duration,
+) -> usize {
+    use std::time::Duration;
+    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+    let mut kills = 0;
+    while started.elapsed() < run_for - Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let victim = kills % nodes.len();
+        nodes[victim].kill();
+        kills += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        nodes[victim] = start_node_on(&format!("n{}", victim + 1), medium, &addresses[victim], env)
+            .expect("node restarts");
+    }
+    kills
 }
 
 /// Reads every ticket, event, purchase and hold through the API at `base`.

@@ -254,6 +254,21 @@ fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> String {
     String::from_utf8_lossy(&received).into_owned()
 }
 
+/// On a blocking thread, connects to `addr`, sends `unfinished` (a request cut short) and
+/// reads until the server answers or closes: how long that took, and the answer's text.
+fn send_unfinished(
+    addr: std::net::SocketAddr,
+    unfinished: &'static [u8],
+) -> tokio::task::JoinHandle<(Duration, String)> {
+    tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream.write_all(unfinished).expect("write");
+        let started = Instant::now();
+        let answer = read_until_closed(&mut stream, Duration::from_secs(10));
+        (started.elapsed(), answer)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -269,25 +284,12 @@ async fn slow_clients_are_cut_off_and_extra_connections_wait_without_harm() {
     let http = HttpClient::new();
 
     // Headers that never finish: the connection is closed after the header timeout.
-    let slow_headers = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n")
-            .expect("write");
-        let started = Instant::now();
-        let answer = read_until_closed(&mut stream, Duration::from_secs(10));
-        (started.elapsed(), answer)
-    });
+    let slow_headers = send_unfinished(addr, b"GET /events HTTP/1.1\r\nHost: x\r\n");
     // A body that never finishes: 408 after the body timeout.
-    let slow_body = tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .write_all(b"POST /purchases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\":")
-            .expect("write");
-        let started = Instant::now();
-        let answer = read_until_closed(&mut stream, Duration::from_secs(10));
-        (started.elapsed(), answer)
-    });
+    let slow_body = send_unfinished(
+        addr,
+        b"POST /purchases HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"event\":",
+    );
     let (headers_took, _) = slow_headers.await.expect("task");
     assert!(
         headers_took < Duration::from_secs(5),

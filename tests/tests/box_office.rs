@@ -89,6 +89,11 @@ impl BoxOffice {
     async fn call(&self, call: Call<'_>) -> Answer {
         send(&self.http, call).await
     }
+
+    /// Asks for the seats `tickets` of `event` at `url` (a node's purchases or holds).
+    async fn take_seats(&self, url: String, event: &str, tickets: &[u64]) -> Answer {
+        self.call(post(url, Some(seats_body(event, tickets)))).await
+    }
 }
 
 /// How a request proves who it is.
@@ -412,10 +417,7 @@ async fn hold_confirm_cancel(kind: MediumKind) {
         assert_eq!(status[id], "available");
     }
     let resold = office
-        .call(post(
-            format!("{n1}/purchases"),
-            Some(seats_body("concert", &held)),
-        ))
+        .take_seats(format!("{n1}/purchases"), "concert", &held)
         .await;
     assert_eq!(ids(&expect(&resold, 201)), held);
     assert_counts_agree(&office, "concert").await;
@@ -477,10 +479,7 @@ async fn seats_are_sold_and_held_all_or_nothing_and_a_released_hold_frees_them_a
     );
     let (n1, n2) = (office.node(0), office.node(1));
     let bought = office
-        .call(post(
-            format!("{n1}/purchases"),
-            Some(seats_body("concert", &[2, 3])),
-        ))
+        .take_seats(format!("{n1}/purchases"), "concert", &[2, 3])
         .await;
     let bought = expect(&bought, 201);
     assert_eq!(ids(&bought), [2, 3]);
@@ -489,10 +488,7 @@ async fn seats_are_sold_and_held_all_or_nothing_and_a_released_hold_frees_them_a
 
     // One taken seat refuses the whole request and names the taken ones.
     let taken = office
-        .call(post(
-            format!("{n2}/purchases"),
-            Some(seats_body("concert", &[1, 3, 2])),
-        ))
+        .take_seats(format!("{n2}/purchases"), "concert", &[1, 3, 2])
         .await;
     let body = refused(&taken, 409, "tickets_unavailable");
     let mut unavailable: Vec<u64> =
@@ -503,19 +499,13 @@ async fn seats_are_sold_and_held_all_or_nothing_and_a_released_hold_frees_them_a
 
     // Held seats are unavailable to others until released.
     let hold = office
-        .call(post(
-            format!("{n2}/holds"),
-            Some(seats_body("concert", &[4, 5])),
-        ))
+        .take_seats(format!("{n2}/holds"), "concert", &[4, 5])
         .await;
     let hold = expect(&hold, 201);
     let (hold_id, secret) = (text(&hold, "hold_id"), text(&hold, "secret"));
     assert_eq!(ids(&hold), [4, 5]);
     let over = office
-        .call(post(
-            format!("{n1}/holds"),
-            Some(seats_body("concert", &[5, 6])),
-        ))
+        .take_seats(format!("{n1}/holds"), "concert", &[5, 6])
         .await;
     assert_eq!(
         refused(&over, 409, "tickets_unavailable")["unavailable"],
@@ -531,29 +521,18 @@ async fn seats_are_sold_and_held_all_or_nothing_and_a_released_hold_frees_them_a
     let confirm = post(format!("{n2}/holds/{hold_id}/confirm"), None).by(As::Secret(secret));
     refused(&office.call(confirm).await, 409, "hold_released");
     let now = office
-        .call(post(
-            format!("{n2}/purchases"),
-            Some(seats_body("concert", &[5, 6])),
-        ))
+        .take_seats(format!("{n2}/purchases"), "concert", &[5, 6])
         .await;
     assert_eq!(ids(&expect(&now, 201)), [5, 6]);
 
     // A seat of another event, or no ticket at all, is the client's mistake.
     for seats in [&[1u64, 7][..], &[99][..]] {
-        let wrong = office
-            .call(post(
-                format!("{n1}/purchases"),
-                Some(seats_body("concert", seats)),
-            ))
-            .await;
-        refused(&wrong, 400, "bad_request");
-        let wrong = office
-            .call(post(
-                format!("{n1}/holds"),
-                Some(seats_body("concert", seats)),
-            ))
-            .await;
-        refused(&wrong, 400, "bad_request");
+        for route in ["purchases", "holds"] {
+            let wrong = office
+                .take_seats(format!("{n1}/{route}"), "concert", seats)
+                .await;
+            refused(&wrong, 400, "bad_request");
+        }
     }
     // By count, a hold takes what is left and no more.
     let rest = office
@@ -1238,10 +1217,7 @@ async fn once_a_node_whose_clock_is_ahead_treats_a_hold_as_expired_no_node_confi
 
         // Its ticket sold ahead to another: the hold is expired everywhere.
         let bought = office
-            .call(post(
-                format!("{ahead}/purchases"),
-                Some(seats_body("concert", &[3])),
-            ))
+            .take_seats(format!("{ahead}/purchases"), "concert", &[3])
             .await;
         assert_eq!(ids(&expect(&bought, 201)), [3]);
         let answer = office

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cluster::history::{self, BoxOutcome};
 use cluster::{
-    HttpClient, Medium, Process, read_final_state_as, run_generator, seed_store, start_node_on,
+    HttpClient, LocalCluster, Medium, Process, read_final_state_as, run_generator, seed_store,
 };
 
 /// The operator's token of the test cluster's nodes.
@@ -19,42 +19,29 @@ const ADMIN_TOKEN: &str = "box-office-test-operator-token";
 
 /// Three nodes with the operator's token over `data`, and a balancer in front of them.
 fn start_cluster(data: &Path) -> (Vec<Process>, Process) {
-    let nodes: Vec<Process> = (1..=3)
-        .map(|i| {
-            start_node_on(
-                &format!("n{i}"),
-                &Medium::Files(data.into()),
-                "127.0.0.1:0",
-                &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
-            )
-            .expect("node starts")
-        })
-        .collect();
-    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let balancer = Process::start(
-        "balancer",
-        "balancer",
-        &[
-            "--listen".to_owned(),
-            "127.0.0.1:0".to_owned(),
-            "--nodes".to_owned(),
-            addresses.join(","),
-        ],
+    let LocalCluster { nodes, balancer } = LocalCluster::start_on_with_node_env(
+        3,
+        &Medium::Files(data.into()),
+        &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
     )
-    .expect("balancer starts");
-    (nodes, balancer)
+    .expect("cluster starts");
+    (nodes, balancer.expect("a balancer"))
+}
+
+/// As `start_cluster`, over a store of `events` seeded in a new directory, which lives as
+/// long as the returned guard.
+fn seeded_cluster(events: &[(&str, u64, u64)]) -> (tempfile::TempDir, Vec<Process>, Process) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), events).expect("seed");
+    let (nodes, balancer) = start_cluster(dir.path());
+    (dir, nodes, balancer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contended_holds_confirms_releases_and_cancels_across_nodes_keep_every_promise() {
-    let dir = tempfile::tempdir().expect("tempdir");
     // Six concert seats for four clients: holds and purchases race for them.
-    seed_store(
-        dir.path(),
-        &[("concert", 6, 4500), ("sports-game", 20, 2000)],
-    )
-    .expect("seed");
-    let (nodes, _balancer) = start_cluster(dir.path());
+    let (_dir, nodes, _balancer) =
+        seeded_cluster(&[("concert", 6, 4500), ("sports-game", 20, 2000)]);
     let http = HttpClient::new();
     let clients = (0..4u32).map(|client| {
         let http = http.clone();
@@ -200,16 +187,9 @@ async fn generator_load_with_the_box_office_mix_then_audit_finds_no_violation() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_or_cancel() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[("concert", 400, 4500), ("sports-game", 400, 2000)],
-    )
-    .expect("seed");
-    let (nodes, balancer) = start_cluster(dir.path());
+    let (dir, mut nodes, balancer) =
+        seeded_cluster(&[("concert", 400, 4500), ("sports-game", 400, 2000)]);
     let base = balancer.url();
-    let addresses: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-    let nodes = std::sync::Arc::new(tokio::sync::Mutex::new(nodes));
     let http = HttpClient::new();
     let run_for = Duration::from_secs(6);
     let started = Instant::now();
@@ -229,23 +209,9 @@ async fn box_office_clients_while_nodes_are_killed_lose_no_hold_confirm_release_
         }
     });
     let clients = tokio::spawn(futures_join(clients.collect::<Vec<_>>()));
-    // Kill a node every 1.2 s and bring it back on the same port half a second later.
-    let mut kills = 0;
-    while started.elapsed() < run_for - Duration::from_secs(1) {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let victim = kills % 3;
-        nodes.lock().await[victim].kill();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let restarted = start_node_on(
-            &format!("n{}", victim + 1),
-            &Medium::Files(dir.path().into()),
-            &addresses[victim],
-            &[("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)],
-        )
-        .expect("node restarts");
-        nodes.lock().await[victim] = restarted;
-    }
+    let medium = Medium::Files(dir.path().into());
+    let env = [("TICKETS_NODE__ADMIN_TOKEN", ADMIN_TOKEN)];
+    let kills = cluster::kill_nodes_in_turn(&mut nodes, &medium, &env, started, run_for).await;
     let ops: Vec<history::BoxOp> = clients
         .await
         .expect("clients")

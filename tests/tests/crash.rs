@@ -13,21 +13,19 @@ use cluster::{report_summary, seed_store};
 use store::TicketStore;
 use store::fault::{ABORT_AT_ENV, ABORT_SKIP_ENV, FINISH_SWITCH_POINT, POINTS, UPGRADE_POINTS};
 
-/// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
-fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_store-writer"));
-    command
-        .args(["--data", &dir.to_string_lossy(), "--quantity", "2"])
-        .args([
-            "--purchases",
-            &purchases.to_string(),
-            "--compact-bytes",
-            "1",
-        ]);
+/// Runs `command` (a store-writer), set to abort at `abort_at` when given: at a journal
+/// point other than `first_journal_point` after skipping `journal_skip` passes, elsewhere
+/// at the first pass. Returns whether it aborted, and its output; any other failure fails
+/// the test.
+fn run_writer(
+    mut command: Command,
+    abort_at: Option<&str>,
+    first_journal_point: &str,
+    journal_skip: usize,
+) -> (bool, String) {
     if let Some(point) = abort_at {
-        // Journal points die a few sales in; compaction points at the first compaction.
-        let skip = if point.starts_with("journal-") && point != FINISH_SWITCH_POINT {
-            7
+        let skip = if point.starts_with("journal-") && point != first_journal_point {
+            journal_skip
         } else {
             0
         };
@@ -43,7 +41,26 @@ fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let acked = String::from_utf8_lossy(&output.stdout)
+    (
+        aborted,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
+fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_store-writer"));
+    command
+        .args(["--data", &dir.to_string_lossy(), "--quantity", "2"])
+        .args([
+            "--purchases",
+            &purchases.to_string(),
+            "--compact-bytes",
+            "1",
+        ]);
+    // Journal points die a few sales in; compaction points at the first compaction.
+    let (aborted, stdout) = run_writer(command, abort_at, FINISH_SWITCH_POINT, 7);
+    let acked = stdout
         .lines()
         .filter_map(|line| {
             let mut parts = line.strip_prefix("committed ")?.split(' ');
@@ -55,26 +72,38 @@ fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap
 
 /// The store's purchases as id -> comma-separated ticket ids, after a full check.
 fn stored(dir: &Path) -> HashMap<String, String> {
+    read_checked(dir, |inv| {
+        inv.purchases()
+            .iter()
+            .map(|p| (p.purchase_id.clone(), id_list(&p.tickets)))
+            .collect()
+    })
+}
+
+/// Checks the store in `dir` in full, then reads it with `f`.
+fn read_checked<T>(dir: &Path, f: impl FnOnce(&shared::Inventory) -> T) -> T {
     let store = TicketStore::new(dir, Duration::from_secs(5));
     store.check().expect("the store opens and is consistent");
-    store
-        .read(|inv| {
-            inv.purchases()
-                .iter()
-                .map(|p| {
-                    let ids: Vec<String> = p.tickets.iter().map(|t| t.id.to_string()).collect();
-                    (p.purchase_id.clone(), ids.join(","))
-                })
-                .collect()
-        })
-        .expect("readable")
+    store.read(f).expect("readable")
+}
+
+/// Ticket ids, comma-separated, as store-writer prints them.
+fn id_list(tickets: &[shared::SoldTicket]) -> String {
+    let ids: Vec<String> = tickets.iter().map(|t| t.id.to_string()).collect();
+    ids.join(",")
+}
+
+/// A new directory holding a fresh store of 400 concert tickets.
+fn seeded_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), &[("concert", 400, 1000)]).expect("seed");
+    dir
 }
 
 #[test]
 fn a_writer_killed_at_any_step_of_a_write_loses_no_acknowledged_purchase() {
     for point in POINTS {
-        let dir = tempfile::tempdir().expect("tempdir");
-        seed_store(dir.path(), &[("concert", 400, 1000)]).expect("seed");
+        let dir = seeded_dir();
         let (aborted, acked) = write(dir.path(), 120, Some(point));
         assert!(aborted, "the writer never reached {point}");
 
@@ -126,8 +155,7 @@ fn journal_generation(dir: &Path) -> String {
 
 #[test]
 fn a_writer_killed_between_a_compactions_renames_and_then_while_finishing_it_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(dir.path(), &[("concert", 400, 1000)]).expect("seed");
+    let dir = seeded_dir();
     // The compaction stops between the snapshot's rename and the journal's, while the
     // writer's sales go on into the old journal.
     let (aborted, acked) = write(dir.path(), 120, Some("compaction-after-snapshot-rename"));
@@ -195,27 +223,9 @@ fn write_box_office(dir: &Path, orders: usize, abort_at: Option<&str>) -> (bool,
             "--box-office",
         ])
         .args(["--purchases", &orders.to_string(), "--compact-bytes", "1"]);
-    if let Some(point) = abort_at {
-        // Journal points die a few orders in, after an entry of every kind; compaction
-        // points at the first compaction, which folds entries of every kind.
-        let skip = if point.starts_with("journal-") && point != "journal-create-after-temp" {
-            9
-        } else {
-            0
-        };
-        command
-            .env(ABORT_AT_ENV, point)
-            .env(ABORT_SKIP_ENV, skip.to_string());
-    }
-    let output = command.output().expect("store-writer runs");
-    let aborted = output.status.signal() == Some(6);
-    assert!(
-        aborted || output.status.success(),
-        "store-writer failed: {:?}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Journal points die a few orders in, after an entry of every kind; compaction points
+    // at the first compaction, which folds entries of every kind.
+    let (aborted, stdout) = run_writer(command, abort_at, "journal-create-after-temp", 9);
     assert!(!stdout.contains("refused"), "every order fits:\n{stdout}");
     let acked = stdout
         .lines()
@@ -229,55 +239,47 @@ fn write_box_office(dir: &Path, orders: usize, abort_at: Option<&str>) -> (bool,
 /// holds found expired the log records.
 fn holds_what_was_acknowledged(dir: &Path, acked: &[Vec<String>], context: &str) -> usize {
     use shared::HoldState;
-    let store = TicketStore::new(dir, Duration::from_secs(5));
-    store.check().expect("the store opens and is consistent");
-    store
-        .read(|inv| {
-            let tickets = |list: &[shared::SoldTicket]| {
-                let ids: Vec<String> = list.iter().map(|t| t.id.to_string()).collect();
-                ids.join(",")
-            };
-            for order in acked {
-                let (kind, id, ids) = (order[0].as_str(), order[1].as_str(), order[2].as_str());
-                let hold = inv.holds().iter().find(|h| h.hold_id == id);
-                let purchase = inv.purchase(id);
-                let held = hold.map(|h| tickets(&h.tickets));
-                let bought = purchase.map(|p| tickets(&p.tickets));
-                match kind {
-                    "hold" => assert_eq!(held.as_deref(), Some(ids), "{context}: {order:?}"),
-                    "release" => assert!(
-                        hold.is_some_and(|h| matches!(h.state, HoldState::Released(_))),
-                        "{context}: {order:?} is not released"
-                    ),
-                    "purchase" => assert_eq!(bought.as_deref(), Some(ids), "{context}: {order:?}"),
-                    "cancel" => assert!(
-                        purchase.is_some_and(|p| !p.is_live()),
-                        "{context}: {order:?} is not cancelled"
-                    ),
-                    _ => {
-                        let confirmed = inv.holds().iter().find(|h| h.hold_id == order[3]);
-                        assert_eq!(bought.as_deref(), Some(ids), "{context}: {order:?}");
-                        assert!(
-                            confirmed.is_some_and(|h| matches!(&h.state,
+    read_checked(dir, |inv| {
+        let tickets = id_list;
+        for order in acked {
+            let (kind, id, ids) = (order[0].as_str(), order[1].as_str(), order[2].as_str());
+            let hold = inv.holds().iter().find(|h| h.hold_id == id);
+            let purchase = inv.purchase(id);
+            let held = hold.map(|h| tickets(&h.tickets));
+            let bought = purchase.map(|p| tickets(&p.tickets));
+            match kind {
+                "hold" => assert_eq!(held.as_deref(), Some(ids), "{context}: {order:?}"),
+                "release" => assert!(
+                    hold.is_some_and(|h| matches!(h.state, HoldState::Released(_))),
+                    "{context}: {order:?} is not released"
+                ),
+                "purchase" => assert_eq!(bought.as_deref(), Some(ids), "{context}: {order:?}"),
+                "cancel" => assert!(
+                    purchase.is_some_and(|p| !p.is_live()),
+                    "{context}: {order:?} is not cancelled"
+                ),
+                _ => {
+                    let confirmed = inv.holds().iter().find(|h| h.hold_id == order[3]);
+                    assert_eq!(bought.as_deref(), Some(ids), "{context}: {order:?}");
+                    assert!(
+                        confirmed.is_some_and(|h| matches!(&h.state,
                                 HoldState::Confirmed { purchase_id, .. } if purchase_id == id)),
-                            "{context}: {order:?} is not confirmed"
-                        );
-                    }
+                        "{context}: {order:?} is not confirmed"
+                    );
                 }
             }
-            inv.holds()
-                .iter()
-                .filter(|h| matches!(h.state, HoldState::Expired { .. }))
-                .count()
-        })
-        .expect("readable")
+        }
+        inv.holds()
+            .iter()
+            .filter(|h| matches!(h.state, HoldState::Expired { .. }))
+            .count()
+    })
 }
 
 #[test]
 fn a_writer_killed_at_any_step_of_a_box_office_write_loses_no_acknowledged_change() {
     for point in POINTS {
-        let dir = tempfile::tempdir().expect("tempdir");
-        seed_store(dir.path(), &[("concert", 400, 1000)]).expect("seed");
+        let dir = seeded_dir();
         let (aborted, acked) = write_box_office(dir.path(), 60, Some(point));
         assert!(aborted, "the writer never reached {point}");
         let kinds: std::collections::BTreeSet<&str> = acked.iter().map(|o| o[0].as_str()).collect();

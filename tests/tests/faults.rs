@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp, keyed_client, keyed_purchase, reads_while};
@@ -15,26 +14,22 @@ use cluster::{
 };
 use hyper::StatusCode;
 use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
-use tokio::sync::Mutex;
 
 const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_see_no_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
+    let (dir, cluster) = LocalCluster::seeded(
+        3,
         &[
             (EVENTS[0], 20000, 1000),
             (EVENTS[1], 20000, 2000),
             (EVENTS[2], 2000, 5000),
         ],
     )
-    .expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    .expect("cluster starts");
     let base = cluster.balancer_url();
-    let addresses: Vec<String> = cluster.nodes.iter().map(|n| n.addr.to_string()).collect();
-    let nodes = Arc::new(Mutex::new(cluster.nodes));
+    let mut nodes = cluster.nodes;
     let http = HttpClient::new();
     let run_for = Duration::from_secs(8);
     let started = Instant::now();
@@ -53,50 +48,18 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
         let (http, base) = (http.clone(), base.clone());
         tokio::spawn(async move { reads_while(&http, &base, || started.elapsed() < run_for).await })
     };
-    // Kill a node every 1.2 s and bring it back on the same port half a second later.
-    let mut kills = 0;
-    while started.elapsed() < run_for - Duration::from_secs(1) {
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        let victim = kills % 3;
-        nodes.lock().await[victim].kill();
-        kills += 1;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let id = format!("n{}", victim + 1);
-        let restarted = start_node_on(
-            &id,
-            &Medium::Files(dir.path().into()),
-            &addresses[victim],
-            &[],
-        )
-        .expect("node restarts");
-        nodes.lock().await[victim] = restarted;
-    }
+    let medium = Medium::Files(dir.path().into());
+    let kills = cluster::kill_nodes_in_turn(&mut nodes, &medium, &[], started, run_for).await;
 
-    let mut ops = Vec::new();
-    while let Some(client_ops) = clients.join_next().await {
-        ops.extend(client_ops.expect("client task"));
-    }
+    let ops = history::join_all(clients).await;
     let reads = reader.await.expect("reader task");
     let state = read_final_state(&http, &base).await.expect("final state");
     let verdict = history::check(&ops, &reads, &state);
-    let errors: Vec<_> = ops
-        .iter()
-        .filter_map(|op| match &op.outcome {
-            Outcome::Unknown(why) => Some(why.clone()),
-            Outcome::Refused { code, .. } if code != "sold_out" => Some(code.clone()),
-            _ => None,
-        })
-        .collect();
+    let errors = history::client_errors(&ops);
     report_summary(&verdict.summary_line(&format!("{kills} SIGKILLs under load"), 0));
     println!("  {} reads checked for real-time order", reads.len());
     assert!(kills >= 4, "only {kills} kills happened");
-    assert!(verdict.is_clean(), "{verdict}");
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-    assert!(
-        verdict.acknowledged > 50,
-        "too little load to mean anything: {}",
-        verdict.acknowledged
-    );
+    verdict.assert_clean_under_load(&errors, 50);
 }
 
 fn node_check_store(data: &Path) -> (bool, String) {

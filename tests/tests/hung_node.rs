@@ -12,10 +12,41 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp};
-use cluster::{HttpClient, LocalCluster, read_final_state, report_summary, seed_store};
+use cluster::{HttpClient, LocalCluster, read_final_state, report_summary};
 use tokio::sync::RwLock;
 
 const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
+
+/// Seeds 5000 tickets of each event in a new directory and starts three nodes and a
+/// balancer on it; the directory lives as long as the returned guard.
+fn seeded_cluster() -> (tempfile::TempDir, LocalCluster) {
+    LocalCluster::seeded(
+        3,
+        &[
+            (EVENTS[0], 5000, 1000),
+            (EVENTS[1], 5000, 2000),
+            (EVENTS[2], 5000, 5000),
+        ],
+    )
+    .expect("cluster starts")
+}
+
+/// The balancer's view of its nodes, from `/balancer/nodes`.
+async fn balancer_nodes(http: &HttpClient, base: &str) -> serde_json::Value {
+    http.get(&format!("{base}/balancer/nodes"))
+        .await
+        .expect("node list")
+        .json()
+}
+
+/// `node`'s entry in the balancer's view `nodes` (null when it is not listed).
+fn node_state(nodes: &serde_json::Value, node: &cluster::Process) -> serde_json::Value {
+    nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["address"] == node.addr.to_string()))
+        .cloned()
+        .unwrap_or_default()
+}
 
 /// One keyed purchase, sent once (no client-side retry: the balancer must cope).
 async fn buy_once(http: &HttpClient, base: &str, event: &str, key: &str) -> PurchaseOp {
@@ -30,19 +61,42 @@ async fn buy_once(http: &HttpClient, base: &str, event: &str, key: &str) -> Purc
     }
 }
 
+/// Six clients buying one ticket at a time with [`buy_once`] through `base` until `done`,
+/// cycling through the events, with the keys `<tag>-<client>-<i>`; with a `gate`, each
+/// holds it for reading around each purchase.
+fn spawn_clients(
+    http: &HttpClient,
+    base: &str,
+    tag: &'static str,
+    done: &Arc<AtomicBool>,
+    gate: Option<&Arc<RwLock<()>>>,
+) -> tokio::task::JoinSet<Vec<PurchaseOp>> {
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..6u32 {
+        let (http, base, done) = (http.clone(), base.to_owned(), Arc::clone(done));
+        let gate = gate.cloned();
+        clients.spawn(async move {
+            let mut ops = Vec::new();
+            let mut i = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                let event = EVENTS[((client + i) % 3) as usize];
+                let key = format!("{tag}-{client}-{i}");
+                let _open = match &gate {
+                    Some(gate) => Some(gate.read().await),
+                    None => None,
+                };
+                ops.push(buy_once(&http, &base, event, &key).await);
+                i += 1;
+            }
+            ops
+        });
+    }
+    clients
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_node_costs_no_client_an_error_or_its_stop_and_wakes_without_selling_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[
-            (EVENTS[0], 5000, 1000),
-            (EVENTS[1], 5000, 2000),
-            (EVENTS[2], 5000, 5000),
-        ],
-    )
-    .expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (_dir, cluster) = seeded_cluster();
     let base = cluster.balancer_url();
     let http = HttpClient::new();
     let stop_for = Duration::from_secs(4);
@@ -53,27 +107,7 @@ async fn a_hung_node_costs_no_client_an_error_or_its_stop_and_wakes_without_sell
     // balancer's).
     let gate = Arc::new(RwLock::new(()));
 
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..6u32 {
-        let (http, base, done, gate) = (
-            http.clone(),
-            base.clone(),
-            Arc::clone(&done),
-            Arc::clone(&gate),
-        );
-        clients.spawn(async move {
-            let mut ops = Vec::new();
-            let mut i = 0u32;
-            while !done.load(Ordering::SeqCst) {
-                let event = EVENTS[((client + i) % 3) as usize];
-                let key = format!("hung-{client}-{i}");
-                let _open = gate.read().await;
-                ops.push(buy_once(&http, &base, event, &key).await);
-                i += 1;
-            }
-            ops
-        });
-    }
+    let clients = spawn_clients(&http, &base, "hung", &done, Some(&gate));
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     let victim = &cluster.nodes[1];
@@ -89,34 +123,12 @@ async fn a_hung_node_costs_no_client_an_error_or_its_stop_and_wakes_without_sell
     tokio::time::sleep(Duration::from_millis(1500)).await;
     done.store(true, Ordering::SeqCst);
 
-    let mut ops = Vec::new();
-    while let Some(client_ops) = clients.join_next().await {
-        ops.extend(client_ops.expect("client task"));
-    }
-    let nodes = http
-        .get(&format!("{base}/balancer/nodes"))
-        .await
-        .expect("node list")
-        .json();
-    let victim_state = nodes
-        .as_array()
-        .and_then(|nodes| {
-            nodes
-                .iter()
-                .find(|n| n["address"] == victim.addr.to_string())
-        })
-        .cloned()
-        .unwrap_or_default();
+    let ops = history::join_all(clients).await;
+    let nodes = balancer_nodes(&http, &base).await;
+    let victim_state = node_state(&nodes, victim);
     let state = read_final_state(&http, &base).await.expect("final state");
     let verdict = history::check(&ops, &[], &state);
-    let errors: Vec<String> = ops
-        .iter()
-        .filter_map(|op| match &op.outcome {
-            Outcome::Unknown(why) => Some(why.clone()),
-            Outcome::Refused { code, .. } if code != "sold_out" => Some(code.clone()),
-            _ => None,
-        })
-        .collect();
+    let errors = history::client_errors(&ops);
     let slowest = ops
         .iter()
         .map(|op| op.completed - op.invoked)
@@ -130,13 +142,7 @@ async fn a_hung_node_costs_no_client_an_error_or_its_stop_and_wakes_without_sell
         ),
         victim_state["hedges"]
     ));
-    assert!(verdict.is_clean(), "{verdict}");
-    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
-    assert!(
-        verdict.acknowledged > 50,
-        "too little load to mean anything: {}",
-        verdict.acknowledged
-    );
+    verdict.assert_clean_under_load(&errors, 50);
     assert!(
         victim_state["hedges"].as_u64() > Some(0),
         "no request was hedged off the hung node: {victim_state}"
@@ -207,17 +213,7 @@ async fn freeze_holding_lock(node: &cluster::Process, lock: &std::path::Path) ->
 /// is healthy, and when the frozen node wakes nothing is sold twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_frozen_holding_the_store_lock_takes_no_other_node_out_of_rotation() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
-        &[
-            (EVENTS[0], 5000, 1000),
-            (EVENTS[1], 5000, 2000),
-            (EVENTS[2], 5000, 5000),
-        ],
-    )
-    .expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    let (dir, cluster) = seeded_cluster();
     let base = cluster.balancer_url();
     let http = HttpClient::new();
     // Longer than the balancer needs to take a node down (3 failed checks, 1 s apart, of
@@ -225,20 +221,7 @@ async fn a_node_frozen_holding_the_store_lock_takes_no_other_node_out_of_rotatio
     let freeze_for = Duration::from_secs(6);
     let done = Arc::new(AtomicBool::new(false));
 
-    let mut clients = tokio::task::JoinSet::new();
-    for client in 0..6u32 {
-        let (http, base, done) = (http.clone(), base.clone(), Arc::clone(&done));
-        clients.spawn(async move {
-            let mut ops = Vec::new();
-            let mut i = 0u32;
-            while !done.load(Ordering::SeqCst) {
-                let event = EVENTS[((client + i) % 3) as usize];
-                ops.push(buy_once(&http, &base, event, &format!("frozen-{client}-{i}")).await);
-                i += 1;
-            }
-            ops
-        });
-    }
+    let clients = spawn_clients(&http, &base, "frozen", &done, None);
     // Readers too: their answers name the error a client would get.
     let mut readers = tokio::task::JoinSet::new();
     for _ in 0..2 {
@@ -271,21 +254,9 @@ async fn a_node_frozen_holding_the_store_lock_takes_no_other_node_out_of_rotatio
     let mut out_of_rotation = Vec::new();
     let mut said_slow = 0;
     while frozen_at.elapsed() < freeze_for {
-        let nodes = http
-            .get(&format!("{base}/balancer/nodes"))
-            .await
-            .expect("node list")
-            .json();
+        let nodes = balancer_nodes(&http, &base).await;
         for other in &others {
-            let state = nodes
-                .as_array()
-                .and_then(|nodes| {
-                    nodes
-                        .iter()
-                        .find(|n| n["address"] == other.addr.to_string())
-                })
-                .cloned()
-                .unwrap_or_default();
+            let state = node_state(&nodes, other);
             if state["up"] != true || state["ejected"] != false {
                 out_of_rotation.push(format!("{:.1?}: {state}", frozen_at.elapsed()));
             }
@@ -308,14 +279,8 @@ async fn a_node_frozen_holding_the_store_lock_takes_no_other_node_out_of_rotatio
     tokio::time::sleep(Duration::from_millis(1500)).await;
     done.store(true, Ordering::SeqCst);
 
-    let mut ops = Vec::new();
-    while let Some(client_ops) = clients.join_next().await {
-        ops.extend(client_ops.expect("client task"));
-    }
-    let mut read_codes = Vec::new();
-    while let Some(codes) = readers.join_next().await {
-        read_codes.extend(codes.expect("reader task"));
-    }
+    let ops = history::join_all(clients).await;
+    let read_codes = history::join_all(readers).await;
     let state = read_final_state(&http, &base).await.expect("final state");
     let verdict = history::check(&ops, &[], &state);
     let purchase_codes: Vec<String> = ops

@@ -110,11 +110,17 @@ async fn sold(http: &HttpClient, base: &str) -> serde_json::Value {
     answer.json()["sold"].clone()
 }
 
+/// A new directory holding a fresh store of `tickets` concert tickets.
+fn concert_store(tickets: u64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    seed_store(dir.path(), &[("concert", tickets, 1000)]).expect("seed");
+    dir
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journal_missing_or_not_the_one_following_the_snapshot_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = concert_store(20);
     let data = dir.path();
-    seed_store(data, &[("concert", 20, 1000)]).expect("seed");
     store_writer(data, 2, false);
     let before_compaction = store_files(data);
     store_writer(data, 3, true);
@@ -177,9 +183,8 @@ async fn a_journal_missing_or_not_the_one_following_the_snapshot_is_refused_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_next_purchase_seq_edited_downward_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = concert_store(16);
     let data = dir.path();
-    seed_store(data, &[("concert", 16, 1000)]).expect("seed");
     // Sales folded into the snapshot as they happen, so it holds purchases below its
     // next_purchase_seq.
     store_writer(data, 6, true);
@@ -359,9 +364,8 @@ fn a_failed_sync_is_answered_failed_only_when_the_batch_is_provably_not_in_the_j
         ("journal-sync@3,journal-rollback@0", "unknown"),
     ];
     for (fail, told) in cases {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = concert_store(40);
         let data = dir.path();
-        seed_store(data, &[("concert", 40, 1000)]).expect("seed");
         let lines = store_writer_failing(data, 6, fail);
         let errors: Vec<&String> = lines
             .iter()

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cluster::history::{self, Outcome, PurchaseOp, ReadOp, keyed_client, read_sold, reads_while};
+use cluster::history::{
+    self, FinalState, Outcome, PurchaseOp, ReadOp, Verdict, keyed_client, read_sold, reads_while,
+};
 use cluster::postgres::PgServer;
 use cluster::{
     Answer, HttpClient, LocalCluster, Medium, read_final_state, report_summary, seed_medium,
@@ -65,12 +67,9 @@ impl Load {
         }
     }
 
-    async fn finish(mut self) -> (Vec<PurchaseOp>, Vec<ReadOp>) {
+    async fn finish(self) -> (Vec<PurchaseOp>, Vec<ReadOp>) {
         self.stop.store(true, Ordering::Relaxed);
-        let mut ops = Vec::new();
-        while let Some(client_ops) = self.clients.join_next().await {
-            ops.extend(client_ops.expect("client task"));
-        }
+        let ops = history::join_all(self.clients).await;
         (ops, self.reader.await.expect("reader task"))
     }
 }
@@ -85,6 +84,50 @@ fn internal_errors(ops: &[PurchaseOp]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// What the checks make of a run: the history's verdict, the 5xx answers no client may
+/// see, and `check-store`'s view of the database.
+struct Judgement {
+    verdict: Verdict,
+    internal: Vec<String>,
+    sound: bool,
+    report: String,
+}
+
+impl Judgement {
+    /// Checks `ops` and `reads` against `state`, and the store at `url`.
+    fn of(ops: &[PurchaseOp], reads: &[ReadOp], state: &FinalState, url: &str) -> Self {
+        let (sound, report) = check_store(url);
+        Self {
+            verdict: history::check(ops, reads, state),
+            internal: internal_errors(ops),
+            sound,
+            report,
+        }
+    }
+
+    /// The one `fault-summary` line for the fault `class`.
+    fn summary_line(&self, class: &str) -> String {
+        self.verdict.summary_line(class, self.internal.len())
+    }
+
+    /// Fails the test unless the history is clean, no client saw an internal error and the
+    /// store checks out.
+    fn assert_sound(&self) {
+        let Self {
+            verdict,
+            internal,
+            sound,
+            report,
+        } = self;
+        assert!(verdict.is_clean(), "{verdict}");
+        assert!(
+            internal.is_empty(),
+            "clients saw internal errors: {internal:?}"
+        );
+        assert!(sound, "check-store: {report}");
+    }
 }
 
 /// Purchases a test makes besides the load (probes while the server is down, checks that
@@ -228,27 +271,21 @@ async fn a_killed_database_server_gives_quick_503s_then_service_returns_and_noth
     let (mut ops, reads) = load.finish().await;
     ops.extend(probes.into_ops());
     let (state, failed_reads) = final_state(&http, &base).await;
-    let verdict = history::check(&ops, &reads, &state);
-    let internal = internal_errors(&ops);
-    let (sound, report) = check_store(&url);
+    let judged = Judgement::of(&ops, &reads, &state, &url);
     report_summary(&format!(
         "{} (503 store_unavailable while down {while_down}, slowest {slowest_503:.1?}; down {down_for:.1?}; every node sells {recovered_after:.1?} after the restart; final reads refused after that {failed_reads})",
-        verdict.summary_line(
-            "PostgreSQL server killed (immediate shutdown) under load",
-            internal.len()
-        )
+        judged.summary_line("PostgreSQL server killed (immediate shutdown) under load")
     ));
-    assert!(verdict.is_clean(), "{verdict}");
-    assert!(
-        internal.is_empty(),
-        "clients saw internal errors: {internal:?}"
-    );
-    assert!(sound, "check-store: {report}");
+    judged.assert_sound();
     assert!(
         slowest_503 < Duration::from_secs(10),
         "a 503 took {slowest_503:?}: a hang, not a quick refusal"
     );
-    assert!(verdict.acknowledged > 50, "too little load: {verdict}");
+    assert!(
+        judged.verdict.acknowledged > 50,
+        "too little load: {}",
+        judged.verdict
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -281,24 +318,20 @@ async fn nodes_sigkilled_mid_transaction_leave_no_half_written_purchase() {
     }
     let (ops, reads) = load.finish().await;
     let (state, _) = final_state(&http, &base).await;
-    let verdict = history::check(&ops, &reads, &state);
-    let internal = internal_errors(&ops);
-    let (sound, report) = check_store(&url);
+    let judged = Judgement::of(&ops, &reads, &state, &url);
     report_summary(&format!(
         "{} (node check-store: {})",
-        verdict.summary_line(
-            &format!("{kills} node SIGKILLs mid-transaction (PostgreSQL store)"),
-            internal.len()
-        ),
-        if sound { "sound" } else { "UNSOUND" }
+        judged.summary_line(&format!(
+            "{kills} node SIGKILLs mid-transaction (PostgreSQL store)"
+        )),
+        if judged.sound { "sound" } else { "UNSOUND" }
     ));
-    assert!(verdict.is_clean(), "{verdict}");
+    judged.assert_sound();
     assert!(
-        internal.is_empty(),
-        "clients saw internal errors: {internal:?}"
+        judged.verdict.acknowledged > 20,
+        "too little load: {}",
+        judged.verdict
     );
-    assert!(sound, "check-store: {report}");
-    assert!(verdict.acknowledged > 20, "too little load: {verdict}");
 }
 
 /// How long the frozen node stays frozen once it is caught holding the lock.
@@ -391,26 +424,16 @@ async fn a_node_frozen_holding_the_lock_stops_the_others_only_briefly_and_sells_
     let (mut ops, reads) = load.finish().await;
     ops.extend(probes.into_ops());
     let (state, _) = final_state(&http, &nodes[2]).await;
-    let verdict = history::check(&ops, &reads, &state);
-    let internal = internal_errors(&ops);
-    let (sound, report) = check_store(&url);
+    let judged = Judgement::of(&ops, &reads, &state, &url);
     report_summary(&format!(
         "{} (backend {holder} held the lock when frozen; the others sold again {others_sell_after:.1?} later, longest stall {longest_stall:.1?} in {FROZEN_FOR:?} frozen; node 1 sold {node1_sells_after:.1?} after waking)",
-        verdict.summary_line(
-            "node frozen (SIGSTOP) holding the advisory lock",
-            internal.len()
-        )
+        judged.summary_line("node frozen (SIGSTOP) holding the advisory lock")
     ));
     assert!(
         longest_stall < FROZEN_FOR,
         "the others sold nothing for {longest_stall:?} of the {FROZEN_FOR:?} node 1 was frozen"
     );
-    assert!(verdict.is_clean(), "{verdict}");
-    assert!(
-        internal.is_empty(),
-        "clients saw internal errors: {internal:?}"
-    );
-    assert!(sound, "check-store: {report}");
+    judged.assert_sound();
 }
 
 fn signal(which: &str, pid: &str) {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cluster::{HttpClient, LocalCluster, seed_store};
+use cluster::{HttpClient, LocalCluster};
 use hyper::StatusCode;
 
 /// How long one headless browser run may take before the test fails.
@@ -91,36 +91,33 @@ fn row<'a>(dom: &'a str, attribute: &str, value: &str) -> &'a str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_lists_every_node_and_shows_a_purchase_and_a_hold_after_they_are_made() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    seed_store(
-        dir.path(),
+    let (_dir, cluster) = LocalCluster::seeded(
+        3,
         &[
             ("concert", 40, 4500),
             ("sports-game", 25, 2000),
             ("theater-show", 10, 6000),
         ],
     )
-    .expect("seed");
-    let cluster = LocalCluster::start(3, dir.path()).expect("cluster starts");
+    .expect("cluster starts");
     let page = format!("{}/balancer/", cluster.balancer_url());
 
     let before = dump_dom(&page).await;
+    // Every node up and, among the balancer's own behaviours, in rotation.
     for node in &cluster.nodes {
         let address = node.addr.to_string();
+        let shown = row(&before, "data-address", &address);
         assert!(
-            row(&before, "data-address", &address).contains("badge up"),
+            shown.contains("badge up"),
             "node {address} is not shown up:\n{before}"
         );
-    }
-    assert_eq!(text_of_id(&before, "nodes-up"), "3 / 3");
-    // The balancer's own behaviours: every node in rotation, no panic, the budget read.
-    for node in &cluster.nodes {
-        let address = node.addr.to_string();
         assert!(
-            row(&before, "data-address", &address).contains("badge rotation up\">in<"),
+            shown.contains("badge rotation up\">in<"),
             "node {address} is not shown in rotation:\n{before}"
         );
     }
+    assert_eq!(text_of_id(&before, "nodes-up"), "3 / 3");
+    // The balancer's own behaviours: no panic, the budget read.
     assert_eq!(text_of_id(&before, "panic"), "off");
     assert_eq!(text_of_id(&before, "budget-refused"), "0");
     assert_eq!(text_of_id(&before, "hedges-total"), "0");

@@ -44,6 +44,11 @@ impl Medium {
         }
     }
 
+    /// Fails the test, naming this medium, unless `store` sees `sold` tickets sold.
+    fn assert_sold(&self, store: &TicketStore, sold: usize) {
+        assert_eq!(sold_count(store), sold, "{}", self.name());
+    }
+
     fn seeded(&self, tickets: u64) -> TicketStore {
         let store = self.handle();
         store
@@ -68,11 +73,11 @@ fn a_write_is_seen_by_another_handle_with_its_own_cache() {
     for medium in Medium::both() {
         let store = medium.seeded(5);
         let other = medium.handle();
-        assert_eq!(sold_count(&other), 0, "{}", medium.name());
+        medium.assert_sold(&other, 0);
         buy(&store, 2).expect("available");
-        assert_eq!(sold_count(&other), 2, "{}", medium.name());
+        medium.assert_sold(&other, 2);
         buy(&other, 1).expect("available");
-        assert_eq!(sold_count(&store), 3, "{}", medium.name());
+        medium.assert_sold(&store, 3);
     }
 }
 
@@ -82,7 +87,7 @@ fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
         let store = medium.seeded(3);
         let reader = medium.handle();
         buy(&store, 1).expect("available");
-        assert_eq!(sold_count(&reader), 1, "{}", medium.name());
+        medium.assert_sold(&reader, 1);
         let again = store.create(&Inventory::default(), false);
         assert!(
             matches!(
@@ -99,9 +104,9 @@ fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
             "{}",
             medium.name()
         );
-        assert_eq!(sold_count(&reader), 0, "{}", medium.name());
+        medium.assert_sold(&reader, 0);
         buy(&reader, 2).expect("the new store sells");
-        assert_eq!(sold_count(&store), 2, "{}", medium.name());
+        medium.assert_sold(&store, 2);
     }
 }
 
@@ -240,7 +245,7 @@ fn a_key_retried_on_another_handle_returns_the_first_outcome() {
             panic!("{}: the retry is a replay, got {again:?}", medium.name());
         };
         assert_eq!(replayed, bought, "{}", medium.name());
-        assert_eq!(sold_count(&second), 3, "{}", medium.name());
+        medium.assert_sold(&second, 3);
     }
 }
 

@@ -44,20 +44,25 @@ fn within<T: Send + 'static>(limit: Duration, op: impl FnOnce() -> T + Send + 's
         .unwrap_or_else(|_| panic!("the store call did not return within {limit:?}"))
 }
 
-#[test]
-fn a_gap_in_the_log_is_reported_not_skipped() {
+/// A store of 10 tickets after `purchases` purchases and then `sql` on its log, from
+/// outside the store: the error a fresh handle's read gives, the URL and the database's name.
+fn read_after_tampering(purchases: usize, sql: &str) -> (StoreError, String, String) {
     let server = cluster::postgres::shared().expect("the test server");
     let (url, name) = seeded(server, 10);
     let store = handle(&url, Duration::from_secs(5));
-    for _ in 0..3 {
+    for _ in 0..purchases {
         buy(&store).expect("store works").expect("available");
     }
-    server
-        .psql(&name, "DELETE FROM tickets_log WHERE seq = 2")
-        .expect("psql");
+    server.psql(&name, sql).expect("psql");
     let err = handle(&url, Duration::from_secs(5))
         .read(|_| ())
-        .expect_err("a gap");
+        .expect_err("a tampered log");
+    (err, url, name)
+}
+
+#[test]
+fn a_gap_in_the_log_is_reported_not_skipped() {
+    let (err, _, _) = read_after_tampering(3, "DELETE FROM tickets_log WHERE seq = 2");
     assert!(matches!(err, StoreError::DatabaseCorrupt { .. }), "{err:?}");
     assert!(
         err.to_string().contains("skips from entry 1 to entry 3"),
@@ -67,23 +72,14 @@ fn a_gap_in_the_log_is_reported_not_skipped() {
 
 #[test]
 fn a_bad_log_entry_is_reported_with_its_sequence_number() {
-    let server = cluster::postgres::shared().expect("the test server");
-    let (url, name) = seeded(server, 10);
-    let store = handle(&url, Duration::from_secs(5));
-    buy(&store).expect("store works").expect("available");
-    buy(&store).expect("store works").expect("available");
-    server
-        .psql(
-            &name,
-            r#"UPDATE tickets_log SET entry = '{"garbage": true}' WHERE seq = 2"#,
-        )
-        .expect("psql");
-    let err = handle(&url, Duration::from_secs(5))
-        .read(|_| ())
-        .expect_err("a bad entry");
+    let (err, url, name) = read_after_tampering(
+        2,
+        r#"UPDATE tickets_log SET entry = '{"garbage": true}' WHERE seq = 2"#,
+    );
     assert!(err.to_string().contains("log entry 2"), "{err}");
     // A purchase on the broken store is refused too, and writes nothing.
     assert!(buy(&handle(&url, Duration::from_secs(5))).is_err());
+    let server = cluster::postgres::shared().expect("the test server");
     assert_eq!(
         server
             .psql(&name, "SELECT count(*) FROM tickets_log")
