@@ -20,8 +20,9 @@ mod compact;
 mod journal;
 mod lock;
 
+use std::borrow::Borrow;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -775,18 +776,7 @@ impl FileSession<'_> {
     /// Starts the snapshot's own journal with the lines of the journal it was folded from
     /// after `from` (exclusive lock held): the step a compaction stopped before.
     fn start_own_journal(&mut self, from: u64) -> Result<(), StoreError> {
-        let mut state = JournalState::At {
-            offset: from,
-            entries: 0,
-        };
-        self.journal.replay(&mut state)?;
-        let JournalState::At { offset: end, .. } = state else {
-            return Err(StoreError::corrupt(
-                &self.medium.paths.journal,
-                "the journal could not be read to its end",
-            ));
-        };
-        let tail = self.journal.read_range(from, end)?;
+        let tail = self.journal.lines_after(from)?;
         let header = JournalHeader {
             generation: self.stamp.generation,
             upgrade: false,
@@ -868,17 +858,30 @@ fn write_temp(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<(), StoreError> {
+    write_new(path, |file| file, fill)
+}
+
+/// Creates `path`, fills it through `fill` writing into `wrap` of the new file (buffered),
+/// and fsyncs it once all is written.
+fn write_new<W: Write + Borrow<File>>(
+    path: &Path,
+    wrap: impl FnOnce(File) -> W,
+    fill: impl FnOnce(&mut BufWriter<W>) -> io::Result<()>,
+) -> Result<(), StoreError> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(StoreError::io("creating", path))?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut out = BufWriter::with_capacity(256 * 1024, wrap(file));
     fill(&mut out).map_err(StoreError::io("writing", path))?;
-    let file = out
+    let written = out
         .into_inner()
         .map_err(|e| StoreError::io("writing", path)(e.into_error()))?;
-    file.sync_all().map_err(StoreError::io("syncing", path))
+    written
+        .borrow()
+        .sync_all()
+        .map_err(StoreError::io("syncing", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
