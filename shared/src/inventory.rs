@@ -461,24 +461,25 @@ impl Inventory {
         limit: usize,
     ) -> Page<Purchase, String> {
         let after = after.unwrap_or(0);
-        // Purchases are held in commit order, so their numbers rise along every list.
-        let at_or_before = |p: &Purchase| sequence_of(p).is_ok_and(|seq| seq <= after);
-        let id = |p: &Purchase| p.purchase_id.clone();
-        let of_event = |p: &&Purchase| filter.event.as_ref().is_none_or(|e| &p.event == e);
         let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => self
-                .customers
-                .get(customer)
-                .map_or(&[][..], |c| &c.purchases),
-            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.purchases),
-            (None, None) => {
-                let start = self.purchases.partition_point(at_or_before);
-                return Page::take(self.purchases[start..].iter(), limit, id);
+            (Some(customer), _) => Some(
+                self.customers
+                    .get(customer)
+                    .map_or(&[][..], |c| &c.purchases[..]),
+            ),
+            (None, Some(event)) => {
+                Some(self.events.get(event).map_or(&[][..], |i| &i.purchases[..]))
             }
+            (None, None) => None,
         };
-        let start = positions.partition_point(|&p| at_or_before(&self.purchases[p]));
-        let found = positions[start..].iter().map(|&p| &self.purchases[p]);
-        Page::take(found.filter(of_event), limit, id)
+        page_in_commit_order(
+            &self.purchases,
+            positions,
+            |p| sequence_of(p).is_ok_and(|seq| seq <= after),
+            |p| filter.event.as_ref().is_none_or(|e| &p.event == e),
+            limit,
+            |p| p.purchase_id.clone(),
+        )
     }
 
     /// One summary per event, sorted by event name, as of the latest time in the log (see
@@ -537,16 +538,10 @@ impl Inventory {
 
     /// The purchases matching `filter`, in commit order.
     pub fn find_purchases_by(&self, filter: &PurchaseFilter) -> Vec<Purchase> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.page_purchases_by(filter, after, MAX_PAGE_LIMIT);
-            all.extend(page.items);
-            match page.next.as_deref().and_then(purchase_number) {
-                Some(next) => after = Some(next),
-                None => return all,
-            }
-        }
+        every_page(
+            |after| self.page_purchases_by(filter, after, MAX_PAGE_LIMIT),
+            purchase_number,
+        )
     }
 
     /// A hold with its status at `now`: still held past its expiry, it shows expired.
@@ -568,34 +563,32 @@ impl Inventory {
     ) -> Page<HoldView, String> {
         let at = self.effective_time(now);
         let after = after.unwrap_or(0);
-        let at_or_before = |h: &Hold| hold_sequence(h).is_ok_and(|seq| seq <= after);
-        let id = |h: &Hold| h.hold_id.clone();
-        let of_event = |h: &&Hold| filter.event.as_ref().is_none_or(|e| &h.event == e);
         let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => self.customers.get(customer).map_or(&[][..], |c| &c.holds),
-            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.holds),
-            (None, None) => {
-                let start = self.holds.partition_point(at_or_before);
-                return Page::take(self.holds[start..].iter(), limit, id).map(|h| view_of(&h, at));
-            }
+            (Some(customer), _) => Some(
+                self.customers
+                    .get(customer)
+                    .map_or(&[][..], |c| &c.holds[..]),
+            ),
+            (None, Some(event)) => Some(self.events.get(event).map_or(&[][..], |i| &i.holds[..])),
+            (None, None) => None,
         };
-        let start = positions.partition_point(|&p| at_or_before(&self.holds[p]));
-        let found = positions[start..].iter().map(|&p| &self.holds[p]);
-        Page::take(found.filter(of_event), limit, id).map(|h| view_of(&h, at))
+        page_in_commit_order(
+            &self.holds,
+            positions,
+            |h| hold_sequence(h).is_ok_and(|seq| seq <= after),
+            |h| filter.event.as_ref().is_none_or(|e| &h.event == e),
+            limit,
+            |h| h.hold_id.clone(),
+        )
+        .map(|h| view_of(&h, at))
     }
 
     /// The holds matching `filter` with their status at `now`, in commit order.
     pub fn find_holds(&self, filter: &HoldFilter, now: SystemTime) -> Vec<HoldView> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.page_holds(filter, after, MAX_PAGE_LIMIT, now);
-            all.extend(page.items);
-            match page.next.as_deref().and_then(hold_number) {
-                Some(next) => after = Some(next),
-                None => return all,
-            }
-        }
+        every_page(
+            |after| self.page_holds(filter, after, MAX_PAGE_LIMIT, now),
+            hold_number,
+        )
     }
 
     /// How many tickets of `event` the customer has in live purchases and holds at `now`
@@ -622,6 +615,44 @@ impl Inventory {
 }
 
 /// Moves `count` held tickets back to available in a summary.
+/// A page of `items`, held in commit order, after the last one `at_or_before` accepts
+/// (numbers rise in commit order, so it is found by binary search): with `positions` (an
+/// index's, in commit order) those of them `keep` accepts, else any of all `items`.
+fn page_in_commit_order<T: Clone>(
+    items: &[T],
+    positions: Option<&[usize]>,
+    at_or_before: impl Fn(&T) -> bool,
+    keep: impl Fn(&&T) -> bool,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> Page<T, String> {
+    let Some(positions) = positions else {
+        let start = items.partition_point(at_or_before);
+        return Page::take(items[start..].iter(), limit, key);
+    };
+    let start = positions.partition_point(|&p| at_or_before(&items[p]));
+    let found = positions[start..].iter().map(|&p| &items[p]);
+    Page::take(found.filter(keep), limit, key)
+}
+
+/// Every item of a listing, read page by page from the start with `page`; `number` reads a
+/// page's `next` key back as the `after` of the page that follows.
+fn every_page<T>(
+    mut page: impl FnMut(Option<u64>) -> Page<T, String>,
+    number: impl Fn(&str) -> Option<u64>,
+) -> Vec<T> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = page(after);
+        all.extend(page.items);
+        match page.next.as_deref().and_then(&number) {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
 fn release_counts(summary: &mut EventSummary, count: u64) {
     summary.held = summary.held.saturating_sub(count);
     summary.available += count;
