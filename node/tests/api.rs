@@ -80,6 +80,12 @@ impl Fixture {
     }
 }
 
+/// The value of `field` in each item of a listing's JSON array.
+fn field_of_each(list: &serde_json::Value, field: &str) -> Vec<serde_json::Value> {
+    let items = list.as_array().expect("list");
+    items.iter().map(|item| item[field].clone()).collect()
+}
+
 /// A node on a file store.
 async fn start() -> Fixture {
     start_on(MediumKind::Files).await
@@ -143,23 +149,11 @@ async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
         );
 
         let events = f.get("/events").await;
-        let names: Vec<_> = events
-            .json()
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|e| e["event"].clone())
-            .collect();
+        let names = field_of_each(&events.json(), "event");
         assert_eq!(names, [json!("concert"), json!("theater-show")]);
 
         let unsold = f.get("/tickets?event=concert&sold=false").await;
-        let ids: Vec<_> = unsold
-            .json()
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|t| t["id"].clone())
-            .collect();
+        let ids = field_of_each(&unsold.json(), "id");
         assert_eq!(ids, [json!(3), json!(4), json!(5)]);
 
         let purchases = f.get("/purchases?event=concert").await;
