@@ -461,17 +461,12 @@ impl Inventory {
         limit: usize,
     ) -> Page<Purchase, String> {
         let after = after.unwrap_or(0);
-        let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => Some(
-                self.customers
-                    .get(customer)
-                    .map_or(&[][..], |c| &c.purchases[..]),
-            ),
-            (None, Some(event)) => {
-                Some(self.events.get(event).map_or(&[][..], |i| &i.purchases[..]))
-            }
-            (None, None) => None,
-        };
+        let positions = self.listed_positions(
+            filter.customer.as_ref(),
+            filter.event.as_ref(),
+            |c| &c.purchases[..],
+            |i| &i.purchases[..],
+        );
         page_in_commit_order(
             &self.purchases,
             positions,
@@ -480,6 +475,22 @@ impl Inventory {
             limit,
             |p| p.purchase_id.clone(),
         )
+    }
+
+    /// Where a listing by `customer` or `event` walks: the customer's positions when it has
+    /// one (its event is filtered afterwards), else the event's, else `None` for all.
+    fn listed_positions(
+        &self,
+        customer: Option<&CustomerId>,
+        event: Option<&EventName>,
+        of_customer: fn(&CustomerIndex) -> &[usize],
+        of_event: fn(&EventIndex) -> &[usize],
+    ) -> Option<&[usize]> {
+        match (customer, event) {
+            (Some(customer), _) => Some(self.customers.get(customer).map_or(&[], of_customer)),
+            (None, Some(event)) => Some(self.events.get(event).map_or(&[], of_event)),
+            (None, None) => None,
+        }
     }
 
     /// One summary per event, sorted by event name, as of the latest time in the log (see
@@ -563,15 +574,12 @@ impl Inventory {
     ) -> Page<HoldView, String> {
         let at = self.effective_time(now);
         let after = after.unwrap_or(0);
-        let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => Some(
-                self.customers
-                    .get(customer)
-                    .map_or(&[][..], |c| &c.holds[..]),
-            ),
-            (None, Some(event)) => Some(self.events.get(event).map_or(&[][..], |i| &i.holds[..])),
-            (None, None) => None,
-        };
+        let positions = self.listed_positions(
+            filter.customer.as_ref(),
+            filter.event.as_ref(),
+            |c| &c.holds[..],
+            |i| &i.holds[..],
+        );
         page_in_commit_order(
             &self.holds,
             positions,
