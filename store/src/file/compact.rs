@@ -51,7 +51,9 @@ use std::path::{Path, PathBuf};
 
 use super::journal::{Journal, JournalState};
 use super::lock::{self, LockMode};
-use super::{FileMedium, FilePosition, JournalRole, TEMP_COUNTER, sync_dir, write_new};
+use super::{
+    FileMedium, FilePosition, JournalRole, remove_temp_files, sync_dir, temp_path_ending, write_new,
+};
 use crate::format::{self, Follows, JournalHeader};
 use crate::medium::{Compacted, LogPosition};
 use crate::{StoreError, fault};
@@ -116,26 +118,12 @@ impl Drop for Temps {
 const TEMP_SUFFIX: &str = ".compacting";
 
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(
-        ".{name}.{}.{}.{:016x}{TEMP_SUFFIX}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        rand::random::<u64>()
-    ))
+    temp_path_ending(dir, name, TEMP_SUFFIX)
 }
 
 /// Removes the temporary files of jobs that died (the compaction lock held, so none runs).
 fn remove_dead_jobs_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".tickets.") && name.ends_with(TEMP_SUFFIX) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    remove_temp_files(dir, TEMP_SUFFIX);
 }
 
 /// One job: the three steps of the module's documentation.

@@ -814,13 +814,18 @@ impl FileSession<'_> {
 /// Removes temporary files left by a process killed mid-write. Called with the exclusive
 /// lock held, when no other process can be writing one.
 fn remove_stale_temp_files(dir: &Path) {
+    remove_temp_files(dir, WRITER_TEMP_SUFFIX);
+}
+
+/// Removes the temporary files in `dir` whose names end in `suffix`.
+fn remove_temp_files(dir: &Path, suffix: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".tickets.") && name.ends_with(".tmp") {
+        if name.starts_with(".tickets.") && name.ends_with(suffix) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -845,8 +850,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// written under the exclusive lock, and created with `create_new`, so a clash could at
 /// worst fail a write, never mix two.
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    temp_path_ending(dir, name, WRITER_TEMP_SUFFIX)
+}
+
+/// The suffix of the writers' temporary files.
+const WRITER_TEMP_SUFFIX: &str = ".tmp";
+
+/// A temporary file's name as `temp_path` makes it, ending in `suffix`.
+fn temp_path_ending(dir: &Path, name: &str, suffix: &str) -> PathBuf {
     dir.join(format!(
-        ".{name}.{}.{}.{:016x}.tmp",
+        ".{name}.{}.{}.{:016x}{suffix}",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
         rand::random::<u64>()
