@@ -258,22 +258,14 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
         );
     }
     let long_name = format!(r#"{{"event":"{}","quantity":1}}"#, "a".repeat(65));
-    let answer = f
-        .http
-        .post_raw(&purchases, "application/json", long_name.into_bytes(), None)
-        .await
-        .expect("answer");
+    let answer = f.post_purchase(&long_name).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 
     let huge = format!(
         r#"{{"event":"concert","quantity":1,"pad":"{}"}}"#,
         "x".repeat(20_000)
     );
-    let answer = f
-        .http
-        .post_raw(&purchases, "application/json", huge.into_bytes(), None)
-        .await
-        .expect("answer");
+    let answer = f.post_purchase(&huge).await;
     assert_eq!(
         (answer.status, answer.error_code().as_deref()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
