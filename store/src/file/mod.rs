@@ -400,20 +400,41 @@ impl FileMedium {
     /// so a crash between the two leaves a state that is provably this one.
     fn upgrade(&self) -> Result<(), StoreError> {
         let snapshot = self.load_snapshot()?;
+        let generation = self.write_generation(
+            &snapshot.inventory,
+            true,
+            "upgrade-after-journal",
+            "the upgraded snapshot",
+        )?;
+        tracing::info!(generation, "upgraded a store written before the journal");
+        Ok(())
+    }
+
+    /// Writes `inventory` as a new store (exclusive lock held) and returns its generation:
+    /// a random one, so no process mistakes it for one it has cached. The journal comes
+    /// first, marked `upgrade` or not: a crash between the two leaves a journal without a
+    /// snapshot, which is refused, never a snapshot that seems to have lost its journal.
+    /// `after_journal` names the fault point between them; `what` the snapshot in errors.
+    fn write_generation(
+        &self,
+        inventory: &Inventory,
+        upgrade: bool,
+        after_journal: &str,
+        what: &str,
+    ) -> Result<u64, StoreError> {
         let generation = rand::random::<u64>() >> 1;
         let header = JournalHeader {
             generation,
-            upgrade: true,
+            upgrade,
         };
         Journal::create(&self.paths.journal, &self.paths.dir, header)?;
-        fault::abort_at("upgrade-after-journal");
-        if !self.write_snapshot(&snapshot.inventory, generation, None)? {
+        fault::abort_at(after_journal);
+        if !self.write_snapshot(inventory, generation, None)? {
             return Err(StoreError::io("syncing", &self.paths.dir)(
-                io::Error::other("the upgraded snapshot may not be durable"),
+                io::Error::other(format!("{what} may not be durable")),
             ));
         }
-        tracing::info!(generation, "upgraded a store written before the journal");
-        Ok(())
+        Ok(generation)
     }
 }
 
@@ -462,21 +483,7 @@ impl Medium for FileMedium {
         fs::create_dir_all(&self.paths.dir).map_err(StoreError::io("creating", &self.paths.dir))?;
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
         self.refuse_existing(force)?;
-        // A random generation, so no process mistakes the new store for one it has cached.
-        // The journal first: a crash between the two leaves a journal without a snapshot,
-        // which is refused, never a snapshot that seems to have lost its journal.
-        let generation = rand::random::<u64>() >> 1;
-        let header = JournalHeader {
-            generation,
-            upgrade: false,
-        };
-        Journal::create(&self.paths.journal, &self.paths.dir, header)?;
-        fault::abort_at("create-after-journal");
-        if !self.write_snapshot(inventory, generation, None)? {
-            return Err(StoreError::io("syncing", &self.paths.dir)(
-                io::Error::other("the new snapshot may not be durable"),
-            ));
-        }
+        self.write_generation(inventory, false, "create-after-journal", "the new snapshot")?;
         Ok(())
     }
 
