@@ -183,27 +183,15 @@ async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
     for kind in [MediumKind::Files, MediumKind::Postgres] {
         let f = start_on(kind).await;
-        let first = f
-            .http
-            .buy(&f.url, "concert", 1, Some("key-1"))
-            .await
-            .expect("answer");
-        let again = f
-            .http
-            .buy(&f.url, "concert", 1, Some("key-1"))
-            .await
-            .expect("answer");
+        let first = f.buy("concert", 1, Some("key-1")).await;
+        let again = f.buy("concert", 1, Some("key-1")).await;
         assert_eq!(first.status, StatusCode::CREATED);
         assert_eq!(again.status, StatusCode::CREATED);
         assert_eq!(first.json(), again.json());
         let event = f.get("/events/concert").await;
         assert_eq!(event.json()["sold"], 1);
 
-        let reused = f
-            .http
-            .buy(&f.url, "concert", 2, Some("key-1"))
-            .await
-            .expect("answer");
+        let reused = f.buy("concert", 2, Some("key-1")).await;
         assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             reused.error_code().as_deref(),
