@@ -329,6 +329,21 @@ impl Inventory {
         })
     }
 
+    /// The parts [`Inventory::restore`] rebuilds this inventory from, copied: for tests
+    /// that restore a state or damage one before restoring it.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> Parts {
+        Parts {
+            tickets: self.tickets().to_vec(),
+            purchases: self.purchases().to_vec(),
+            holds: self.holds().to_vec(),
+            next_purchase_seq: self.next_purchase_seq(),
+            next_hold_seq: self.next_hold_seq(),
+            limits: self.limits(),
+            log_time: self.log_time(),
+        }
+    }
+
     /// Sets the per-customer limit of `event` (`None` removes it); false when there is no
     /// such event. For seeding: a limit is part of the snapshot, not of the log.
     pub fn set_max_per_customer(&mut self, event: &EventName, limit: Option<u32>) -> bool {
