@@ -217,24 +217,24 @@ struct TicketQuery {
     limit: Option<String>,
 }
 
-/// The query of `GET /purchases`.
+/// The query of `GET /purchases` and of `GET /holds`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PurchaseQuery {
+struct CustomerQuery {
     event: Option<String>,
     customer: Option<String>,
     after: Option<String>,
     limit: Option<String>,
 }
 
-/// The query of `GET /holds`: as for purchases.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HoldQuery {
-    event: Option<String>,
-    customer: Option<String>,
-    after: Option<String>,
-    limit: Option<String>,
+impl CustomerQuery {
+    /// The event and the customer filtered by, each checked.
+    fn filters(&self) -> Result<(Option<EventName>, Option<CustomerId>), ApiError> {
+        Ok((
+            self.event.as_deref().map(event_filter).transpose()?,
+            self.customer.as_deref().map(parse_customer).transpose()?,
+        ))
+    }
 }
 
 /// Parses a query string into `T`; unknown, repeated and mistyped parameters are refused.
@@ -260,22 +260,18 @@ pub fn ticket_filter(text: Option<&str>) -> Result<(TicketFilter, Option<Paging>
 /// the paging parameters `after` and `limit`. (Who may filter by customer is the route's
 /// check.)
 pub fn purchase_filter(text: Option<&str>) -> Result<(PurchaseFilter, Option<Paging>), ApiError> {
-    let parsed: PurchaseQuery = query(text)?;
-    let filter = PurchaseFilter {
-        event: parsed.event.as_deref().map(event_filter).transpose()?,
-        customer: parsed.customer.as_deref().map(parse_customer).transpose()?,
-    };
+    let parsed: CustomerQuery = query(text)?;
+    let (event, customer) = parsed.filters()?;
+    let filter = PurchaseFilter { event, customer };
     let paging = paging::purchase_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
     Ok((filter, paging))
 }
 
 /// Parses the query of `GET /holds`: as `purchase_filter`, `after` a hold id.
 pub fn hold_filter(text: Option<&str>) -> Result<(HoldFilter, Option<Paging>), ApiError> {
-    let parsed: HoldQuery = query(text)?;
-    let filter = HoldFilter {
-        event: parsed.event.as_deref().map(event_filter).transpose()?,
-        customer: parsed.customer.as_deref().map(parse_customer).transpose()?,
-    };
+    let parsed: CustomerQuery = query(text)?;
+    let (event, customer) = parsed.filters()?;
+    let filter = HoldFilter { event, customer };
     let paging = paging::hold_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
     Ok((filter, paging))
 }

@@ -256,6 +256,13 @@ mod tests {
         }
     }
 
+    /// Asserts that the rendered `text` holds each of `wanted`.
+    fn assert_has(text: &str, wanted: &[&str]) {
+        for line in wanted {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
+
     #[test]
     fn observed_requests_appear_in_the_text_format() {
         let m = Metrics::new("n1");
@@ -263,18 +270,15 @@ mod tests {
         m.observe("GET /events", 200, Duration::from_millis(30));
         m.purchase_committed(2);
         let text = m.render(None);
-        assert!(
-            text.contains(
-                "tickets_http_requests_total{node=\"n1\",route=\"GET /events\",status=\"200\"} 2"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("le=\"+Inf\"} 2"), "{text}");
-        assert!(text.contains("tickets_sold_total{node=\"n1\"} 2"), "{text}");
-        assert!(
-            text.contains("# TYPE tickets_http_request_duration_seconds histogram"),
-            "{text}"
+        assert_has(
+            &text,
+            &[
+                "tickets_http_requests_total{node=\"n1\",route=\"GET /events\",status=\"200\"} 2",
+                "le=\"0.005\"} 1",
+                "le=\"+Inf\"} 2",
+                "tickets_sold_total{node=\"n1\"} 2",
+                "# TYPE tickets_http_request_duration_seconds histogram",
+            ],
         );
     }
 
@@ -284,21 +288,14 @@ mod tests {
         m.commit_observed(3, Duration::from_millis(2), true);
         m.commit_observed(1, Duration::from_millis(4), false);
         let text = m.render(None);
-        assert!(
-            text.contains("tickets_commit_duration_seconds_count{node=\"n1\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tickets_commit_batch_size_sum{node=\"n1\"} 4.0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tickets_commit_batch_size_bucket{node=\"n1\",le=\"2\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tickets_commit_failures_total{node=\"n1\"} 1"),
-            "{text}"
+        assert_has(
+            &text,
+            &[
+                "tickets_commit_duration_seconds_count{node=\"n1\"} 2",
+                "tickets_commit_batch_size_sum{node=\"n1\"} 4.0",
+                "tickets_commit_batch_size_bucket{node=\"n1\",le=\"2\"} 1",
+                "tickets_commit_failures_total{node=\"n1\"} 1",
+            ],
         );
     }
 
@@ -309,23 +306,19 @@ mod tests {
         held.held = 2;
         held.available = 5;
         let text = m.render(Some(&[held, summary("opera", 5, 0)]));
-        assert!(
-            text.contains("tickets_event_held{node=\"n1\",event=\"concert\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tickets_event_available{node=\"n1\",event=\"concert\"} 5"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tickets_event_sold{node=\"n1\",event=\"concert\"} 3"),
-            "{text}"
+        assert_has(
+            &text,
+            &[
+                "tickets_event_held{node=\"n1\",event=\"concert\"} 2",
+                "tickets_event_available{node=\"n1\",event=\"concert\"} 5",
+                "tickets_event_sold{node=\"n1\",event=\"concert\"} 3",
+            ],
         );
         // An event gone from the store disappears from the next scrape.
         let text = m.render(Some(&[summary("concert", 10, 4)]));
-        assert!(
-            text.contains("tickets_event_available{node=\"n1\",event=\"concert\"} 6"),
-            "{text}"
+        assert_has(
+            &text,
+            &["tickets_event_available{node=\"n1\",event=\"concert\"} 6"],
         );
         assert!(!text.contains("opera"), "{text}");
     }

@@ -111,6 +111,26 @@ impl Route {
 mod tests {
     use super::*;
 
+    /// Asserts that `method` finds no route on any of `paths`.
+    fn assert_not_found<const N: usize>(method: Method, paths: [&str; N]) {
+        for path in paths {
+            assert_eq!(
+                Route::parse(&method, path),
+                Err(Unrouted::NotFound),
+                "{method} {path}"
+            );
+        }
+    }
+
+    /// Asserts that `method` on `path` is refused, naming the route and what it allows.
+    fn assert_not_allowed(method: Method, path: &str, name: &'static str, allowed: &'static str) {
+        assert_eq!(
+            Route::parse(&method, path),
+            Err(Unrouted::MethodNotAllowed { name, allowed }),
+            "{method} {path}"
+        );
+    }
+
     #[test]
     fn every_path_parses_to_its_route_for_get_and_head() {
         for method in [Method::GET, Method::HEAD] {
@@ -159,74 +179,42 @@ mod tests {
             ("/purchases/p-1/cancel", "POST /purchases/{id}/cancel"),
         ] {
             for method in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE] {
-                assert_eq!(
-                    Route::parse(&method, path),
-                    Err(Unrouted::MethodNotAllowed {
-                        name,
-                        allowed: "POST"
-                    }),
-                    "{method} {path}"
-                );
+                assert_not_allowed(method, path, name, "POST");
             }
         }
-        assert_eq!(
-            Route::parse(&Method::POST, "/holds/h-1"),
-            Err(Unrouted::MethodNotAllowed {
-                name: "GET /holds/{id}",
-                allowed: "GET, HEAD"
-            })
+        assert_not_allowed(Method::POST, "/holds/h-1", "GET /holds/{id}", "GET, HEAD");
+        assert_not_allowed(Method::DELETE, "/holds", "GET /holds", "GET, HEAD, POST");
+        assert_not_found(
+            Method::POST,
+            [
+                "/holds/h-1/cancel",
+                "/purchases/p-1/confirm",
+                "/holds/h-1/confirm/x",
+                "/events/concert/x",
+                "/holds/h-1/",
+            ],
         );
-        assert_eq!(
-            Route::parse(&Method::DELETE, "/holds"),
-            Err(Unrouted::MethodNotAllowed {
-                name: "GET /holds",
-                allowed: "GET, HEAD, POST"
-            })
-        );
-        for path in [
-            "/holds/h-1/cancel",
-            "/purchases/p-1/confirm",
-            "/holds/h-1/confirm/x",
-            "/events/concert/x",
-            "/holds/h-1/",
-        ] {
-            assert_eq!(
-                Route::parse(&Method::POST, path),
-                Err(Unrouted::NotFound),
-                "{path}"
-            );
-        }
     }
 
     #[test]
     fn unknown_paths_are_not_found_and_wrong_methods_say_what_is_allowed() {
-        for path in [
-            "/",
-            "/nowhere",
-            "/events/a/b",
-            "//events",
-            "/tickets/1/",
-            "/tickets/1/x/y",
-        ] {
-            assert_eq!(
-                Route::parse(&Method::GET, path),
-                Err(Unrouted::NotFound),
-                "{path}"
-            );
-        }
-        assert_eq!(
-            Route::parse(&Method::POST, "/events"),
-            Err(Unrouted::MethodNotAllowed {
-                name: "GET /events",
-                allowed: "GET, HEAD"
-            })
+        assert_not_found(
+            Method::GET,
+            [
+                "/",
+                "/nowhere",
+                "/events/a/b",
+                "//events",
+                "/tickets/1/",
+                "/tickets/1/x/y",
+            ],
         );
-        assert_eq!(
-            Route::parse(&Method::DELETE, "/purchases"),
-            Err(Unrouted::MethodNotAllowed {
-                name: "GET /purchases",
-                allowed: "GET, HEAD, POST"
-            })
+        assert_not_allowed(Method::POST, "/events", "GET /events", "GET, HEAD");
+        assert_not_allowed(
+            Method::DELETE,
+            "/purchases",
+            "GET /purchases",
+            "GET, HEAD, POST",
         );
     }
 }

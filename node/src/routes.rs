@@ -20,7 +20,7 @@ use shared::api::{
     EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, StoreHealth, TicketBody,
 };
 use shared::{
-    Command, EventName, HoldView, Inventory, Order, Outcome, Proof, Purchase, hold_number,
+    Command, EventName, HoldView, Inventory, Order, Outcome, Page, Proof, Purchase, hold_number,
     purchase_number,
 };
 use store::TicketStore;
@@ -202,27 +202,15 @@ async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiErr
 
 async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse, ApiError> {
     let (filter, paging) = input::ticket_filter(query)?;
-    match paging {
-        Some(Paging { after, limit }) => {
-            read_json(node, move |inv, now| {
-                let page = inv.page_tickets(&filter, after, limit);
-                PageBody::from_page(page, |t| {
-                    TicketBody::with_status(t, inv.ticket_status(t, now))
-                })
-            })
-            .await
-        }
-        None => {
-            read_json(node, move |inv, now| {
-                let found = inv.find_tickets(&filter);
-                found
-                    .iter()
-                    .map(|t| TicketBody::with_status(t, inv.ticket_status(t, now)))
-                    .collect::<Vec<_>>()
-            })
-            .await
-        }
-    }
+    read_json(node, move |inv, now| {
+        Listing::of(
+            paging,
+            |after, limit| inv.page_tickets(&filter, after, limit),
+            || inv.find_tickets(&filter),
+            |t| TicketBody::with_status(t, inv.ticket_status(t, now)),
+        )
+    })
+    .await
 }
 
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
@@ -350,14 +338,45 @@ fn hold_body(view: &HoldView, proof: &Proof) -> HoldBody {
     }
 }
 
-/// Refuses a filter by customer unless the operator's token came with it.
-fn may_filter_by_customer(filtered: bool, proof: &Proof) -> Result<(), ApiError> {
+/// Refuses a filter by customer unless the operator's token came with it, and returns what
+/// a listing's items may show: only the operator sees customers there, as a secret is one
+/// item's.
+fn listing_proof(filtered: bool, proof: Proof) -> Result<Proof, ApiError> {
     if filtered && !proof.operator {
         return Err(ApiError::Forbidden(
             "listing by customer needs the operator's token (Authorization: Bearer <token>)",
         ));
     }
-    Ok(())
+    Ok(Proof {
+        secret: None,
+        operator: proof.operator,
+    })
+}
+
+/// A listing's answer: one page of it when paging was asked for, else all of it.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Listing<B, K> {
+    Page(PageBody<B, K>),
+    All(Vec<B>),
+}
+
+impl<B, K> Listing<B, K> {
+    /// Reads a page with `page` when `paging` asks for one, else everything with `all`, and
+    /// shapes each item with `body`.
+    fn of<D>(
+        paging: Option<Paging>,
+        page: impl FnOnce(Option<u64>, usize) -> Page<D, K>,
+        all: impl FnOnce() -> Vec<D>,
+        body: impl FnMut(&D) -> B,
+    ) -> Self {
+        match paging {
+            Some(Paging { after, limit }) => {
+                Self::Page(PageBody::from_page(page(after, limit), body))
+            }
+            None => Self::All(all().iter().map(body).collect()),
+        }
+    }
 }
 
 async fn purchases(
@@ -366,31 +385,16 @@ async fn purchases(
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, paging) = input::purchase_filter(query)?;
-    may_filter_by_customer(filter.customer.is_some(), &proof)?;
-    // In a listing only the operator sees customers: a secret is one item's.
-    let proof = Proof {
-        secret: None,
-        operator: proof.operator,
-    };
-    match paging {
-        Some(Paging { after, limit }) => {
-            read_json(node, move |inv, _| {
-                let page = inv.page_purchases_by(&filter, after, limit);
-                PageBody::from_page(page, |p| purchase_body(p, &proof))
-            })
-            .await
-        }
-        None => {
-            read_json(node, move |inv, _| {
-                let found = inv.find_purchases_by(&filter);
-                found
-                    .iter()
-                    .map(|p| purchase_body(p, &proof))
-                    .collect::<Vec<_>>()
-            })
-            .await
-        }
-    }
+    let proof = listing_proof(filter.customer.is_some(), proof)?;
+    read_json(node, move |inv, _| {
+        Listing::of(
+            paging,
+            |after, limit| inv.page_purchases_by(&filter, after, limit),
+            || inv.find_purchases_by(&filter),
+            |p| purchase_body(p, &proof),
+        )
+    })
+    .await
 }
 
 async fn purchase(
@@ -414,30 +418,16 @@ async fn holds(
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
     let (filter, paging) = input::hold_filter(query)?;
-    may_filter_by_customer(filter.customer.is_some(), &proof)?;
-    let proof = Proof {
-        secret: None,
-        operator: proof.operator,
-    };
-    match paging {
-        Some(Paging { after, limit }) => {
-            read_json(node, move |inv, now| {
-                let page = inv.page_holds(&filter, after, limit, now);
-                PageBody::from_page(page, |h| hold_body(h, &proof))
-            })
-            .await
-        }
-        None => {
-            read_json(node, move |inv, now| {
-                let found = inv.find_holds(&filter, now);
-                found
-                    .iter()
-                    .map(|h| hold_body(h, &proof))
-                    .collect::<Vec<_>>()
-            })
-            .await
-        }
-    }
+    let proof = listing_proof(filter.customer.is_some(), proof)?;
+    read_json(node, move |inv, now| {
+        Listing::of(
+            paging,
+            |after, limit| inv.page_holds(&filter, after, limit, now),
+            || inv.find_holds(&filter, now),
+            |h| hold_body(h, &proof),
+        )
+    })
+    .await
 }
 
 async fn hold(node: &NodeService, segment: &str, proof: Proof) -> Result<HttpResponse, ApiError> {

@@ -80,6 +80,12 @@ impl Fixture {
     }
 }
 
+/// The value of `field` in each item of a listing's JSON array.
+fn field_of_each(list: &serde_json::Value, field: &str) -> Vec<serde_json::Value> {
+    let items = list.as_array().expect("list");
+    items.iter().map(|item| item[field].clone()).collect()
+}
+
 /// A node on a file store.
 async fn start() -> Fixture {
     start_on(MediumKind::Files).await
@@ -143,23 +149,11 @@ async fn a_purchase_is_committed_and_visible_everywhere_in_the_api() {
         );
 
         let events = f.get("/events").await;
-        let names: Vec<_> = events
-            .json()
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|e| e["event"].clone())
-            .collect();
+        let names = field_of_each(&events.json(), "event");
         assert_eq!(names, [json!("concert"), json!("theater-show")]);
 
         let unsold = f.get("/tickets?event=concert&sold=false").await;
-        let ids: Vec<_> = unsold
-            .json()
-            .as_array()
-            .expect("list")
-            .iter()
-            .map(|t| t["id"].clone())
-            .collect();
+        let ids = field_of_each(&unsold.json(), "id");
         assert_eq!(ids, [json!(3), json!(4), json!(5)]);
 
         let purchases = f.get("/purchases?event=concert").await;
@@ -189,27 +183,15 @@ async fn a_purchase_is_all_or_nothing_and_sold_out_says_what_is_left() {
 async fn a_repeated_idempotency_key_returns_the_first_purchase_and_sells_nothing_more() {
     for kind in [MediumKind::Files, MediumKind::Postgres] {
         let f = start_on(kind).await;
-        let first = f
-            .http
-            .buy(&f.url, "concert", 1, Some("key-1"))
-            .await
-            .expect("answer");
-        let again = f
-            .http
-            .buy(&f.url, "concert", 1, Some("key-1"))
-            .await
-            .expect("answer");
+        let first = f.buy("concert", 1, Some("key-1")).await;
+        let again = f.buy("concert", 1, Some("key-1")).await;
         assert_eq!(first.status, StatusCode::CREATED);
         assert_eq!(again.status, StatusCode::CREATED);
         assert_eq!(first.json(), again.json());
         let event = f.get("/events/concert").await;
         assert_eq!(event.json()["sold"], 1);
 
-        let reused = f
-            .http
-            .buy(&f.url, "concert", 2, Some("key-1"))
-            .await
-            .expect("answer");
+        let reused = f.buy("concert", 2, Some("key-1")).await;
         assert_eq!(reused.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(
             reused.error_code().as_deref(),
@@ -264,22 +246,14 @@ async fn bad_input_gets_the_specified_status_and_code_and_never_a_5xx() {
         );
     }
     let long_name = format!(r#"{{"event":"{}","quantity":1}}"#, "a".repeat(65));
-    let answer = f
-        .http
-        .post_raw(&purchases, "application/json", long_name.into_bytes(), None)
-        .await
-        .expect("answer");
+    let answer = f.post_purchase(&long_name).await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
 
     let huge = format!(
         r#"{{"event":"concert","quantity":1,"pad":"{}"}}"#,
         "x".repeat(20_000)
     );
-    let answer = f
-        .http
-        .post_raw(&purchases, "application/json", huge.into_bytes(), None)
-        .await
-        .expect("answer");
+    let answer = f.post_purchase(&huge).await;
     assert_eq!(
         (answer.status, answer.error_code().as_deref()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))

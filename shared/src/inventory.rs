@@ -329,6 +329,21 @@ impl Inventory {
         })
     }
 
+    /// The parts [`Inventory::restore`] rebuilds this inventory from, copied: for tests
+    /// that restore a state or damage one before restoring it.
+    #[cfg(test)]
+    pub(crate) fn parts(&self) -> Parts {
+        Parts {
+            tickets: self.tickets().to_vec(),
+            purchases: self.purchases().to_vec(),
+            holds: self.holds().to_vec(),
+            next_purchase_seq: self.next_purchase_seq(),
+            next_hold_seq: self.next_hold_seq(),
+            limits: self.limits(),
+            log_time: self.log_time(),
+        }
+    }
+
     /// Sets the per-customer limit of `event` (`None` removes it); false when there is no
     /// such event. For seeding: a limit is part of the snapshot, not of the log.
     pub fn set_max_per_customer(&mut self, event: &EventName, limit: Option<u32>) -> bool {
@@ -461,24 +476,36 @@ impl Inventory {
         limit: usize,
     ) -> Page<Purchase, String> {
         let after = after.unwrap_or(0);
-        // Purchases are held in commit order, so their numbers rise along every list.
-        let at_or_before = |p: &Purchase| sequence_of(p).is_ok_and(|seq| seq <= after);
-        let id = |p: &Purchase| p.purchase_id.clone();
-        let of_event = |p: &&Purchase| filter.event.as_ref().is_none_or(|e| &p.event == e);
-        let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => self
-                .customers
-                .get(customer)
-                .map_or(&[][..], |c| &c.purchases),
-            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.purchases),
-            (None, None) => {
-                let start = self.purchases.partition_point(at_or_before);
-                return Page::take(self.purchases[start..].iter(), limit, id);
-            }
-        };
-        let start = positions.partition_point(|&p| at_or_before(&self.purchases[p]));
-        let found = positions[start..].iter().map(|&p| &self.purchases[p]);
-        Page::take(found.filter(of_event), limit, id)
+        let positions = self.listed_positions(
+            filter.customer.as_ref(),
+            filter.event.as_ref(),
+            |c| &c.purchases[..],
+            |i| &i.purchases[..],
+        );
+        page_in_commit_order(
+            &self.purchases,
+            positions,
+            |p| sequence_of(p).is_ok_and(|seq| seq <= after),
+            |p| filter.event.as_ref().is_none_or(|e| &p.event == e),
+            limit,
+            |p| p.purchase_id.clone(),
+        )
+    }
+
+    /// Where a listing by `customer` or `event` walks: the customer's positions when it has
+    /// one (its event is filtered afterwards), else the event's, else `None` for all.
+    fn listed_positions(
+        &self,
+        customer: Option<&CustomerId>,
+        event: Option<&EventName>,
+        of_customer: fn(&CustomerIndex) -> &[usize],
+        of_event: fn(&EventIndex) -> &[usize],
+    ) -> Option<&[usize]> {
+        match (customer, event) {
+            (Some(customer), _) => Some(self.customers.get(customer).map_or(&[], of_customer)),
+            (None, Some(event)) => Some(self.events.get(event).map_or(&[], of_event)),
+            (None, None) => None,
+        }
     }
 
     /// One summary per event, sorted by event name, as of the latest time in the log (see
@@ -537,16 +564,10 @@ impl Inventory {
 
     /// The purchases matching `filter`, in commit order.
     pub fn find_purchases_by(&self, filter: &PurchaseFilter) -> Vec<Purchase> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.page_purchases_by(filter, after, MAX_PAGE_LIMIT);
-            all.extend(page.items);
-            match page.next.as_deref().and_then(purchase_number) {
-                Some(next) => after = Some(next),
-                None => return all,
-            }
-        }
+        every_page(
+            |after| self.page_purchases_by(filter, after, MAX_PAGE_LIMIT),
+            purchase_number,
+        )
     }
 
     /// A hold with its status at `now`: still held past its expiry, it shows expired.
@@ -568,34 +589,29 @@ impl Inventory {
     ) -> Page<HoldView, String> {
         let at = self.effective_time(now);
         let after = after.unwrap_or(0);
-        let at_or_before = |h: &Hold| hold_sequence(h).is_ok_and(|seq| seq <= after);
-        let id = |h: &Hold| h.hold_id.clone();
-        let of_event = |h: &&Hold| filter.event.as_ref().is_none_or(|e| &h.event == e);
-        let positions = match (&filter.customer, &filter.event) {
-            (Some(customer), _) => self.customers.get(customer).map_or(&[][..], |c| &c.holds),
-            (None, Some(event)) => self.events.get(event).map_or(&[][..], |i| &i.holds),
-            (None, None) => {
-                let start = self.holds.partition_point(at_or_before);
-                return Page::take(self.holds[start..].iter(), limit, id).map(|h| view_of(&h, at));
-            }
-        };
-        let start = positions.partition_point(|&p| at_or_before(&self.holds[p]));
-        let found = positions[start..].iter().map(|&p| &self.holds[p]);
-        Page::take(found.filter(of_event), limit, id).map(|h| view_of(&h, at))
+        let positions = self.listed_positions(
+            filter.customer.as_ref(),
+            filter.event.as_ref(),
+            |c| &c.holds[..],
+            |i| &i.holds[..],
+        );
+        page_in_commit_order(
+            &self.holds,
+            positions,
+            |h| hold_sequence(h).is_ok_and(|seq| seq <= after),
+            |h| filter.event.as_ref().is_none_or(|e| &h.event == e),
+            limit,
+            |h| h.hold_id.clone(),
+        )
+        .map(|h| view_of(&h, at))
     }
 
     /// The holds matching `filter` with their status at `now`, in commit order.
     pub fn find_holds(&self, filter: &HoldFilter, now: SystemTime) -> Vec<HoldView> {
-        let mut all = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.page_holds(filter, after, MAX_PAGE_LIMIT, now);
-            all.extend(page.items);
-            match page.next.as_deref().and_then(hold_number) {
-                Some(next) => after = Some(next),
-                None => return all,
-            }
-        }
+        every_page(
+            |after| self.page_holds(filter, after, MAX_PAGE_LIMIT, now),
+            hold_number,
+        )
     }
 
     /// How many tickets of `event` the customer has in live purchases and holds at `now`
@@ -622,6 +638,44 @@ impl Inventory {
 }
 
 /// Moves `count` held tickets back to available in a summary.
+/// A page of `items`, held in commit order, after the last one `at_or_before` accepts
+/// (numbers rise in commit order, so it is found by binary search): with `positions` (an
+/// index's, in commit order) those of them `keep` accepts, else any of all `items`.
+fn page_in_commit_order<T: Clone>(
+    items: &[T],
+    positions: Option<&[usize]>,
+    at_or_before: impl Fn(&T) -> bool,
+    keep: impl Fn(&&T) -> bool,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> Page<T, String> {
+    let Some(positions) = positions else {
+        let start = items.partition_point(at_or_before);
+        return Page::take(items[start..].iter(), limit, key);
+    };
+    let start = positions.partition_point(|&p| at_or_before(&items[p]));
+    let found = positions[start..].iter().map(|&p| &items[p]);
+    Page::take(found.filter(keep), limit, key)
+}
+
+/// Every item of a listing, read page by page from the start with `page`; `number` reads a
+/// page's `next` key back as the `after` of the page that follows.
+fn every_page<T>(
+    mut page: impl FnMut(Option<u64>) -> Page<T, String>,
+    number: impl Fn(&str) -> Option<u64>,
+) -> Vec<T> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = page(after);
+        all.extend(page.items);
+        match page.next.as_deref().and_then(&number) {
+            Some(next) => after = Some(next),
+            None => return all,
+        }
+    }
+}
+
 fn release_counts(summary: &mut EventSummary, count: u64) {
     summary.held = summary.held.saturating_sub(count);
     summary.available += count;

@@ -714,7 +714,6 @@ mod tests {
     use super::*;
     use crate::command::{Command, HoldRequest, Order, Proof, SaleRequest};
     use crate::domain::{Quantity, Selection, Timestamp, Ttl};
-    use crate::inventory::Parts;
 
     fn concert() -> EventName {
         EventName::parse("concert").expect("valid")
@@ -844,16 +843,7 @@ mod tests {
     fn a_stored_state_with_a_ticket_held_twice_or_a_confirm_without_its_purchase_is_refused() {
         let mut inv = inventory();
         logged(&mut inv, hold_of(1, 60), 0);
-        let parts = |inv: &Inventory| Parts {
-            tickets: inv.tickets().to_vec(),
-            purchases: inv.purchases().to_vec(),
-            holds: inv.holds().to_vec(),
-            next_purchase_seq: inv.next_purchase_seq(),
-            next_hold_seq: inv.next_hold_seq(),
-            limits: inv.limits(),
-            log_time: inv.log_time(),
-        };
-        let mut twice = parts(&inv);
+        let mut twice = inv.parts();
         let mut second = twice.holds[0].clone();
         second.hold_id = "h-00000002".into();
         twice.holds.push(second);
@@ -871,9 +861,9 @@ mod tests {
             },
             1,
         );
-        let restored = Inventory::restore(parts(&inv)).expect("consistent");
+        let restored = Inventory::restore(inv.parts()).expect("consistent");
         assert_eq!(restored.holds(), inv.holds());
-        let mut orphan = parts(&inv);
+        let mut orphan = inv.parts();
         orphan.purchases.clear();
         orphan.tickets.iter_mut().for_each(|t| t.sold = false);
         let err = Inventory::restore(orphan).expect_err("the confirm's purchase is missing");

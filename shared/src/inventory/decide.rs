@@ -1222,16 +1222,8 @@ mod tests {
                 for entry in log {
                     prop_assert_eq!(replayed.apply_entry(entry.clone()), Ok(()), "{:?}", entry);
                 }
-                let restored = Inventory::restore(crate::inventory::Parts {
-                    tickets: decided.tickets().to_vec(),
-                    purchases: decided.purchases().to_vec(),
-                    holds: decided.holds().to_vec(),
-                    next_purchase_seq: decided.next_purchase_seq(),
-                    next_hold_seq: decided.next_hold_seq(),
-                    limits: decided.limits(),
-                    log_time: decided.log_time(),
-                })
-                .expect("the decided state restores");
+                let restored =
+                    Inventory::restore(decided.parts()).expect("the decided state restores");
                 for other in [&replayed, &restored] {
                     prop_assert_eq!(other.tickets(), decided.tickets());
                     prop_assert_eq!(other.purchases(), decided.purchases());

@@ -43,6 +43,7 @@
 //! starts with journal G's lines after L) on its next read. Only a process behind L, or a
 //! new one, loads the snapshot.
 
+use std::borrow::Borrow;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -50,7 +51,9 @@ use std::path::{Path, PathBuf};
 
 use super::journal::{Journal, JournalState};
 use super::lock::{self, LockMode};
-use super::{FileMedium, FilePosition, JournalRole, TEMP_COUNTER, sync_dir};
+use super::{
+    FileMedium, FilePosition, JournalRole, remove_temp_files, sync_dir, temp_path_ending, write_new,
+};
 use crate::format::{self, Follows, JournalHeader};
 use crate::medium::{Compacted, LogPosition};
 use crate::{StoreError, fault};
@@ -115,26 +118,12 @@ impl Drop for Temps {
 const TEMP_SUFFIX: &str = ".compacting";
 
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(format!(
-        ".{name}.{}.{}.{:016x}{TEMP_SUFFIX}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        rand::random::<u64>()
-    ))
+    temp_path_ending(dir, name, TEMP_SUFFIX)
 }
 
 /// Removes the temporary files of jobs that died (the compaction lock held, so none runs).
 fn remove_dead_jobs_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(".tickets.") && name.ends_with(TEMP_SUFFIX) {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
+    remove_temp_files(dir, TEMP_SUFFIX);
 }
 
 /// One job: the three steps of the module's documentation.
@@ -230,19 +219,7 @@ pub(super) fn compact(medium: &FileMedium, from: &FilePosition) -> Result<Compac
             paths.lock.display()
         )));
     }
-    let mut state = JournalState::At {
-        offset: copied,
-        entries: 0,
-    };
-    // Reading the last lines checks them, as every writer's catch-up does.
-    session.journal.replay(&mut state)?;
-    let JournalState::At { offset: end, .. } = state else {
-        return Err(StoreError::corrupt(
-            &paths.journal,
-            "the journal could not be read to its end",
-        ));
-    };
-    let last = session.journal.read_range(copied, end)?;
+    let last = session.journal.lines_after(copied)?;
     new_journal
         .write_all_at(&last, written)
         .and_then(|()| new_journal.sync_data())
@@ -336,6 +313,12 @@ struct SyncingFile {
     unsynced: u64,
 }
 
+impl Borrow<File> for SyncingFile {
+    fn borrow(&self) -> &File {
+        &self.file
+    }
+}
+
 impl Write for SyncingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.file.write(buf)?;
@@ -357,18 +340,5 @@ fn write_synced_as_it_goes(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<SyncingFile>) -> io::Result<()>,
 ) -> Result<(), StoreError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(StoreError::io("creating", path))?;
-    let mut out = BufWriter::with_capacity(256 * 1024, SyncingFile { file, unsynced: 0 });
-    fill(&mut out).map_err(StoreError::io("writing", path))?;
-    let syncing = out
-        .into_inner()
-        .map_err(|e| StoreError::io("writing", path)(e.into_error()))?;
-    syncing
-        .file
-        .sync_all()
-        .map_err(StoreError::io("syncing", path))
+    write_new(path, |file| SyncingFile { file, unsynced: 0 }, fill)
 }

@@ -189,6 +189,23 @@ impl Journal {
             .is_ok_and(|held| held.dev() == there.dev() && held.ino() == there.ino())
     }
 
+    /// The bytes of the complete lines after byte `from`: reading them checks them, as
+    /// every writer's catch-up does.
+    pub fn lines_after(&mut self, from: u64) -> Result<Vec<u8>, StoreError> {
+        let mut state = JournalState::At {
+            offset: from,
+            entries: 0,
+        };
+        self.replay(&mut state)?;
+        let JournalState::At { offset: end, .. } = state else {
+            return Err(StoreError::corrupt(
+                &self.path,
+                "the journal could not be read to its end",
+            ));
+        };
+        self.read_range(from, end)
+    }
+
     /// The bytes `from..to` of the journal as opened (the caller knows they are there).
     pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<u8>, StoreError> {
         let mut bytes = vec![0; to.saturating_sub(from) as usize];

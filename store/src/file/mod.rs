@@ -20,8 +20,9 @@ mod compact;
 mod journal;
 mod lock;
 
+use std::borrow::Borrow;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -399,20 +400,41 @@ impl FileMedium {
     /// so a crash between the two leaves a state that is provably this one.
     fn upgrade(&self) -> Result<(), StoreError> {
         let snapshot = self.load_snapshot()?;
+        let generation = self.write_generation(
+            &snapshot.inventory,
+            true,
+            "upgrade-after-journal",
+            "the upgraded snapshot",
+        )?;
+        tracing::info!(generation, "upgraded a store written before the journal");
+        Ok(())
+    }
+
+    /// Writes `inventory` as a new store (exclusive lock held) and returns its generation:
+    /// a random one, so no process mistakes it for one it has cached. The journal comes
+    /// first, marked `upgrade` or not: a crash between the two leaves a journal without a
+    /// snapshot, which is refused, never a snapshot that seems to have lost its journal.
+    /// `after_journal` names the fault point between them; `what` the snapshot in errors.
+    fn write_generation(
+        &self,
+        inventory: &Inventory,
+        upgrade: bool,
+        after_journal: &str,
+        what: &str,
+    ) -> Result<u64, StoreError> {
         let generation = rand::random::<u64>() >> 1;
         let header = JournalHeader {
             generation,
-            upgrade: true,
+            upgrade,
         };
         Journal::create(&self.paths.journal, &self.paths.dir, header)?;
-        fault::abort_at("upgrade-after-journal");
-        if !self.write_snapshot(&snapshot.inventory, generation, None)? {
+        fault::abort_at(after_journal);
+        if !self.write_snapshot(inventory, generation, None)? {
             return Err(StoreError::io("syncing", &self.paths.dir)(
-                io::Error::other("the upgraded snapshot may not be durable"),
+                io::Error::other(format!("{what} may not be durable")),
             ));
         }
-        tracing::info!(generation, "upgraded a store written before the journal");
-        Ok(())
+        Ok(generation)
     }
 }
 
@@ -461,21 +483,7 @@ impl Medium for FileMedium {
         fs::create_dir_all(&self.paths.dir).map_err(StoreError::io("creating", &self.paths.dir))?;
         let _guard = lock::acquire(&self.paths.lock, LockMode::Exclusive, self.lock_timeout)?;
         self.refuse_existing(force)?;
-        // A random generation, so no process mistakes the new store for one it has cached.
-        // The journal first: a crash between the two leaves a journal without a snapshot,
-        // which is refused, never a snapshot that seems to have lost its journal.
-        let generation = rand::random::<u64>() >> 1;
-        let header = JournalHeader {
-            generation,
-            upgrade: false,
-        };
-        Journal::create(&self.paths.journal, &self.paths.dir, header)?;
-        fault::abort_at("create-after-journal");
-        if !self.write_snapshot(inventory, generation, None)? {
-            return Err(StoreError::io("syncing", &self.paths.dir)(
-                io::Error::other("the new snapshot may not be durable"),
-            ));
-        }
+        self.write_generation(inventory, false, "create-after-journal", "the new snapshot")?;
         Ok(())
     }
 
@@ -775,18 +783,7 @@ impl FileSession<'_> {
     /// Starts the snapshot's own journal with the lines of the journal it was folded from
     /// after `from` (exclusive lock held): the step a compaction stopped before.
     fn start_own_journal(&mut self, from: u64) -> Result<(), StoreError> {
-        let mut state = JournalState::At {
-            offset: from,
-            entries: 0,
-        };
-        self.journal.replay(&mut state)?;
-        let JournalState::At { offset: end, .. } = state else {
-            return Err(StoreError::corrupt(
-                &self.medium.paths.journal,
-                "the journal could not be read to its end",
-            ));
-        };
-        let tail = self.journal.read_range(from, end)?;
+        let tail = self.journal.lines_after(from)?;
         let header = JournalHeader {
             generation: self.stamp.generation,
             upgrade: false,
@@ -824,13 +821,18 @@ impl FileSession<'_> {
 /// Removes temporary files left by a process killed mid-write. Called with the exclusive
 /// lock held, when no other process can be writing one.
 fn remove_stale_temp_files(dir: &Path) {
+    remove_temp_files(dir, WRITER_TEMP_SUFFIX);
+}
+
+/// Removes the temporary files in `dir` whose names end in `suffix`.
+fn remove_temp_files(dir: &Path, suffix: &str) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".tickets.") && name.ends_with(".tmp") {
+        if name.starts_with(".tickets.") && name.ends_with(suffix) {
             let _ = fs::remove_file(entry.path());
         }
     }
@@ -855,8 +857,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 /// written under the exclusive lock, and created with `create_new`, so a clash could at
 /// worst fail a write, never mix two.
 fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    temp_path_ending(dir, name, WRITER_TEMP_SUFFIX)
+}
+
+/// The suffix of the writers' temporary files.
+const WRITER_TEMP_SUFFIX: &str = ".tmp";
+
+/// A temporary file's name as `temp_path` makes it, ending in `suffix`.
+fn temp_path_ending(dir: &Path, name: &str, suffix: &str) -> PathBuf {
     dir.join(format!(
-        ".{name}.{}.{}.{:016x}.tmp",
+        ".{name}.{}.{}.{:016x}{suffix}",
         std::process::id(),
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
         rand::random::<u64>()
@@ -868,17 +878,30 @@ fn write_temp(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> Result<(), StoreError> {
+    write_new(path, |file| file, fill)
+}
+
+/// Creates `path`, fills it through `fill` writing into `wrap` of the new file (buffered),
+/// and fsyncs it once all is written.
+fn write_new<W: Write + Borrow<File>>(
+    path: &Path,
+    wrap: impl FnOnce(File) -> W,
+    fill: impl FnOnce(&mut BufWriter<W>) -> io::Result<()>,
+) -> Result<(), StoreError> {
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(StoreError::io("creating", path))?;
-    let mut out = BufWriter::with_capacity(256 * 1024, file);
+    let mut out = BufWriter::with_capacity(256 * 1024, wrap(file));
     fill(&mut out).map_err(StoreError::io("writing", path))?;
-    let file = out
+    let written = out
         .into_inner()
         .map_err(|e| StoreError::io("writing", path)(e.into_error()))?;
-    file.sync_all().map_err(StoreError::io("syncing", path))
+    written
+        .borrow()
+        .sync_all()
+        .map_err(StoreError::io("syncing", path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

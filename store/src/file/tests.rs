@@ -24,6 +24,22 @@ fn seeded(dir: &Path, tickets: u64) -> TicketStore {
     store
 }
 
+/// Where a compaction starting now folds from: the snapshot's generation and its
+/// journal's length.
+fn fold_point(dir: &Path) -> format::Follows {
+    format::Follows {
+        generation: handle(dir).check().expect("consistent").generation,
+        journal_len: fs::metadata(dir.join(JOURNAL_FILE)).expect("journal").len(),
+    }
+}
+
+/// A snapshot of `state` as generation `generation`, saying it was folded from `follows`.
+fn folded(state: &Inventory, generation: u64, follows: format::Follows) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    format::encode_folded(state, generation, follows, &mut bytes).expect("encode");
+    bytes
+}
+
 fn file_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("list")
@@ -285,20 +301,12 @@ fn a_snapshot_folded_from_part_of_its_journal_is_followed_by_the_rest() {
     // between the snapshot's rename and its new journal's, while a second purchase was
     // appended to the old journal.
     let state = store.read(Clone::clone).expect("readable");
-    let old = handle(dir.path()).check().expect("consistent").generation;
-    let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
-        .expect("journal")
-        .len();
+    let follows = fold_point(dir.path());
+    let old = follows.generation;
     let behind = handle(dir.path());
     assert_eq!(sold_count(&behind), 2);
     buy(&store, 3).expect("available");
-    let follows = format::Follows {
-        generation: old,
-        journal_len,
-    };
-    let mut bytes = Vec::new();
-    format::encode_folded(&state, old + 1, follows, &mut bytes).expect("encode");
-    fs::write(dir.path().join(DATA_FILE), bytes).expect("write");
+    fs::write(dir.path().join(DATA_FILE), folded(&state, old + 1, follows)).expect("write");
 
     let fresh = handle(dir.path());
     assert_eq!(
@@ -339,22 +347,18 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
     // Simulate a crash between the snapshot's rename and the new journal's: a newer
     // snapshot holding everything, beside the old generation's journal.
     let state = store.read(Clone::clone).expect("readable");
-    let old = handle(dir.path()).check().expect("consistent").generation;
-    let generation = old + 1;
-    let journal_len = fs::metadata(dir.path().join(JOURNAL_FILE))
-        .expect("journal")
-        .len();
-    let folded = |journal_len| {
-        let follows = format::Follows {
-            generation: old,
-            journal_len,
-        };
-        let mut bytes = Vec::new();
-        format::encode_folded(&state, generation, follows, &mut bytes).expect("encode");
-        bytes
-    };
+    let follows = fold_point(dir.path());
+    let generation = follows.generation + 1;
     // A snapshot that names another length of the journal was not folded from this one.
-    fs::write(dir.path().join(DATA_FILE), folded(journal_len + 1)).expect("write");
+    let longer = format::Follows {
+        journal_len: follows.journal_len + 1,
+        ..follows
+    };
+    fs::write(
+        dir.path().join(DATA_FILE),
+        folded(&state, generation, longer),
+    )
+    .expect("write");
     let err = handle(dir.path())
         .read(|_| ())
         .expect_err("not provably folded");
@@ -362,7 +366,11 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
         err.to_string().contains("not the one that follows"),
         "{err}"
     );
-    fs::write(dir.path().join(DATA_FILE), folded(journal_len)).expect("write");
+    fs::write(
+        dir.path().join(DATA_FILE),
+        folded(&state, generation, follows),
+    )
+    .expect("write");
 
     let fresh = handle(dir.path());
     assert_eq!(sold_count(&fresh), 2);
