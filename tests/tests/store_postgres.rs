@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use cluster::postgres::{PgServer, SUPERUSER};
 use shared::PurchaseOutcome;
+use store::medium::{Medium, ReadSession, Since};
 use store::pg::sql::LOCK_KEY;
 use store::testing::{inventory, request};
-use store::{PgOptions, StoreError, TicketStore};
+use store::{PgMedium, PgOptions, StoreError, TicketStore};
 
 fn handle(url: &str, lock_timeout: Duration) -> TicketStore {
     TicketStore::postgres(url, PgOptions::new(lock_timeout)).expect("a valid URL")
@@ -166,6 +167,45 @@ fn a_stuck_lock_holder_times_writes_out_while_reads_go_on() {
             Err(err) => assert!(Instant::now() < deadline, "never recovered: {err}"),
         }
     }
+}
+
+/// How many advisory locks are held in `database`, by any session.
+fn advisory_locks_held(server: &PgServer, database: &str) -> String {
+    server
+        .psql(
+            database,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .expect("psql")
+}
+
+#[test]
+fn a_writer_that_must_load_the_snapshot_does_it_without_holding_the_lock() {
+    let server = cluster::postgres::shared().expect("the test server");
+    let (url, name) = seeded(server, 10);
+    let medium = PgMedium::new(&url, PgOptions::new(Duration::from_secs(5))).expect("a URL");
+    let mut writer = medium.begin_write().expect("a session");
+    let (_, position) = writer.load_snapshot().expect("the snapshot");
+    assert_eq!(
+        advisory_locks_held(server, &name),
+        "0",
+        "loading took the lock"
+    );
+    // The read after it takes the lock, ready to append.
+    assert!(matches!(
+        writer.read_since(&position).expect("the log"),
+        Since::Entries { .. }
+    ));
+    assert_eq!(advisory_locks_held(server, &name), "1");
+    // A reload under the lock (the log was pruned past this session) gives it up again
+    // while the snapshot is parsed.
+    writer.load_snapshot().expect("the snapshot again");
+    assert_eq!(
+        advisory_locks_held(server, &name),
+        "0",
+        "reloading kept the lock"
+    );
 }
 
 #[test]

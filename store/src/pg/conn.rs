@@ -25,6 +25,13 @@ pub struct PgOptions {
     pub connect_timeout: Duration,
     /// Connections kept per process.
     pub pool_size: u32,
+    /// A session that sits inside a transaction for this long (a node frozen or cut off
+    /// while holding the advisory lock) is ended by the server, which rolls its
+    /// transaction back and frees the lock (`idle_in_transaction_session_timeout`), so a
+    /// frozen node stops the others' sales for about this long. The store's own write
+    /// transactions are idle only between their two round trips, while the node applies
+    /// the entries it read and decides its batch; the snapshot is loaded outside them.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl PgOptions {
@@ -33,6 +40,7 @@ impl PgOptions {
             lock_timeout,
             connect_timeout: Duration::from_secs(2),
             pool_size: 16,
+            idle_in_transaction_timeout: Duration::from_millis(500),
         }
     }
 
@@ -41,14 +49,6 @@ impl PgOptions {
     /// snapshot.
     fn statement_timeout(&self) -> Duration {
         self.lock_timeout + Duration::from_secs(30)
-    }
-
-    /// A session that sits inside a transaction for this long (a node frozen or cut off
-    /// while holding the advisory lock) is ended by the server, which rolls its
-    /// transaction back and frees the lock. The store's own transactions never wait
-    /// between statements for more than a few milliseconds.
-    fn idle_in_transaction_timeout(&self) -> Duration {
-        self.lock_timeout.max(Duration::from_secs(1))
     }
 }
 
@@ -64,7 +64,7 @@ pub fn pool(mut config: postgres::Config, options: &PgOptions) -> Pool<Manager> 
          -c standard_conforming_strings=on -c jit=off",
         options.lock_timeout.as_millis().max(1),
         options.statement_timeout().as_millis(),
-        options.idle_in_transaction_timeout().as_millis(),
+        options.idle_in_transaction_timeout.as_millis().max(1),
     );
     let session = match config.get_options() {
         Some(given) => format!("{given} {session}"),

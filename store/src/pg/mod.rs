@@ -524,22 +524,6 @@ pub struct PgWriter<'m> {
 }
 
 impl PgWriter<'_> {
-    /// Takes the lock if this session has not yet. A dead pooled connection fails here,
-    /// before anything was decided: safe to replace.
-    fn lock(&mut self) -> Result<(), StoreError> {
-        if self.in_transaction {
-            return Ok(());
-        }
-        let started = Instant::now();
-        self.in_transaction = true;
-        self.medium
-            .retrying(&mut self.conn, "taking the store lock", |conn| {
-                conn.batch_execute(sql::BEGIN_WRITE)
-            })?;
-        self.lock_wait = Some(started.elapsed());
-        Ok(())
-    }
-
     /// `BEGIN`, the lock and the read of the log after `position` in one round trip.
     fn lock_and_read_since(
         &mut self,
@@ -581,10 +565,21 @@ impl Drop for PgWriter<'_> {
 impl ReadSession for PgWriter<'_> {
     type Position = PgPosition;
 
+    /// Loads the snapshot outside the transaction, as the file store parses a large
+    /// snapshot with its lock released: no other node waits while it is decoded, and the
+    /// transaction never sits idle for that long (`idle_in_transaction_session_timeout`
+    /// would end it). The next `read_since` takes the lock again with its read, which
+    /// brings the entries after the snapshot.
     fn load_snapshot(&mut self) -> Result<(Inventory, PgPosition), StoreError> {
-        self.lock()?;
-        // Inside the transaction: a lost connection lost the lock too, so no retry.
-        self.medium.load_snapshot(&mut self.conn, false)
+        if self.in_transaction {
+            // Nothing was appended in this transaction: an append ends it.
+            self.in_transaction = false;
+            self.conn.batch_execute("ROLLBACK").map_err(
+                self.medium
+                    .error("releasing the store lock to load the snapshot"),
+            )?;
+        }
+        self.medium.load_snapshot(&mut self.conn, true)
     }
 
     fn read_since(&mut self, position: &PgPosition) -> Result<Since<PgPosition>, StoreError> {
