@@ -54,7 +54,9 @@ impl Drop for Done {
 }
 
 impl StoreProbe {
-    /// Reads `store` on the blocking pool, waiting at most `wait` for the answer.
+    /// Probes `store` through its lock (`TicketStore::probe`: a read that may answer from
+    /// the cache without the lock would not see a busy store) on the blocking pool,
+    /// waiting at most `wait` for the answer.
     pub async fn check(&self, store: &TicketStore, wait: Duration) -> Result<StoreState, ApiError> {
         if self.busy.swap(true, Ordering::AcqRel) {
             // The previous check's read still waits for the store.
@@ -64,7 +66,7 @@ impl StoreProbe {
         let store = store.clone();
         let read = tokio::task::spawn_blocking(move || {
             let _done = done;
-            store.read(|_| ())
+            store.probe()
         });
         match tokio::time::timeout(wait, read).await {
             // Still waiting: it goes on in the background and clears `busy` when it ends.

@@ -23,7 +23,6 @@ use shared::{
     Command, EventName, HoldView, Inventory, Order, Outcome, Page, Proof, Purchase, hold_number,
     purchase_number,
 };
-use store::TicketStore;
 
 use crate::NodeService;
 use crate::auth;
@@ -113,16 +112,25 @@ fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
     serve::json::response(status, body)
 }
 
-/// Runs a store operation on the blocking pool, so file I/O and lock waits never stall
-/// the async runtime.
-async fn with_store<T: Send + 'static>(
+/// Runs `op` on the current state with the store's clock: holds past their expiry at that
+/// time read as expired, whether or not the log says so yet (no sweeper is needed). Inline
+/// when the store can tell at once that its cached state is current (one `stat` on the
+/// file store), otherwise on the blocking pool, so file I/O and lock waits never stall the
+/// async runtime.
+async fn read_state<T: Send + 'static>(
     node: &NodeService,
-    op: impl FnOnce(&TicketStore) -> Result<T, ApiError> + Send + 'static,
+    op: impl FnOnce(&Inventory, SystemTime) -> T + Send + 'static,
 ) -> Result<T, ApiError> {
+    let now = node.store.now();
+    let op = match node.store.read_now(move |inv| op(inv, now)) {
+        Ok(value) => return Ok(value),
+        Err(op) => op,
+    };
     let store = node.store.clone();
-    tokio::task::spawn_blocking(move || op(&store))
+    tokio::task::spawn_blocking(move || store.read(op))
         .await
         .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 /// 200 when the node can serve: with `"store":"slow"` when the shared store did not answer
@@ -147,7 +155,7 @@ async fn health(node: &NodeService) -> Result<HttpResponse, ApiError> {
 /// The metrics, with the per-event stock read from the store's state now (O(events)); a
 /// store that cannot be read leaves those gauges out rather than failing the scrape.
 async fn metrics(node: &NodeService) -> HttpResponse {
-    let events = with_store(node, |store| read_at(store, |inv, now| inv.events_at(now))).await;
+    let events = read_state(node, |inv, now| inv.events_at(now)).await;
     let text = node.metrics.render(events.as_deref().ok());
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response.headers_mut().insert(
@@ -174,29 +182,17 @@ async fn read_json<T: Serialize + Send + 'static>(
     node: &NodeService,
     op: impl FnOnce(&Inventory, SystemTime) -> T + Send + 'static,
 ) -> Result<HttpResponse, ApiError> {
-    let value = with_store(node, move |store| read_at(store, op)).await?;
+    let value = read_state(node, op).await?;
     Ok(json(StatusCode::OK, &value))
-}
-
-/// Runs `op` on the current state with the store's clock: holds past their expiry at that
-/// time read as expired, whether or not the log says so yet (no sweeper is needed).
-fn read_at<T>(
-    store: &TicketStore,
-    op: impl FnOnce(&Inventory, SystemTime) -> T,
-) -> Result<T, ApiError> {
-    let now = store.now();
-    Ok(store.read(|inv| op(inv, now))?)
 }
 
 async fn event(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
     let raw = input::decode_segment(segment).unwrap_or_else(|| segment.to_owned());
     // A name that cannot be valid names no event: 404, as for any unknown event.
     let name = EventName::parse(&raw).map_err(|_| ApiError::UnknownEvent(shorten(&raw)))?;
-    let summary = with_store(node, move |store| {
-        read_at(store, |inv, now| inv.event_at(&name, now))?
-            .ok_or_else(|| ApiError::UnknownEvent(name.to_string()))
-    })
-    .await?;
+    let summary = read_state(node, move |inv, now| inv.event_at(&name, now).ok_or(name))
+        .await?
+        .map_err(|name| ApiError::UnknownEvent(name.to_string()))?;
     Ok(json(StatusCode::OK, &EventBody::from(&summary)))
 }
 
@@ -215,14 +211,12 @@ async fn tickets(node: &NodeService, query: Option<&str>) -> Result<HttpResponse
 
 async fn ticket(node: &NodeService, segment: &str) -> Result<HttpResponse, ApiError> {
     let id = input::ticket_id(segment)?;
-    let ticket = with_store(node, move |store| {
-        read_at(store, |inv, now| {
-            inv.ticket(id)
-                .map(|t| TicketBody::with_status(t, inv.ticket_status(t, now)))
-        })?
-        .ok_or(ApiError::UnknownTicket(id))
+    let ticket = read_state(node, move |inv, now| {
+        inv.ticket(id)
+            .map(|t| TicketBody::with_status(t, inv.ticket_status(t, now)))
     })
-    .await?;
+    .await?
+    .ok_or(ApiError::UnknownTicket(id))?;
     Ok(json(StatusCode::OK, &ticket))
 }
 
@@ -403,12 +397,13 @@ async fn purchase(
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
     let id = decode(segment);
-    let found = with_store(node, move |store| {
-        store
-            .read(|inv| inv.purchase(&id).map(|p| purchase_body(p, &proof)))?
-            .ok_or_else(|| ApiError::UnknownPurchase(shorten(&id)))
+    let found = read_state(node, move |inv, _| {
+        inv.purchase(&id)
+            .map(|p| purchase_body(p, &proof))
+            .ok_or(id)
     })
-    .await?;
+    .await?
+    .map_err(|id| ApiError::UnknownPurchase(shorten(&id)))?;
     Ok(json(StatusCode::OK, &found))
 }
 
@@ -432,12 +427,12 @@ async fn holds(
 
 async fn hold(node: &NodeService, segment: &str, proof: Proof) -> Result<HttpResponse, ApiError> {
     let id = hold_id(segment)?;
-    let found = with_store(node, move |store| {
-        read_at(store, |inv, now| {
-            inv.hold(&id, now).map(|view| hold_body(&view, &proof))
-        })?
-        .ok_or_else(|| ApiError::UnknownHold(shorten(&id)))
+    let found = read_state(node, move |inv, now| {
+        inv.hold(&id, now)
+            .map(|view| hold_body(&view, &proof))
+            .ok_or(id)
     })
-    .await?;
+    .await?
+    .map_err(|id| ApiError::UnknownHold(shorten(&id)))?;
     Ok(json(StatusCode::OK, &found))
 }

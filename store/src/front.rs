@@ -83,10 +83,28 @@ impl<M: Medium> Front<M> {
     /// `f` runs after the medium's lock is released, so a large answer built from the state
     /// keeps no writer of any process waiting.
     pub fn read<T>(&self, f: impl FnOnce(&Inventory) -> T) -> Result<T, StoreError> {
+        self.read_through(true, f)
+    }
+
+    /// Reads through a session of the medium even when the cache is known to be current:
+    /// a probe of what a read costs when the store is busy (the lock, or a round trip),
+    /// for a health check.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.read_through(false, |_| ())
+    }
+
+    fn read_through<T>(
+        &self,
+        lock_free: bool,
+        f: impl FnOnce(&Inventory) -> T,
+    ) -> Result<T, StoreError> {
         // Most reads find nothing new: those need only the shared cache lock.
         {
             let cache = self.cache_read();
             if let Some(cached) = cache.as_ref() {
+                if lock_free && self.medium.unchanged_since(&cached.position) {
+                    return Ok(f(&cached.inventory));
+                }
                 let mut session = self.medium.begin_read()?;
                 if let Since::Entries { entries, end } = session.read_since(&cached.position)?
                     && entries.is_empty()
@@ -115,6 +133,22 @@ impl<M: Medium> Front<M> {
         Err(StoreError::Unstable(
             "the cached state kept being dropped by failed commits".into(),
         ))
+    }
+
+    /// Runs `f` on the current state if that needs no waiting: no commit of this process
+    /// holds the cached state, and the medium can tell without a session that the log
+    /// still ends where the cache does. Otherwise hands `f` back, for `read` on a thread
+    /// that may block.
+    pub fn read_now<T, F: FnOnce(&Inventory) -> T>(&self, f: F) -> Result<T, F> {
+        let Ok(cache) = self.cache.try_read() else {
+            return Err(f);
+        };
+        match cache.as_ref() {
+            Some(cached) if self.medium.unchanged_since(&cached.position) => {
+                Ok(f(&cached.inventory))
+            }
+            _ => Err(f),
+        }
     }
 
     /// Decides `orders` in order under one exclusive lock hold, at `clock`'s time once

@@ -311,6 +311,21 @@ impl TicketStore {
         on_medium!(&*self.backing, front => front.read(f))
     }
 
+    /// Reads the store as a read does when something changed: through the lock on the file
+    /// store (a round trip on PostgreSQL), even when no lock is needed to know the cached
+    /// state is current. A health check's probe of whether the store is busy.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        on_medium!(&*self.backing, front => front.probe())
+    }
+
+    /// Runs `f` on the current state if that needs no lock and no waiting (the file store
+    /// finds its journal exactly as this process last left it, and no commit of this
+    /// process is under way); otherwise hands `f` back, for `read` on a thread that may
+    /// block. The same guarantee as `read` when it answers.
+    pub fn read_now<T, F: FnOnce(&Inventory) -> T>(&self, f: F) -> Result<T, F> {
+        on_medium!(&*self.backing, front => front.read_now(f))
+    }
+
     /// Decides `orders` (purchases, holds, confirms, releases, cancels) in order under one
     /// exclusive lock hold, at the store clock's time then (or the log's latest time, if
     /// later), and makes every entry they produced durable in one step. The error means

@@ -95,6 +95,14 @@ pub trait Medium: Send + Sync + 'static {
     where
         Self: 'm;
 
+    /// Whether the log still ends at `position`, told without a session (no lock, no
+    /// round trip): then a read may answer from the state at `position`. `false` whenever
+    /// that cannot be told cheaply; the read then takes a session. The default never
+    /// knows.
+    fn unchanged_since(&self, _position: &Self::Position) -> bool {
+        false
+    }
+
     /// Starts a read. Fails with `Missing` when no store was created, `Corrupt` when what
     /// is there cannot be read, `LockTimeout` when the lock stays taken.
     fn begin_read(&self) -> Result<Self::Reader<'_>, StoreError>;

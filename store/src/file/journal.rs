@@ -169,6 +169,12 @@ impl Journal {
         Ok(read)
     }
 
+    /// The open journal file's metadata now; `None` without a file or when it cannot be
+    /// read.
+    pub fn metadata(&self) -> Option<std::fs::Metadata> {
+        self.file.as_ref()?.metadata().ok()
+    }
+
     /// The journal's length now: it may have grown since it was opened.
     pub fn current_len(&self) -> Result<u64, StoreError> {
         match self.file.as_ref() {

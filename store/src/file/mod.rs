@@ -19,6 +19,7 @@
 mod compact;
 mod journal;
 mod lock;
+mod unchanged;
 
 use std::borrow::Borrow;
 use std::fs::{self, File, OpenOptions};
@@ -37,6 +38,7 @@ use crate::{StoreError, fault, format};
 pub use compact::COMPACTION_LOCK_FILE;
 use journal::{Journal, JournalState};
 use lock::{LockGuard, LockMode};
+use unchanged::LastSeen;
 
 /// The snapshot's file name inside the data directory.
 pub const DATA_FILE: &str = "tickets.json";
@@ -123,6 +125,8 @@ pub struct FileMedium {
     lock_timeout: Duration,
     /// This process's background compaction.
     compactor: Arc<crate::compaction::Compactor>,
+    /// Where this process last saw the end of the log, for reads that need no lock.
+    last_seen: Arc<LastSeen>,
 }
 
 /// Snapshots at least this large are parsed with the lock released
@@ -177,6 +181,7 @@ impl FileMedium {
             },
             lock_timeout,
             compactor: Arc::default(),
+            last_seen: Arc::default(),
         }
     }
 
@@ -461,6 +466,11 @@ impl Medium for FileMedium {
         self.begin(LockMode::Shared)
     }
 
+    fn unchanged_since(&self, position: &FilePosition) -> bool {
+        self.last_seen
+            .unchanged_since(position, &self.paths.journal, &self.paths.snapshot)
+    }
+
     fn begin_write(&self) -> Result<FileSession<'_>, StoreError> {
         let mut session = self.begin(LockMode::Exclusive)?;
         match session.role {
@@ -559,13 +569,12 @@ impl ReadSession for FileSession<'_> {
                 Vec::new()
             }
         };
-        Ok(Since::Entries {
-            entries,
-            end: FilePosition {
-                journal,
-                ..position
-            },
-        })
+        let end = FilePosition {
+            journal,
+            ..position
+        };
+        self.note_end(end, &self.journal);
+        Ok(Since::Entries { entries, end })
     }
 
     fn bad_entry(&self, at: u64, reason: String) -> StoreError {
@@ -610,11 +619,13 @@ impl WriteSession for FileSession<'_> {
             format::encode_journal_entry(entry, &mut lines);
         }
         journal.append(&mut state, &lines, entries.len())?;
-        Ok(FilePosition {
+        let end = FilePosition {
             stamp: position.stamp,
             journal: state,
             journal_generation: self.stamp.generation,
-        })
+        };
+        self.note_end(end, &journal);
+        Ok(end)
     }
 
     fn settle(&mut self, from: &FilePosition) -> Result<(), StoreError> {
@@ -679,6 +690,18 @@ impl WriteSession for FileSession<'_> {
 }
 
 impl FileSession<'_> {
+    /// Records, for the reads that check without the lock, that the log ends at `end` in
+    /// `journal` (opened under this session's lock, which is held). Only the snapshot's own
+    /// journal counts: in every other pairing a read must work out what applies.
+    fn note_end(&self, end: FilePosition, journal: &Journal) {
+        if self.guard.is_none() || self.role != JournalRole::Own {
+            return;
+        }
+        if let Some(metadata) = journal.metadata() {
+            self.medium.last_seen.record(end, &metadata);
+        }
+    }
+
     /// Loads a large snapshot with the lock released, so no other process waits while it
     /// is parsed: the file is opened under the lock (it is then the one the session found,
     /// and a snapshot is only ever replaced by a rename, never changed in place), read
