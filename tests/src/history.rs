@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use generator::audit::check::{self, Listed, Violation};
-use generator::wire::{Event, Hold, HoldStatus, Purchase};
+use generator::wire::{DecidedBody, Event, Hold, HoldStatus, Purchase};
 use hyper::StatusCode;
 
 use crate::{Answer, HttpClient};

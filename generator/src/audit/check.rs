@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use shared::domain::MAX_QUANTITY;
 use thiserror::Error;
 
-use crate::wire::{Event, Hold, HoldStatus, Purchase, Ticket, TicketStatus, id_number};
+use crate::wire::{
+    DecidedBody, Event, Hold, HoldStatus, Purchase, Ticket, TicketStatus, id_number,
+};
 
 /// One way the cluster's state breaks its promises.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
