@@ -30,7 +30,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::health::StoreState;
 use crate::input;
-use crate::paging::Paging;
+use crate::paging::{self, Paging};
 use crate::route::Route;
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -384,7 +384,7 @@ async fn purchases(
     query: Option<&str>,
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
-    let (filter, paging) = input::purchase_filter(query)?;
+    let (filter, paging) = input::order_filter(query, paging::purchase_paging)?;
     let proof = listing_proof(filter.customer.is_some(), proof)?;
     read_json(node, move |inv, _| {
         Listing::of(
@@ -417,7 +417,7 @@ async fn holds(
     query: Option<&str>,
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
-    let (filter, paging) = input::hold_filter(query)?;
+    let (filter, paging) = input::order_filter(query, paging::hold_paging)?;
     let proof = listing_proof(filter.customer.is_some(), proof)?;
     read_json(node, move |inv, now| {
         Listing::of(
