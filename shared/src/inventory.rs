@@ -300,6 +300,23 @@ enum KeyUse {
     Cancel(usize),
 }
 
+/// Two inventories are equal when everything they show is: their tickets, purchases and
+/// holds, event summaries and limits, log time and next numbers (not how they index them).
+impl PartialEq for Inventory {
+    fn eq(&self, other: &Self) -> bool {
+        self.tickets == other.tickets
+            && self.purchases == other.purchases
+            && self.holds == other.holds
+            && self.events() == other.events()
+            && self.limits() == other.limits()
+            && self.log_time == other.log_time
+            && self.next_purchase_seq == other.next_purchase_seq
+            && self.next_hold_seq == other.next_hold_seq
+    }
+}
+
+impl Eq for Inventory {}
+
 impl Inventory {
     /// Builds an inventory of unsold tickets.
     pub fn from_tickets(tickets: Vec<Ticket>) -> Result<Self, InconsistencyError> {

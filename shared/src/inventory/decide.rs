@@ -1225,13 +1225,7 @@ mod tests {
                 let restored =
                     Inventory::restore(decided.parts()).expect("the decided state restores");
                 for other in [&replayed, &restored] {
-                    prop_assert_eq!(other.tickets(), decided.tickets());
-                    prop_assert_eq!(other.purchases(), decided.purchases());
-                    prop_assert_eq!(other.holds(), decided.holds());
-                    prop_assert_eq!(other.events(), decided.events());
-                    prop_assert_eq!(other.log_time(), decided.log_time());
-                    prop_assert_eq!(other.next_purchase_seq(), decided.next_purchase_seq());
-                    prop_assert_eq!(other.next_hold_seq(), decided.next_hold_seq());
+                    prop_assert_eq!(other, &decided);
                     for who in ["ann", "bob"] {
                         prop_assert_eq!(
                             other.customer_tickets(&event("concert"), &customer(who), at(clock)),
