@@ -1186,9 +1186,12 @@ mod tests {
         verdict.violations.iter().any(|v| v.contains(needle))
     }
 
-    /// Asserts that a violation of the verdict says `needle`.
-    fn assert_caught(verdict: &Verdict, needle: &str) {
-        assert!(caught(verdict, needle), "{verdict}");
+    /// Asserts that checking `ops` against `state` finds a violation saying `needle`; the
+    /// verdict, for further checks.
+    fn assert_caught(ops: &[BoxOp], state: &FinalState, needle: &str) -> Verdict {
+        let verdict = check_box_office(ops, state);
+        assert!(caught(&verdict, needle), "{verdict}");
+        verdict
     }
 
     /// Ticket 1 held by h-1 and confirmed into p-2; ticket 2 bought in p-1, cancelled and
@@ -1300,12 +1303,12 @@ mod tests {
         ));
         state.purchases.push(p5);
         state.holds.push(h4);
-        let verdict = check_box_office(&ops, &state);
         assert_caught(
-            &verdict,
+            &ops,
+            &state,
             "ticket 5 was claimed by purchase p-5 while hold h-4",
         );
-        assert_caught(&verdict, "purchase p-5 sold [5], held by hold h-4");
+        assert_caught(&ops, &state, "purchase p-5 sold [5], held by hold h-4");
     }
 
     #[test]
@@ -1321,12 +1324,12 @@ mod tests {
             p
         };
         state.purchases[1] = p2.clone();
-        let verdict = check_box_office(&ops, &state);
         assert_caught(
-            &verdict,
+            &ops,
+            &state,
             "confirmed hold h-1 had tickets [1] but its purchase p-2 has [1, 6]",
         );
-        assert_caught(&verdict, "their tickets differ");
+        assert_caught(&ops, &state, "their tickets differ");
     }
 
     #[test]
@@ -1334,9 +1337,9 @@ mod tests {
         // Cancelled ticket 2 is sold again in p-3 and in p-5.
         let (ops, mut state) = box_history();
         state.purchases.push(bought("p-5", &[2], 6));
-        let verdict = check_box_office(&ops, &state);
-        assert_caught(
-            &verdict,
+        let verdict = assert_caught(
+            &ops,
+            &state,
             "ticket 2 was claimed by purchase p-5 while purchase p-3",
         );
         assert!(verdict.sold_twice >= 1);
@@ -1347,19 +1350,23 @@ mod tests {
         state.purchases.push(late);
         state.holds[2].status = HoldStatus::Confirmed;
         state.holds[2].purchase_id = Some("p-5".into());
-        let verdict = check_box_office(&ops, &state);
         assert_caught(
-            &verdict,
+            &ops,
+            &state,
             "ticket 4 was claimed by purchase p-5 while purchase p-4",
         );
-        assert_caught(&verdict, "a confirm of hold h-3 was answered hold_expired");
+        assert_caught(
+            &ops,
+            &state,
+            "a confirm of hold h-3 was answered hold_expired",
+        );
         // Released h-2's ticket 3 is sold in p-5 and in p-6, both live.
         let (ops, mut state) = box_history();
         state.purchases.push(bought("p-5", &[3], 20));
         state.purchases.push(bought("p-6", &[3], 21));
-        let verdict = check_box_office(&ops, &state);
         assert_caught(
-            &verdict,
+            &ops,
+            &state,
             "ticket 3 was claimed by purchase p-6 while purchase p-5",
         );
     }
@@ -1387,9 +1394,9 @@ mod tests {
         let mut over = state.clone();
         over.holds = vec![hold];
         over.purchases = vec![mine(bought("p-1", &[3], 5))];
-        let verdict = check_box_office(&[], &over);
         assert_caught(
-            &verdict,
+            &[],
+            &over,
             "customer ann had 3 tickets of e (limit 2) once purchase p-1 was made",
         );
         // A customer the final state hides is taken from what the client sent and saw.
@@ -1406,8 +1413,7 @@ mod tests {
             t,
             t,
         )];
-        let verdict = check_box_office(&ops, &hidden);
-        assert_caught(&verdict, "customer ann had 3 tickets");
+        assert_caught(&ops, &hidden, "customer ann had 3 tickets");
     }
 
     #[test]
