@@ -510,42 +510,42 @@ def cmd_table(args) -> None:
             f.write(text)
 
 
+def recorder(sub, name, run):
+    """A subcommand that reads one measurement and appends its record to --out."""
+    p = sub.add_parser(name)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=run)
+    return p
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fsync")
-    p.add_argument("--out", required=True)
+    p = recorder(sub, "fsync", cmd_fsync)
     p.add_argument("--label", required=True)
     p.add_argument("file")
-    p.set_defaults(run=cmd_fsync)
 
-    p = sub.add_parser("wrk")
-    p.add_argument("--out", required=True)
+    p = recorder(sub, "wrk", cmd_wrk)
     p.add_argument("--via", required=True)
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--cpu-seconds", type=float, help="CPU used by the serving processes")
     p.add_argument("files", nargs="+")
-    p.set_defaults(run=cmd_wrk)
 
-    p = sub.add_parser("load")
-    p.add_argument("--out", required=True)
+    p = recorder(sub, "load", cmd_load)
     p.add_argument("--store", required=True, choices=["before", "after", "box", *PG_DESIGNS])
     p.add_argument("--tickets", type=int, required=True)
     p.add_argument("--phase", required=True,
                    choices=["capacity", "latency", *BOX_PHASES, *STALL_PHASES])
     p.add_argument("--compactions", type=int, help="snapshot generations the run went through")
     p.add_argument("file")
-    p.set_defaults(run=cmd_load)
 
-    p = sub.add_parser("start")
-    p.add_argument("--out", required=True)
+    p = recorder(sub, "start", cmd_start)
     p.add_argument("--store", required=True)
     p.add_argument("--tickets", type=int, required=True)
     p.add_argument("--how", required=True)
     p.add_argument("--seconds", type=float, required=True)
-    p.set_defaults(run=cmd_start)
 
     p = sub.add_parser("rate")
     p.add_argument("records")

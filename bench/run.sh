@@ -311,18 +311,39 @@ start_balancer() {
     die "balancer $name never saw its $# node(s) up: $health"
 }
 
-# Starts nginx in the foreground on loopback, round-robin over the given nodes with
-# keep-alive upstream connections; sets ADDR.
-start_nginx() {
-    local name=$1
-    shift
-    local dir=$TMP/$name port node servers=""
+# Starts a proxy in the foreground on loopback, round-robin over the given nodes: KIND
+# nginx or haproxy, configured by nginx_conf or haproxy_cfg; sets ADDR and LAST_PID.
+start_proxy() {
+    local kind=$1 name=$2
+    shift 2
+    local dir=$TMP/$name port run
     mkdir -p "$dir/temp"
     port=$(free_port)
-    for node in "$@"; do
-        servers+="        server $node;"$'\n'
-    done
-    cat >"$dir/nginx.conf" <<EOF
+    case $kind in
+        nginx)
+            nginx_conf "$dir" "$port" "$@" >"$dir/nginx.conf"
+            run=(nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;')
+            ;;
+        haproxy)
+            haproxy_cfg "$port" "$@" >"$dir/haproxy.cfg"
+            run=(haproxy -db -f "$dir/haproxy.cfg")
+            ;;
+        *) die "no proxy named $kind" ;;
+    esac
+    "${run[@]}" >"$dir/stdout" 2>"$dir/stderr" &
+    PIDS+=("$!")
+    LAST_PID=$!
+    ADDR=127.0.0.1:$port
+    wait_http "http://$ADDR/events"
+}
+
+# Prints nginx's configuration for DIR and PORT: keep-alive upstream connections to the
+# given nodes.
+nginx_conf() {
+    local dir=$1 port=$2 servers
+    shift 2
+    servers=$(printf '        server %s;\n' "$@")
+    cat <<EOF
 worker_processes auto;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -335,7 +356,8 @@ http {
     uwsgi_temp_path $dir/temp/uwsgi;
     scgi_temp_path $dir/temp/scgi;
     upstream nodes {
-$servers        keepalive 64;
+$servers
+        keepalive 64;
     }
     server {
         listen 127.0.0.1:$port;
@@ -347,26 +369,17 @@ $servers        keepalive 64;
     }
 }
 EOF
-    nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" -g 'daemon off;' \
-        >"$dir/stdout" 2>"$dir/stderr" &
-    PIDS+=("$!")
-    LAST_PID=$!
-    ADDR=127.0.0.1:$port
-    wait_http "http://$ADDR/events"
 }
 
-# Starts HAProxy in the foreground on loopback, one thread per core, round-robin over the
-# given nodes with idle server connections reused (its keep-alive to the nodes); sets ADDR.
-start_haproxy() {
-    local name=$1
+# Prints HAProxy's configuration for PORT: one thread per core, idle server connections
+# to the given nodes reused (its keep-alive to the nodes).
+haproxy_cfg() {
+    local port=$1 node i=0 servers=""
     shift
-    local dir=$TMP/$name port node i=0 servers=""
-    mkdir -p "$dir"
-    port=$(free_port)
     for node in "$@"; do
         servers+="    server n$((i += 1)) $node"$'\n'
     done
-    cat >"$dir/haproxy.cfg" <<EOF
+    cat <<EOF
 global
     nbthread $(nproc)
     maxconn 4096
@@ -384,11 +397,6 @@ backend nodes
     balance roundrobin
 $servers
 EOF
-    haproxy -db -f "$dir/haproxy.cfg" >"$dir/stdout" 2>"$dir/stderr" &
-    PIDS+=("$!")
-    LAST_PID=$!
-    ADDR=127.0.0.1:$port
-    wait_http "http://$ADDR/events"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -528,15 +536,15 @@ measure_events() {
     start_balancer "$bin" balancer-3 "${nodes[@]}"
     local bal3=$ADDR bal3_pid=$LAST_PID
     # nginx's work is done by its workers, the master's children.
-    start_nginx nginx-1 "${nodes[0]}"
+    start_proxy nginx nginx-1 "${nodes[0]}"
     local ngx1=$ADDR ngx1_pids
     ngx1_pids=$(pgrep -d, -P "$LAST_PID")
-    start_nginx nginx-3 "${nodes[@]}"
+    start_proxy nginx nginx-3 "${nodes[@]}"
     local ngx3=$ADDR ngx3_pids
     ngx3_pids=$(pgrep -d, -P "$LAST_PID")
-    start_haproxy haproxy-1 "${nodes[0]}"
+    start_proxy haproxy haproxy-1 "${nodes[0]}"
     local hap1=$ADDR hap1_pid=$LAST_PID
-    start_haproxy haproxy-3 "${nodes[@]}"
+    start_proxy haproxy haproxy-3 "${nodes[@]}"
     local hap3=$ADDR hap3_pid=$LAST_PID
     local all_nodes
     all_nodes=$(IFS=,; echo "${node_pids[*]}")

@@ -166,6 +166,7 @@ pub async fn keep_checking<C, F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstreams::tests::of_each;
     use std::collections::HashSet;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -224,11 +225,7 @@ mod tests {
     }
 
     fn up_ports(upstreams: &Upstreams) -> Vec<u16> {
-        upstreams
-            .healthy()
-            .iter()
-            .map(|n| n.address.port())
-            .collect()
+        of_each(&upstreams.healthy(), |n| n.address.port())
     }
 
     #[tokio::test]

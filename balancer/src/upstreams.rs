@@ -226,7 +226,7 @@ pub(crate) async fn two_nodes_one_down() -> Arc<Upstreams> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -239,12 +239,13 @@ mod tests {
         s.parse().expect("node name")
     }
 
+    /// What `each` says of every one of `nodes`, in their order.
+    pub(crate) fn of_each<T>(nodes: &[Arc<Node>], each: impl Fn(&Node) -> T) -> Vec<T> {
+        nodes.iter().map(|n| each(n)).collect()
+    }
+
     fn addresses(upstreams: &Upstreams) -> Vec<String> {
-        upstreams
-            .nodes()
-            .iter()
-            .map(|n| n.address.to_string())
-            .collect()
+        of_each(&upstreams.nodes(), |n| n.address.to_string())
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use hyper::{Method, StatusCode};
 use support::{
     BalancerProcess, HeaderText, Mode, PATIENCE, Upstream, assert_error, client, closed_port,
-    dropper_and_good, eventually, get, node_state, post_purchase, send,
+    dropper_and_good, events_answered, eventually, get, node_state, post_purchase, send,
 };
 
 #[tokio::test]
@@ -23,9 +23,7 @@ async fn requests_are_spread_evenly_round_robin() {
     let client = client();
 
     let mut served_by: HashMap<String, usize> = HashMap::new();
-    for _ in 0..30 {
-        let reply = get(&client, &balancer.url("/events")).await;
-        assert_eq!(reply.status, StatusCode::OK);
+    for reply in events_answered(&client, &balancer, 30, StatusCode::OK).await {
         let node = reply.header("x-node").expect("X-Node kept").to_owned();
         *served_by.entry(node).or_default() += 1;
     }
@@ -46,10 +44,7 @@ async fn a_dead_address_is_skipped_without_client_errors() {
     let balancer = BalancerProcess::start(&[a.node(), dead.clone(), b.node()], &[]).await;
     let client = client();
 
-    for _ in 0..10 {
-        let reply = get(&client, &balancer.url("/events")).await;
-        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
-    }
+    events_answered(&client, &balancer, 10, StatusCode::OK).await;
     // A write is safe to move on too: a refused connection sent nothing.
     for _ in 0..4 {
         let reply = post_purchase(&client, &balancer, &[], "{}").await;
@@ -178,12 +173,7 @@ async fn the_balancer_endpoints_report_health_nodes_and_metrics_without_forwardi
     let balancer = BalancerProcess::start(&[upstream.node(), dead.clone()], &[]).await;
     let client = client();
     // A request that finds the dead node marks it down.
-    for _ in 0..2 {
-        assert_eq!(
-            get(&client, &balancer.url("/events")).await.status,
-            StatusCode::OK
-        );
-    }
+    events_answered(&client, &balancer, 2, StatusCode::OK).await;
 
     let health = get(&client, &balancer.url("/balancer/health")).await;
     assert_eq!(health.status, StatusCode::OK);
@@ -282,12 +272,7 @@ async fn a_node_that_comes_back_is_brought_back_by_health_checks() {
         node_state(&client, &balancer, &returning).await["up"] == true
     })
     .await;
-    for _ in 0..4 {
-        assert_eq!(
-            get(&client, &balancer.url("/events")).await.status,
-            StatusCode::OK
-        );
-    }
+    events_answered(&client, &balancer, 4, StatusCode::OK).await;
     assert_eq!(a.count("GET"), 2);
     assert_eq!(b.count("GET"), 2);
 }

@@ -8,7 +8,7 @@ mod support;
 use hyper::{Method, StatusCode};
 use support::{
     BalancerProcess, HeaderText, HungUpstream, Mode, Upstream, assert_error, client,
-    dropper_and_good, eventually, get, node_state, post_purchase, send,
+    dropper_and_good, events_answered, eventually, get, node_state, post_purchase, send,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -33,9 +33,7 @@ async fn a_read_sent_to_a_hung_node_is_hedged_to_another_and_answered() {
     )
     .await;
     let client = client();
-    for _ in 0..4 {
-        let reply = get(&client, &balancer.url("/events")).await;
-        assert_eq!(reply.status, StatusCode::OK);
+    for reply in events_answered(&client, &balancer, 4, StatusCode::OK).await {
         assert_eq!(reply.header("x-node"), Some("good"));
     }
     let state = node_state(&client, &balancer, &hung.node()).await;
@@ -71,11 +69,8 @@ async fn a_node_answering_500s_is_ejected_but_never_more_than_half_of_them() {
     )
     .await;
     let client = client();
-    for _ in 0..12 {
-        // The node's own answer goes back to the client: a 500 is not retried.
-        let reply = get(&client, &balancer.url("/events")).await;
-        assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    }
+    // The node's own answer goes back to the client: a 500 is not retried.
+    events_answered(&client, &balancer, 12, StatusCode::INTERNAL_SERVER_ERROR).await;
     let states = [
         node_state(&client, &balancer, &sick.node()).await,
         node_state(&client, &balancer, &also_sick.node()).await,
@@ -212,12 +207,7 @@ async fn when_most_nodes_fail_their_health_checks_every_node_stays_in_rotation()
     })
     .await;
     assert_eq!(metric(&balancer, "balancer_panic_mode").await, 1.0);
-    for _ in 0..9 {
-        assert_eq!(
-            get(&client, &balancer.url("/events")).await.status,
-            StatusCode::OK
-        );
-    }
+    events_answered(&client, &balancer, 9, StatusCode::OK).await;
     for node in &nodes {
         assert_eq!(node.count("GET"), 3, "{}", node.name);
     }

@@ -1,9 +1,15 @@
-//! The API's answers as the generator reads them: its own reading of the contract
-//! (shared/spec/api.md), not the node's types, because the generator judges the cluster
-//! from outside. Only the fields it uses or checks; fields the contract adds later are
-//! ignored, and fields of the box office an older node does not send take their defaults.
+//! The API's answers as the generator reads them. Purchases and holds are the API's own
+//! bodies (`shared::api`), read from outside through HTTP like any client's; tickets and
+//! events are the generator's own reading of the contract (shared/spec/api.md), because
+//! it also reads nodes from before the box office: fields they do not send take their
+//! defaults. Fields the contract adds later are ignored.
 
 use serde::{Deserialize, Serialize};
+
+pub use shared::api::{
+    DecidedBody, HoldBody as Hold, HoldStatus, PurchaseBody as Purchase,
+    PurchasedTicketBody as PricedTicket, SECRET_HEADER, TicketStatus,
+};
 
 /// A ticket of `GET /tickets`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,14 +35,6 @@ impl Ticket {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TicketStatus {
-    Available,
-    Held,
-    Sold,
-}
-
 /// An entry of `GET /events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -51,84 +49,6 @@ pub struct Event {
     /// The per-customer limit, when the event has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_per_customer: Option<u64>,
-}
-
-/// A ticket inside a purchase or a hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PricedTicket {
-    pub id: u64,
-    pub price_cents: u64,
-}
-
-/// A purchase: the 201 of `POST /purchases` or of a confirm, an entry of `GET /purchases`,
-/// the 200 of a cancel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Purchase {
-    pub purchase_id: String,
-    pub event: String,
-    pub quantity: u32,
-    pub tickets: Vec<PricedTicket>,
-    pub total_cents: u64,
-    pub node: String,
-    pub created_at: String,
-    /// Set when the purchase confirmed a hold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold_id: Option<String>,
-    /// Set once the purchase is cancelled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cancelled_at: Option<String>,
-    /// Shown only with the secret or the operator's token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer: Option<String>,
-    /// Only in the 201 answer (and an idempotent repeat of it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-impl Purchase {
-    pub fn is_live(&self) -> bool {
-        self.cancelled_at.is_none()
-    }
-
-    pub fn ticket_ids(&self) -> Vec<u64> {
-        self.tickets.iter().map(|t| t.id).collect()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HoldStatus {
-    Held,
-    Confirmed,
-    Released,
-    Expired,
-}
-
-/// A hold: the 201 of `POST /holds`, an entry of `GET /holds`, the 200 of a release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hold {
-    pub hold_id: String,
-    pub event: String,
-    pub quantity: u32,
-    pub tickets: Vec<PricedTicket>,
-    pub total_cents: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer: Option<String>,
-    pub node: String,
-    pub created_at: String,
-    pub expires_at: String,
-    pub status: HoldStatus,
-    /// The purchase a confirmed hold became.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purchase_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-}
-
-impl Hold {
-    pub fn ticket_ids(&self) -> Vec<u64> {
-        self.tickets.iter().map(|t| t.id).collect()
-    }
 }
 
 /// The number in an id like `p-00000042` or `h-00000007`: the order the store decided
@@ -155,9 +75,6 @@ pub struct OrderRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
 }
-
-/// The header that carries a purchase's or hold's secret.
-pub const SECRET_HEADER: &str = "x-ticket-secret";
 
 #[cfg(test)]
 mod tests {

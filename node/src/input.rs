@@ -11,8 +11,8 @@ use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
 use serde::Deserialize;
 use shared::api::IDEMPOTENCY_HEADER;
 use shared::{
-    CustomerId, EventName, HoldFilter, HoldRequest, IdempotencyKey, PurchaseFilter, Quantity,
-    SaleRequest, Seats, Selection, TicketFilter, Ttl, ValidationError,
+    CustomerId, EventName, HoldRequest, IdempotencyKey, OrderFilter, Quantity, SaleRequest, Seats,
+    Selection, TicketFilter, Ttl, ValidationError,
 };
 
 use crate::error::ApiError;
@@ -229,11 +229,11 @@ struct CustomerQuery {
 
 impl CustomerQuery {
     /// The event and the customer filtered by, each checked.
-    fn filters(&self) -> Result<(Option<EventName>, Option<CustomerId>), ApiError> {
-        Ok((
-            self.event.as_deref().map(event_filter).transpose()?,
-            self.customer.as_deref().map(parse_customer).transpose()?,
-        ))
+    fn filter(&self) -> Result<OrderFilter, ApiError> {
+        Ok(OrderFilter {
+            event: self.event.as_deref().map(event_filter).transpose()?,
+            customer: self.customer.as_deref().map(parse_customer).transpose()?,
+        })
     }
 }
 
@@ -256,23 +256,20 @@ pub fn ticket_filter(text: Option<&str>) -> Result<(TicketFilter, Option<Paging>
     Ok((filter, paging))
 }
 
-/// Parses the query of `GET /purchases`: `event=E` and `customer=C`, both optional, and
-/// the paging parameters `after` and `limit`. (Who may filter by customer is the route's
-/// check.)
-pub fn purchase_filter(text: Option<&str>) -> Result<(PurchaseFilter, Option<Paging>), ApiError> {
-    let parsed: CustomerQuery = query(text)?;
-    let (event, customer) = parsed.filters()?;
-    let filter = PurchaseFilter { event, customer };
-    let paging = paging::purchase_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
-    Ok((filter, paging))
-}
+/// Reads `after` and `limit` of one listing ([`paging::purchase_paging`] or
+/// [`paging::hold_paging`]).
+pub type ReadPaging = fn(Option<&str>, Option<&str>) -> Result<Option<Paging>, ApiError>;
 
-/// Parses the query of `GET /holds`: as `purchase_filter`, `after` a hold id.
-pub fn hold_filter(text: Option<&str>) -> Result<(HoldFilter, Option<Paging>), ApiError> {
+/// Parses the query of `GET /purchases` or `GET /holds`: `event=E` and `customer=C`, both
+/// optional, and the paging parameters `after` and `limit`, read by `paging` (`after` a
+/// purchase id or a hold id). (Who may filter by customer is the route's check.)
+pub fn order_filter(
+    text: Option<&str>,
+    paging: ReadPaging,
+) -> Result<(OrderFilter, Option<Paging>), ApiError> {
     let parsed: CustomerQuery = query(text)?;
-    let (event, customer) = parsed.filters()?;
-    let filter = HoldFilter { event, customer };
-    let paging = paging::hold_paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
+    let filter = parsed.filter()?;
+    let paging = paging(parsed.after.as_deref(), parsed.limit.as_deref())?;
     Ok((filter, paging))
 }
 
@@ -530,8 +527,8 @@ mod tests {
             #[test]
             fn any_query_or_id_is_parsed_or_refused_without_panicking(text in "\\PC{0,80}") {
                 let _ = ticket_filter(Some(&text));
-                let _ = purchase_filter(Some(&text));
-                let _ = hold_filter(Some(&text));
+                let _ = order_filter(Some(&text), paging::purchase_paging);
+                let _ = order_filter(Some(&text), paging::hold_paging);
                 let _ = ticket_id(&text);
                 let _ = decode_segment(&text);
             }

@@ -170,6 +170,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::tests::assert_has;
     use http_body_util::BodyExt;
 
     fn service(dir: &std::path::Path, restart_delay: Duration) -> NodeService {
@@ -319,20 +320,15 @@ mod tests {
         );
         // Each route is measured under its own name; held tickets have their gauge.
         let (_, metrics) = call(&node, "GET", "/metrics", "").await;
-        for route in [
-            "POST /holds",
-            "GET /holds/{id}",
-            "POST /holds/{id}/confirm",
-            "GET /holds",
-        ] {
-            assert!(
-                metrics.contains(&format!("route=\"{route}\"")),
-                "{route}: {metrics}"
-            );
-        }
-        assert!(
-            metrics.contains("tickets_event_held{node=\"n1\",event=\"concert\"} 0"),
-            "{metrics}"
+        assert_has(
+            &metrics,
+            &[
+                "route=\"POST /holds\"",
+                "route=\"GET /holds/{id}\"",
+                "route=\"POST /holds/{id}/confirm\"",
+                "route=\"GET /holds\"",
+                "tickets_event_held{node=\"n1\",event=\"concert\"} 0",
+            ],
         );
     }
 

@@ -239,7 +239,7 @@ impl Metrics {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use shared::EventName;
 
@@ -257,7 +257,7 @@ mod tests {
     }
 
     /// Asserts that the rendered `text` holds each of `wanted`.
-    fn assert_has(text: &str, wanted: &[&str]) {
+    pub(crate) fn assert_has(text: &str, wanted: &[&str]) {
         for line in wanted {
             assert!(text.contains(line), "{line} missing from {text}");
         }

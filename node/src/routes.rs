@@ -17,7 +17,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use shared::api::{
-    EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, StoreHealth, TicketBody,
+    DecidedBody, EventBody, HealthBody, HoldBody, PageBody, PurchaseBody, StoreHealth, TicketBody,
 };
 use shared::{
     Command, EventName, HoldView, Inventory, Order, Outcome, Page, Proof, Purchase, hold_number,
@@ -29,7 +29,7 @@ use crate::auth;
 use crate::error::ApiError;
 use crate::health::StoreState;
 use crate::input;
-use crate::paging::Paging;
+use crate::paging::{self, Paging};
 use crate::route::Route;
 
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -298,13 +298,13 @@ fn answer(status: StatusCode, outcome: &Outcome) -> HttpResponse {
     match outcome {
         Outcome::Purchase(decided) => {
             let body = PurchaseBody::from(&decided.item)
-                .with_customer(&decided.item)
+                .with_customer(decided.item.customer.as_ref())
                 .with_secret(decided.secret.as_ref());
             json(status, &body)
         }
         Outcome::Hold(decided) => {
             let body = HoldBody::from(&decided.item)
-                .with_customer(&decided.item.hold)
+                .with_customer(decided.item.hold.customer.as_ref())
                 .with_secret(decided.secret.as_ref());
             json(status, &body)
         }
@@ -316,7 +316,7 @@ fn answer(status: StatusCode, outcome: &Outcome) -> HttpResponse {
 fn purchase_body(purchase: &Purchase, proof: &Proof) -> PurchaseBody {
     let body = PurchaseBody::from(purchase);
     if proof.allows(purchase.access.secret.as_ref()) {
-        body.with_customer(purchase)
+        body.with_customer(purchase.customer.as_ref())
     } else {
         body
     }
@@ -326,7 +326,7 @@ fn purchase_body(purchase: &Purchase, proof: &Proof) -> PurchaseBody {
 fn hold_body(view: &HoldView, proof: &Proof) -> HoldBody {
     let body = HoldBody::from(view);
     if proof.allows(view.hold.access.secret.as_ref()) {
-        body.with_customer(&view.hold)
+        body.with_customer(view.hold.customer.as_ref())
     } else {
         body
     }
@@ -378,7 +378,7 @@ async fn purchases(
     query: Option<&str>,
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
-    let (filter, paging) = input::purchase_filter(query)?;
+    let (filter, paging) = input::order_filter(query, paging::purchase_paging)?;
     let proof = listing_proof(filter.customer.is_some(), proof)?;
     read_json(node, move |inv, _| {
         Listing::of(
@@ -412,7 +412,7 @@ async fn holds(
     query: Option<&str>,
     proof: Proof,
 ) -> Result<HttpResponse, ApiError> {
-    let (filter, paging) = input::hold_filter(query)?;
+    let (filter, paging) = input::order_filter(query, paging::hold_paging)?;
     let proof = listing_proof(filter.customer.is_some(), proof)?;
     read_json(node, move |inv, now| {
         Listing::of(

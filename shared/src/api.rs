@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::DecisionError;
-use crate::domain::{self, EventSummary, Hold, HoldStatus, HoldView, Purchase, SoldTicket, Ticket};
+use crate::domain::{self, CustomerId, EventSummary, HoldView, Purchase, SoldTicket, Ticket};
 use crate::inventory::Page;
 use crate::secret::Secret;
 
@@ -25,7 +25,7 @@ pub struct TicketBody {
 }
 
 /// Whether a ticket can be bought.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TicketStatus {
     Available,
@@ -123,7 +123,7 @@ pub struct PurchasedTicketBody {
 }
 
 /// A purchase as the API shows it. `customer` and `secret` are filled only where the
-/// contract allows (see [`PurchaseBody::with_customer`], [`PurchaseBody::with_secret`]).
+/// contract allows (see [`DecidedBody`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PurchaseBody {
     pub purchase_id: String,
@@ -145,6 +145,31 @@ pub struct PurchaseBody {
     /// Only in the 201 answer and an idempotent repeat of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// What the bodies of a purchase and a hold share: their tickets, and a `customer` and
+/// `secret` shown only where the contract allows (the public view leaves both out).
+pub trait DecidedBody: Sized {
+    fn tickets(&self) -> &[PurchasedTicketBody];
+
+    /// The body's `customer` and `secret`.
+    fn private_fields(&mut self) -> (&mut Option<String>, &mut Option<String>);
+
+    fn ticket_ids(&self) -> Vec<u64> {
+        self.tickets().iter().map(|t| t.id).collect()
+    }
+
+    /// Adds the order's customer, for an answer that may show it.
+    fn with_customer(mut self, customer: Option<&CustomerId>) -> Self {
+        *self.private_fields().0 = customer.map(CustomerId::to_string);
+        self
+    }
+
+    /// Adds the secret to answer (a creation and its repeats).
+    fn with_secret(mut self, secret: Option<&Secret>) -> Self {
+        *self.private_fields().1 = secret.map(|s| s.as_str().to_owned());
+        self
+    }
 }
 
 fn ticket_bodies(tickets: &[SoldTicket]) -> Vec<PurchasedTicketBody> {
@@ -177,16 +202,9 @@ impl From<&Purchase> for PurchaseBody {
 }
 
 impl PurchaseBody {
-    /// Adds the purchase's customer, for an answer that may show it.
-    pub fn with_customer(mut self, p: &Purchase) -> Self {
-        self.customer = p.customer.as_ref().map(|c| c.to_string());
-        self
-    }
-
-    /// Adds the secret to answer (a creation and its repeats).
-    pub fn with_secret(mut self, secret: Option<&Secret>) -> Self {
-        self.secret = secret.map(|s| s.as_str().to_owned());
-        self
+    /// Whether the purchase still stands (not cancelled).
+    pub fn is_live(&self) -> bool {
+        self.cancelled_at.is_none()
     }
 }
 
@@ -203,13 +221,33 @@ pub struct HoldBody {
     pub node: String,
     pub created_at: String,
     pub expires_at: String,
-    /// `held`, `confirmed`, `released` or `expired`.
-    pub status: String,
+    pub status: HoldStatus,
     /// With `confirmed`: the purchase it became.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purchase_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+}
+
+/// What became of a hold, as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HoldStatus {
+    Held,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl From<&domain::HoldStatus> for HoldStatus {
+    fn from(status: &domain::HoldStatus) -> Self {
+        match status {
+            domain::HoldStatus::Held => Self::Held,
+            domain::HoldStatus::Confirmed { .. } => Self::Confirmed,
+            domain::HoldStatus::Released => Self::Released,
+            domain::HoldStatus::Expired => Self::Expired,
+        }
+    }
 }
 
 /// The public view: no customer, no secret.
@@ -226,9 +264,9 @@ impl From<&HoldView> for HoldBody {
             node: h.node.clone(),
             created_at: h.created_at.to_string(),
             expires_at: h.expires_at.to_string(),
-            status: view.status.as_str().to_owned(),
+            status: (&view.status).into(),
             purchase_id: match &view.status {
-                HoldStatus::Confirmed { purchase_id } => Some(purchase_id.clone()),
+                domain::HoldStatus::Confirmed { purchase_id } => Some(purchase_id.clone()),
                 _ => None,
             },
             secret: None,
@@ -236,19 +274,22 @@ impl From<&HoldView> for HoldBody {
     }
 }
 
-impl HoldBody {
-    /// Adds the hold's customer, for an answer that may show it.
-    pub fn with_customer(mut self, h: &Hold) -> Self {
-        self.customer = h.customer.as_ref().map(|c| c.to_string());
-        self
-    }
+/// Implements [`DecidedBody`] for bodies with `tickets`, `customer` and `secret` fields.
+macro_rules! decided_body {
+    ($($body:ty),*) => {$(
+        impl DecidedBody for $body {
+            fn tickets(&self) -> &[PurchasedTicketBody] {
+                &self.tickets
+            }
 
-    /// Adds the secret to answer (a creation and its repeats).
-    pub fn with_secret(mut self, secret: Option<&Secret>) -> Self {
-        self.secret = secret.map(|s| s.as_str().to_owned());
-        self
-    }
+            fn private_fields(&mut self) -> (&mut Option<String>, &mut Option<String>) {
+                (&mut self.customer, &mut self.secret)
+            }
+        }
+    )*};
 }
+
+decided_body!(PurchaseBody, HoldBody);
 
 /// The body of a purchase request as a client sends it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,29 +36,48 @@ pub enum ValidationError {
     Timestamp(String),
 }
 
-/// A validated event name: 1 to 64 characters from `[a-z0-9-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EventName(String);
+/// Defines a validated name: a text of 1 to 64 bytes, each `allowed`, refused with the
+/// `ValidationError` variant `invalid` (showing the text, truncated).
+macro_rules! validated_name {
+    ($(#[$doc:meta])* $name:ident, $allowed:expr, $invalid:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
 
-impl EventName {
-    pub fn parse(name: &str) -> Result<Self, ValidationError> {
-        let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
-        token(name, 64, allowed, |name| {
-            ValidationError::EventName(truncate_for_message(name))
-        })
-        .map(Self)
-    }
+        impl $name {
+            pub fn parse(text: &str) -> Result<Self, ValidationError> {
+                token(text, 64, $allowed, |text| {
+                    ValidationError::$invalid(truncate_for_message(text))
+                })
+                .map(Self)
+            }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
 }
 
-impl fmt::Display for EventName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+validated_name!(
+    /// A validated event name: 1 to 64 characters from `[a-z0-9-]`.
+    EventName,
+    |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-',
+    EventName
+);
+
+validated_name!(
+    /// Who a purchase or hold is for: 1 to 64 characters from `[A-Za-z0-9._@-]`.
+    CustomerId,
+    |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'),
+    Customer
+);
 
 /// `text` when it is 1 to `max_len` bytes, each of them `allowed`; otherwise the error
 /// `invalid` makes of it.
@@ -403,30 +422,6 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&format_timestamp(self.to_system()))
-    }
-}
-
-/// Who a purchase or hold is for: 1 to 64 characters from `[A-Za-z0-9._@-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CustomerId(String);
-
-impl CustomerId {
-    pub fn parse(text: &str) -> Result<Self, ValidationError> {
-        let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-');
-        token(text, 64, allowed, |text| {
-            ValidationError::Customer(truncate_for_message(text))
-        })
-        .map(Self)
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for CustomerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -144,16 +144,9 @@ pub struct TicketFilter {
     pub sold: Option<bool>,
 }
 
-/// Filters of `GET /purchases`.
+/// Filters of `GET /purchases` and of `GET /holds`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PurchaseFilter {
-    pub event: Option<EventName>,
-    pub customer: Option<CustomerId>,
-}
-
-/// Filters of `GET /holds`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HoldFilter {
+pub struct OrderFilter {
     pub event: Option<EventName>,
     pub customer: Option<CustomerId>,
 }
@@ -306,6 +299,23 @@ enum KeyUse {
     /// Cancelled the purchase at this index.
     Cancel(usize),
 }
+
+/// Two inventories are equal when everything they show is: their tickets, purchases and
+/// holds, event summaries and limits, log time and next numbers (not how they index them).
+impl PartialEq for Inventory {
+    fn eq(&self, other: &Self) -> bool {
+        self.tickets == other.tickets
+            && self.purchases == other.purchases
+            && self.holds == other.holds
+            && self.events() == other.events()
+            && self.limits() == other.limits()
+            && self.log_time == other.log_time
+            && self.next_purchase_seq == other.next_purchase_seq
+            && self.next_hold_seq == other.next_hold_seq
+    }
+}
+
+impl Eq for Inventory {}
 
 impl Inventory {
     /// Builds an inventory of unsold tickets.
@@ -460,7 +470,7 @@ impl Inventory {
         after: Option<u64>,
         limit: usize,
     ) -> Page<Purchase, String> {
-        let filter = PurchaseFilter {
+        let filter = OrderFilter {
             event: event.cloned(),
             customer: None,
         };
@@ -471,7 +481,7 @@ impl Inventory {
     /// numbered `after`. With a customer it walks that customer's purchases only.
     pub fn page_purchases_by(
         &self,
-        filter: &PurchaseFilter,
+        filter: &OrderFilter,
         after: Option<u64>,
         limit: usize,
     ) -> Page<Purchase, String> {
@@ -563,7 +573,7 @@ impl Inventory {
     }
 
     /// The purchases matching `filter`, in commit order.
-    pub fn find_purchases_by(&self, filter: &PurchaseFilter) -> Vec<Purchase> {
+    pub fn find_purchases_by(&self, filter: &OrderFilter) -> Vec<Purchase> {
         every_page(
             |after| self.page_purchases_by(filter, after, MAX_PAGE_LIMIT),
             purchase_number,
@@ -582,7 +592,7 @@ impl Inventory {
     /// after the hold numbered `after` (see [`hold_number`]).
     pub fn page_holds(
         &self,
-        filter: &HoldFilter,
+        filter: &OrderFilter,
         after: Option<u64>,
         limit: usize,
         now: SystemTime,
@@ -607,7 +617,7 @@ impl Inventory {
     }
 
     /// The holds matching `filter` with their status at `now`, in commit order.
-    pub fn find_holds(&self, filter: &HoldFilter, now: SystemTime) -> Vec<HoldView> {
+    pub fn find_holds(&self, filter: &OrderFilter, now: SystemTime) -> Vec<HoldView> {
         every_page(
             |after| self.page_holds(filter, after, MAX_PAGE_LIMIT, now),
             hold_number,

@@ -19,7 +19,7 @@ pub use domain::{
     TicketStatus, Timestamp, Ttl, ValidationError,
 };
 pub use inventory::{
-    HoldFilter, Inventory, MAX_PAGE_LIMIT, Page, Parts, PurchaseError, PurchaseFilter,
-    PurchaseOutcome, TicketFilter, hold_number, purchase_number,
+    Inventory, MAX_PAGE_LIMIT, OrderFilter, Page, Parts, PurchaseError, PurchaseOutcome,
+    TicketFilter, hold_number, purchase_number,
 };
 pub use log::LogEntry;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use generator::audit::check::{self, Listed, Violation};
-use generator::wire::{Event, Hold, HoldStatus, Purchase};
+use generator::wire::{DecidedBody, Event, Hold, HoldStatus, Purchase};
 use hyper::StatusCode;
 
 use crate::{Answer, HttpClient};
@@ -1186,6 +1186,14 @@ mod tests {
         verdict.violations.iter().any(|v| v.contains(needle))
     }
 
+    /// Asserts that checking `ops` against `state` finds a violation saying `needle`; the
+    /// verdict, for further checks.
+    fn assert_caught(ops: &[BoxOp], state: &FinalState, needle: &str) -> Verdict {
+        let verdict = check_box_office(ops, state);
+        assert!(caught(&verdict, needle), "{verdict}");
+        verdict
+    }
+
     /// Ticket 1 held by h-1 and confirmed into p-2; ticket 2 bought in p-1, cancelled and
     /// bought again in p-3; ticket 3 held by h-2 and released; ticket 4 held by h-3, left
     /// to expire and bought in p-4 after.
@@ -1295,18 +1303,12 @@ mod tests {
         ));
         state.purchases.push(p5);
         state.holds.push(h4);
-        let verdict = check_box_office(&ops, &state);
-        assert!(
-            caught(
-                &verdict,
-                "ticket 5 was claimed by purchase p-5 while hold h-4"
-            ),
-            "{verdict}"
+        assert_caught(
+            &ops,
+            &state,
+            "ticket 5 was claimed by purchase p-5 while hold h-4",
         );
-        assert!(
-            caught(&verdict, "purchase p-5 sold [5], held by hold h-4"),
-            "{verdict}"
-        );
+        assert_caught(&ops, &state, "purchase p-5 sold [5], held by hold h-4");
     }
 
     #[test]
@@ -1322,15 +1324,12 @@ mod tests {
             p
         };
         state.purchases[1] = p2.clone();
-        let verdict = check_box_office(&ops, &state);
-        assert!(
-            caught(
-                &verdict,
-                "confirmed hold h-1 had tickets [1] but its purchase p-2 has [1, 6]"
-            ),
-            "{verdict}"
+        assert_caught(
+            &ops,
+            &state,
+            "confirmed hold h-1 had tickets [1] but its purchase p-2 has [1, 6]",
         );
-        assert!(caught(&verdict, "their tickets differ"), "{verdict}");
+        assert_caught(&ops, &state, "their tickets differ");
     }
 
     #[test]
@@ -1338,13 +1337,10 @@ mod tests {
         // Cancelled ticket 2 is sold again in p-3 and in p-5.
         let (ops, mut state) = box_history();
         state.purchases.push(bought("p-5", &[2], 6));
-        let verdict = check_box_office(&ops, &state);
-        assert!(
-            caught(
-                &verdict,
-                "ticket 2 was claimed by purchase p-5 while purchase p-3"
-            ),
-            "{verdict}"
+        let verdict = assert_caught(
+            &ops,
+            &state,
+            "ticket 2 was claimed by purchase p-5 while purchase p-3",
         );
         assert!(verdict.sold_twice >= 1);
         // Expired h-3's ticket 4 is sold in p-4 and by a late confirm of h-3 in p-5.
@@ -1354,29 +1350,24 @@ mod tests {
         state.purchases.push(late);
         state.holds[2].status = HoldStatus::Confirmed;
         state.holds[2].purchase_id = Some("p-5".into());
-        let verdict = check_box_office(&ops, &state);
-        assert!(
-            caught(
-                &verdict,
-                "ticket 4 was claimed by purchase p-5 while purchase p-4"
-            ),
-            "{verdict}"
+        assert_caught(
+            &ops,
+            &state,
+            "ticket 4 was claimed by purchase p-5 while purchase p-4",
         );
-        assert!(
-            caught(&verdict, "a confirm of hold h-3 was answered hold_expired"),
-            "{verdict}"
+        assert_caught(
+            &ops,
+            &state,
+            "a confirm of hold h-3 was answered hold_expired",
         );
         // Released h-2's ticket 3 is sold in p-5 and in p-6, both live.
         let (ops, mut state) = box_history();
         state.purchases.push(bought("p-5", &[3], 20));
         state.purchases.push(bought("p-6", &[3], 21));
-        let verdict = check_box_office(&ops, &state);
-        assert!(
-            caught(
-                &verdict,
-                "ticket 3 was claimed by purchase p-6 while purchase p-5"
-            ),
-            "{verdict}"
+        assert_caught(
+            &ops,
+            &state,
+            "ticket 3 was claimed by purchase p-6 while purchase p-5",
         );
     }
 
@@ -1403,13 +1394,10 @@ mod tests {
         let mut over = state.clone();
         over.holds = vec![hold];
         over.purchases = vec![mine(bought("p-1", &[3], 5))];
-        let verdict = check_box_office(&[], &over);
-        assert!(
-            caught(
-                &verdict,
-                "customer ann had 3 tickets of e (limit 2) once purchase p-1 was made"
-            ),
-            "{verdict}"
+        assert_caught(
+            &[],
+            &over,
+            "customer ann had 3 tickets of e (limit 2) once purchase p-1 was made",
         );
         // A customer the final state hides is taken from what the client sent and saw.
         let t = Instant::now();
@@ -1425,8 +1413,7 @@ mod tests {
             t,
             t,
         )];
-        let verdict = check_box_office(&ops, &hidden);
-        assert!(caught(&verdict, "customer ann had 3 tickets"), "{verdict}");
+        assert_caught(&ops, &hidden, "customer ann had 3 tickets");
     }
 
     #[test]

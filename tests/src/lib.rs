@@ -19,6 +19,20 @@ pub use client::{Answer, HttpClient, purchase_body};
 pub use medium::{Medium, MediumKind, TestMedium};
 pub use process::{Process, binary, sigterm};
 
+/// The three events the load tests buy from.
+pub const LOAD_EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
+
+/// [`LOAD_EVENTS`] with so many `tickets` each, at 1000, 2000 and 5000 cents: what the load
+/// tests seed.
+pub fn load_events(tickets: [u64; 3]) -> [(&'static str, u64, u64); 3] {
+    let [concert, sports, theater] = tickets;
+    [
+        (LOAD_EVENTS[0], concert, 1000),
+        (LOAD_EVENTS[1], sports, 2000),
+        (LOAD_EVENTS[2], theater, 5000),
+    ]
+}
+
 /// Writes a fresh store in `dir` holding, for each `(event, count, price_cents)`, that
 /// many unsold tickets, numbered from 1 in order.
 pub fn seed_store(dir: &Path, events: &[(&str, u64, u64)]) -> anyhow::Result<()> {

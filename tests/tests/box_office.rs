@@ -124,6 +124,12 @@ fn get(url: String) -> Call<'static> {
     }
 }
 
+/// A change without a body (a confirm, a release or a cancel) at `url`, by the holder of
+/// `secret`, under the idempotency key `key`.
+fn keyed_change<'a>(url: String, secret: &'a str, key: &str) -> Call<'a> {
+    post(url, None).by(As::Secret(secret)).key(key)
+}
+
 fn post(url: String, body: Option<Value>) -> Call<'static> {
     Call {
         method: Method::POST,
@@ -889,12 +895,11 @@ async fn unknown_ids_bad_bodies_wrong_methods_and_reused_keys_are_refused_as_the
         ))
         .await;
     let hold = expect(&hold, 201);
-    let confirm = post(
+    let confirm = keyed_change(
         format!("{n1}/holds/{}/confirm", text(&hold, "hold_id")),
-        None,
-    )
-    .by(As::Secret(text(&hold, "secret")))
-    .key("confirm-key-1");
+        text(&hold, "secret"),
+        "confirm-key-1",
+    );
     let purchase = expect(&office.call(confirm.clone()).await, 201);
     let repeat = expect(
         &office
@@ -906,12 +911,11 @@ async fn unknown_ids_bad_bodies_wrong_methods_and_reused_keys_are_refused_as_the
         201,
     );
     assert_eq!(repeat["purchase_id"], purchase["purchase_id"]);
-    let cancel = post(
+    let cancel = keyed_change(
         format!("{lb}/purchases/{}/cancel", text(&purchase, "purchase_id")),
-        None,
-    )
-    .by(As::Secret(text(&hold, "secret")))
-    .key("cancel-key-1");
+        text(&hold, "secret"),
+        "cancel-key-1",
+    );
     let cancelled = expect(&office.call(cancel.clone()).await, 200);
     assert_eq!(
         expect(&office.call(cancel).await, 200)["cancelled_at"],

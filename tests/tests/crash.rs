@@ -47,17 +47,20 @@ fn run_writer(
     )
 }
 
-/// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
-fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {
+/// A store-writer command for the store in `dir`: `count` purchases (or orders, with
+/// `--box-office` among `mode`) of two tickets, compacting as often as it can.
+fn writer(dir: &Path, mode: &[&str], count: usize) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_store-writer"));
     command
         .args(["--data", &dir.to_string_lossy(), "--quantity", "2"])
-        .args([
-            "--purchases",
-            &purchases.to_string(),
-            "--compact-bytes",
-            "1",
-        ]);
+        .args(mode)
+        .args(["--purchases", &count.to_string(), "--compact-bytes", "1"]);
+    command
+}
+
+/// Runs store-writer and returns whether it aborted, and the purchases it acknowledged.
+fn write(dir: &Path, purchases: usize, abort_at: Option<&str>) -> (bool, HashMap<String, String>) {
+    let command = writer(dir, &[], purchases);
     // Journal points die a few sales in; compaction points at the first compaction.
     let (aborted, stdout) = run_writer(command, abort_at, FINISH_SWITCH_POINT, 7);
     let acked = stdout
@@ -100,12 +103,31 @@ fn seeded_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A fresh store whose writer, run by `write` on it, was killed at `point`; what the
+/// writer acknowledged before.
+fn killed_at<A>(point: &str, write: impl FnOnce(&Path) -> (bool, A)) -> (tempfile::TempDir, A) {
+    let dir = seeded_dir();
+    let (aborted, acked) = write(dir.path());
+    assert!(aborted, "the writer never reached {point}");
+    (dir, acked)
+}
+
+/// What a writer that was not killed acknowledged (counted by `len`): all it was `asked`
+/// for, the store going on after the crash `context` names.
+fn went_on<A>((aborted, acked): (bool, A), len: fn(&A) -> usize, asked: usize, context: &str) -> A {
+    assert!(!aborted);
+    assert_eq!(
+        len(&acked),
+        asked,
+        "{context}: the store goes on after the crash"
+    );
+    acked
+}
+
 #[test]
 fn a_writer_killed_at_any_step_of_a_write_loses_no_acknowledged_purchase() {
     for point in POINTS {
-        let dir = seeded_dir();
-        let (aborted, acked) = write(dir.path(), 120, Some(point));
-        assert!(aborted, "the writer never reached {point}");
+        let (dir, acked) = killed_at(point, |dir| write(dir, 120, Some(point)));
 
         let after_crash = stored(dir.path());
         for (id, tickets) in &acked {
@@ -122,13 +144,7 @@ fn a_writer_killed_at_any_step_of_a_write_loses_no_acknowledged_purchase() {
             "{point}: {unacknowledged} purchases nobody was told of"
         );
 
-        let (aborted, more) = write(dir.path(), 10, None);
-        assert!(!aborted);
-        assert_eq!(
-            more.len(),
-            10,
-            "{point}: the store sells on after the crash"
-        );
+        let more = went_on(write(dir.path(), 10, None), HashMap::len, 10, point);
         let finally = stored(dir.path());
         assert_eq!(finally.len(), after_crash.len() + 10);
         report_summary(&format!(
@@ -213,16 +229,7 @@ fn a_writer_killed_between_a_compactions_renames_and_then_while_finishing_it_los
 /// Runs store-writer `--box-office` for `orders` orders and returns whether it aborted and
 /// the orders it acknowledged: `[kind, id, ticket ids, hold id]`.
 fn write_box_office(dir: &Path, orders: usize, abort_at: Option<&str>) -> (bool, Vec<Vec<String>>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_store-writer"));
-    command
-        .args([
-            "--data",
-            &dir.to_string_lossy(),
-            "--quantity",
-            "2",
-            "--box-office",
-        ])
-        .args(["--purchases", &orders.to_string(), "--compact-bytes", "1"]);
+    let command = writer(dir, &["--box-office"], orders);
     // Journal points die a few orders in, after an entry of every kind; compaction points
     // at the first compaction, which folds entries of every kind.
     let (aborted, stdout) = run_writer(command, abort_at, "journal-create-after-temp", 9);
@@ -279,20 +286,17 @@ fn holds_what_was_acknowledged(dir: &Path, acked: &[Vec<String>], context: &str)
 #[test]
 fn a_writer_killed_at_any_step_of_a_box_office_write_loses_no_acknowledged_change() {
     for point in POINTS {
-        let dir = seeded_dir();
-        let (aborted, acked) = write_box_office(dir.path(), 60, Some(point));
-        assert!(aborted, "the writer never reached {point}");
+        let (dir, acked) = killed_at(point, |dir| write_box_office(dir, 60, Some(point)));
         let kinds: std::collections::BTreeSet<&str> = acked.iter().map(|o| o[0].as_str()).collect();
         let context = format!("crash at {point}");
         holds_what_was_acknowledged(dir.path(), &acked, &context);
 
         // A fresh writer goes on from the log's time: its abandoned holds expire too.
-        let (aborted, more) = write_box_office(dir.path(), 21, None);
-        assert!(!aborted);
-        assert_eq!(
-            more.len(),
+        let more = went_on(
+            write_box_office(dir.path(), 21, None),
+            Vec::len,
             21,
-            "{context}: the store goes on after the crash"
+            &context,
         );
         let expired = holds_what_was_acknowledged(dir.path(), &more, &context);
         assert!(expired >= 2, "{context}: {expired} expiries logged");

@@ -9,25 +9,16 @@ use std::time::{Duration, Instant};
 use cluster::history::{self, Outcome, PurchaseOp, keyed_client, keyed_purchase, reads_while};
 use cluster::tmpfs::Tmpfs;
 use cluster::{
-    HttpClient, LocalCluster, Medium, Process, read_final_state, report_summary, seed_store,
-    start_node, start_node_on,
+    HttpClient, LOAD_EVENTS, LocalCluster, Medium, Process, load_events, read_final_state,
+    report_summary, seed_store, start_node, start_node_on,
 };
 use hyper::StatusCode;
 use store::{DATA_FILE, JOURNAL_FILE, LOCK_FILE};
 
-const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_see_no_error() {
-    let (dir, cluster) = LocalCluster::seeded(
-        3,
-        &[
-            (EVENTS[0], 20000, 1000),
-            (EVENTS[1], 20000, 2000),
-            (EVENTS[2], 2000, 5000),
-        ],
-    )
-    .expect("cluster starts");
+    let (dir, cluster) =
+        LocalCluster::seeded(3, &load_events([20000, 20000, 2000])).expect("cluster starts");
     let base = cluster.balancer_url();
     let mut nodes = cluster.nodes;
     let http = HttpClient::new();
@@ -38,7 +29,7 @@ async fn nodes_killed_again_and_again_under_load_lose_nothing_and_keyed_clients_
     for client in 0..6u32 {
         let (http, base) = (http.clone(), base.clone());
         clients.spawn(async move {
-            keyed_client(&http, &base, &EVENTS, client, "kill", || {
+            keyed_client(&http, &base, &LOAD_EVENTS, client, "kill", || {
                 started.elapsed() < run_for
             })
             .await

@@ -12,23 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cluster::history::{self, Outcome, PurchaseOp};
-use cluster::{HttpClient, LocalCluster, read_final_state, report_summary};
+use cluster::{
+    HttpClient, LOAD_EVENTS, LocalCluster, load_events, read_final_state, report_summary,
+};
 use tokio::sync::RwLock;
 
-const EVENTS: [&str; 3] = ["concert", "sports-game", "theater-show"];
-
-/// Seeds 5000 tickets of each event in a new directory and starts three nodes and a
-/// balancer on it; the directory lives as long as the returned guard.
-fn seeded_cluster() -> (tempfile::TempDir, LocalCluster) {
-    LocalCluster::seeded(
-        3,
-        &[
-            (EVENTS[0], 5000, 1000),
-            (EVENTS[1], 5000, 2000),
-            (EVENTS[2], 5000, 5000),
-        ],
-    )
-    .expect("cluster starts")
+/// Seeds 5000 tickets of each load event in a new directory and starts three nodes and a
+/// balancer on it; the directory lives as long as the returned guard. With a client and the
+/// balancer's URL, which the clients and the checks go through.
+fn seeded_cluster() -> (tempfile::TempDir, LocalCluster, HttpClient, String) {
+    let (dir, cluster) = LocalCluster::seeded(3, &load_events([5000; 3])).expect("cluster starts");
+    let base = cluster.balancer_url();
+    (dir, cluster, HttpClient::new(), base)
 }
 
 /// The balancer's view of its nodes, from `/balancer/nodes`.
@@ -79,7 +74,7 @@ fn spawn_clients(
             let mut ops = Vec::new();
             let mut i = 0u32;
             while !done.load(Ordering::SeqCst) {
-                let event = EVENTS[((client + i) % 3) as usize];
+                let event = LOAD_EVENTS[((client + i) % 3) as usize];
                 let key = format!("{tag}-{client}-{i}");
                 let _open = match &gate {
                     Some(gate) => Some(gate.read().await),
@@ -96,9 +91,7 @@ fn spawn_clients(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hung_node_costs_no_client_an_error_or_its_stop_and_wakes_without_selling_twice() {
-    let (_dir, cluster) = seeded_cluster();
-    let base = cluster.balancer_url();
-    let http = HttpClient::new();
+    let (_dir, cluster, http, base) = seeded_cluster();
     let stop_for = Duration::from_secs(4);
     let done = Arc::new(AtomicBool::new(false));
     // Clients hold this for reading around each purchase; taking it for writing waits
@@ -213,9 +206,7 @@ async fn freeze_holding_lock(node: &cluster::Process, lock: &std::path::Path) ->
 /// is healthy, and when the frozen node wakes nothing is sold twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_frozen_holding_the_store_lock_takes_no_other_node_out_of_rotation() {
-    let (dir, cluster) = seeded_cluster();
-    let base = cluster.balancer_url();
-    let http = HttpClient::new();
+    let (dir, cluster, http, base) = seeded_cluster();
     // Longer than the balancer needs to take a node down (3 failed checks, 1 s apart, of
     // 1 s each) and than the nodes' lock wait (5 s).
     let freeze_for = Duration::from_secs(6);

@@ -28,8 +28,8 @@ fn output_text(output: &Output) -> String {
 }
 
 /// Sells `purchases` purchases of two concert tickets straight through the store, folding
-/// the journal into the snapshot after every sale when `compact`.
-fn store_writer(data: &Path, purchases: usize, compact: bool) {
+/// the journal into the snapshot after every sale when `compact`; the store's files after.
+fn store_writer(data: &Path, purchases: usize, compact: bool) -> StoreFiles {
     let mut command = Command::new(env!("CARGO_BIN_EXE_store-writer"));
     command.args([
         "--data",
@@ -44,10 +44,14 @@ fn store_writer(data: &Path, purchases: usize, compact: bool) {
     }
     let output = command.output().expect("store-writer runs");
     assert!(output.status.success(), "{}", output_text(&output));
+    store_files(data)
 }
 
 /// The bytes of the snapshot and the journal (`None` for a missing file).
-fn store_files(data: &Path) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+type StoreFiles = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// The store's files as they are now.
+fn store_files(data: &Path) -> StoreFiles {
     (
         fs::read(data.join(DATA_FILE)).ok(),
         fs::read(data.join(JOURNAL_FILE)).ok(),
@@ -121,10 +125,8 @@ fn concert_store(tickets: u64) -> tempfile::TempDir {
 async fn a_journal_missing_or_not_the_one_following_the_snapshot_is_refused_and_left_untouched() {
     let dir = concert_store(20);
     let data = dir.path();
-    store_writer(data, 2, false);
-    let before_compaction = store_files(data);
-    store_writer(data, 3, true);
-    let good = store_files(data);
+    let before_compaction = store_writer(data, 2, false);
+    let good = store_writer(data, 3, true);
     assert_ne!(
         first_line(&good.0),
         first_line(&before_compaction.0),
@@ -187,8 +189,7 @@ async fn a_next_purchase_seq_edited_downward_is_refused_and_left_untouched() {
     let data = dir.path();
     // Sales folded into the snapshot as they happen, so it holds purchases below its
     // next_purchase_seq.
-    store_writer(data, 6, true);
-    let good = store_files(data);
+    let good = store_writer(data, 6, true);
     let text = String::from_utf8(good.0.clone().expect("snapshot")).expect("utf-8");
     let header = text.lines().next().unwrap_or_default();
     let next: u64 = header

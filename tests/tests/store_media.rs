@@ -49,6 +49,12 @@ impl Medium {
         assert_eq!(sold_count(store), sold, "{}", self.name());
     }
 
+    /// Buys `tickets` tickets through `buyer`, then asserts that `reader` sees `sold` sold.
+    fn sells(&self, buyer: &TicketStore, tickets: u32, reader: &TicketStore, sold: usize) {
+        buy(buyer, tickets).expect("available");
+        self.assert_sold(reader, sold);
+    }
+
     fn seeded(&self, tickets: u64) -> TicketStore {
         let store = self.handle();
         store
@@ -74,10 +80,8 @@ fn a_write_is_seen_by_another_handle_with_its_own_cache() {
         let store = medium.seeded(5);
         let other = medium.handle();
         medium.assert_sold(&other, 0);
-        buy(&store, 2).expect("available");
-        medium.assert_sold(&other, 2);
-        buy(&other, 1).expect("available");
-        medium.assert_sold(&store, 3);
+        medium.sells(&store, 2, &other, 2);
+        medium.sells(&other, 1, &store, 3);
     }
 }
 
@@ -86,8 +90,7 @@ fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
     for medium in Medium::both() {
         let store = medium.seeded(3);
         let reader = medium.handle();
-        buy(&store, 1).expect("available");
-        medium.assert_sold(&reader, 1);
+        medium.sells(&store, 1, &reader, 1);
         let again = store.create(&Inventory::default(), false);
         assert!(
             matches!(
@@ -105,8 +108,7 @@ fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
             medium.name()
         );
         medium.assert_sold(&reader, 0);
-        buy(&reader, 2).expect("the new store sells");
-        medium.assert_sold(&store, 2);
+        medium.sells(&reader, 2, &store, 2);
     }
 }
 

@@ -377,6 +377,23 @@ pub async fn get(client: &TestClient, url: &str) -> Reply {
     send(client, Method::GET, url, &[], "").await
 }
 
+/// Sends `GET /events` through the balancer `times` times, one after another, asserting
+/// that each is answered `status`; the replies.
+pub async fn events_answered(
+    client: &TestClient,
+    balancer: &BalancerProcess,
+    times: usize,
+    status: StatusCode,
+) -> Vec<Reply> {
+    let mut replies = Vec::with_capacity(times);
+    for _ in 0..times {
+        let reply = get(client, &balancer.url("/events")).await;
+        assert_eq!(reply.status, status, "{:?}", reply.body);
+        replies.push(reply);
+    }
+    replies
+}
+
 /// A POST of `body` with `headers` to the balancer's `/purchases`.
 pub async fn post_purchase(
     client: &TestClient,

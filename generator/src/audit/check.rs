@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use shared::domain::MAX_QUANTITY;
 use thiserror::Error;
 
-use crate::wire::{Event, Hold, HoldStatus, Purchase, Ticket, TicketStatus, id_number};
+use crate::wire::{
+    DecidedBody, Event, Hold, HoldStatus, Purchase, Ticket, TicketStatus, id_number,
+};
 
 /// One way the cluster's state breaks its promises.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -643,6 +645,28 @@ mod tests {
         check(state).0
     }
 
+    /// Asserts that checking `state` finds every one of `expected`, among any others.
+    fn assert_caught(state: &Listed, expected: &[Violation]) {
+        let found = violations(state);
+        for violation in expected {
+            assert!(
+                found.contains(violation),
+                "{violation} not found in {found:?}"
+            );
+        }
+    }
+
+    /// The concert's counts of 3 tickets, 2 sold, that do not add up with these.
+    fn counts_dont_add_up(held: u64, available: u64) -> Violation {
+        Violation::CountsDontAddUp {
+            event: "concert".into(),
+            total: 3,
+            sold: 2,
+            held,
+            available,
+        }
+    }
+
     #[test]
     fn a_consistent_state_has_no_violations_and_is_totalled() {
         let (found, totals) = check(&consistent());
@@ -690,31 +714,36 @@ mod tests {
         state
             .holds
             .push(hold("h-3", "concert", &[(3, 300)], HoldStatus::Held));
-        let found = violations(&state);
-        assert!(
-            found.contains(&Violation::HeldAndSold {
-                ticket: 2,
-                purchase: "p-1".into(),
-                hold: "h-2".into()
-            }),
-            "{found:?}"
-        );
-        assert!(
-            found.contains(&Violation::HeldTwice {
-                ticket: 3,
-                holds: vec!["h-1".into(), "h-3".into()]
-            }),
-            "{found:?}"
+        assert_caught(
+            &state,
+            &[
+                Violation::HeldAndSold {
+                    ticket: 2,
+                    purchase: "p-1".into(),
+                    hold: "h-2".into(),
+                },
+                Violation::HeldTwice {
+                    ticket: 3,
+                    holds: vec!["h-1".into(), "h-3".into()],
+                },
+            ],
         );
     }
 
-    #[test]
-    fn a_cancelled_purchase_frees_its_tickets_and_they_may_be_sold_again_later() {
+    /// `consistent`, with p-1 cancelled and ticket 2 bought again after it in p-2 (ticket
+    /// 1 still marked sold).
+    fn cancelled_and_bought_again() -> Listed {
         let mut state = consistent();
         state.purchases[0].cancelled_at = Some("2024-01-01T00:00:05.000Z".into());
         let mut again = purchase("p-2", "concert", &[(2, 200)]);
         again.created_at = "2024-01-01T00:00:06.000Z".into();
         state.purchases.push(again);
+        state
+    }
+
+    #[test]
+    fn a_cancelled_purchase_frees_its_tickets_and_they_may_be_sold_again_later() {
+        let mut state = cancelled_and_bought_again();
         state.tickets[0] = ticket(1, "concert", 100, false);
         state.events[0] = event("concert", 3, 1, 100, 300);
         let (found, totals) = check(&state);
@@ -725,22 +754,16 @@ mod tests {
     #[test]
     fn a_cancelled_purchase_whose_tickets_stay_sold_or_were_resold_before_it_is_caught() {
         // The cancel did not free ticket 1: still sold, in no live purchase.
-        let mut state = consistent();
-        state.purchases[0].cancelled_at = Some("2024-01-01T00:00:05.000Z".into());
-        let mut again = purchase("p-2", "concert", &[(2, 200)]);
-        again.created_at = "2024-01-01T00:00:06.000Z".into();
-        state.purchases.push(again);
-        let found = violations(&state);
-        assert!(
-            found.contains(&Violation::CancelledNotFreed {
-                ticket: 1,
-                purchase: "p-1".into()
-            }),
-            "{found:?}"
-        );
-        assert!(
-            found.contains(&Violation::SoldWithoutPurchase(1)),
-            "{found:?}"
+        let state = cancelled_and_bought_again();
+        assert_caught(
+            &state,
+            &[
+                Violation::CancelledNotFreed {
+                    ticket: 1,
+                    purchase: "p-1".into(),
+                },
+                Violation::SoldWithoutPurchase(1),
+            ],
         );
         // Ticket 2 is in a live purchase decided before the cancelled one.
         let mut state = consistent();
@@ -811,16 +834,15 @@ mod tests {
         assert_eq!(found, [Violation::HeldWithoutHold(3)]);
         let mut state = with_a_hold();
         state.tickets[2].status = Some(TicketStatus::Available);
-        let found = violations(&state);
-        assert!(
-            found.contains(&Violation::NotMarkedHeld {
+        assert_caught(
+            &state,
+            &[Violation::NotMarkedHeld {
                 ticket: 3,
-                hold: "h-1".into()
-            }),
-            "{found:?}"
+                hold: "h-1".into(),
+            }],
         );
         assert!(
-            found
+            violations(&state)
                 .iter()
                 .any(|v| matches!(v, Violation::EventDisagrees { field: "held", .. }))
         );
@@ -830,22 +852,17 @@ mod tests {
     fn held_counts_must_add_up_and_sold_must_agree_with_status() {
         let mut state = with_a_hold();
         state.events[0].held = 0;
-        let found = violations(&state);
-        assert!(found.contains(&Violation::CountsDontAddUp {
-            event: "concert".into(),
-            total: 3,
-            sold: 2,
-            held: 0,
-            available: 0
-        }));
+        assert_caught(&state, &[counts_dont_add_up(0, 0)]);
         let mut state = consistent();
         state.tickets[0].status = Some(TicketStatus::Held);
-        let found = violations(&state);
-        assert!(found.contains(&Violation::StatusDisagrees {
-            ticket: 1,
-            sold: true,
-            status: TicketStatus::Held
-        }));
+        assert_caught(
+            &state,
+            &[Violation::StatusDisagrees {
+                ticket: 1,
+                sold: true,
+                status: TicketStatus::Held,
+            }],
+        );
     }
 
     #[test]
@@ -896,50 +913,54 @@ mod tests {
     fn a_purchase_of_unknown_or_foreign_or_mispriced_tickets_is_caught() {
         let mut state = consistent();
         state.purchases[0] = purchase("p-1", "concert", &[(1, 100), (2, 250)]);
-        let found = violations(&state);
-        assert!(found.contains(&Violation::PriceMismatch {
-            ticket: 2,
-            order: "purchase p-1".into(),
-            in_order: 250,
-            in_inventory: 200
-        }));
+        assert_caught(
+            &state,
+            &[Violation::PriceMismatch {
+                ticket: 2,
+                order: "purchase p-1".into(),
+                in_order: 250,
+                in_inventory: 200,
+            }],
+        );
         let mut state = consistent();
         state.tickets[3] = ticket(4, "theater-show", 500, true);
         state.events[1] = event("theater-show", 1, 1, 500, 500);
         state
             .purchases
             .push(purchase("p-2", "concert", &[(4, 500), (9, 1)]));
-        let found = violations(&state);
-        assert!(found.contains(&Violation::WrongEvent {
-            ticket: 4,
-            order: "purchase p-2".into(),
-            order_event: "concert".into(),
-            ticket_event: "theater-show".into()
-        }));
-        assert!(found.contains(&Violation::UnknownTicket {
-            ticket: 9,
-            order: "purchase p-2".into()
-        }));
+        assert_caught(
+            &state,
+            &[
+                Violation::WrongEvent {
+                    ticket: 4,
+                    order: "purchase p-2".into(),
+                    order_event: "concert".into(),
+                    ticket_event: "theater-show".into(),
+                },
+                Violation::UnknownTicket {
+                    ticket: 9,
+                    order: "purchase p-2".into(),
+                },
+            ],
+        );
     }
 
     #[test]
     fn event_counts_that_do_not_add_up_or_disagree_with_tickets_are_caught() {
         let mut state = consistent();
         state.events[0].available = 5;
-        let found = violations(&state);
-        assert!(found.contains(&Violation::CountsDontAddUp {
-            event: "concert".into(),
-            total: 3,
-            sold: 2,
-            held: 0,
-            available: 5
-        }));
-        assert!(found.contains(&Violation::EventDisagrees {
-            event: "concert".into(),
-            field: "available",
-            reported: 5,
-            counted: 1
-        }));
+        assert_caught(
+            &state,
+            &[
+                counts_dont_add_up(0, 5),
+                Violation::EventDisagrees {
+                    event: "concert".into(),
+                    field: "available",
+                    reported: 5,
+                    counted: 1,
+                },
+            ],
+        );
         let mut state = consistent();
         state.events[0] = event("concert", 3, 1, 100, 300);
         assert_eq!(
@@ -968,17 +989,14 @@ mod tests {
         state.events.push(event("opera", 0, 0, 0, 0));
         state.tickets.push(ticket(3, "concert", 300, false));
         state.purchases.push(state.purchases[0].clone());
-        let found = violations(&state);
-        for expected in [
-            Violation::EventMissing("theater-show".into()),
-            Violation::EventWithoutTickets("opera".into()),
-            Violation::DuplicateTicket(3),
-            Violation::DuplicatePurchase("p-1".into()),
-        ] {
-            assert!(
-                found.contains(&expected),
-                "{expected} not found in {found:?}"
-            );
-        }
+        assert_caught(
+            &state,
+            &[
+                Violation::EventMissing("theater-show".into()),
+                Violation::EventWithoutTickets("opera".into()),
+                Violation::DuplicateTicket(3),
+                Violation::DuplicatePurchase("p-1".into()),
+            ],
+        );
     }
 }

@@ -216,11 +216,22 @@ mod tests {
     use super::*;
     use std::sync::mpsc;
 
-    #[test]
-    fn an_exclusive_lock_held_elsewhere_times_out() {
+    /// A temporary directory and the path of a lock file in it, not yet created.
+    fn lock_file() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("l");
-        let _held = acquire(&path, LockMode::Exclusive, Duration::from_secs(1)).expect("free");
+        (dir, path)
+    }
+
+    /// The lock at `path`, which must be free within a second.
+    fn take(path: &Path, mode: LockMode) -> LockGuard {
+        acquire(path, mode, Duration::from_secs(1)).expect("free")
+    }
+
+    #[test]
+    fn an_exclusive_lock_held_elsewhere_times_out() {
+        let (_dir, path) = lock_file();
+        let _held = take(&path, LockMode::Exclusive);
         let started = Instant::now();
         let err = acquire(&path, LockMode::Shared, Duration::from_millis(50)).expect_err("held");
         assert!(matches!(err, StoreError::LockTimeout(_)));
@@ -229,9 +240,8 @@ mod tests {
 
     #[test]
     fn the_holder_of_an_exclusive_lock_is_named() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
-        let held = acquire(&path, LockMode::Exclusive, Duration::from_secs(1)).expect("free");
+        let (_dir, path) = lock_file();
+        let held = take(&path, LockMode::Exclusive);
         let other = File::open(&path).expect("lock file");
         let holder = describe_holder(&other);
         assert!(
@@ -245,8 +255,7 @@ mod tests {
     #[test]
     fn a_stopped_holder_in_another_process_is_named_as_stopped() {
         use std::os::unix::process::ExitStatusExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
+        let (_dir, path) = lock_file();
         File::create(&path).expect("lock file");
         // A process that takes the lock itself (`/proc/locks` names the process that took
         // a lock) and waits.
@@ -284,9 +293,8 @@ mod tests {
 
     #[test]
     fn shared_locks_coexist_and_release_on_drop() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
-        let a = acquire(&path, LockMode::Shared, Duration::from_secs(1)).expect("free");
+        let (_dir, path) = lock_file();
+        let a = take(&path, LockMode::Shared);
         let _b = acquire(&path, LockMode::Shared, Duration::from_millis(10)).expect("shared");
         assert!(acquire(&path, LockMode::Exclusive, Duration::from_millis(10)).is_err());
         drop(a);
@@ -319,8 +327,7 @@ mod tests {
 
     #[test]
     fn a_lock_file_replaced_while_a_process_waits_is_locked_anew_not_trusted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
+        let (_dir, path) = lock_file();
         // Processes of an earlier version lock the file alone, with no turnstile.
         let held = File::create(&path).expect("lock file");
         held.lock().expect("free");
@@ -354,9 +361,8 @@ mod tests {
 
     #[test]
     fn a_holder_whose_lock_file_was_replaced_knows_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
-        let held = acquire(&path, LockMode::Exclusive, Duration::from_secs(1)).expect("free");
+        let (_dir, path) = lock_file();
+        let held = take(&path, LockMode::Exclusive);
         assert!(held.still_at(&path));
         std::fs::remove_file(&path).expect("delete");
         assert!(!held.still_at(&path));
@@ -366,9 +372,8 @@ mod tests {
 
     #[test]
     fn a_waiting_writer_keeps_new_readers_out() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("l");
-        let reader = acquire(&path, LockMode::Shared, Duration::from_secs(1)).expect("free");
+        let (dir, path) = lock_file();
+        let reader = take(&path, LockMode::Shared);
         let writer = {
             let path = path.clone();
             thread::spawn(move || {

@@ -26,6 +26,34 @@ fn seeded(dir: &Path, tickets: u64) -> TicketStore {
 
 /// Where a compaction starting now folds from: the snapshot's generation and its
 /// journal's length.
+/// A new directory holding a fresh store of `tickets` tickets, and a handle on it.
+fn seeded_store(tickets: u64) -> (tempfile::TempDir, TicketStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = seeded(dir.path(), tickets);
+    (dir, store)
+}
+
+/// A store of 10 tickets after one purchase of 2, its state then, and the point a
+/// compaction folding its journal then records.
+fn sold_and_folded() -> (tempfile::TempDir, TicketStore, Inventory, format::Follows) {
+    let (dir, store) = seeded_store(10);
+    buy(&store, 2).expect("available");
+    let state = store.read(Clone::clone).expect("readable");
+    let follows = fold_point(dir.path());
+    (dir, store, state, follows)
+}
+
+/// Appends `tail` to the journal in `dir` behind the store's back; the journal's path and
+/// its length before.
+fn append_to_journal(dir: &Path, tail: &[u8]) -> (std::path::PathBuf, usize) {
+    let journal = dir.join(JOURNAL_FILE);
+    let mut bytes = fs::read(&journal).expect("read");
+    let whole = bytes.len();
+    bytes.extend_from_slice(tail);
+    fs::write(&journal, &bytes).expect("write");
+    (journal, whole)
+}
+
 fn fold_point(dir: &Path) -> format::Follows {
     format::Follows {
         generation: handle(dir).check().expect("consistent").generation,
@@ -51,8 +79,7 @@ fn file_names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn a_write_is_seen_by_another_handle_with_its_own_cache() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 5);
+    let (dir, store) = seeded_store(5);
     let other = handle(dir.path());
     assert_eq!(sold_count(&other), 0);
     buy(&store, 2).expect("available");
@@ -63,8 +90,7 @@ fn a_write_is_seen_by_another_handle_with_its_own_cache() {
 
 #[test]
 fn seeding_refuses_to_overwrite_unless_forced_and_a_reseed_is_noticed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 3);
+    let (dir, store) = seeded_store(3);
     let reader = handle(dir.path());
     buy(&store, 1).expect("available");
     assert_eq!(sold_count(&reader), 1);
@@ -87,8 +113,7 @@ fn a_missing_store_is_reported_as_missing() {
 
 #[test]
 fn a_corrupt_snapshot_is_reported_and_left_alone() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 1);
+    let (dir, store) = seeded_store(1);
     for garbage in [&b"{not json"[..], b"", b"[]", b"{\"format\":1,"] {
         fs::write(dir.path().join(DATA_FILE), garbage).expect("write");
         let err = store.purchase(&request(1), None, "n").expect_err("corrupt");
@@ -99,27 +124,21 @@ fn a_corrupt_snapshot_is_reported_and_left_alone() {
 
 #[test]
 fn a_corrupt_journal_line_is_reported_with_its_position() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 3);
+    let (dir, store) = seeded_store(3);
     buy(&store, 1).expect("available");
-    let journal = dir.path().join(JOURNAL_FILE);
-    let mut bytes = fs::read(&journal).expect("read");
-    bytes.extend_from_slice(b"{\"garbage\":true}\n");
-    fs::write(&journal, &bytes).expect("write");
+    append_to_journal(dir.path(), b"{\"garbage\":true}\n");
     let err = handle(dir.path()).read(|_| ()).expect_err("corrupt");
     assert!(err.to_string().contains("line at byte"), "{err}");
 }
 
 #[test]
 fn a_torn_last_line_is_ignored_by_readers_and_cut_off_by_the_next_writer() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 5);
+    let (dir, store) = seeded_store(5);
     buy(&store, 1).expect("available");
-    let journal = dir.path().join(JOURNAL_FILE);
-    let mut bytes = fs::read(&journal).expect("read");
-    let whole = bytes.len();
-    bytes.extend_from_slice(b"{\"purchase_id\":\"p-0000009\",\"event\":\"conc");
-    fs::write(&journal, &bytes).expect("write");
+    let (journal, whole) = append_to_journal(
+        dir.path(),
+        b"{\"purchase_id\":\"p-0000009\",\"event\":\"conc",
+    );
 
     let reader = handle(dir.path());
     assert_eq!(sold_count(&reader), 1);
@@ -133,8 +152,7 @@ fn a_torn_last_line_is_ignored_by_readers_and_cut_off_by_the_next_writer() {
 
 #[test]
 fn a_batch_is_decided_in_order_and_committed_with_one_append() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 4);
+    let (dir, store) = seeded_store(4);
     let key = IdempotencyKey::parse("same").expect("valid");
     let orders = vec![
         PurchaseOrder {
@@ -294,14 +312,10 @@ fn a_compaction_hands_over_to_handles_past_its_fold_and_reloads_only_those_behin
 
 #[test]
 fn a_snapshot_folded_from_part_of_its_journal_is_followed_by_the_rest() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 10);
-    buy(&store, 2).expect("available");
     // The state of a compaction that folded the journal after one purchase and stopped
     // between the snapshot's rename and its new journal's, while a second purchase was
     // appended to the old journal.
-    let state = store.read(Clone::clone).expect("readable");
-    let follows = fold_point(dir.path());
+    let (dir, store, state, follows) = sold_and_folded();
     let old = follows.generation;
     let behind = handle(dir.path());
     assert_eq!(sold_count(&behind), 2);
@@ -341,13 +355,9 @@ fn a_snapshot_folded_from_part_of_its_journal_is_followed_by_the_rest() {
 
 #[test]
 fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 10);
-    buy(&store, 2).expect("available");
     // Simulate a crash between the snapshot's rename and the new journal's: a newer
     // snapshot holding everything, beside the old generation's journal.
-    let state = store.read(Clone::clone).expect("readable");
-    let follows = fold_point(dir.path());
+    let (dir, store, state, follows) = sold_and_folded();
     let generation = follows.generation + 1;
     // A snapshot that names another length of the journal was not folded from this one.
     let longer = format::Follows {
@@ -386,8 +396,7 @@ fn a_compaction_interrupted_before_the_new_journal_loses_nothing() {
 
 #[test]
 fn a_failed_commit_leaves_the_cache_consistent_with_the_disk() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 3);
+    let (dir, store) = seeded_store(3);
     buy(&store, 1).expect("available");
     fs::write(dir.path().join(JOURNAL_FILE), b"not a journal").expect("write");
     assert!(store.purchase(&request(1), None, "n").is_err());
@@ -399,8 +408,7 @@ fn a_failed_commit_leaves_the_cache_consistent_with_the_disk() {
 
 #[test]
 fn writes_leave_no_temporary_files() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 3);
+    let (dir, store) = seeded_store(3);
     buy(&store, 1).expect("available");
     assert_eq!(file_names(dir.path()), [JOURNAL_FILE, DATA_FILE, LOCK_FILE]);
 }
@@ -420,8 +428,7 @@ fn threads_with_separate_handles_racing_for_a_small_inventory_never_sell_a_ticke
 
 #[test]
 fn a_last_line_that_is_a_whole_purchase_without_its_newline_is_refused_not_cut() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 5);
+    let (dir, store) = seeded_store(5);
     buy(&store, 1).expect("available");
     buy(&store, 1).expect("available");
     let journal = dir.path().join(JOURNAL_FILE);
@@ -448,8 +455,7 @@ fn a_last_line_that_is_a_whole_purchase_without_its_newline_is_refused_not_cut()
 
 #[test]
 fn a_writer_whose_lock_file_was_replaced_writes_nothing() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = seeded(dir.path(), 5);
+    let (dir, store) = seeded_store(5);
     buy(&store, 1).expect("available");
     let journal = fs::read(dir.path().join(JOURNAL_FILE)).expect("journal");
     let medium = FileMedium::new(dir.path().to_owned(), Duration::from_secs(5));
