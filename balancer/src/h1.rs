@@ -113,7 +113,7 @@ enum Framing {
 
 /// Where a chunked body's reader stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes left.
@@ -124,8 +124,8 @@ enum Chunk {
     Trailers,
 }
 
-/// A node's answer is not HTTP this balancer can forward.
-fn bad(what: impl Into<String>) -> io::Error {
+/// A message is not HTTP this balancer can read.
+pub(crate) fn bad(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
@@ -314,7 +314,7 @@ fn framing(headers: &HeaderMap, seen: &Seen, status: StatusCode, head_request: b
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         return if chunked {
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunk::START)
         } else {
             Framing::Close
         };
@@ -436,10 +436,13 @@ impl Streaming {
                 Framing::Close if !self.conn.buf.is_empty() => {
                     return Poll::Ready(Ok(Some(self.conn.buf.split().freeze())));
                 }
-                Framing::Chunked(state) if !self.conn.buf.is_empty() => {
-                    match self.step_chunked(state)? {
+                Framing::Chunked(ref mut state) if !self.conn.buf.is_empty() => {
+                    match state.step(&mut self.conn.buf)? {
                         Step::Data(bytes) => return Poll::Ready(Ok(Some(bytes))),
-                        Step::End => return Poll::Ready(Ok(None)),
+                        Step::End => {
+                            self.framing = Framing::Length(0);
+                            return Poll::Ready(Ok(None));
+                        }
                         Step::Again => continue,
                         Step::More => {}
                     }
@@ -463,32 +466,37 @@ impl Streaming {
             }
         }
     }
+}
 
-    /// One step of the chunked grammar over the buffered bytes.
-    fn step_chunked(&mut self, state: Chunk) -> io::Result<Step> {
-        let buf = &mut self.conn.buf;
-        match state {
+impl Chunk {
+    /// The state a chunked body starts in.
+    pub(crate) const START: Self = Self::Size;
+
+    /// One step of the chunked grammar over the buffered bytes (a request's body or a
+    /// response's): after [`Step::End`] the body is over and its trailers skipped.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+        match *self {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
-                    self.framing = Framing::Chunked(if size == 0 {
+                    *self = if size == 0 {
                         Chunk::Trailers
                     } else {
                         Chunk::Data(size)
-                    });
+                    };
                     Ok(Step::Again)
                 }
                 Ok(httparse::Status::Partial) => Ok(Step::More),
-                Err(_) => Err(bad("bad chunk size in the response")),
+                Err(_) => Err(bad("bad chunk size")),
             },
             Chunk::Data(left) => {
                 let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 let left = left - take as u64;
-                self.framing = Framing::Chunked(if left == 0 {
+                *self = if left == 0 {
                     Chunk::DataEnd
                 } else {
                     Chunk::Data(left)
-                });
+                };
                 Ok(Step::Data(buf.split_to(take).freeze()))
             }
             Chunk::DataEnd => {
@@ -499,13 +507,12 @@ impl Streaming {
                     return Err(bad("a chunk does not end with CRLF"));
                 }
                 buf.advance(2);
-                self.framing = Framing::Chunked(Chunk::Size);
+                *self = Chunk::Size;
                 Ok(Step::Again)
             }
             Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
                 Some(0) => {
                     buf.advance(2);
-                    self.framing = Framing::Length(0);
                     Ok(Step::End)
                 }
                 // A trailer line: not forwarded (the head has gone already).
@@ -519,7 +526,8 @@ impl Streaming {
     }
 }
 
-enum Step {
+/// What one step of the chunked grammar found.
+pub(crate) enum Step {
     Data(Bytes),
     End,
     Again,
