@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod front;
 pub mod h1;
 pub mod headers;
 pub mod health;
