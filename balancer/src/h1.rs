@@ -12,6 +12,7 @@
 //! when its response was read exactly to its end and the node did not ask to close it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -23,6 +24,7 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::headers::FEW_HEADERS;
 use crate::node::InFlight;
 use crate::pool;
 
@@ -38,7 +40,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A request as it goes on the wire, encoded once for every attempt.
 #[derive(Debug, Clone)]
 pub struct Wire {
-    bytes: Bytes,
+    /// A plain vector: the request is only borrowed by its attempts, never shared.
+    bytes: Vec<u8>,
     /// A `HEAD` request: its answer has no body whatever its headers say.
     head: bool,
 }
@@ -54,7 +57,7 @@ impl Wire {
             + path.as_str().len()
             + body.len()
             + 16;
-        let mut out = BytesMut::with_capacity(size);
+        let mut out = Vec::with_capacity(size);
         out.extend_from_slice(method.as_str().as_bytes());
         out.extend_from_slice(b" ");
         out.extend_from_slice(path.as_str().as_bytes());
@@ -68,7 +71,7 @@ impl Wire {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
         Self {
-            bytes: out.freeze(),
+            bytes: out,
             head: *method == Method::HEAD,
         }
     }
@@ -202,9 +205,14 @@ enum Parsed {
 
 /// Parses a response head at the start of `conn.buf`, taking it out when it is whole.
 fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(&conn.buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &conn.buf,
+        &mut slots,
+    );
+    let len = match parsing {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(err) => {
@@ -224,16 +232,18 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     // Names and values are taken from the head's bytes once it is out of the buffer:
     // note where each one is (offsets, so the buffer is free to move).
     let base = conn.buf.as_ptr() as usize;
-    let mut places = [[0usize; 4]; MAX_HEADERS];
     let count = parsed.headers.len();
+    let (mut few, mut many) = ([[0u32; 4]; FEW_HEADERS], Vec::new());
+    let places = crate::headers::places(count, &mut few, &mut many);
     for (place, header) in places.iter_mut().zip(parsed.headers.iter()) {
-        let name = header.name.as_ptr() as usize - base;
-        let value = header.value.as_ptr() as usize - base;
+        // Within a head of at most MAX_HEAD_BYTES plus one read.
+        let name = (header.name.as_ptr() as usize - base) as u32;
+        let value = (header.value.as_ptr() as usize - base) as u32;
         *place = [
             name,
-            name + header.name.len(),
+            name + header.name.len() as u32,
             value,
-            value + header.value.len(),
+            value + header.value.len() as u32,
         ];
     }
     let head = conn.buf.split_to(len).freeze();
@@ -243,11 +253,13 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
         }
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = crate::headers::recycled_map(count);
     // The framing headers, noted on the way so the usual answer needs no lookups after.
     let mut seen = Seen::default();
-    for [name_start, name_end, value_start, value_end] in places.into_iter().take(count) {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
+    for &mut [name_start, name_end, value_start, value_end] in places {
+        let (name_start, name_end) = (name_start as usize, name_end as usize);
+        let (value_start, value_end) = (value_start as usize, value_end as usize);
+        let name = header_name(&head[name_start..name_end])
             .map_err(|_| ReadError::Broken(bad("bad header name in the response")))?;
         // Shares the head's bytes rather than copying them.
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
@@ -282,6 +294,18 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     *response.version_mut() = version;
     *response.headers_mut() = headers;
     Ok(Parsed::Head(response, framing, keep_alive))
+}
+
+/// The node's own header, named once rather than copied out of every response.
+const NODE: HeaderName = HeaderName::from_static(shared::api::NODE_HEADER);
+
+/// A header name as `HeaderName::from_bytes` makes it, without its allocation for the
+/// node's own (non-standard) header.
+pub(crate) fn header_name(bytes: &[u8]) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
+    if bytes.eq_ignore_ascii_case(NODE.as_str().as_bytes()) {
+        return Ok(NODE);
+    }
+    HeaderName::from_bytes(bytes)
 }
 
 /// What the header loop noted of a response's framing headers.

@@ -12,6 +12,7 @@ use hyper::{Method, Request, Uri, Version};
 
 use crate::error::Error;
 use crate::h1::Chunk;
+use crate::headers::FEW_HEADERS;
 
 /// The most headers a request may have.
 pub const MAX_HEADERS: usize = 100;
@@ -70,8 +71,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let base = buf.as_ptr() as usize;
     let target = parsed.path.unwrap_or_default();
     let target = (target.as_ptr() as usize - base, target.len());
-    let mut places = [[0u32; 4]; MAX_HEADERS];
     let count = parsed.headers.len();
+    let (mut few, mut many) = ([[0u32; 4]; FEW_HEADERS], Vec::new());
+    let places = crate::headers::places(count, &mut few, &mut many);
     for (place, header) in places.iter_mut().zip(parsed.headers.iter()) {
         let name = (header.name.as_ptr() as usize - base) as u32;
         let value = (header.value.as_ptr() as usize - base) as u32;
@@ -87,9 +89,9 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
         .map_err(|_| Error::Malformed("bad request target"))?;
     // Room for the two headers forwarding adds (Content-Length, X-Forwarded-For), so the
     // map is not grown per request.
-    let mut headers = HeaderMap::with_capacity(count + 2);
+    let mut headers = crate::headers::recycled_map(count + 2);
     let mut seen = Seen::default();
-    for [name_start, name_end, value_start, value_end] in places.into_iter().take(count) {
+    for &mut [name_start, name_end, value_start, value_end] in places {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| Error::Malformed("bad header name"))?;
         let value = value_of(&head, value_start as usize, value_end as usize)?;

@@ -109,6 +109,7 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    crate::headers::recycle(parts.headers);
     if framing == Framing::None {
         return io.write_all(out).await;
     }
