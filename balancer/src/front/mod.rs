@@ -117,9 +117,12 @@ pub async fn serve<S>(
     let mut out = BytesMut::with_capacity(1024);
     let cancelled = activity.close.cancelled();
     tokio::pin!(cancelled);
+    // Whether `cancelled` has been polled: from then on it holds this task's waker.
+    let mut armed = false;
     let mut first = true;
     loop {
-        let next = next_head(&mut conn, cancelled.as_mut(), header_timeout, first).await;
+        let close = (cancelled.as_mut(), &mut armed);
+        let next = next_head(&mut conn, close, header_timeout, first).await;
         first = false;
         let Head {
             request,
@@ -175,7 +178,7 @@ pub async fn serve<S>(
 /// Reads until a whole request head is in the buffer and takes it out.
 async fn next_head<S: AsyncRead + Unpin>(
     conn: &mut Conn<S>,
-    mut cancelled: Pin<&mut WaitForCancellationFuture<'_>>,
+    (mut cancelled, armed): (Pin<&mut WaitForCancellationFuture<'_>>, &mut bool),
     header_timeout: Duration,
     first: bool,
 ) -> Result<Head, Ending> {
@@ -197,9 +200,20 @@ async fn next_head<S: AsyncRead + Unpin>(
         }
         let read = if conn.buf.is_empty() {
             // Idle between requests: wait for the next one, or close at once when asked.
-            poll_fn(|cx| match conn.poll_read_more(cx) {
-                Poll::Ready(read) => Poll::Ready(Some(read)),
-                Poll::Pending => cancelled.as_mut().poll(cx).map(|()| None),
+            let mut polls = 0;
+            poll_fn(|cx| {
+                if let Poll::Ready(read) = conn.poll_read_more(cx) {
+                    return Poll::Ready(Some(read));
+                }
+                // Once polled, the close token's future keeps this task's waker (the same
+                // for the connection's life), and a cancellation wakes the task: it needs
+                // polling again only when the task wakes with nothing to read.
+                polls += 1;
+                if *armed && polls == 1 {
+                    return Poll::Pending;
+                }
+                *armed = true;
+                cancelled.as_mut().poll(cx).map(|()| None)
             })
             .await
         } else {

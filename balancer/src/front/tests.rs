@@ -481,11 +481,19 @@ async fn a_body_slower_than_the_body_timeout_is_a_408_and_the_connection_closes(
 
 #[tokio::test]
 async fn an_idle_connection_closes_at_once_when_cancelled() {
-    let mut client = connect(balancer(None, |_| {}).await);
-    client.send(get("/balancer/health")).await;
-    assert_eq!(client.response(false).await.status, 200);
-    client.close.cancel();
-    client.assert_closed().await;
+    // After each number of answers: the close token is watched from the first idle wait
+    // on, and polled again only when the connection wakes with nothing to read.
+    for answers in 0..3 {
+        let mut client = connect(balancer(None, |_| {}).await);
+        for _ in 0..answers {
+            client.send(get("/balancer/health")).await;
+            assert_eq!(client.response(false).await.status, 200);
+            // Lets the front reach its idle wait before the next step.
+            tokio::task::yield_now().await;
+        }
+        client.close.cancel();
+        client.assert_closed().await;
+    }
 }
 
 #[tokio::test]
