@@ -22,6 +22,14 @@ pub enum Error {
     PayloadTooLarge { limit: usize },
     #[error("the request body could not be read")]
     BodyUnreadable,
+    /// The request is not HTTP/1.1 the balancer can read: the reason.
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+    #[error("the request head is larger than the limit of {limit} bytes or {headers} headers")]
+    HeadTooLarge { limit: usize, headers: usize },
+    /// The request asks for something the balancer does not do: what.
+    #[error("the balancer does not support {0}")]
+    NotImplemented(&'static str),
     #[error("the request body did not arrive within {}", humanize(*.0))]
     BodyTimeout(Duration),
     /// Every node that could take the request is at its in-flight limit, with a full queue.
@@ -54,7 +62,9 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            Self::BodyUnreadable => ErrorCode::BadRequest,
+            Self::BodyUnreadable | Self::Malformed(_) => ErrorCode::BadRequest,
+            Self::HeadTooLarge { .. } => ErrorCode::HeadersTooLarge,
+            Self::NotImplemented(_) => ErrorCode::NotImplemented,
             Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
             Self::NodesBusy => ErrorCode::NodesBusy,
             Self::NoHealthyNodes => ErrorCode::NoHealthyNodes,

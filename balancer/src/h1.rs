@@ -12,6 +12,7 @@
 //! when its response was read exactly to its end and the node did not ask to close it.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
@@ -23,6 +24,7 @@ use hyper::{Method, Response, StatusCode, Version};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
+use crate::headers::FEW_HEADERS;
 use crate::node::InFlight;
 use crate::pool;
 
@@ -38,7 +40,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A request as it goes on the wire, encoded once for every attempt.
 #[derive(Debug, Clone)]
 pub struct Wire {
-    bytes: Bytes,
+    /// A plain vector: the request is only borrowed by its attempts, never shared.
+    bytes: Vec<u8>,
     /// A `HEAD` request: its answer has no body whatever its headers say.
     head: bool,
 }
@@ -54,7 +57,7 @@ impl Wire {
             + path.as_str().len()
             + body.len()
             + 16;
-        let mut out = BytesMut::with_capacity(size);
+        let mut out = Vec::with_capacity(size);
         out.extend_from_slice(method.as_str().as_bytes());
         out.extend_from_slice(b" ");
         out.extend_from_slice(path.as_str().as_bytes());
@@ -68,7 +71,7 @@ impl Wire {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
         Self {
-            bytes: out.freeze(),
+            bytes: out,
             head: *method == Method::HEAD,
         }
     }
@@ -113,7 +116,7 @@ enum Framing {
 
 /// Where a chunked body's reader stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// Expecting a chunk-size line.
     Size,
     /// Inside a chunk's data, this many bytes left.
@@ -124,8 +127,8 @@ enum Chunk {
     Trailers,
 }
 
-/// A node's answer is not HTTP this balancer can forward.
-fn bad(what: impl Into<String>) -> io::Error {
+/// A message is not HTTP this balancer can read.
+pub(crate) fn bad(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
@@ -202,9 +205,14 @@ enum Parsed {
 
 /// Parses a response head at the start of `conn.buf`, taking it out when it is whole.
 fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(&conn.buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &conn.buf,
+        &mut slots,
+    );
+    let len = match parsing {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
         Err(err) => {
@@ -224,16 +232,18 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     // Names and values are taken from the head's bytes once it is out of the buffer:
     // note where each one is (offsets, so the buffer is free to move).
     let base = conn.buf.as_ptr() as usize;
-    let mut places = [[0usize; 4]; MAX_HEADERS];
     let count = parsed.headers.len();
+    let (mut few, mut many) = ([[0u32; 4]; FEW_HEADERS], Vec::new());
+    let places = crate::headers::places(count, &mut few, &mut many);
     for (place, header) in places.iter_mut().zip(parsed.headers.iter()) {
-        let name = header.name.as_ptr() as usize - base;
-        let value = header.value.as_ptr() as usize - base;
+        // Within a head of at most MAX_HEAD_BYTES plus one read.
+        let name = (header.name.as_ptr() as usize - base) as u32;
+        let value = (header.value.as_ptr() as usize - base) as u32;
         *place = [
             name,
-            name + header.name.len(),
+            name + header.name.len() as u32,
             value,
-            value + header.value.len(),
+            value + header.value.len() as u32,
         ];
     }
     let head = conn.buf.split_to(len).freeze();
@@ -243,11 +253,13 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
         }
         return Ok(Parsed::Interim);
     }
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = crate::headers::recycled_map(count);
     // The framing headers, noted on the way so the usual answer needs no lookups after.
     let mut seen = Seen::default();
-    for [name_start, name_end, value_start, value_end] in places.into_iter().take(count) {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
+    for &mut [name_start, name_end, value_start, value_end] in places {
+        let (name_start, name_end) = (name_start as usize, name_end as usize);
+        let (value_start, value_end) = (value_start as usize, value_end as usize);
+        let name = header_name(&head[name_start..name_end])
             .map_err(|_| ReadError::Broken(bad("bad header name in the response")))?;
         // Shares the head's bytes rather than copying them.
         let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
@@ -284,6 +296,18 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     Ok(Parsed::Head(response, framing, keep_alive))
 }
 
+/// The node's own header, named once rather than copied out of every response.
+const NODE: HeaderName = HeaderName::from_static(shared::api::NODE_HEADER);
+
+/// A header name as `HeaderName::from_bytes` makes it, without its allocation for the
+/// node's own (non-standard) header.
+pub(crate) fn header_name(bytes: &[u8]) -> Result<HeaderName, hyper::header::InvalidHeaderName> {
+    if bytes.eq_ignore_ascii_case(NODE.as_str().as_bytes()) {
+        return Ok(NODE);
+    }
+    HeaderName::from_bytes(bytes)
+}
+
 /// What the header loop noted of a response's framing headers.
 #[derive(Debug, Default)]
 struct Seen {
@@ -314,7 +338,7 @@ fn framing(headers: &HeaderMap, seen: &Seen, status: StatusCode, head_request: b
             .and_then(|v| v.rsplit(',').next())
             .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         return if chunked {
-            Framing::Chunked(Chunk::Size)
+            Framing::Chunked(Chunk::START)
         } else {
             Framing::Close
         };
@@ -436,10 +460,13 @@ impl Streaming {
                 Framing::Close if !self.conn.buf.is_empty() => {
                     return Poll::Ready(Ok(Some(self.conn.buf.split().freeze())));
                 }
-                Framing::Chunked(state) if !self.conn.buf.is_empty() => {
-                    match self.step_chunked(state)? {
+                Framing::Chunked(ref mut state) if !self.conn.buf.is_empty() => {
+                    match state.step(&mut self.conn.buf)? {
                         Step::Data(bytes) => return Poll::Ready(Ok(Some(bytes))),
-                        Step::End => return Poll::Ready(Ok(None)),
+                        Step::End => {
+                            self.framing = Framing::Length(0);
+                            return Poll::Ready(Ok(None));
+                        }
                         Step::Again => continue,
                         Step::More => {}
                     }
@@ -463,32 +490,37 @@ impl Streaming {
             }
         }
     }
+}
 
-    /// One step of the chunked grammar over the buffered bytes.
-    fn step_chunked(&mut self, state: Chunk) -> io::Result<Step> {
-        let buf = &mut self.conn.buf;
-        match state {
+impl Chunk {
+    /// The state a chunked body starts in.
+    pub(crate) const START: Self = Self::Size;
+
+    /// One step of the chunked grammar over the buffered bytes (a request's body or a
+    /// response's): after [`Step::End`] the body is over and its trailers skipped.
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> io::Result<Step> {
+        match *self {
             Chunk::Size => match httparse::parse_chunk_size(buf) {
                 Ok(httparse::Status::Complete((used, size))) => {
                     buf.advance(used);
-                    self.framing = Framing::Chunked(if size == 0 {
+                    *self = if size == 0 {
                         Chunk::Trailers
                     } else {
                         Chunk::Data(size)
-                    });
+                    };
                     Ok(Step::Again)
                 }
                 Ok(httparse::Status::Partial) => Ok(Step::More),
-                Err(_) => Err(bad("bad chunk size in the response")),
+                Err(_) => Err(bad("bad chunk size")),
             },
             Chunk::Data(left) => {
                 let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
                 let left = left - take as u64;
-                self.framing = Framing::Chunked(if left == 0 {
+                *self = if left == 0 {
                     Chunk::DataEnd
                 } else {
                     Chunk::Data(left)
-                });
+                };
                 Ok(Step::Data(buf.split_to(take).freeze()))
             }
             Chunk::DataEnd => {
@@ -499,13 +531,12 @@ impl Streaming {
                     return Err(bad("a chunk does not end with CRLF"));
                 }
                 buf.advance(2);
-                self.framing = Framing::Chunked(Chunk::Size);
+                *self = Chunk::Size;
                 Ok(Step::Again)
             }
             Chunk::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
                 Some(0) => {
                     buf.advance(2);
-                    self.framing = Framing::Length(0);
                     Ok(Step::End)
                 }
                 // A trailer line: not forwarded (the head has gone already).
@@ -519,7 +550,8 @@ impl Streaming {
     }
 }
 
-enum Step {
+/// What one step of the chunked grammar found.
+pub(crate) enum Step {
     Data(Bytes),
     End,
     Again,

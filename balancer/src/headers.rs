@@ -10,7 +10,7 @@ use hyper::header::{
 };
 
 /// Headers that describe one connection rather than the message, so never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+static HOP_BY_HOP: [HeaderName; 6] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     TE,
@@ -23,7 +23,13 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Whether `name` is hop-by-hop whatever `Connection` says: the fixed list or `Proxy-*`.
 fn always_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str().starts_with("proxy-")
+    // By length first: most names are ruled out without comparing any bytes.
+    let name = name.as_str();
+    let listed = match name.len() {
+        2 | 7 | 10 | 17 => HOP_BY_HOP.iter().any(|hop| hop.as_str() == name),
+        _ => false,
+    };
+    listed || name.starts_with("proxy-")
 }
 
 /// Removes hop-by-hop headers: the fixed list, every `Proxy-*` header, and every header
@@ -46,7 +52,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter(|name| name.as_str().starts_with("proxy-"))
         .cloned()
         .collect();
-    for name in listed.iter().chain(&proxy).chain(&HOP_BY_HOP) {
+    for name in listed.iter().chain(&proxy).chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
 }
@@ -103,38 +109,100 @@ fn client_text(client: IpAddr) -> HeaderValue {
 /// Appends the client's address to `X-Forwarded-For`, after any addresses already there.
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
     let client = client_value(client);
-    let earlier: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
+    // One lookup: the usual request has no earlier hops.
+    let mut entry = match headers.entry(X_FORWARDED_FOR) {
+        hyper::header::Entry::Vacant(vacant) => {
+            vacant.insert(client);
+            return;
+        }
+        hyper::header::Entry::Occupied(entry) => entry,
+    };
+    let earlier: Vec<&str> = entry
         .iter()
         .filter_map(|value| value.to_str().ok())
         .collect();
-    if earlier.is_empty() {
-        headers.insert(X_FORWARDED_FOR, client);
-        return;
-    }
     let joined = format!(
         "{}, {}",
         earlier.join(", "),
         client.to_str().unwrap_or("unknown")
     );
     let value = HeaderValue::from_str(&joined).unwrap_or(client);
-    headers.insert(X_FORWARDED_FOR, value);
+    entry.insert(value);
+}
+
+thread_local! {
+    /// Header maps of answered requests, emptied, for the next ones: a map's two
+    /// allocations are made once per thread rather than once per message.
+    static SPARE_MAPS: std::cell::RefCell<Vec<HeaderMap>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// At most this many spare maps are kept per thread, none larger than `SPARE_CAPACITY`.
+const SPARE_MAPS_KEPT: usize = 8;
+const SPARE_CAPACITY: usize = 128;
+
+/// An empty header map with room for `capacity` headers, reused when one is spare.
+pub fn recycled_map(capacity: usize) -> HeaderMap {
+    match SPARE_MAPS.with_borrow_mut(Vec::pop) {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Empties `map` and keeps it for [`recycled_map`].
+pub fn recycle(mut map: HeaderMap) {
+    if map.capacity() > SPARE_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAPS_KEPT {
+            spare.push(map);
+        }
+    });
+}
+
+/// A message with at most this many headers notes where they are on the stack.
+pub const FEW_HEADERS: usize = 16;
+
+/// Room to note where each of `count` headers is in a message's head: `few` when it is
+/// enough, else `many` grown to fit.
+pub fn places<'a>(
+    count: usize,
+    few: &'a mut [[u32; 4]; FEW_HEADERS],
+    many: &'a mut Vec<[u32; 4]>,
+) -> &'a mut [[u32; 4]] {
+    if count <= FEW_HEADERS {
+        &mut few[..count]
+    } else {
+        many.resize(count, [0; 4]);
+        many
+    }
 }
 
 /// Applies every rule to a client request's headers once, before its first attempt:
 /// `body_len` is the buffered body's length and `uri` the request's target.
 pub fn prepare_request(headers: &mut HeaderMap, uri: &Uri, body_len: usize, client: IpAddr) {
-    let had_body_framing =
-        headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING);
+    // One pass over the (few) names instead of a hashed lookup for each rule.
+    let (mut length, mut chunked, mut expect, mut host) = (false, false, false, false);
+    for name in headers.keys() {
+        length |= *name == CONTENT_LENGTH;
+        chunked |= *name == TRANSFER_ENCODING;
+        expect |= *name == EXPECT;
+        host |= *name == HOST;
+    }
     strip_hop_by_hop(headers);
     // The body is already here in full, so there is nothing left to wait for.
-    headers.remove(EXPECT);
-    headers.remove(CONTENT_LENGTH);
-    if had_body_framing || body_len > 0 {
+    if expect {
+        headers.remove(EXPECT);
+    }
+    if length || chunked || body_len > 0 {
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
     }
     // An HTTP/2 client names the host in the URI only; nodes still see a Host header.
-    if !headers.contains_key(HOST)
+    if !host
         && let Some(authority) = uri.authority()
         && let Ok(value) = HeaderValue::from_str(authority.as_str())
     {

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod error;
+pub mod front;
 pub mod h1;
 pub mod headers;
 pub mod health;
@@ -136,15 +137,18 @@ impl Balancer {
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         inner.metrics.answered(!admin, status, elapsed);
-        let node = response
-            .headers()
-            .get(NODE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
+        // The node's name is only looked up when a line is logged.
+        let node = || {
+            response
+                .headers()
+                .get(NODE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+        };
         if response.status().is_server_error() {
-            warn!(%method, %path, status, node, ?elapsed, %peer, "request failed");
+            warn!(%method, %path, status, node = node(), ?elapsed, %peer, "request failed");
         } else {
-            debug!(%method, %path, status, node, ?elapsed, "request");
+            debug!(%method, %path, status, node = node(), ?elapsed, "request");
         }
         response
     }

@@ -126,7 +126,14 @@ impl Proxy {
         B: Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let outgoing = self.prepare(request, peer).await?;
+        // A request without a body (the usual read) needs no waiting to be made ready,
+        // and so no body-reading future is made for it at all.
+        let outgoing = if request.body().is_end_stream() {
+            let (parts, _) = request.into_parts();
+            self.outgoing(parts, &Bytes::new(), peer)
+        } else {
+            self.prepare(request, peer).await?
+        };
         let resend = outgoing.resend;
         self.budget.deposit();
         let nodes = upstreams.local_nodes();
@@ -138,7 +145,10 @@ impl Proxy {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut next = 0;
-        let (node, slot) = self.claim(&mut order, &mut next, true).await?;
+        let (node, slot) = match self.claim_free(&mut order, &mut next) {
+            Some(claimed) => claimed,
+            None => self.claim(&mut order, &mut next, true).await?,
+        };
         let mut running: [Option<Running<'_>>; 2] = [
             Some(Running {
                 downs: node.downs(),
@@ -266,6 +276,25 @@ impl Proxy {
     }
 
     /// Takes an in-flight slot on the first node of `order[*next..]` that has one free,
+    /// moving it to `order[*next]`, if any has.
+    fn claim_free<'a>(
+        &self,
+        order: &mut [&'a Arc<Node>],
+        next: &mut usize,
+    ) -> Option<(&'a Arc<Node>, InFlight)> {
+        let limit = self.settings.max_in_flight;
+        for i in *next..order.len() {
+            if let Some(slot) = order[i].try_start_request(limit) {
+                order.swap(i, *next);
+                let node = order[*next];
+                *next += 1;
+                return Some((node, slot));
+            }
+        }
+        None
+    }
+
+    /// Takes an in-flight slot on the first node of `order[*next..]` that has one free,
     /// moving it to `order[*next]`; with every node full, waits in the first one's queue
     /// (when `queue`), or fails with a fast 503.
     async fn claim<'a>(
@@ -274,15 +303,10 @@ impl Proxy {
         next: &mut usize,
         queue: bool,
     ) -> Result<(&'a Arc<Node>, InFlight), Error> {
-        let limit = self.settings.max_in_flight;
-        for i in *next..order.len() {
-            if let Some(slot) = order[i].try_start_request(limit) {
-                order.swap(i, *next);
-                let node = order[*next];
-                *next += 1;
-                return Ok((node, slot));
-            }
+        if let Some(claimed) = self.claim_free(order, next) {
+            return Ok(claimed);
         }
+        let limit = self.settings.max_in_flight;
         let Some(node) = order.get(*next).copied() else {
             return Err(Error::NodesBusy);
         };
@@ -358,14 +382,26 @@ impl Proxy {
                 }
             }
         };
+        Ok(self.outgoing(parts, &body, peer))
+    }
+
+    /// The request as it is sent: the header rules applied once, and encoded with `body`.
+    fn outgoing(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: &Bytes,
+        peer: SocketAddr,
+    ) -> Outgoing {
         let mut headers = parts.headers;
         headers::prepare_request(&mut headers, &parts.uri, body.len(), peer.ip());
         let root = PathAndQuery::from_static("/");
         let path_and_query = parts.uri.path_and_query().unwrap_or(&root);
-        Ok(Outgoing {
-            wire: Wire::encode(&parts.method, path_and_query, &headers, &body),
+        let outgoing = Outgoing {
+            wire: Wire::encode(&parts.method, path_and_query, &headers, body),
             resend: may_resend(&parts.method, &headers),
-        })
+        };
+        headers::recycle(headers);
+        outgoing
     }
 
     /// One attempt on one node, holding one of its in-flight slots.

@@ -115,7 +115,7 @@ pub async fn serve(
                     let stop = async move {
                         let _ = stopped.wait_for(|stop| *stop).await;
                     };
-                    serve::run(listener, balancer, limits, stop).await;
+                    crate::front::run(listener, balancer, limits, stop).await;
                 });
                 drop(finished);
             });
@@ -132,7 +132,7 @@ pub async fn serve(
         shutdown.await;
         let _ = stop.send(true);
     };
-    serve::run(listener, balancer, limits, stop_all).await;
+    crate::front::run(listener, balancer, limits, stop_all).await;
     for finished in done {
         // A worker's sender is dropped when its thread ends, whichever way.
         let _ = finished.await;

@@ -33,6 +33,17 @@ pub struct Activity {
 }
 
 impl Activity {
+    /// The activity of a connection served outside any server's registry (a test of a
+    /// per-connection server): never evicted, closed only through `close`.
+    pub fn standalone(close: CancellationToken) -> Arc<Self> {
+        Arc::new(Self {
+            in_flight: AtomicUsize::new(0),
+            last_active: AtomicU64::new(0),
+            close,
+            shared: Arc::default(),
+        })
+    }
+
     /// Marks a request started.
     pub fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

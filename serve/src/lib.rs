@@ -1,4 +1,5 @@
-//! Runs an HTTP handler on an already-bound listener: HTTP/1.1 and HTTP/2, a cap on open
+//! Runs an HTTP handler on an already-bound listener: HTTP/1.1 and HTTP/2 with hyper (or
+//! any other per-connection server, see [`run_connections`]), a cap on open
 //! connections (evicting the longest-idle keep-alive connection when it is reached), a time
 //! limit on reading request headers, and graceful shutdown that lets in-flight requests
 //! finish (within a drain limit). Also the programs' shared start-up:
@@ -19,11 +20,13 @@ use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use connections::Activity;
 use connections::{Connections, Registered};
 use tracing::{debug, info, warn};
 
@@ -72,24 +75,42 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves `handler` on `listener` until `shutdown` completes, then stops accepting and
-/// waits up to `limits.drain_timeout` for open requests to finish.
-///
-/// At most `limits.max_connections` connections are open; when all are, the one idle the
-/// longest (a keep-alive connection with no request in flight) is closed to admit the new
-/// one, and only when every one is busy does the new one wait for a slot.
+/// Serves `handler` on `listener` with hyper (HTTP/1.1 and HTTP/2) until `shutdown`
+/// completes, then stops accepting and waits up to `limits.drain_timeout` for open
+/// requests to finish. See [`run_connections`] for the connection cap.
 pub async fn run<H: Handler>(
     listener: TcpListener,
     handler: H,
     limits: ServerLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    let hyper = Hyper::new(handler, limits.header_read_timeout);
+    run_connections(listener, limits, shutdown, move |stream, peer, activity| {
+        let hyper = hyper.clone();
+        async move { hyper.serve(stream, peer, &activity).await }
+    })
+    .await;
+}
+
+/// Accepts connections on `listener` until `shutdown` completes and hands each one that
+/// sends a first byte within `limits.header_read_timeout` to `serve_one`, with its peer and
+/// its [`Activity`]: `serve_one` marks each request with [`Activity::begin`] and
+/// [`Activity::end`], and closes the connection gracefully (after the request in flight,
+/// if any) once `activity.close` is cancelled. Then stops accepting and waits up to
+/// `limits.drain_timeout` for the connections to finish.
+///
+/// At most `limits.max_connections` connections are open; when all are, the one idle the
+/// longest (a keep-alive connection with no request in flight) is closed to admit the new
+/// one, and only when every one is busy does the new one wait for a slot.
+pub async fn run_connections<F, Fut>(
+    listener: TcpListener,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()>,
+    serve_one: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<Activity>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     // Cancelled once `shutdown` completes; every connection's close token is a child.
     let stopping = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -135,14 +156,13 @@ pub async fn run<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let registered = connections.add(&stopping);
-        tasks.spawn(serve_connection(
+        tasks.spawn(after_first_byte(
             stream,
             peer,
-            handler.clone(),
-            builder.clone(),
             limits.header_read_timeout,
             registered,
             permit,
+            serve_one.clone(),
         ));
     }
     drop(listener);
@@ -157,20 +177,23 @@ pub async fn run<H: Handler>(
     }
 }
 
-/// Serves one connection until it ends, or closes it gracefully (after the request in
-/// flight, if any) once its close token is cancelled: evicted, or the server stopping.
-async fn serve_connection<H: Handler>(
+/// Hands `stream` to `serve_one` once its client has sent a byte, and holds the
+/// connection's slot and registration until it ends. A client that connects and sends
+/// nothing within `first_byte_timeout` (or before its close token is cancelled) is dropped
+/// unserved: header timeouts only start once a head starts arriving, and such a client
+/// would otherwise hold its slot for ever.
+async fn after_first_byte<F, Fut>(
     stream: TcpStream,
     peer: SocketAddr,
-    handler: H,
-    builder: auto::Builder<TokioExecutor>,
     first_byte_timeout: Duration,
     registered: Registered,
     _permit: OwnedSemaphorePermit,
-) {
+    serve_one: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<Activity>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let activity = Arc::clone(&registered.activity);
-    // hyper times out headers only once they start arriving; a client that connects and
-    // sends nothing would hold its slot for ever.
     let mut first = [0u8; 1];
     let sent = tokio::select! {
         peeked = tokio::time::timeout(first_byte_timeout, stream.peek(&mut first)) => {
@@ -182,30 +205,64 @@ async fn serve_connection<H: Handler>(
         debug!(%peer, "closing a connection that sent nothing");
         return;
     }
-    let counted = Arc::clone(&activity);
-    let service = hyper::service::service_fn(move |request| {
-        let handler = handler.clone();
-        let activity = Arc::clone(&counted);
-        activity.begin();
-        async move {
-            let response = handler.handle(request, peer).await;
-            activity.end();
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    tokio::pin!(connection);
-    let ended = tokio::select! {
-        ended = connection.as_mut() => ended,
-        () = activity.close.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = ended {
-        debug!(cause = %err, %peer, "connection ended with an error");
-    }
+    serve_one(stream, peer, activity).await;
     drop(registered);
+}
+
+/// Serves connections with hyper's HTTP/1.1 and HTTP/2 servers and a [`Handler`].
+#[derive(Clone)]
+pub struct Hyper<H> {
+    handler: H,
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl<H: Handler> Hyper<H> {
+    /// A server for `handler` that closes an HTTP/1.1 connection whose request head has
+    /// started but not ended within `header_read_timeout`.
+    pub fn new(handler: H, header_read_timeout: Duration) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        Self { handler, builder }
+    }
+
+    /// Serves one connection from `peer` until it ends, or closes it gracefully (after the
+    /// request in flight, if any) once `activity.close` is cancelled: evicted, or the
+    /// server stopping.
+    pub async fn serve<I>(&self, io: I, peer: SocketAddr, activity: &Arc<Activity>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let counted = Arc::clone(activity);
+        let handler = self.handler.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let handler = handler.clone();
+            let activity = Arc::clone(&counted);
+            activity.begin();
+            async move {
+                let response = handler.handle(request, peer).await;
+                activity.end();
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = activity.close.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(err) = ended {
+            debug!(cause = %err, %peer, "connection ended with an error");
+        }
+    }
 }
 
 /// Completes on SIGTERM (what `docker stop` sends) or Ctrl-C.

@@ -372,6 +372,7 @@ error_codes! {
     MethodNotAllowed => "method_not_allowed", 405;
     RequestTimeout => "request_timeout", 408;
     PayloadTooLarge => "payload_too_large", 413;
+    HeadersTooLarge => "headers_too_large", 431;
     UnsupportedMediaType => "unsupported_media_type", 415;
     UnknownEvent => "unknown_event", 404;
     UnknownTicket => "unknown_ticket", 404;
@@ -391,6 +392,7 @@ error_codes! {
     BadGateway => "bad_gateway", 502;
     UpstreamTimeout => "upstream_timeout", 504;
     InternalError => "internal_error", 500;
+    NotImplemented => "not_implemented", 501;
 }
 
 /// A code equals its name, so tests can compare with the wire text.
