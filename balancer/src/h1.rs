@@ -232,20 +232,9 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
     // Names and values are taken from the head's bytes once it is out of the buffer:
     // note where each one is (offsets, so the buffer is free to move).
     let base = conn.buf.as_ptr() as usize;
-    let count = parsed.headers.len();
+    // Within a head of at most MAX_HEAD_BYTES plus one read.
     let (mut few, mut many) = ([[0u32; 4]; FEW_HEADERS], Vec::new());
-    let places = crate::headers::places(count, &mut few, &mut many);
-    for (place, header) in places.iter_mut().zip(parsed.headers.iter()) {
-        // Within a head of at most MAX_HEAD_BYTES plus one read.
-        let name = (header.name.as_ptr() as usize - base) as u32;
-        let value = (header.value.as_ptr() as usize - base) as u32;
-        *place = [
-            name,
-            name + header.name.len() as u32,
-            value,
-            value + header.value.len() as u32,
-        ];
-    }
+    let places = crate::headers::places(base, parsed.headers, &mut few, &mut many);
     let head = conn.buf.split_to(len).freeze();
     if status.is_informational() {
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -253,7 +242,7 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Parsed, ReadError> 
         }
         return Ok(Parsed::Interim);
     }
-    let mut headers = crate::headers::recycled_map(count);
+    let mut headers = crate::headers::recycled_map(places.len());
     // The framing headers, noted on the way so the usual answer needs no lookups after.
     let mut seen = Seen::default();
     for &mut [name_start, name_end, value_start, value_end] in places {

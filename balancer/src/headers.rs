@@ -167,19 +167,34 @@ pub fn recycle(mut map: HeaderMap) {
 /// A message with at most this many headers notes where they are on the stack.
 pub const FEW_HEADERS: usize = 16;
 
-/// Room to note where each of `count` headers is in a message's head: `few` when it is
-/// enough, else `many` grown to fit.
+/// Notes where each of `headers` (parsed by httparse from a buffer starting at address
+/// `base`) is in that buffer, as `[name start, name end, value start, value end]` offsets,
+/// so the head can be split off the buffer and the names and values sliced from it without
+/// a copy: in `few` when it is enough, else in `many` grown to fit. A head is at most a
+/// few hundred KiB, so offsets fit in `u32`.
 pub fn places<'a>(
-    count: usize,
+    base: usize,
+    headers: &[httparse::Header<'_>],
     few: &'a mut [[u32; 4]; FEW_HEADERS],
     many: &'a mut Vec<[u32; 4]>,
 ) -> &'a mut [[u32; 4]] {
-    if count <= FEW_HEADERS {
-        &mut few[..count]
+    let places = if headers.len() <= FEW_HEADERS {
+        &mut few[..headers.len()]
     } else {
-        many.resize(count, [0; 4]);
-        many
+        many.resize(headers.len(), [0; 4]);
+        many.as_mut_slice()
+    };
+    for (place, header) in places.iter_mut().zip(headers) {
+        let name = (header.name.as_ptr() as usize - base) as u32;
+        let value = (header.value.as_ptr() as usize - base) as u32;
+        *place = [
+            name,
+            name + header.name.len() as u32,
+            value,
+            value + header.value.len() as u32,
+        ];
     }
+    places
 }
 
 /// Applies every rule to a client request's headers once, before its first attempt:

@@ -73,17 +73,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let target = (target.as_ptr() as usize - base, target.len());
     let count = parsed.headers.len();
     let (mut few, mut many) = ([[0u32; 4]; FEW_HEADERS], Vec::new());
-    let places = crate::headers::places(count, &mut few, &mut many);
-    for (place, header) in places.iter_mut().zip(parsed.headers.iter()) {
-        let name = (header.name.as_ptr() as usize - base) as u32;
-        let value = (header.value.as_ptr() as usize - base) as u32;
-        *place = [
-            name,
-            name + header.name.len() as u32,
-            value,
-            value + header.value.len() as u32,
-        ];
-    }
+    let places = crate::headers::places(base, parsed.headers, &mut few, &mut many);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(target.0..target.0 + target.1))
         .map_err(|_| Error::Malformed("bad request target"))?;
