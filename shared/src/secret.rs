@@ -99,7 +99,7 @@ impl fmt::Debug for SecretHash {
 
 /// The SHA-256 hash of an idempotency key: what the store indexes keys by, so that neither
 /// a key nor the secret derived from it is in the store in clear.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyHash([u8; 32]);
 
 impl KeyHash {
