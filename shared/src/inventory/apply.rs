@@ -2,7 +2,7 @@
 //! against the state first, so a bad log is refused, never half applied), and the state
 //! changes both they and the decisions make.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::{
     CustomerIndex, EventIndex, InconsistencyError, Inventory, KeyUse, Parts, hold_sequence,
@@ -12,6 +12,7 @@ use crate::domain::{
     Change, CustomerId, EventName, EventSummary, Hold, HoldState, Purchase, SoldTicket, Ticket,
 };
 use crate::log::LogEntry;
+use crate::secret::KeyHash;
 
 impl Inventory {
     /// Builds an inventory from a snapshot's parts, refusing any state that breaks an
@@ -112,16 +113,15 @@ impl Inventory {
                     next: self.next_purchase_seq,
                 });
             }
+            // The same id twice has the same number twice, refused just above: no lookup.
             last_seq = Some(seq);
-            if self.by_purchase_id.contains_key(&purchase.purchase_id) {
-                return Err(InconsistencyError::DuplicatePurchase(purchase.purchase_id));
-            }
             self.log_time = self.log_time.max(purchase.created_at);
             if let Some(cancelled) = &purchase.cancelled {
                 self.log_time = self.log_time.max(cancelled.at);
             }
-            self.index_purchase(purchase);
+            self.list_purchase(purchase);
         }
+        self.by_purchase_id = ids_in_order(&self.purchases, |p| &p.purchase_id);
         if let Some(orphan) = self
             .tickets
             .iter()
@@ -145,10 +145,8 @@ impl Inventory {
                     next: last_seq.map_or(1, |last: u64| last + 1),
                 });
             }
+            // The same id twice has the same number twice, refused just above: no lookup.
             last_seq = Some(seq);
-            if self.by_hold_id.contains_key(&hold.hold_id) {
-                return Err(InconsistencyError::DuplicateHold(hold.hold_id));
-            }
             let index = self.holds.len();
             match &hold.state {
                 HoldState::Held => {
@@ -171,8 +169,21 @@ impl Inventory {
                 HoldState::Expired { at } => self.log_time = self.log_time.max(*at),
             }
             self.log_time = self.log_time.max(hold.created_at);
-            self.index_hold(hold);
+            self.list_hold(hold);
         }
+        self.by_hold_id = ids_in_order(&self.holds, |h| &h.hold_id);
+        self.by_key = first_uses(
+            self.purchases
+                .iter()
+                .enumerate()
+                .flat_map(|(index, purchase)| purchase_keys(purchase, index))
+                .chain(
+                    self.holds
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(index, hold)| hold_keys(hold, index)),
+                ),
+        );
         Ok(())
     }
 
@@ -557,12 +568,15 @@ impl Inventory {
         let index = self.purchases.len();
         self.by_purchase_id
             .insert(purchase.purchase_id.clone(), index);
-        if let Some(key) = purchase.access.key {
-            self.by_key.entry(key).or_insert(KeyUse::Purchase(index));
+        for (key, used) in purchase_keys(&purchase, index) {
+            self.by_key.entry(key).or_insert(used);
         }
-        if let Some(key) = purchase.cancelled.as_ref().and_then(|c| c.key) {
-            self.by_key.entry(key).or_insert(KeyUse::Cancel(index));
-        }
+        self.list_purchase(purchase);
+    }
+
+    /// Adds a purchase to the lists and the indexes other than by id and by key.
+    fn list_purchase(&mut self, purchase: Purchase) {
+        let index = self.purchases.len();
         if let Some(event) = self.events.get_mut(&purchase.event) {
             event.purchases.push(index);
         }
@@ -584,12 +598,15 @@ impl Inventory {
     fn index_hold(&mut self, hold: Hold) {
         let index = self.holds.len();
         self.by_hold_id.insert(hold.hold_id.clone(), index);
-        if let Some(key) = hold.access.key {
-            self.by_key.entry(key).or_insert(KeyUse::Hold(index));
+        for (key, used) in hold_keys(&hold, index) {
+            self.by_key.entry(key).or_insert(used);
         }
-        if let HoldState::Released(Change { key: Some(key), .. }) = &hold.state {
-            self.by_key.entry(*key).or_insert(KeyUse::Release(index));
-        }
+        self.list_hold(hold);
+    }
+
+    /// Adds a hold to the lists and the indexes other than by id and by key.
+    fn list_hold(&mut self, hold: Hold) {
+        let index = self.holds.len();
         if let Some(event) = self.events.get_mut(&hold.event) {
             event.holds.push(index);
         }
@@ -705,6 +722,53 @@ fn confirms(purchase: &Purchase, hold: &Hold) -> Result<(), InconsistencyError> 
         hold: hold.hold_id.clone(),
         what,
     })
+}
+
+/// The keys a purchase used, and for what: buying it, and cancelling it.
+fn purchase_keys(purchase: &Purchase, index: usize) -> impl Iterator<Item = (KeyHash, KeyUse)> {
+    let cancelled = purchase.cancelled.as_ref().and_then(|c| c.key);
+    (purchase
+        .access
+        .key
+        .map(|key| (key, KeyUse::Purchase(index)))
+        .into_iter())
+    .chain(cancelled.map(|key| (key, KeyUse::Cancel(index))))
+}
+
+/// The keys a hold used, and for what: taking it, and releasing it.
+fn hold_keys(hold: &Hold, index: usize) -> impl Iterator<Item = (KeyHash, KeyUse)> {
+    let released = match &hold.state {
+        HoldState::Released(Change { key: Some(key), .. }) => Some(*key),
+        _ => None,
+    };
+    (hold
+        .access
+        .key
+        .map(|key| (key, KeyUse::Hold(index)))
+        .into_iter())
+    .chain(released.map(|key| (key, KeyUse::Release(index))))
+}
+
+// A restored state's indexes are built in bulk from sorted runs, not entry by entry: on a
+// million-ticket store, inserting each random key into the B-tree on its own was most of
+// the time the B-trees added to a node's start.
+
+/// Id to position, for items whose ids are distinct (their numbers rise).
+fn ids_in_order<T>(items: &[T], id: impl Fn(&T) -> &String) -> BTreeMap<String, usize> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| (id(item).clone(), index))
+        .collect()
+}
+
+/// Each key's first use, as applying the entries one by one (`or_insert`) keeps it.
+fn first_uses(uses: impl Iterator<Item = (KeyHash, KeyUse)>) -> BTreeMap<KeyHash, KeyUse> {
+    let mut uses: Vec<_> = uses.collect();
+    // Stable: of equal keys, the first used stays first, and dedup keeps it.
+    uses.sort_by_key(|&(key, _)| key);
+    uses.dedup_by_key(|&mut (key, _)| key);
+    uses.into_iter().collect()
 }
 
 #[cfg(test)]

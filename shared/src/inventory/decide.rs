@@ -1226,6 +1226,10 @@ mod tests {
                     Inventory::restore(decided.parts()).expect("the decided state restores");
                 for other in [&replayed, &restored] {
                     prop_assert_eq!(other, &decided);
+                    // The indexes too: a restore builds them in bulk, a replay one by one.
+                    prop_assert_eq!(&other.by_key, &decided.by_key);
+                    prop_assert_eq!(&other.by_purchase_id, &decided.by_purchase_id);
+                    prop_assert_eq!(&other.by_hold_id, &decided.by_hold_id);
                     for who in ["ann", "bob"] {
                         prop_assert_eq!(
                             other.customer_tickets(&event("concert"), &customer(who), at(clock)),
