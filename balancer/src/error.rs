@@ -27,9 +27,10 @@ pub enum Error {
     Malformed(&'static str),
     #[error("the request head is larger than the limit of {limit} bytes or {headers} headers")]
     HeadTooLarge { limit: usize, headers: usize },
-    /// The request asks for something the balancer does not do: what.
+    /// The request asks for a method the balancer does not serve (CONNECT): a client's
+    /// error, answered 405 like any other method a route does not take, never a 5xx.
     #[error("the balancer does not support {0}")]
-    NotImplemented(&'static str),
+    Unsupported(&'static str),
     #[error("the request body did not arrive within {}", humanize(*.0))]
     BodyTimeout(Duration),
     /// Every node that could take the request is at its in-flight limit, with a full queue.
@@ -64,7 +65,7 @@ impl Error {
             Self::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Self::BodyUnreadable | Self::Malformed(_) => ErrorCode::BadRequest,
             Self::HeadTooLarge { .. } => ErrorCode::HeadersTooLarge,
-            Self::NotImplemented(_) => ErrorCode::NotImplemented,
+            Self::Unsupported(_) => ErrorCode::MethodNotAllowed,
             Self::BodyTimeout(_) => ErrorCode::RequestTimeout,
             Self::NodesBusy => ErrorCode::NodesBusy,
             Self::NoHealthyNodes => ErrorCode::NoHealthyNodes,

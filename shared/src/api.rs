@@ -392,7 +392,6 @@ error_codes! {
     BadGateway => "bad_gateway", 502;
     UpstreamTimeout => "upstream_timeout", 504;
     InternalError => "internal_error", 500;
-    NotImplemented => "not_implemented", 501;
 }
 
 /// A code equals its name, so tests can compare with the wire text.

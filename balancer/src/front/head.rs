@@ -64,7 +64,7 @@ pub fn parse(buf: &mut BytesMut) -> Result<Option<Head>, Error> {
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| Error::Malformed("bad method"))?;
     if method == Method::CONNECT {
-        return Err(Error::NotImplemented("CONNECT"));
+        return Err(Error::Unsupported("CONNECT"));
     }
     // Names, values and the target are taken from the head's bytes once it is out of the
     // buffer: note where each one is (offsets, so the buffer is free to move).

@@ -432,8 +432,8 @@ async fn malformed_heads_get_a_json_error_and_the_connection_closes() {
         (many, 431, "headers_too_large"),
         (
             "CONNECT node:443 HTTP/1.1\r\nHost: node:443\r\n\r\n".to_owned(),
-            501,
-            "not_implemented",
+            405,
+            "method_not_allowed",
         ),
     ];
     let balancer = balancer(None, |_| {}).await;
