@@ -727,12 +727,10 @@ fn confirms(purchase: &Purchase, hold: &Hold) -> Result<(), InconsistencyError> 
 /// The keys a purchase used, and for what: buying it, and cancelling it.
 fn purchase_keys(purchase: &Purchase, index: usize) -> impl Iterator<Item = (KeyHash, KeyUse)> {
     let cancelled = purchase.cancelled.as_ref().and_then(|c| c.key);
-    (purchase
-        .access
-        .key
-        .map(|key| (key, KeyUse::Purchase(index)))
-        .into_iter())
-    .chain(cancelled.map(|key| (key, KeyUse::Cancel(index))))
+    key_uses([
+        (purchase.access.key, KeyUse::Purchase(index)),
+        (cancelled, KeyUse::Cancel(index)),
+    ])
 }
 
 /// The keys a hold used, and for what: taking it, and releasing it.
@@ -741,12 +739,16 @@ fn hold_keys(hold: &Hold, index: usize) -> impl Iterator<Item = (KeyHash, KeyUse
         HoldState::Released(Change { key: Some(key), .. }) => Some(*key),
         _ => None,
     };
-    (hold
-        .access
-        .key
-        .map(|key| (key, KeyUse::Hold(index)))
-        .into_iter())
-    .chain(released.map(|key| (key, KeyUse::Release(index))))
+    key_uses([
+        (hold.access.key, KeyUse::Hold(index)),
+        (released, KeyUse::Release(index)),
+    ])
+}
+
+/// The uses that had a key, in order.
+fn key_uses(uses: [(Option<KeyHash>, KeyUse); 2]) -> impl Iterator<Item = (KeyHash, KeyUse)> {
+    uses.into_iter()
+        .filter_map(|(key, used)| key.map(|key| (key, used)))
 }
 
 // A restored state's indexes are built in bulk from sorted runs, not entry by entry: on a
