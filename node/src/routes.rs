@@ -114,7 +114,7 @@ fn json(status: StatusCode, body: &impl Serialize) -> HttpResponse {
 
 /// Runs `op` on the current state with the store's clock: holds past their expiry at that
 /// time read as expired, whether or not the log says so yet (no sweeper is needed). Inline
-/// when the store can tell at once that its cached state is current (one `stat` on the
+/// when the store can tell at once that its cached state is current (two `stat`s on the
 /// file store), otherwise on the blocking pool, so file I/O and lock waits never stall the
 /// async runtime.
 async fn read_state<T: Send + 'static>(
